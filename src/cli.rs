@@ -1,0 +1,350 @@
+//! Command-line arguments (clap derive types only).
+//!
+//! Doc comments here are the `--help` text. Each subcommand's arguments are turned into a
+//! config struct by its module in `cmd/`, so nothing below `cmd/` ever sees clap.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Roll versioned SQL schema migrations across a fleet of Neon tenant databases, wave by wave.
+///
+/// Exit codes: 0 all done; 1 a tenant failed, a wave halted or drift was found;
+/// 2 bad input or an error that stopped the run; 130 interrupted (Ctrl-C).
+#[derive(Debug, Parser)]
+#[command(name = "schemafleet", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log filter (tracing's EnvFilter syntax), also read from SCHEMAFLEET_LOG.
+    #[arg(long, global = true, env = "SCHEMAFLEET_LOG", default_value = "warn")]
+    pub log: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a deterministic plan (waves of tenants, migrations, policy) from a rollout policy.
+    Plan(PlanArgs),
+    /// Execute a plan wave by wave: validate on a branch, apply to main, journal, resume.
+    Apply(ApplyArgs),
+    /// Restore tenants' main branches to their restore points.
+    Rollback(RollbackArgs),
+    /// Show where a rollout stands, from its journal.
+    Status(StatusArgs),
+    /// Compare every tenant's migration history with the migrations on disk.
+    Drift(DriftArgs),
+    /// Delete branches schemafleet created that are expired or whose rollout has finished.
+    Gc(GcArgs),
+    /// Run the Neon-API-compatible local emulator over a real PostgreSQL server.
+    Emulator(EmulatorArgs),
+    /// Boot a local fleet, seed it, plan and apply the example rollout.
+    Demo(DemoArgs),
+    /// Measure fleet throughput against a raw floor, API calls and memory.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum OutputFormat {
+    /// Human-readable text.
+    #[default]
+    Text,
+    /// One JSON document on stdout; everything else goes to stderr.
+    Json,
+}
+
+/// How to reach the Neon API.
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// Neon API base URL.
+    #[arg(
+        long,
+        env = "NEON_API_URL",
+        default_value = "https://console.neon.tech/api/v2"
+    )]
+    pub api_url: String,
+
+    /// Neon API key (organization keys are recommended for fleets).
+    #[arg(long, env = "NEON_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Client-side rate limit for Neon API requests, per minute (Neon allows 700 per account).
+    #[arg(long, env = "SCHEMAFLEET_API_RATE_LIMIT", default_value_t = 600)]
+    pub api_rate_limit_per_min: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The rollout policy (YAML).
+    #[arg(long, required_unless_present = "check")]
+    pub policy: Option<PathBuf>,
+
+    /// Directory of versioned migrations (V{n}__{name}.sql).
+    #[arg(long, default_value = "migrations")]
+    pub migrations: PathBuf,
+
+    /// Tenants file (CSV or YAML) overriding the policy's fleet.
+    #[arg(long)]
+    pub tenants: Option<PathBuf>,
+
+    /// Where to write the plan (default: beside the policy, <policy-stem>.plan.yaml).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+
+    /// Check that an existing plan still matches the migrations on disk; writes nothing.
+    #[arg(long, value_name = "PLAN", conflicts_with_all = ["out", "tenants"])]
+    pub check: Option<PathBuf>,
+
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The plan file written by `schemafleet plan`.
+    pub plan: PathBuf,
+
+    /// Migrations directory (default: the one recorded in the plan, relative to the plan).
+    #[arg(long)]
+    pub migrations: Option<PathBuf>,
+
+    /// Journal file (default: beside the plan, <plan-stem>.journal.jsonl).
+    #[arg(long)]
+    pub journal: Option<PathBuf>,
+
+    /// Stop cleanly after this wave; a later `apply` continues with the next one.
+    #[arg(long, value_name = "WAVE")]
+    pub until_wave: Option<String>,
+
+    /// Try tenants that failed in an earlier run again (and un-halt their waves).
+    #[arg(long)]
+    pub retry_failed: bool,
+
+    /// Do not wait for a wave's bake time before starting the next wave.
+    #[arg(long)]
+    pub skip_bake: bool,
+
+    /// Upper bound on open database connections across all tenants in flight.
+    #[arg(long, default_value_t = 64)]
+    pub max_connections: usize,
+
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+
+    /// Never draw progress bars, even on a terminal.
+    #[arg(long, env = "SCHEMAFLEET_NO_PROGRESS")]
+    pub no_progress: bool,
+
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The plan file whose journal holds the restore points.
+    pub plan: PathBuf,
+
+    /// Tenants (Neon project ids) to roll back.
+    #[arg(long = "tenant", value_name = "ID", required_unless_present_any = ["wave", "failed"])]
+    pub tenants: Vec<String>,
+
+    /// Roll back every applied tenant of this wave.
+    #[arg(long, conflicts_with = "tenants")]
+    pub wave: Option<String>,
+
+    /// Roll back every tenant whose apply to main failed after main changed.
+    #[arg(long, conflicts_with_all = ["tenants", "wave"])]
+    pub failed: bool,
+
+    /// Journal file (default: beside the plan).
+    #[arg(long)]
+    pub journal: Option<PathBuf>,
+
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+
+    /// Print the API calls it would make, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    pub plan: PathBuf,
+
+    /// Journal file (default: beside the plan).
+    #[arg(long)]
+    pub journal: Option<PathBuf>,
+
+    /// Also probe every tenant's history table (needs the API and database access).
+    #[arg(long)]
+    pub live: bool,
+
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DriftArgs {
+    /// Check the tenants of this plan (default: the fleet of --policy).
+    #[arg(long, required_unless_present = "policy")]
+    pub plan: Option<PathBuf>,
+
+    /// Discover the fleet from this policy.
+    #[arg(long, conflicts_with = "plan")]
+    pub policy: Option<PathBuf>,
+
+    /// Tenants file overriding the policy's fleet.
+    #[arg(long)]
+    pub tenants: Option<PathBuf>,
+
+    #[arg(long, default_value = "migrations")]
+    pub migrations: PathBuf,
+
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Only the tenants of this plan (default: every project the key can list).
+    #[arg(long)]
+    pub plan: Option<PathBuf>,
+
+    /// Also delete branches of unfinished rollouts when they are not expired.
+    #[arg(long)]
+    pub all: bool,
+
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EmulatorArgs {
+    /// Address to serve the API on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
+
+    /// Data directory of the backing PostgreSQL cluster (kept across restarts when given).
+    #[arg(long, conflicts_with = "attach")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Use an existing PostgreSQL server (superuser URL) instead of starting one.
+    #[arg(long)]
+    pub attach: Option<String>,
+
+    /// API key clients must present (default: a random one, printed on start).
+    #[arg(long, env = "EMULATOR_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Answer 429 past this many requests per minute, like Neon.
+    #[arg(long)]
+    pub rate_limit_per_min: Option<u32>,
+
+    /// Fraction of requests answered with a retryable 423/429/500/503/524 at random.
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_rate: f64,
+
+    /// How long operations run before they finish, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    pub op_delay_ms: u64,
+
+    /// Latency added to every request, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+
+    /// Create this many tenant projects on start.
+    #[arg(long, default_value_t = 0)]
+    pub tenants: usize,
+
+    /// SQL run once in a template database that every seeded tenant's main is copied from.
+    #[arg(long)]
+    pub seed_sql: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Number of tenants to seed.
+    #[arg(long, default_value_t = 200)]
+    pub tenants: usize,
+
+    /// The rollout policy to plan with.
+    #[arg(long, default_value = "plans/rollout.yaml")]
+    pub policy: PathBuf,
+
+    #[arg(long, default_value = "migrations")]
+    pub migrations: PathBuf,
+
+    /// Keep the local fleet running after the rollout, with commands to try, until Ctrl-C.
+    #[arg(long)]
+    pub keep: bool,
+
+    /// Directory for the demo's plan, journal and tenants file (default: a temporary one).
+    #[arg(long)]
+    pub workdir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Tenants to seed for the fleet modes.
+    #[arg(long, default_value_t = 500)]
+    pub tenants: usize,
+
+    /// Concurrency for the fleet modes (repeat to measure several).
+    #[arg(long, default_values_t = [16])]
+    pub concurrency: Vec<usize>,
+
+    /// Modes to run: raw, apply, validated, noop, plan.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "raw,apply,validated,noop,plan"
+    )]
+    pub modes: Vec<String>,
+
+    /// Tenants planned by the `plan` mode.
+    #[arg(long, default_value_t = 300_000)]
+    pub plan_tenants: usize,
+
+    /// Emulator rate limit for a rate-limited `validated` run (0 = none).
+    #[arg(long, default_value_t = 0)]
+    pub rate_limit_per_min: u32,
+
+    /// Print one JSON document instead of lines.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,45 @@
+//! One module per subcommand: turns clap arguments into config, runs, prints, picks the exit code.
+//!
+//! **Invariant:** errors are printed here, once, with their whole cause chain, and passed
+//! through [`crate::secret::redact_uri`] first.
+
+use crate::cli::{Cli, Command};
+use crate::exit::ExitStatus;
+
+pub mod apply;
+pub mod bench;
+pub mod demo;
+pub mod drift;
+pub mod emulator;
+pub mod gc;
+pub mod plan;
+pub mod rollback;
+pub mod status;
+
+/// Run one subcommand to completion and say how it ended.
+pub async fn run(cli: Cli) -> ExitStatus {
+    let result = match cli.command {
+        Command::Plan(args) => plan::run(args).await,
+        Command::Apply(args) => apply::run(args).await,
+        Command::Rollback(args) => rollback::run(args).await,
+        Command::Status(args) => status::run(args).await,
+        Command::Drift(args) => drift::run(args).await,
+        Command::Gc(args) => gc::run(args).await,
+        Command::Emulator(args) => emulator::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
+    };
+    match result {
+        Ok(status) => status,
+        Err(error) => {
+            print_error(&error);
+            ExitStatus::Error
+        }
+    }
+}
+
+/// Print an error with its cause chain, secrets redacted, as the last thing the user reads.
+pub fn print_error(error: &anyhow::Error) {
+    let text = crate::secret::redact_uri(&format!("{error:#}"));
+    eprintln!("error: {text}");
+}

@@ -1,0 +1,33 @@
+//! Process exit codes, the contract with release pipelines.
+
+use std::process::ExitCode;
+
+/// What a command's outcome means to a pipeline. Documented in `--help` and the README.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Everything asked for was done.
+    Success,
+    /// The run finished but some tenant failed, a wave halted, or drift was found.
+    Failure,
+    /// Bad input, or an error that stopped the command before or while it ran.
+    Error,
+    /// Interrupted by Ctrl-C; the journal is consistent and a re-run resumes.
+    Interrupted,
+}
+
+impl ExitStatus {
+    pub fn code(self) -> u8 {
+        match self {
+            ExitStatus::Success => 0,
+            ExitStatus::Failure => 1,
+            ExitStatus::Error => 2,
+            ExitStatus::Interrupted => 130,
+        }
+    }
+}
+
+impl From<ExitStatus> for ExitCode {
+    fn from(status: ExitStatus) -> Self {
+        ExitCode::from(status.code())
+    }
+}

@@ -1,0 +1,19 @@
+//! schemafleet rolls versioned SQL schema migrations across fleets of Neon tenant databases.
+//!
+//! See `ARCHITECTURE.md` for the map of modules, the data flow and the invariants.
+
+pub mod cli;
+pub mod cmd;
+pub mod emulator;
+pub mod executor;
+pub mod exit;
+pub mod fleet;
+pub mod journal;
+pub mod logging;
+pub mod migrations;
+pub mod neon;
+pub mod pg;
+pub mod pgcluster;
+pub mod plan;
+pub mod policy;
+pub mod secret;

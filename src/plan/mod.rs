@@ -1,0 +1,3 @@
+//! Plans: the wave assignment (pure) and the plan file.
+
+pub mod model;
