@@ -3,6 +3,7 @@
 //! See `ARCHITECTURE.md` for the map of modules, the data flow and the invariants.
 
 pub mod cli;
+pub mod clock;
 pub mod cmd;
 pub mod emulator;
 pub mod executor;

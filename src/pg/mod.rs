@@ -1,1 +1,25 @@
-//! (in progress)
+//! The only module that knows tokio-postgres and refinery's runner.
+//!
+//! - [`connect`]: direct connections (TLS unless the URI says `sslmode=disable`).
+//! - [`history`]: reads refinery's history table and compares it with the plan (pure compare).
+//! - [`lock`]: one runner per tenant through a polled session advisory lock.
+//! - [`runner`]: refinery with `lock_timeout`/`statement_timeout` and no-transaction migrations.
+//! - [`error`]: SQLSTATE and message extraction from driver errors.
+//!
+//! **Invariant:** refinery's history table in the tenant is the truth about what is applied;
+//! nothing here writes history rows except refinery's own insert, in the migration's transaction.
+
+pub mod connect;
+pub mod error;
+pub mod history;
+pub mod lock;
+pub mod runner;
+
+pub use connect::connect;
+pub use error::DbFailure;
+pub use history::{
+    AppliedMigration, HistoryComparison, PlannedVersion, compare_history, read_history,
+};
+
+/// refinery's default history table; tenants migrated by refinery or refinery_cli use it too.
+pub const HISTORY_TABLE: &str = "refinery_schema_history";

@@ -1,0 +1,453 @@
+//! The journal file: exclusive lock, torn-tail repair, group-committed durable appends.
+//!
+//! Appends from all tenants in flight go to one writer thread, which writes every record that
+//! is waiting, calls `fsync` once, and only then acknowledges them all (group commit): each
+//! caller still waits for its own record to be durable, but a busy wave pays one fsync per
+//! batch instead of one per record.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::record::{Event, RECORD_VERSION, Record};
+use super::state::JournalState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "journal {path} is locked by another `schemafleet apply` (or rollback) of this plan; wait for it to finish, or if it was killed, the lock is released with its process"
+    )]
+    Locked { path: PathBuf },
+    #[error(
+        "journal {path}, line {line}: {reason}; the journal is damaged before its last line, so it cannot be trusted: restore it from a backup, or move it away and re-run (tenants' history tables are the truth)"
+    )]
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error(
+        "journal {path} belongs to plan {found}, not to plan {expected}; use --journal to pick another file"
+    )]
+    WrongPlan {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+    #[error(
+        "journal {path}: the writer stopped after an earlier error; nothing more can be recorded"
+    )]
+    WriterGone { path: PathBuf },
+}
+
+/// The conventional journal path: beside the plan, `<plan-stem>.journal.jsonl`.
+pub fn default_journal_path(plan_path: &Path) -> PathBuf {
+    let file_name = plan_path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or("plan.yaml");
+    let stem = file_name
+        .strip_suffix(".yaml")
+        .or_else(|| file_name.strip_suffix(".yml"))
+        .unwrap_or(file_name);
+    let stem = stem.strip_suffix(".plan").unwrap_or(stem);
+    plan_path.with_file_name(format!("{stem}.journal.jsonl"))
+}
+
+type Ack = oneshot::Sender<Result<Record, String>>;
+
+/// A request to the writer thread.
+enum Request {
+    Append(Event, Ack),
+    /// Stop and release the file (and its lock) once everything before is durable.
+    Close(oneshot::Sender<()>),
+}
+
+/// An open, locked journal accepting appends.
+#[derive(Clone)]
+pub struct Journal {
+    path: PathBuf,
+    sender: mpsc::UnboundedSender<Request>,
+    appended: Arc<AtomicU64>,
+}
+
+/// What reading a journal found.
+pub struct ReadJournal {
+    pub records: Vec<Record>,
+    pub state: JournalState,
+    /// Set when the last line was torn (a crash mid-write) and was dropped.
+    pub torn_tail: Option<String>,
+}
+
+impl Journal {
+    /// Open (creating if needed) and lock the journal of `plan_id`, repairing a torn last line.
+    pub fn open(path: &Path, plan_id: &str) -> Result<(Journal, ReadJournal), JournalError> {
+        let io_error = |source| JournalError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(io_error)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(JournalError::Locked {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => return Err(io_error(source)),
+        }
+        let mut bytes = Vec::new();
+        file.seek(SeekFrom::Start(0)).map_err(io_error)?;
+        file.read_to_end(&mut bytes).map_err(io_error)?;
+        let parsed = parse(path, &bytes)?;
+        if let Some(valid_len) = parsed.valid_len
+            && valid_len < bytes.len()
+        {
+            // Drop the torn tail so the next append starts on a clean line.
+            file.set_len(valid_len as u64).map_err(io_error)?;
+            file.sync_all().map_err(io_error)?;
+        }
+        check_plan(path, &parsed.read.state, plan_id)?;
+        let next_seq = parsed.read.state.last_seq + 1;
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let writer_path = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || write_loop(file, writer_path, next_seq, receiver))
+            .map_err(io_error)?;
+        Ok((
+            Journal {
+                path: path.to_path_buf(),
+                sender,
+                appended: Arc::new(AtomicU64::new(0)),
+            },
+            parsed.read,
+        ))
+    }
+
+    /// Read a journal without locking it (for `status` while an `apply` runs). A torn last line
+    /// is reported and skipped, not repaired. A missing file reads as empty.
+    pub fn read(path: &Path) -> Result<ReadJournal, JournalError> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(JournalError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        Ok(parse(path, &bytes)?.read)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of records this handle appended.
+    pub fn appended(&self) -> u64 {
+        self.appended.load(Ordering::Relaxed)
+    }
+
+    /// Stop the writer and release the lock, after every earlier append is durable.
+    /// Appends through other clones fail afterwards.
+    pub async fn close(self) {
+        let (done_sender, done_receiver) = oneshot::channel();
+        if self.sender.send(Request::Close(done_sender)).is_ok() {
+            let _ = done_receiver.await;
+        }
+    }
+
+    /// Append one event and wait until it is durable on disk.
+    pub async fn append(&self, event: Event) -> Result<Record, JournalError> {
+        let (ack_sender, ack_receiver) = oneshot::channel();
+        self.sender
+            .send(Request::Append(event, ack_sender))
+            .map_err(|_| JournalError::WriterGone {
+                path: self.path.clone(),
+            })?;
+        match ack_receiver.await {
+            Ok(Ok(record)) => {
+                self.appended.fetch_add(1, Ordering::Relaxed);
+                Ok(record)
+            }
+            Ok(Err(message)) => Err(JournalError::Io {
+                path: self.path.clone(),
+                source: io::Error::other(message),
+            }),
+            Err(_) => Err(JournalError::WriterGone {
+                path: self.path.clone(),
+            }),
+        }
+    }
+}
+
+fn check_plan(path: &Path, state: &JournalState, plan_id: &str) -> Result<(), JournalError> {
+    match &state.plan_id {
+        Some(found) if found != plan_id => Err(JournalError::WrongPlan {
+            path: path.to_path_buf(),
+            expected: plan_id.to_string(),
+            found: found.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+struct Parsed {
+    read: ReadJournal,
+    /// Length of the well-formed prefix when a torn tail must be cut.
+    valid_len: Option<usize>,
+}
+
+fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed, JournalError> {
+    let mut records = Vec::new();
+    let mut offset = 0;
+    let mut line_number = 0;
+    let mut torn_tail = None;
+    let mut valid_len = None;
+    while offset < bytes.len() {
+        line_number += 1;
+        let line_end = bytes[offset..]
+            .iter()
+            .position(|byte| *byte == b'\n')
+            .map(|idx| offset + idx);
+        let line = &bytes[offset..line_end.unwrap_or(bytes.len())];
+        let next_offset = line_end.map_or(bytes.len(), |end| end + 1);
+        let is_last = next_offset >= bytes.len();
+        let parsed = std::str::from_utf8(line)
+            .map_err(|error| error.to_string())
+            .and_then(|text| {
+                serde_json::from_str::<Record>(text).map_err(|error| error.to_string())
+            });
+        match parsed {
+            Ok(record) if record.v == RECORD_VERSION => {
+                records.push(record);
+                if line_end.is_none() {
+                    // A complete record missing only its newline: keep it, terminate the line.
+                    torn_tail = Some(format!("line {line_number} had no newline"));
+                    valid_len = Some(offset);
+                    records.pop();
+                }
+            }
+            Ok(record) => {
+                return Err(JournalError::Corrupt {
+                    path: path.to_path_buf(),
+                    line: line_number,
+                    reason: format!(
+                        "record format v{} is not supported (expected v{RECORD_VERSION})",
+                        record.v
+                    ),
+                });
+            }
+            Err(reason) if is_last => {
+                torn_tail = Some(format!(
+                    "line {line_number} was torn ({reason}) and was dropped"
+                ));
+                valid_len = Some(offset);
+            }
+            Err(reason) => {
+                return Err(JournalError::Corrupt {
+                    path: path.to_path_buf(),
+                    line: line_number,
+                    reason,
+                });
+            }
+        }
+        offset = next_offset;
+    }
+    let state = JournalState::replay(&records);
+    Ok(Parsed {
+        read: ReadJournal {
+            records,
+            state,
+            torn_tail,
+        },
+        valid_len,
+    })
+}
+
+fn write_loop(
+    mut file: File,
+    path: PathBuf,
+    mut next_seq: u64,
+    mut receiver: mpsc::UnboundedReceiver<Request>,
+) {
+    let mut failed: Option<String> = None;
+    let mut close_ack = None;
+    while let Some(first) = receiver.blocking_recv() {
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(request) = next.take() {
+            match request {
+                Request::Append(event, ack) => batch.push((event, ack)),
+                Request::Close(ack) => {
+                    close_ack = Some(ack);
+                    break;
+                }
+            }
+            next = receiver.try_recv().ok();
+        }
+        if let Some(message) = &failed {
+            for (_, ack) in batch {
+                let _ = ack.send(Err(message.clone()));
+            }
+            continue;
+        }
+        let mut buffer = Vec::with_capacity(batch.len() * 256);
+        let mut written = Vec::with_capacity(batch.len());
+        for (event, ack) in batch {
+            let record = Record {
+                v: RECORD_VERSION,
+                seq: next_seq,
+                at: crate::clock::now_rfc3339(),
+                event,
+            };
+            next_seq += 1;
+            match serde_json::to_writer(&mut buffer, &record) {
+                Ok(()) => {
+                    buffer.push(b'\n');
+                    written.push((record, ack));
+                }
+                Err(error) => {
+                    let _ = ack.send(Err(format!("cannot encode record: {error}")));
+                }
+            }
+        }
+        let result = file.write_all(&buffer).and_then(|()| file.sync_data());
+        match result {
+            Ok(()) => {
+                for (record, ack) in written {
+                    let _ = ack.send(Ok(record));
+                }
+            }
+            Err(error) => {
+                let message = format!("{}: {error}", path.display());
+                failed = Some(message.clone());
+                for (_, ack) in written {
+                    let _ = ack.send(Err(message.clone()));
+                }
+            }
+        }
+        if close_ack.is_some() {
+            break;
+        }
+    }
+    drop(file);
+    if let Some(ack) = close_ack {
+        let _ = ack.send(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_path_sits_beside_the_plan() {
+        assert_eq!(
+            default_journal_path(Path::new("plans/rollout.plan.yaml")),
+            PathBuf::from("plans/rollout.journal.jsonl")
+        );
+        assert_eq!(
+            default_journal_path(Path::new("x.yaml")),
+            PathBuf::from("x.journal.jsonl")
+        );
+    }
+
+    #[tokio::test]
+    async fn appends_replay_and_a_torn_tail_is_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.journal.jsonl");
+        {
+            let (journal, read) = Journal::open(&path, "plan-a").expect("open");
+            assert!(read.records.is_empty());
+            journal
+                .append(Event::RunStarted {
+                    plan_id: "plan-a".into(),
+                    run_id: "r".into(),
+                    pid: 1,
+                    tool_version: "t".into(),
+                })
+                .await
+                .expect("append");
+            journal
+                .append(Event::WaveStarted {
+                    wave: "canary".into(),
+                })
+                .await
+                .expect("append");
+            // A second open of the same journal is refused while this one holds the lock.
+            assert!(matches!(
+                Journal::open(&path, "plan-a"),
+                Err(JournalError::Locked { .. })
+            ));
+            journal.close().await;
+        }
+        // Power loss mid-write: half a record at the end.
+        let mut file = OpenOptions::new().append(true).open(&path).expect("reopen");
+        file.write_all(br#"{"v":1,"seq":3,"at":"2026-"#)
+            .expect("write torn");
+        drop(file);
+        let read = Journal::read(&path).expect("read");
+        assert_eq!(read.records.len(), 2);
+        assert!(read.torn_tail.is_some());
+        let (journal, read) = Journal::open(&path, "plan-a").expect("open repairs");
+        assert_eq!(read.records.len(), 2);
+        let record = journal
+            .append(Event::WaveFinished {
+                wave: "canary".into(),
+                halted: false,
+            })
+            .await
+            .expect("append");
+        assert_eq!(record.seq, 3);
+        journal.close().await;
+        let text = std::fs::read_to_string(&path).expect("read text");
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(Journal::read(&path).expect("read").torn_tail.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_damaged_middle_line_is_an_error_naming_the_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.journal.jsonl");
+        std::fs::write(&path, "not json\n{\"v\":1,\"seq\":2,\"at\":\"x\",\"event\":\"wave_started\",\"wave\":\"w\"}\n").expect("write");
+        let error = Journal::read(&path).err().expect("corrupt");
+        assert!(error.to_string().contains("line 1"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_journal_of_another_plan_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.journal.jsonl");
+        {
+            let (journal, _) = Journal::open(&path, "plan-a").expect("open");
+            journal
+                .append(Event::RunStarted {
+                    plan_id: "plan-a".into(),
+                    run_id: "r".into(),
+                    pid: 1,
+                    tool_version: "t".into(),
+                })
+                .await
+                .expect("append");
+            journal.close().await;
+        }
+        assert!(matches!(
+            Journal::open(&path, "plan-b"),
+            Err(JournalError::WrongPlan { .. })
+        ));
+    }
+}

@@ -1,0 +1,18 @@
+//! The journal: an append-only JSON-lines record of every state change of every tenant.
+//!
+//! - [`record`]: the record types (a serialization boundary, versioned with `"v": 1`).
+//! - [`state`]: pure replay of records into per-tenant and per-wave state.
+//! - [`file`]: the file itself: exclusive lock, torn-tail repair, group-committed fsync'd appends.
+//!
+//! **Invariant:** a record is on disk (fsync'd) before any step that depends on it starts, and
+//! no record claims work that was not done: intents (`apply_started`) are written before the
+//! work, facts (`applied`) after it.
+//! **Invariant:** the journal never holds a secret; URIs are not recorded at all.
+
+pub mod file;
+pub mod record;
+pub mod state;
+
+pub use file::{Journal, JournalError, default_journal_path};
+pub use record::{Event, Phase, Record, RestorePoint};
+pub use state::{JournalState, TenantState, TenantStatus, WaveStatus};

@@ -1,0 +1,203 @@
+//! Journal records. Every field here is part of a file format: add, never repurpose.
+
+use serde::{Deserialize, Serialize};
+
+use crate::pg::DbFailure;
+
+/// Current record format version.
+pub const RECORD_VERSION: u32 = 1;
+
+/// One line of the journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub v: u32,
+    /// Strictly increasing within a journal; lets a reader spot lost or reordered lines.
+    pub seq: u64,
+    /// RFC 3339 UTC time the record was written.
+    pub at: String,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// Which step of a tenant's pipeline something happened in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Reading the tenant's history on main (API lookup, connect, compare).
+    Probe,
+    /// Creating or deleting a Neon branch (validation or backup).
+    Branch,
+    /// Applying the pending migrations on the validation branch, and the verify SQL.
+    Validate,
+    /// Applying to main.
+    Apply,
+    /// Restoring main to its restore point.
+    Rollback,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Probe => "probe",
+            Phase::Branch => "branch",
+            Phase::Validate => "validate",
+            Phase::Apply => "apply",
+            Phase::Rollback => "rollback",
+        }
+    }
+}
+
+/// The point a rollback restores a tenant's main branch to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RestorePoint {
+    /// main's own history at the validation branch's branch point (Neon `parent_lsn`).
+    BranchPoint {
+        main_branch_id: String,
+        lsn: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timestamp: Option<String>,
+    },
+    /// The head of a backup branch created from main just before applying.
+    BackupBranch {
+        main_branch_id: String,
+        backup_branch_id: String,
+        backup_branch_name: String,
+    },
+}
+
+impl RestorePoint {
+    pub fn main_branch_id(&self) -> &str {
+        match self {
+            RestorePoint::BranchPoint { main_branch_id, .. } => main_branch_id,
+            RestorePoint::BackupBranch { main_branch_id, .. } => main_branch_id,
+        }
+    }
+}
+
+/// What happened. Tenant events carry the tenant (Neon project id) and its wave.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    RunStarted {
+        plan_id: String,
+        run_id: String,
+        pid: u32,
+        tool_version: String,
+    },
+    RunFinished {
+        run_id: String,
+        outcome: String,
+    },
+    WaveStarted {
+        wave: String,
+    },
+    /// The wave ended; `halted` when its failure budget was spent.
+    WaveFinished {
+        wave: String,
+        halted: bool,
+    },
+    /// The next wave may not start before `until` (RFC 3339).
+    BakeStarted {
+        wave: String,
+        until: String,
+    },
+    TenantProbed {
+        tenant: String,
+        wave: String,
+        current_version: Option<i32>,
+        pending: Vec<i32>,
+    },
+    UpToDate {
+        tenant: String,
+        wave: String,
+    },
+    Diverged {
+        tenant: String,
+        wave: String,
+        reason: String,
+    },
+    BranchCreated {
+        tenant: String,
+        wave: String,
+        purpose: String,
+        branch_id: String,
+        branch_name: String,
+        parent_branch_id: Option<String>,
+        parent_lsn: Option<String>,
+        expires_at: Option<String>,
+    },
+    BranchDeleted {
+        tenant: String,
+        branch_id: String,
+    },
+    Validated {
+        tenant: String,
+        wave: String,
+        versions: Vec<i32>,
+    },
+    RestorePointRecorded {
+        tenant: String,
+        wave: String,
+        point: RestorePoint,
+    },
+    ApplyStarted {
+        tenant: String,
+        wave: String,
+        versions: Vec<i32>,
+    },
+    Applied {
+        tenant: String,
+        wave: String,
+        versions: Vec<i32>,
+        lock_retries: u32,
+    },
+    Failed {
+        tenant: String,
+        wave: String,
+        phase: Phase,
+        error: DbFailure,
+        /// Versions that committed on main before the failure.
+        #[serde(default)]
+        applied_on_main: Vec<i32>,
+    },
+    RollbackStarted {
+        tenant: String,
+        preserve_under_name: String,
+    },
+    RolledBack {
+        tenant: String,
+        preserved_branch: String,
+        restored_to: RestorePoint,
+    },
+    RollbackFailed {
+        tenant: String,
+        error: String,
+    },
+}
+
+impl Event {
+    /// The tenant this event is about, if any.
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            Event::TenantProbed { tenant, .. }
+            | Event::UpToDate { tenant, .. }
+            | Event::Diverged { tenant, .. }
+            | Event::BranchCreated { tenant, .. }
+            | Event::BranchDeleted { tenant, .. }
+            | Event::Validated { tenant, .. }
+            | Event::RestorePointRecorded { tenant, .. }
+            | Event::ApplyStarted { tenant, .. }
+            | Event::Applied { tenant, .. }
+            | Event::Failed { tenant, .. }
+            | Event::RollbackStarted { tenant, .. }
+            | Event::RolledBack { tenant, .. }
+            | Event::RollbackFailed { tenant, .. } => Some(tenant),
+            Event::RunStarted { .. }
+            | Event::RunFinished { .. }
+            | Event::WaveStarted { .. }
+            | Event::WaveFinished { .. }
+            | Event::BakeStarted { .. } => None,
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! refinery, run safely: lock and statement timeouts, no-transaction migrations, lock retries.
+//!
+//! [`Guarded`] replaces refinery's transaction policy while keeping its verification and its
+//! history format (crates-and-refinery.md §2.9). refinery calls `execute([sql, history insert])`
+//! once per migration when not grouped; that call shape is why refinery is pinned exactly.
+//!
+//! **Invariant:** a transactional migration and its history row commit together or not at all.
+//! A `-- no-transaction` migration runs alone, outside a transaction, and must be idempotent
+//! (a crash between it and its history row leaves it applied but unrecorded; the re-run repeats it).
+
+use std::time::Duration;
+
+use rand::Rng;
+use refinery::{Migration, Runner, Target};
+use refinery_core::traits::r#async::{AsyncMigrate, AsyncQuery, AsyncTransaction};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio_postgres::Client;
+
+use super::HISTORY_TABLE;
+use super::error::DbFailure;
+
+/// The marker sqlx uses too: a migration whose first line is this runs outside a transaction.
+pub const NO_TRANSACTION_MARKER: &str = "-- no-transaction";
+
+/// Session limits applied to every migration statement.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Give up waiting for a lock after this long, so the application is never blocked behind
+    /// a queued `ALTER TABLE` for longer than this.
+    pub lock_timeout: Duration,
+    pub statement_timeout: Duration,
+}
+
+/// How often to try again when a migration loses a lock race (SQLSTATE 55P03 / 40P01).
+#[derive(Debug, Clone, Copy)]
+pub struct LockRetry {
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Versions applied by this call, ascending.
+    pub applied: Vec<i32>,
+    pub lock_retries: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApplyFailure {
+    /// Versions that did commit before the failure: main has changed when this is not empty.
+    pub applied: Vec<i32>,
+    pub lock_retries: u32,
+    pub failure: DbFailure,
+}
+
+/// Apply every pending migration of `migrations` on `client`, each in its own transaction (or
+/// alone, for no-transaction ones), retrying lock timeouts with jitter up to `retry`.
+pub async fn apply_pending(
+    client: &mut Client,
+    migrations: &[Migration],
+    timeouts: Timeouts,
+    retry: LockRetry,
+) -> Result<ApplyReport, ApplyFailure> {
+    let mut applied = Vec::new();
+    let mut lock_retries = 0;
+    loop {
+        let mut runner = Runner::new(migrations)
+            .set_grouped(false)
+            .set_abort_divergent(true)
+            .set_abort_missing(true)
+            .set_target(Target::Latest);
+        runner.set_migration_table_name(HISTORY_TABLE);
+        let mut guarded = Guarded {
+            client: &mut *client,
+            timeouts,
+        };
+        match runner.run_async(&mut guarded).await {
+            Ok(report) => {
+                applied.extend(
+                    report
+                        .applied_migrations()
+                        .iter()
+                        .map(|migration| migration.version()),
+                );
+                return Ok(ApplyReport {
+                    applied,
+                    lock_retries,
+                });
+            }
+            Err(error) => {
+                if let Some(report) = error.report() {
+                    applied.extend(
+                        report
+                            .applied_migrations()
+                            .iter()
+                            .map(|migration| migration.version()),
+                    );
+                }
+                let context = match error.kind() {
+                    refinery::error::Kind::Connection(message, _) => message.clone(),
+                    _ => String::new(),
+                };
+                let failure = DbFailure::from_error(&context, &error);
+                if failure.is_lock_contention() && lock_retries + 1 < retry.max_attempts {
+                    lock_retries += 1;
+                    tokio::time::sleep(jittered(retry.base_delay, lock_retries)).await;
+                    continue;
+                }
+                return Err(ApplyFailure {
+                    applied,
+                    lock_retries,
+                    failure,
+                });
+            }
+        }
+    }
+}
+
+/// Full jitter over an exponentially growing window, capped at 30 s.
+fn jittered(base: Duration, attempt: u32) -> Duration {
+    let window = base
+        .saturating_mul(1u32 << attempt.min(6))
+        .min(Duration::from_secs(30));
+    let millis = window.as_millis().max(1) as u64;
+    Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
+}
+
+/// `SET` value for a duration, in milliseconds (0 would mean "no limit" to PostgreSQL).
+fn millis(duration: Duration) -> u128 {
+    duration.as_millis().max(1)
+}
+
+/// A refinery connection whose transactions carry our timeouts and honour no-transaction files.
+struct Guarded<'c> {
+    client: &'c mut Client,
+    timeouts: Timeouts,
+}
+
+impl AsyncTransaction for Guarded<'_> {
+    type Error = tokio_postgres::Error;
+
+    async fn execute<'a, T: Iterator<Item = &'a str> + Send + 'a>(
+        &'a mut self,
+        queries: T,
+    ) -> Result<usize, Self::Error> {
+        let queries: Vec<&str> = queries.collect();
+        let settings = format!(
+            "SET lock_timeout = {}; SET statement_timeout = {}",
+            millis(self.timeouts.lock_timeout),
+            millis(self.timeouts.statement_timeout)
+        );
+        if queries
+            .first()
+            .is_some_and(|sql| sql.trim_start().starts_with(NO_TRANSACTION_MARKER))
+        {
+            // Session-level settings: there is no transaction for SET LOCAL to live in.
+            self.client.batch_execute(&settings).await?;
+            for query in &queries {
+                self.client.simple_query(query).await?;
+            }
+            return Ok(queries.len());
+        }
+        let transaction = self.client.transaction().await?;
+        transaction
+            .batch_execute(&settings.replace("SET ", "SET LOCAL "))
+            .await?;
+        for query in &queries {
+            transaction.batch_execute(query).await?;
+        }
+        transaction.commit().await?;
+        Ok(queries.len())
+    }
+}
+
+impl AsyncQuery<Vec<Migration>> for Guarded<'_> {
+    async fn query<'a>(&'a mut self, query: &'a str) -> Result<Vec<Migration>, Self::Error> {
+        // Fully qualified: with AsyncQuery in scope, `self.client.query` would resolve to refinery's.
+        let rows = tokio_postgres::Client::query(self.client, query, &[]).await?;
+        let mut migrations = Vec::with_capacity(rows.len());
+        for row in rows {
+            let applied_on: String = row.get(2);
+            let checksum: String = row.get(3);
+            // A malformed row would make refinery's own reader panic; ours maps it to a
+            // zero checksum, which then fails verification loudly as a divergence.
+            let applied_on =
+                OffsetDateTime::parse(&applied_on, &Rfc3339).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+            migrations.push(Migration::applied(
+                row.get(0),
+                row.get(1),
+                applied_on,
+                checksum.parse().unwrap_or(0),
+            ));
+        }
+        Ok(migrations)
+    }
+}
+
+impl AsyncMigrate for Guarded<'_> {}
