@@ -17,4 +17,6 @@ pub mod pg;
 pub mod pgcluster;
 pub mod plan;
 pub mod policy;
+pub mod progress;
+pub mod report;
 pub mod secret;

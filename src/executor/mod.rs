@@ -1,1 +1,72 @@
-//! (in progress)
+//! Executes a plan: waves in order, tenants in parallel within a wave, every step journaled.
+//!
+//! - [`shutdown`]: Ctrl-C levels (stop starting tenants; abort now).
+//! - [`tenant`]: one tenant's pipeline: probe, validate on a branch, restore point, apply to main.
+//! - [`waves`]: the wave loop: bounded concurrency, failure budget, bake, `--until-wave`, resume.
+//! - [`reporter`]: the trait progress displays implement; the executor never draws anything.
+//!
+//! **Invariant:** a tenant whose probe or validation fails is never touched on main.
+//! **Invariant:** a tenant finished in the journal is not touched or even connected to on resume;
+//! an unfinished one is re-probed, and its history table decides what is still pending.
+//! **Invariant:** when a wave's failures exceed its budget no new tenant of it starts and no later
+//! wave starts.
+
+pub mod reporter;
+pub mod shutdown;
+pub mod tenant;
+pub mod waves;
+
+pub use reporter::{NoReporter, Reporter};
+pub use shutdown::{
+    Shutdown, ShutdownTrigger, channel as shutdown_channel, install_signal_handlers,
+};
+pub use tenant::TenantOutcome;
+pub use waves::{RunOutcome, execute};
+
+use std::time::Duration;
+
+use crate::pg::runner::LockRetry;
+
+/// How `apply` runs, beyond what the plan decides.
+#[derive(Debug, Clone)]
+pub struct ApplyConfig {
+    /// Stop cleanly after this wave.
+    pub until_wave: Option<String>,
+    /// Try failed tenants again and un-halt their waves.
+    pub retry_failed: bool,
+    /// Do not wait for bake times.
+    pub skip_bake: bool,
+    /// Bound on open database connections across all tenants in flight.
+    pub max_connections: usize,
+    pub connect_timeout: Duration,
+    /// How long to poll for the per-tenant advisory lock before failing the tenant.
+    pub lock_wait: Duration,
+    pub lock_retry: LockRetry,
+    /// Reconnect-and-retry bound when a tenant's connection drops mid-apply.
+    pub max_connection_retries: u32,
+    /// Statements run on each validation branch after its migrations (policy `verify`).
+    pub verify_sql: Option<String>,
+    /// Expiry of backup branches (restore_point: backup_branch).
+    pub backup_ttl: Duration,
+}
+
+impl ApplyConfig {
+    /// The settings a pipeline gets without flags.
+    pub fn standard() -> ApplyConfig {
+        ApplyConfig {
+            until_wave: None,
+            retry_failed: false,
+            skip_bake: false,
+            max_connections: 64,
+            connect_timeout: Duration::from_secs(30),
+            lock_wait: Duration::from_secs(30),
+            lock_retry: LockRetry {
+                max_attempts: 5,
+                base_delay: Duration::from_millis(500),
+            },
+            max_connection_retries: 3,
+            verify_sql: None,
+            backup_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}

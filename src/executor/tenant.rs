@@ -1,0 +1,634 @@
+//! One tenant's pipeline: probe main, validate on a throwaway branch, record the restore point,
+//! apply to main under the advisory lock. Every step is journaled before the next depends on it.
+//!
+//! **Invariant:** main is only connected to for migrating after validation succeeded (when the
+//! plan validates this tenant) and after the restore point is durable in the journal.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
+
+use super::ApplyConfig;
+use crate::journal::{
+    Event, Journal, JournalError, JournalState, Phase, RestorePoint, TenantState,
+};
+use crate::neon::{CreateBranch, NeonClient, NeonError};
+use crate::pg::runner::{self, Timeouts};
+use crate::pg::{self, DbFailure, HistoryComparison, PlannedVersion};
+use crate::plan::model::{Plan, RestorePointKind, Validation};
+use crate::secret::SecretUri;
+
+/// How a tenant ended in this run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TenantOutcome {
+    Applied { versions: Vec<i32> },
+    UpToDate,
+    Diverged { reason: String },
+    Failed { phase: Phase, error: DbFailure },
+}
+
+/// Appends to the journal and keeps the replayed state current, so summaries need no re-read.
+pub struct Recorder {
+    journal: Journal,
+    state: Mutex<JournalState>,
+}
+
+impl Recorder {
+    pub fn new(journal: Journal, state: JournalState) -> Recorder {
+        Recorder {
+            journal,
+            state: Mutex::new(state),
+        }
+    }
+
+    pub async fn record(&self, event: Event) -> Result<(), JournalError> {
+        let record = self.journal.append(event).await?;
+        self.lock_state().apply(&record);
+        Ok(())
+    }
+
+    pub fn tenant(&self, tenant_id: &str) -> Option<TenantState> {
+        self.lock_state().tenant(tenant_id).cloned()
+    }
+
+    pub fn snapshot(&self) -> JournalState {
+        self.lock_state().clone()
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, JournalState> {
+        // A panic while holding this lock cannot leave the state half-applied in a way that
+        // matters: `apply` is a plain fold, so a poisoned lock is still usable.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Everything a tenant task needs, shared by all tenants of a run.
+pub struct TenantContext {
+    pub plan: Arc<Plan>,
+    pub migrations: Vec<refinery::Migration>,
+    pub planned: Vec<PlannedVersion>,
+    pub client: NeonClient,
+    pub recorder: Arc<Recorder>,
+    pub connections: Arc<Semaphore>,
+    pub config: ApplyConfig,
+}
+
+/// Result of a step that may fail the tenant.
+type Step<T> = Result<T, (Phase, DbFailure)>;
+
+/// Run one tenant to an outcome. `Err` only when the journal cannot be written (the run stops).
+pub async fn run_tenant(
+    context: Arc<TenantContext>,
+    tenant_id: String,
+    wave: String,
+) -> Result<TenantOutcome, JournalError> {
+    let prior = context.recorder.tenant(&tenant_id);
+    cleanup_open_branches(&context, &tenant_id, prior.as_ref()).await?;
+    match pipeline(&context, &tenant_id, &wave, prior.as_ref()).await? {
+        Ok(outcome) => Ok(outcome),
+        Err((phase, error)) => {
+            let applied_on_main = Vec::new();
+            context
+                .recorder
+                .record(Event::Failed {
+                    tenant: tenant_id.clone(),
+                    wave: wave.clone(),
+                    phase,
+                    error: error.clone(),
+                    applied_on_main,
+                })
+                .await?;
+            Ok(TenantOutcome::Failed { phase, error })
+        }
+    }
+}
+
+/// Delete branches an earlier, killed run created and never deleted. Best effort: they expire.
+async fn cleanup_open_branches(
+    context: &TenantContext,
+    tenant_id: &str,
+    prior: Option<&TenantState>,
+) -> Result<(), JournalError> {
+    let Some(prior) = prior else { return Ok(()) };
+    for (branch_id, (name, purpose)) in &prior.open_branches {
+        if purpose != "validate" {
+            // Backup branches are restore points: only `gc` deletes them.
+            continue;
+        }
+        match context.client.delete_branch(tenant_id, branch_id).await {
+            Ok(()) => {
+                context
+                    .recorder
+                    .record(Event::BranchDeleted {
+                        tenant: tenant_id.to_string(),
+                        branch_id: branch_id.clone(),
+                    })
+                    .await?
+            }
+            Err(error) => {
+                tracing::warn!(tenant = tenant_id, branch = %name, error = %error, "could not delete a leftover validation branch; it expires on its own")
+            }
+        }
+    }
+    Ok(())
+}
+
+fn api_failure(phase: Phase, what: &str, error: &NeonError) -> (Phase, DbFailure) {
+    (phase, DbFailure::new(None, format!("{what}: {error}")))
+}
+
+/// The steps; the outer `Result` is the journal, the inner one the tenant's fate.
+async fn pipeline(
+    context: &TenantContext,
+    tenant_id: &str,
+    wave: &str,
+    prior: Option<&TenantState>,
+) -> Result<Step<TenantOutcome>, JournalError> {
+    let policy = &context.plan.policy;
+    let recorder = &context.recorder;
+
+    // 1. Probe main: what does its history say is pending?
+    let main_uri = match context
+        .client
+        .connection_uri(tenant_id, None, &policy.database, &policy.role)
+        .await
+    {
+        Ok(uri) => uri,
+        Err(error) => {
+            let what = if error.status() == Some(404) {
+                "the project, its default branch, database or role was not found (deleted or renamed after planning?)"
+            } else {
+                "looking up main's connection URI"
+            };
+            return Ok(Err(api_failure(Phase::Probe, what, &error)));
+        }
+    };
+    let comparison = match probe(context, &main_uri).await {
+        Ok(comparison) => comparison,
+        Err(failure) => return Ok(Err((Phase::Probe, failure))),
+    };
+    let pending = match comparison {
+        HistoryComparison::UpToDate { .. } => {
+            recorder
+                .record(Event::UpToDate {
+                    tenant: tenant_id.into(),
+                    wave: wave.into(),
+                })
+                .await?;
+            return Ok(Ok(TenantOutcome::UpToDate));
+        }
+        HistoryComparison::Diverged { reason } => {
+            recorder
+                .record(Event::Diverged {
+                    tenant: tenant_id.into(),
+                    wave: wave.into(),
+                    reason: reason.clone(),
+                })
+                .await?;
+            return Ok(Ok(TenantOutcome::Diverged { reason }));
+        }
+        HistoryComparison::Pending {
+            current_version,
+            pending,
+        } => {
+            recorder
+                .record(Event::TenantProbed {
+                    tenant: tenant_id.into(),
+                    wave: wave.into(),
+                    current_version,
+                    pending: pending.clone(),
+                })
+                .await?;
+            pending
+        }
+    };
+
+    // 2. Validate on a throwaway branch, unless an earlier run already validated these versions.
+    let mut restore_point = prior.and_then(|state| state.restore_point.clone());
+    let wants_validation = match policy.validation {
+        Validation::Branch => true,
+        Validation::None => false,
+        Validation::SamplePercent(_) => {
+            crate::plan::sampled_for_validation(&context.plan, tenant_id)
+        }
+    };
+    let already_validated = prior
+        .and_then(|state| state.validated.as_ref())
+        .is_some_and(|validated| pending.iter().all(|version| validated.contains(version)));
+    let needs_branch_point =
+        policy.restore_point == RestorePointKind::BranchPoint && restore_point.is_none();
+    if wants_validation && (!already_validated || needs_branch_point) {
+        match validate(context, tenant_id, wave, &pending).await? {
+            Ok(branch_point) => {
+                if restore_point.is_none() && policy.restore_point == RestorePointKind::BranchPoint
+                {
+                    restore_point = Some(branch_point);
+                    if let Some(point) = &restore_point {
+                        recorder
+                            .record(Event::RestorePointRecorded {
+                                tenant: tenant_id.into(),
+                                wave: wave.into(),
+                                point: point.clone(),
+                            })
+                            .await?;
+                    }
+                }
+            }
+            Err(failure) => return Ok(Err(failure)),
+        }
+    }
+
+    // 3. A restore point that Neon can honour, durable before main changes.
+    if restore_point.is_none() {
+        match policy.restore_point {
+            RestorePointKind::BranchPoint => {
+                return Ok(Err((
+                    Phase::Branch,
+                    DbFailure::new(
+                        None,
+                        "no branch point to restore to: restore_point: branch_point needs a validation branch for every tenant",
+                    ),
+                )));
+            }
+            RestorePointKind::BackupBranch => match backup(context, tenant_id, wave).await? {
+                Ok(point) => {
+                    recorder
+                        .record(Event::RestorePointRecorded {
+                            tenant: tenant_id.into(),
+                            wave: wave.into(),
+                            point,
+                        })
+                        .await?;
+                }
+                Err(failure) => return Ok(Err(failure)),
+            },
+            RestorePointKind::None => {}
+        }
+    }
+
+    // 4. Apply to main under the advisory lock.
+    apply_to_main(context, tenant_id, wave, &main_uri, &pending).await
+}
+
+fn timeouts(plan: &Plan) -> Timeouts {
+    Timeouts {
+        lock_timeout: std::time::Duration::from_millis(plan.policy.lock_timeout_ms),
+        statement_timeout: std::time::Duration::from_millis(plan.policy.statement_timeout_ms),
+    }
+}
+
+async fn probe(context: &TenantContext, uri: &SecretUri) -> Result<HistoryComparison, DbFailure> {
+    let _permit = context
+        .connections
+        .acquire()
+        .await
+        .map_err(|_| DbFailure::new(None, "connection pool closed"))?;
+    let client = pg::connect(uri, context.config.connect_timeout).await?;
+    let history = pg::read_history(&client).await?;
+    Ok(pg::compare_history(&history, &context.planned))
+}
+
+/// A branch name that says where it came from and cannot collide with an earlier attempt's.
+fn branch_name(purpose: &str, plan_id: &str) -> String {
+    let plan_prefix: String = plan_id.chars().take(12).collect();
+    let salt: u16 = rand::random();
+    format!(
+        "schemafleet-{purpose}-{plan_prefix}-{}-{salt:04x}",
+        crate::clock::compact_stamp()
+    )
+}
+
+/// Create a validation branch, migrate it, verify, delete it. Ok = the branch point of main.
+async fn validate(
+    context: &TenantContext,
+    tenant_id: &str,
+    wave: &str,
+    pending: &[i32],
+) -> Result<Step<RestorePoint>, JournalError> {
+    let policy = &context.plan.policy;
+    let request = CreateBranch {
+        name: branch_name("validate", &context.plan.plan_id),
+        parent_id: None,
+        expires_at: Some(crate::clock::rfc3339_seconds_from_now(
+            std::time::Duration::from_secs(policy.branch_ttl_s),
+        )),
+    };
+    let created = match context.client.create_branch(tenant_id, &request).await {
+        Ok(created) => created,
+        Err(error) => {
+            return Ok(Err(api_failure(
+                Phase::Branch,
+                "creating the validation branch",
+                &error,
+            )));
+        }
+    };
+    let branch = &created.branch;
+    context
+        .recorder
+        .record(Event::BranchCreated {
+            tenant: tenant_id.into(),
+            wave: wave.into(),
+            purpose: "validate".into(),
+            branch_id: branch.id.clone(),
+            branch_name: branch.name.clone(),
+            parent_branch_id: branch.parent_id.clone(),
+            parent_lsn: branch.parent_lsn.clone(),
+            expires_at: branch.expires_at.clone().or(request.expires_at.clone()),
+        })
+        .await?;
+    let result = migrate_branch(context, tenant_id, &created).await;
+    // Delete whatever happened; a failed delete leaves a branch that expires on its own.
+    match context.client.delete_branch(tenant_id, &branch.id).await {
+        Ok(()) => {
+            context
+                .recorder
+                .record(Event::BranchDeleted {
+                    tenant: tenant_id.into(),
+                    branch_id: branch.id.clone(),
+                })
+                .await?
+        }
+        Err(error) => {
+            tracing::warn!(tenant = tenant_id, branch = %branch.name, error = %error, "could not delete the validation branch; it expires on its own")
+        }
+    }
+    if let Err(failure) = result {
+        return Ok(Err(failure));
+    }
+    context
+        .recorder
+        .record(Event::Validated {
+            tenant: tenant_id.into(),
+            wave: wave.into(),
+            versions: pending.to_vec(),
+        })
+        .await?;
+    let point = match (&branch.parent_id, &branch.parent_lsn) {
+        (Some(main_branch_id), Some(lsn)) => RestorePoint::BranchPoint {
+            main_branch_id: main_branch_id.clone(),
+            lsn: lsn.clone(),
+            timestamp: branch.parent_timestamp.clone(),
+        },
+        _ => {
+            return Ok(Err((
+                Phase::Branch,
+                DbFailure::new(
+                    None,
+                    format!(
+                        "Neon returned branch {} without parent_id/parent_lsn: no restore point",
+                        branch.id
+                    ),
+                ),
+            )));
+        }
+    };
+    Ok(Ok(point))
+}
+
+async fn migrate_branch(
+    context: &TenantContext,
+    tenant_id: &str,
+    created: &crate::neon::CreatedBranch,
+) -> Step<()> {
+    let policy = &context.plan.policy;
+    let uri = match &created.connection_uri {
+        Some(uri) => uri.clone(),
+        None => context
+            .client
+            .connection_uri(
+                tenant_id,
+                Some(&created.branch.id),
+                &policy.database,
+                &policy.role,
+            )
+            .await
+            .map_err(|error| {
+                api_failure(
+                    Phase::Branch,
+                    "looking up the validation branch's connection URI",
+                    &error,
+                )
+            })?,
+    };
+    let _permit = context.connections.acquire().await.map_err(|_| {
+        (
+            Phase::Validate,
+            DbFailure::new(None, "connection pool closed"),
+        )
+    })?;
+    let mut client = pg::connect(&uri, context.config.connect_timeout)
+        .await
+        .map_err(|failure| (Phase::Validate, failure))?;
+    runner::apply_pending(
+        &mut client,
+        &context.migrations,
+        timeouts(&context.plan),
+        context.config.lock_retry,
+    )
+    .await
+    .map_err(|failure| (Phase::Validate, failure.failure))?;
+    if let Some(verify_sql) = &context.config.verify_sql {
+        client
+            .batch_execute(verify_sql)
+            .await
+            .map_err(|error| (Phase::Validate, DbFailure::from_error("verify SQL", &error)))?;
+    }
+    Ok(())
+}
+
+/// Create a backup branch of main's current head. Ok = a restore point at its head.
+async fn backup(
+    context: &TenantContext,
+    tenant_id: &str,
+    wave: &str,
+) -> Result<Step<RestorePoint>, JournalError> {
+    let request = CreateBranch {
+        name: branch_name("backup", &context.plan.plan_id),
+        parent_id: None,
+        expires_at: Some(crate::clock::rfc3339_seconds_from_now(
+            context.config.backup_ttl,
+        )),
+    };
+    let created = match context.client.create_branch(tenant_id, &request).await {
+        Ok(created) => created,
+        Err(error) => {
+            return Ok(Err(api_failure(
+                Phase::Branch,
+                "creating the backup branch",
+                &error,
+            )));
+        }
+    };
+    let branch = created.branch;
+    context
+        .recorder
+        .record(Event::BranchCreated {
+            tenant: tenant_id.into(),
+            wave: wave.into(),
+            purpose: "backup".into(),
+            branch_id: branch.id.clone(),
+            branch_name: branch.name.clone(),
+            parent_branch_id: branch.parent_id.clone(),
+            parent_lsn: branch.parent_lsn.clone(),
+            expires_at: branch.expires_at.clone().or(request.expires_at),
+        })
+        .await?;
+    let Some(main_branch_id) = branch.parent_id.clone() else {
+        return Ok(Err((
+            Phase::Branch,
+            DbFailure::new(
+                None,
+                format!(
+                    "Neon returned backup branch {} without parent_id",
+                    branch.id
+                ),
+            ),
+        )));
+    };
+    Ok(Ok(RestorePoint::BackupBranch {
+        main_branch_id,
+        backup_branch_id: branch.id,
+        backup_branch_name: branch.name,
+    }))
+}
+
+async fn apply_to_main(
+    context: &TenantContext,
+    tenant_id: &str,
+    wave: &str,
+    main_uri: &SecretUri,
+    pending: &[i32],
+) -> Result<Step<TenantOutcome>, JournalError> {
+    let recorder = &context.recorder;
+    let Ok(_permit) = context.connections.acquire().await else {
+        return Ok(Err((
+            Phase::Apply,
+            DbFailure::new(None, "connection pool closed"),
+        )));
+    };
+    let mut applied: Vec<i32> = Vec::new();
+    let mut lock_retries = 0;
+    let mut connection_attempt = 0;
+    let mut started = false;
+    loop {
+        connection_attempt += 1;
+        let mut client = match pg::connect(main_uri, context.config.connect_timeout).await {
+            Ok(client) => client,
+            Err(failure)
+                if failure.is_connection_loss()
+                    && connection_attempt <= context.config.max_connection_retries =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(
+                    200 * u64::from(connection_attempt),
+                ))
+                .await;
+                continue;
+            }
+            Err(failure) => return fail_apply(recorder, tenant_id, wave, failure, applied).await,
+        };
+        match pg::lock::try_lock_for(&client, context.config.lock_wait).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let failure = DbFailure::new(
+                    None,
+                    format!(
+                        "another runner held this tenant's migration lock for over {:?}",
+                        context.config.lock_wait
+                    ),
+                );
+                return fail_apply(recorder, tenant_id, wave, failure, applied).await;
+            }
+            Err(failure)
+                if failure.is_connection_loss()
+                    && connection_attempt <= context.config.max_connection_retries =>
+            {
+                continue;
+            }
+            Err(failure) => return fail_apply(recorder, tenant_id, wave, failure, applied).await,
+        }
+        if !started {
+            recorder
+                .record(Event::ApplyStarted {
+                    tenant: tenant_id.into(),
+                    wave: wave.into(),
+                    versions: pending.to_vec(),
+                })
+                .await?;
+            started = true;
+        }
+        let result = runner::apply_pending(
+            &mut client,
+            &context.migrations,
+            timeouts(&context.plan),
+            context.config.lock_retry,
+        )
+        .await;
+        match result {
+            Ok(report) => {
+                lock_retries += report.lock_retries;
+                applied.extend(report.applied);
+                // Best effort: the lock also ends with the session.
+                let _ = pg::lock::unlock(&client).await;
+                if applied.is_empty() {
+                    // Someone else migrated this tenant between our probe and our lock.
+                    recorder
+                        .record(Event::UpToDate {
+                            tenant: tenant_id.into(),
+                            wave: wave.into(),
+                        })
+                        .await?;
+                    return Ok(Ok(TenantOutcome::UpToDate));
+                }
+                recorder
+                    .record(Event::Applied {
+                        tenant: tenant_id.into(),
+                        wave: wave.into(),
+                        versions: applied.clone(),
+                        lock_retries,
+                    })
+                    .await?;
+                return Ok(Ok(TenantOutcome::Applied { versions: applied }));
+            }
+            Err(failure) => {
+                lock_retries += failure.lock_retries;
+                applied.extend(failure.applied.iter().copied());
+                if failure.failure.is_connection_loss()
+                    && connection_attempt <= context.config.max_connection_retries
+                {
+                    tracing::info!(tenant = tenant_id, error = %failure.failure, "connection lost while applying; reconnecting (history decides what is left)");
+                    continue;
+                }
+                return fail_apply(recorder, tenant_id, wave, failure.failure, applied).await;
+            }
+        }
+    }
+}
+
+async fn fail_apply(
+    recorder: &Recorder,
+    tenant_id: &str,
+    wave: &str,
+    error: DbFailure,
+    applied_on_main: Vec<i32>,
+) -> Result<Step<TenantOutcome>, JournalError> {
+    recorder
+        .record(Event::Failed {
+            tenant: tenant_id.into(),
+            wave: wave.into(),
+            phase: Phase::Apply,
+            error: error.clone(),
+            applied_on_main,
+        })
+        .await?;
+    Ok(Ok(TenantOutcome::Failed {
+        phase: Phase::Apply,
+        error,
+    }))
+}

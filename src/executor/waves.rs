@@ -1,0 +1,303 @@
+//! The wave loop: bounded concurrency, failure budget, bake, `--until-wave`, resume, Ctrl-C.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::ApplyConfig;
+use super::reporter::Reporter;
+use super::shutdown::Shutdown;
+use super::tenant::{Recorder, TenantContext, TenantOutcome, run_tenant};
+use crate::journal::{Event, Journal, JournalError, JournalState, TenantStatus, WaveStatus};
+use crate::neon::NeonClient;
+use crate::pg::PlannedVersion;
+use crate::plan::model::{Plan, PlannedWave};
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Every wave ran to its end within budget.
+    Completed,
+    /// A wave's failures exceeded its budget; later waves did not start.
+    Halted { wave: String },
+    /// `--until-wave` was reached; a later `apply` continues with the next wave.
+    StoppedAfter { wave: String },
+    /// Ctrl-C: the journal is consistent, a re-run resumes.
+    Interrupted,
+}
+
+impl RunOutcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RunOutcome::Completed => "completed",
+            RunOutcome::Halted { .. } => "halted",
+            RunOutcome::StoppedAfter { .. } => "stopped_after_wave",
+            RunOutcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// What `execute` needs besides the display and the shutdown signal.
+pub struct RunInputs {
+    pub plan: Arc<Plan>,
+    /// The plan's migrations as refinery runs them, sorted by version.
+    pub migrations: Vec<refinery::Migration>,
+    pub planned: Vec<PlannedVersion>,
+    pub client: NeonClient,
+    pub journal: Journal,
+    /// The journal as replayed when it was opened.
+    pub prior: JournalState,
+    pub config: ApplyConfig,
+}
+
+pub struct RunResult {
+    pub outcome: RunOutcome,
+    /// The journal state after the run (prior runs included).
+    pub state: JournalState,
+}
+
+/// Run the plan's waves in order, resuming from the journal.
+pub async fn execute(
+    inputs: RunInputs,
+    reporter: Arc<dyn Reporter>,
+    shutdown: Shutdown,
+) -> Result<RunResult, JournalError> {
+    let run_id = format!("run-{}", crate::clock::compact_stamp());
+    let recorder = Arc::new(Recorder::new(inputs.journal.clone(), inputs.prior));
+    let context = Arc::new(TenantContext {
+        plan: inputs.plan.clone(),
+        migrations: inputs.migrations,
+        planned: inputs.planned,
+        client: inputs.client,
+        recorder: recorder.clone(),
+        connections: Arc::new(Semaphore::new(inputs.config.max_connections.max(1))),
+        config: inputs.config.clone(),
+    });
+    recorder
+        .record(Event::RunStarted {
+            plan_id: inputs.plan.plan_id.clone(),
+            run_id: run_id.clone(),
+            pid: std::process::id(),
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+        .await?;
+    let outcome = run_waves(&context, &inputs.config, reporter.as_ref(), &shutdown).await?;
+    recorder
+        .record(Event::RunFinished {
+            run_id,
+            outcome: outcome.as_str().to_string(),
+        })
+        .await?;
+    Ok(RunResult {
+        outcome,
+        state: recorder.snapshot(),
+    })
+}
+
+async fn run_waves(
+    context: &Arc<TenantContext>,
+    config: &ApplyConfig,
+    reporter: &dyn Reporter,
+    shutdown: &Shutdown,
+) -> Result<RunOutcome, JournalError> {
+    let plan = context.plan.clone();
+    let recorder = &context.recorder;
+    for (wave_idx, wave) in plan.waves.iter().enumerate() {
+        if shutdown.is_stopping() {
+            return Ok(RunOutcome::Interrupted);
+        }
+        let state = recorder.snapshot();
+        let wave_status = state.wave_status(&wave.name);
+        if wave_status == WaveStatus::Halted && !config.retry_failed {
+            reporter.note(&format!(
+                "wave {} is halted (failure budget spent in an earlier run); fix the cause, then re-run with --retry-failed",
+                wave.name
+            ));
+            return Ok(RunOutcome::Halted {
+                wave: wave.name.clone(),
+            });
+        }
+        let todo: Vec<String> = wave
+            .tenants
+            .iter()
+            .filter(|tenant| needs_work(&state, tenant, config.retry_failed))
+            .cloned()
+            .collect();
+        if wave_status == WaveStatus::Done && todo.is_empty() {
+            if config.until_wave.as_deref() == Some(wave.name.as_str()) {
+                return Ok(RunOutcome::StoppedAfter {
+                    wave: wave.name.clone(),
+                });
+            }
+            continue;
+        }
+        if wave_idx > 0 && !config.skip_bake {
+            let previous = &plan.waves[wave_idx - 1];
+            if let Some(until) = state
+                .waves
+                .get(&previous.name)
+                .and_then(|wave_state| wave_state.bake_until.clone())
+                && !bake(&until, &previous.name, &wave.name, reporter, shutdown).await
+            {
+                return Ok(RunOutcome::Interrupted);
+            }
+        }
+        if wave_status != WaveStatus::Running {
+            recorder
+                .record(Event::WaveStarted {
+                    wave: wave.name.clone(),
+                })
+                .await?;
+        }
+        let halted = run_wave(context, wave, todo, reporter, shutdown).await?;
+        if shutdown.is_stopping() && !halted {
+            return Ok(RunOutcome::Interrupted);
+        }
+        recorder
+            .record(Event::WaveFinished {
+                wave: wave.name.clone(),
+                halted,
+            })
+            .await?;
+        reporter.wave_finished(&wave.name, halted);
+        if halted {
+            return Ok(RunOutcome::Halted {
+                wave: wave.name.clone(),
+            });
+        }
+        let is_last = wave_idx + 1 == plan.waves.len();
+        if !is_last && wave.bake_s > 0 {
+            let until = crate::clock::rfc3339_seconds_from_now(Duration::from_secs(wave.bake_s));
+            recorder
+                .record(Event::BakeStarted {
+                    wave: wave.name.clone(),
+                    until,
+                })
+                .await?;
+        }
+        if config.until_wave.as_deref() == Some(wave.name.as_str()) {
+            return Ok(RunOutcome::StoppedAfter {
+                wave: wave.name.clone(),
+            });
+        }
+    }
+    Ok(RunOutcome::Completed)
+}
+
+/// Whether `tenant` still needs work in this run.
+fn needs_work(state: &JournalState, tenant: &str, retry_failed: bool) -> bool {
+    match state.tenant_status(tenant) {
+        TenantStatus::Failed => retry_failed,
+        status => !status.is_finished(),
+    }
+}
+
+/// Wait until `until`; false when interrupted.
+async fn bake(
+    until: &str,
+    baked_wave: &str,
+    next_wave: &str,
+    reporter: &dyn Reporter,
+    shutdown: &Shutdown,
+) -> bool {
+    let Some(until_at) = crate::clock::parse_rfc3339(until) else {
+        return true;
+    };
+    let remaining = until_at - time::OffsetDateTime::now_utc();
+    if remaining <= time::Duration::ZERO {
+        return true;
+    }
+    let remaining = Duration::from_secs_f64(remaining.as_seconds_f64());
+    reporter.note(&format!(
+        "baking wave {baked_wave} for {}s before wave {next_wave} starts (--skip-bake to skip)",
+        remaining.as_secs()
+    ));
+    tokio::select! {
+        () = tokio::time::sleep(remaining) => true,
+        () = shutdown.stopping() => false,
+    }
+}
+
+/// Run one wave's tenants with bounded concurrency. Returns whether the wave halted.
+async fn run_wave(
+    context: &Arc<TenantContext>,
+    wave: &PlannedWave,
+    todo: Vec<String>,
+    reporter: &dyn Reporter,
+    shutdown: &Shutdown,
+) -> Result<bool, JournalError> {
+    let state = context.recorder.snapshot();
+    let todo_set: std::collections::HashSet<&String> = todo.iter().collect();
+    // Failures from earlier runs that are not being retried still count against the budget.
+    let mut n_failed = wave
+        .tenants
+        .iter()
+        .filter(|tenant| !todo_set.contains(tenant))
+        .filter(|tenant| {
+            matches!(
+                state.tenant_status(tenant),
+                TenantStatus::Failed | TenantStatus::Diverged
+            )
+        })
+        .count();
+    reporter.wave_started(
+        &wave.name,
+        wave.tenants.len(),
+        wave.tenants.len() - todo.len(),
+    );
+    let mut halted = wave.budget_exceeded(n_failed);
+    let mut queue = todo.into_iter();
+    let mut in_flight: JoinSet<Result<(String, TenantOutcome), JournalError>> = JoinSet::new();
+    let concurrency = wave.concurrency.max(1);
+    loop {
+        while !halted && !shutdown.is_stopping() && in_flight.len() < concurrency {
+            let Some(tenant) = queue.next() else { break };
+            reporter.tenant_started(&wave.name, &tenant);
+            let tenant_context = context.clone();
+            let wave_name = wave.name.clone();
+            in_flight.spawn(async move {
+                let outcome = run_tenant(tenant_context, tenant.clone(), wave_name).await?;
+                Ok((tenant, outcome))
+            });
+        }
+        if in_flight.is_empty() {
+            break;
+        }
+        tokio::select! {
+            joined = in_flight.join_next() => {
+                let Some(joined) = joined else { break };
+                let (tenant, outcome) = match joined {
+                    Ok(result) => result?,
+                    Err(join_error) => {
+                        // A panicking tenant task is a bug; the tenant stays in flight in the
+                        // journal and is re-probed on the next run.
+                        tracing::error!(error = %join_error, "a tenant task panicked");
+                        continue;
+                    }
+                };
+                if matches!(outcome, TenantOutcome::Failed { .. } | TenantOutcome::Diverged { .. }) {
+                    n_failed += 1;
+                    if !halted && wave.budget_exceeded(n_failed) {
+                        halted = true;
+                        reporter.note(&format!(
+                            "wave {}: {n_failed} failures exceed its budget; no new tenant starts, {} in flight finish",
+                            wave.name,
+                            in_flight.len()
+                        ));
+                    }
+                }
+                reporter.tenant_finished(&wave.name, &tenant, &outcome);
+            }
+            () = shutdown.aborting() => {
+                // Second Ctrl-C: drop every tenant task now. Their sessions close, so open
+                // transactions roll back; the journal holds only what completed.
+                in_flight.abort_all();
+                while in_flight.join_next().await.is_some() {}
+                return Ok(false);
+            }
+        }
+    }
+    Ok(halted)
+}

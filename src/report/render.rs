@@ -1,0 +1,148 @@
+//! Text for humans (fits 80 columns) and JSON for pipelines.
+
+use std::fmt::Write as _;
+
+use super::group::FailureGroup;
+use super::summary::Summary;
+
+/// Width text output wraps at, so it reads in an 80-column terminal.
+const WIDTH: usize = 78;
+
+/// The per-wave table, then failures grouped by cause with their next steps.
+pub fn summary_text(summary: &Summary, groups: &[FailureGroup]) -> String {
+    let mut out = String::new();
+    let name_width = summary
+        .waves
+        .iter()
+        .map(|wave| wave.name.len())
+        .max()
+        .unwrap_or(4)
+        .clamp(5, 14);
+    let _ = writeln!(
+        out,
+        "{:<name_width$} {:<8} {:>7} {:>7} {:>7} {:>6} {:>6} {:>7}",
+        "wave", "status", "tenants", "applied", "current", "failed", "diverg", "skipped"
+    );
+    let line = |out: &mut String, name: &str, status: &str, counts: &super::Counts| {
+        let _ = writeln!(
+            out,
+            "{:<name_width$} {:<8} {:>7} {:>7} {:>7} {:>6} {:>6} {:>7}",
+            truncate(name, name_width),
+            status,
+            counts.tenants,
+            counts.applied,
+            counts.up_to_date,
+            counts.failed,
+            counts.diverged,
+            counts.skipped
+        );
+    };
+    for wave in &summary.waves {
+        line(&mut out, &wave.name, wave.status, &wave.counts);
+    }
+    line(&mut out, "total", "", &summary.totals);
+    let totals = &summary.totals;
+    if totals.in_flight > 0 {
+        let _ = writeln!(
+            out,
+            "{} tenants were in flight when the run stopped; `apply` again resumes them",
+            totals.in_flight
+        );
+    }
+    if totals.rolled_back > 0 || totals.rollback_failed > 0 {
+        let _ = writeln!(
+            out,
+            "rolled back: {}, rollback failed: {}",
+            totals.rolled_back, totals.rollback_failed
+        );
+    }
+    if !groups.is_empty() {
+        let n_failed: usize = groups.iter().map(|group| group.count).sum();
+        let _ = writeln!(
+            out,
+            "\n{n_failed} tenant{} failed, {} distinct cause{}:",
+            if n_failed == 1 { "" } else { "s" },
+            groups.len(),
+            if groups.len() == 1 { "" } else { "s" }
+        );
+        for group in groups {
+            let sqlstate = group
+                .sqlstate
+                .as_ref()
+                .map(|code| format!(" [{code}]"))
+                .unwrap_or_default();
+            let head = format!(
+                "{} x {}{}: {}",
+                group.count, group.phase, sqlstate, group.cause
+            );
+            wrap_into(&mut out, &head, "  ", "      ");
+            let more = if group.count > group.tenants.len() {
+                format!(" (+{} more)", group.count - group.tenants.len())
+            } else {
+                String::new()
+            };
+            wrap_into(
+                &mut out,
+                &format!("tenants: {}{more}", group.tenants.join(", ")),
+                "      ",
+                "      ",
+            );
+            wrap_into(
+                &mut out,
+                &format!("next: {}", group.next_step),
+                "      ",
+                "        ",
+            );
+        }
+    }
+    out
+}
+
+fn truncate(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_string()
+    } else {
+        let kept: String = text.chars().take(width.saturating_sub(1)).collect();
+        format!("{kept}~")
+    }
+}
+
+/// Word-wrap `text` at [`WIDTH`], first line indented by `first`, the rest by `rest`.
+pub fn wrap_into(out: &mut String, text: &str, first: &str, rest: &str) {
+    let mut line = String::from(first);
+    let mut line_has_word = false;
+    for word in text.split_whitespace() {
+        if line_has_word && line.chars().count() + 1 + word.chars().count() > WIDTH {
+            out.push_str(&line);
+            out.push('\n');
+            line = String::from(rest);
+            line_has_word = false;
+        }
+        if line_has_word {
+            line.push(' ');
+        }
+        line.push_str(word);
+        line_has_word = true;
+    }
+    if line_has_word {
+        out.push_str(&line);
+        out.push('\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapping_keeps_lines_within_width() {
+        let mut out = String::new();
+        let text = "word ".repeat(60);
+        wrap_into(&mut out, &text, "  ", "    ");
+        assert!(out.lines().count() > 3);
+        assert!(
+            out.lines().all(|line| line.chars().count() <= WIDTH),
+            "{out}"
+        );
+    }
+}

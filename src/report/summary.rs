@@ -1,0 +1,149 @@
+//! Counting tenants per wave and state.
+
+use serde::Serialize;
+
+use crate::journal::{JournalState, TenantStatus, WaveStatus};
+use crate::plan::model::Plan;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub tenants: usize,
+    pub applied: usize,
+    pub up_to_date: usize,
+    pub failed: usize,
+    pub diverged: usize,
+    /// Not started: in a halted or not-started wave, or left when the run stopped.
+    pub skipped: usize,
+    /// Started and not finished (a killed or interrupted run); a resume re-probes them.
+    pub in_flight: usize,
+    pub rolled_back: usize,
+    pub rollback_failed: usize,
+}
+
+impl Counts {
+    fn add(&mut self, status: TenantStatus) {
+        self.tenants += 1;
+        match status {
+            TenantStatus::NotStarted => self.skipped += 1,
+            TenantStatus::InFlight => self.in_flight += 1,
+            TenantStatus::Applied => self.applied += 1,
+            TenantStatus::UpToDate => self.up_to_date += 1,
+            TenantStatus::Failed => self.failed += 1,
+            TenantStatus::Diverged => self.diverged += 1,
+            TenantStatus::RolledBack => self.rolled_back += 1,
+            TenantStatus::RollbackFailed => self.rollback_failed += 1,
+        }
+    }
+
+    fn merge(&mut self, other: &Counts) {
+        self.tenants += other.tenants;
+        self.applied += other.applied;
+        self.up_to_date += other.up_to_date;
+        self.failed += other.failed;
+        self.diverged += other.diverged;
+        self.skipped += other.skipped;
+        self.in_flight += other.in_flight;
+        self.rolled_back += other.rolled_back;
+        self.rollback_failed += other.rollback_failed;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WaveSummary {
+    pub name: String,
+    /// `not_started`, `running`, `done` or `halted`.
+    pub status: &'static str,
+    pub halted: bool,
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailureEntry {
+    pub tenant: String,
+    pub wave: String,
+    /// `probe`, `branch`, `validate`, `apply` (or `diverged` for history that disagrees).
+    pub phase: String,
+    pub error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sqlstate: Option<String>,
+    /// Versions committed on main before the failure: main changed when not empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub applied_on_main: Vec<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub plan_id: String,
+    pub waves: Vec<WaveSummary>,
+    pub totals: Counts,
+    pub failures: Vec<FailureEntry>,
+    /// Tenants holding a restore point in the journal.
+    pub restore_points: usize,
+}
+
+/// Count every planned tenant by its journal state, wave by wave, in plan order.
+pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
+    let mut waves = Vec::with_capacity(plan.waves.len());
+    let mut totals = Counts::default();
+    let mut failures = Vec::new();
+    let mut restore_points = 0;
+    for wave in &plan.waves {
+        let mut counts = Counts::default();
+        for tenant_id in &wave.tenants {
+            let tenant = state.tenant(tenant_id);
+            let status = tenant.map_or(TenantStatus::NotStarted, |tenant| tenant.status);
+            counts.add(status);
+            let Some(tenant) = tenant else { continue };
+            if tenant.restore_point.is_some() {
+                restore_points += 1;
+            }
+            match status {
+                TenantStatus::Failed => {
+                    if let Some(failure) = &tenant.failure {
+                        failures.push(FailureEntry {
+                            tenant: tenant_id.clone(),
+                            wave: wave.name.clone(),
+                            phase: failure.phase.as_str().to_string(),
+                            error: failure.error.message.clone(),
+                            sqlstate: failure.error.sqlstate.clone(),
+                            applied_on_main: failure.applied_on_main.clone(),
+                        });
+                    }
+                }
+                TenantStatus::Diverged => failures.push(FailureEntry {
+                    tenant: tenant_id.clone(),
+                    wave: wave.name.clone(),
+                    phase: "diverged".to_string(),
+                    error: tenant.diverged_reason.clone().unwrap_or_default(),
+                    sqlstate: None,
+                    applied_on_main: Vec::new(),
+                }),
+                TenantStatus::RollbackFailed => failures.push(FailureEntry {
+                    tenant: tenant_id.clone(),
+                    wave: wave.name.clone(),
+                    phase: "rollback".to_string(),
+                    error: tenant.rollback_error.clone().unwrap_or_default(),
+                    sqlstate: None,
+                    applied_on_main: tenant.applied_versions.clone(),
+                }),
+                _ => {}
+            }
+        }
+        let wave_status = state.wave_status(&wave.name);
+        totals.merge(&counts);
+        waves.push(WaveSummary {
+            name: wave.name.clone(),
+            status: wave_status.as_str(),
+            halted: wave_status == WaveStatus::Halted,
+            counts,
+        });
+    }
+    Summary {
+        plan_id: plan.plan_id.clone(),
+        waves,
+        totals,
+        failures,
+        restore_points,
+    }
+}
