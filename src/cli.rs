@@ -71,6 +71,10 @@ pub struct ApiArgs {
     /// Client-side rate limit for Neon API requests, per minute (Neon allows 700 per account).
     #[arg(long, env = "SCHEMAFLEET_API_RATE_LIMIT", default_value_t = 600)]
     pub api_rate_limit_per_min: u32,
+
+    /// How often to poll Neon operations, in milliseconds (Neon suggests about 1 s).
+    #[arg(long, env = "SCHEMAFLEET_OPERATION_POLL_MS", default_value_t = 1000)]
+    pub operation_poll_ms: u64,
 }
 
 #[derive(Debug, Args)]

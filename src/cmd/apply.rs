@@ -1,8 +1,200 @@
-//! `schemafleet apply`.
+//! `schemafleet apply PLAN`: execute a plan wave by wave, resuming from its journal.
 
-use crate::cli::ApplyArgs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+
+use crate::cli::{ApplyArgs, OutputFormat};
+use crate::executor::{self, ApplyConfig, Reporter, RunOutcome};
 use crate::exit::ExitStatus;
+use crate::journal::{Journal, default_journal_path};
+use crate::pg::PlannedVersion;
+use crate::plan::model::Plan;
+use crate::report;
 
-pub async fn run(_args: ApplyArgs) -> anyhow::Result<ExitStatus> {
-    anyhow::bail!("`schemafleet apply` is not built yet")
+pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
+    let plan = crate::plan::load_plan(&args.plan)?;
+    let plan_dir = args
+        .plan
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let migrations_dir = args
+        .migrations
+        .clone()
+        .unwrap_or_else(|| plan_dir.join(&plan.migrations.dir));
+    let set = crate::migrations::load(&migrations_dir)
+        .with_context(|| format!("loading migrations from {}", migrations_dir.display()))?;
+    crate::plan::check_migrations(&plan, &set).with_context(|| {
+        format!(
+            "plan {} no longer matches the migrations in {}; re-run `schemafleet plan` and review the new plan",
+            args.plan.display(),
+            migrations_dir.display()
+        )
+    })?;
+    if let Some(wave) = &args.until_wave
+        && plan.wave(wave).is_none()
+    {
+        let names: Vec<&str> = plan.waves.iter().map(|wave| wave.name.as_str()).collect();
+        bail!(
+            "--until-wave {wave}: the plan has no such wave (waves: {})",
+            names.join(", ")
+        );
+    }
+    let verify_sql = read_verify(&plan, &plan_dir)?;
+    let client = super::api::client(&args.api)?;
+    if let Some(first_tenant) = plan
+        .waves
+        .iter()
+        .flat_map(|wave| wave.tenants.first())
+        .next()
+    {
+        super::api::preflight(&client, &args.api.api_url, first_tenant).await?;
+    }
+
+    let journal_path = args
+        .journal
+        .clone()
+        .unwrap_or_else(|| default_journal_path(&args.plan));
+    let (journal, read) = Journal::open(&journal_path, &plan.plan_id)?;
+    if let Some(torn) = &read.torn_tail {
+        eprintln!(
+            "warning: journal {}: {torn}; the step it described is re-checked against the tenant",
+            journal_path.display()
+        );
+    }
+
+    let mut config = ApplyConfig::standard();
+    config.until_wave = args.until_wave.clone();
+    config.retry_failed = args.retry_failed;
+    config.skip_bake = args.skip_bake;
+    config.max_connections = args.max_connections.max(1);
+    config.verify_sql = verify_sql;
+
+    let planned: Vec<PlannedVersion> = plan
+        .migrations
+        .items
+        .iter()
+        .map(|item| PlannedVersion {
+            version: item.version,
+            name: item.name.clone(),
+            checksum: item.checksum.clone(),
+        })
+        .collect();
+    let migrations: Vec<refinery::Migration> = set
+        .migrations
+        .iter()
+        .map(|migration| migration.to_refinery())
+        .collect();
+    let show_progress = !args.no_progress && args.output == OutputFormat::Text;
+    let reporter: Arc<dyn Reporter> =
+        Arc::new(crate::progress::ProgressReporter::new(show_progress));
+    let (trigger, shutdown) = executor::shutdown_channel();
+    executor::install_signal_handlers(trigger);
+
+    let plan = Arc::new(plan);
+    let inputs = executor::waves::RunInputs {
+        plan: plan.clone(),
+        migrations,
+        planned,
+        client: client.clone(),
+        journal: journal.clone(),
+        prior: read.state,
+        config,
+    };
+    let result = executor::execute(inputs, reporter, shutdown).await;
+    journal.close().await;
+    let result = result.with_context(|| {
+        format!(
+            "the journal {} cannot be written; the run stopped",
+            journal_path.display()
+        )
+    })?;
+
+    let summary = report::summarize(&plan, &result.state);
+    let plan_display = args.plan.display().to_string();
+    let groups = report::group_failures(&summary.failures, &plan_display);
+    let api_stats = client.stats();
+    match args.output {
+        OutputFormat::Json => {
+            let document = serde_json::json!({
+                "plan_id": summary.plan_id,
+                "outcome": result.outcome.as_str(),
+                "waves": summary.waves,
+                "totals": summary.totals,
+                "failures": summary.failures,
+                "failure_groups": groups,
+                "api": {"requests": api_stats.requests, "retries": api_stats.retries, "mutations": api_stats.mutations, "rate_limited": api_stats.rate_limited},
+                "journal": journal_path,
+            });
+            println!("{}", serde_json::to_string_pretty(&document)?);
+        }
+        OutputFormat::Text => {
+            println!("plan {} ({})", summary.plan_id, plan_display);
+            print!("{}", report::render::summary_text(&summary, &groups));
+            println!(
+                "{}",
+                outcome_line(&result.outcome, &plan_display, &journal_path)
+            );
+            println!(
+                "Neon API: {} requests, {} retried, {} rate-limited",
+                api_stats.requests, api_stats.retries, api_stats.rate_limited
+            );
+        }
+    }
+    Ok(exit_status(&result.outcome, &summary))
+}
+
+fn read_verify(plan: &Plan, plan_dir: &Path) -> anyhow::Result<Option<String>> {
+    let Some(verify) = &plan.policy.verify else {
+        return Ok(None);
+    };
+    let path: PathBuf = plan_dir.join(&verify.path);
+    let bytes = std::fs::read(&path)
+        .with_context(|| format!("reading the verify SQL {}", path.display()))?;
+    let digest = crate::plan::sha256_hex(&bytes);
+    if digest != verify.sha256 {
+        bail!(
+            "verify SQL {} changed since the plan was written; re-run `schemafleet plan`",
+            path.display()
+        );
+    }
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("verify SQL {} is not UTF-8", path.display()))?;
+    Ok(Some(text))
+}
+
+fn outcome_line(outcome: &RunOutcome, plan: &str, journal: &Path) -> String {
+    match outcome {
+        RunOutcome::Completed => format!("rollout complete; journal: {}", journal.display()),
+        RunOutcome::Halted { wave } => format!(
+            "wave {wave} HALTED: its failure budget is spent and later waves did not start; fix the cause, then `schemafleet apply {plan} --retry-failed`"
+        ),
+        RunOutcome::StoppedAfter { wave } => {
+            format!(
+                "stopped after wave {wave} as asked; `schemafleet apply {plan}` continues with the next wave"
+            )
+        }
+        RunOutcome::Interrupted => {
+            format!(
+                "interrupted; the journal is consistent: `schemafleet apply {plan}` resumes where this run stopped"
+            )
+        }
+    }
+}
+
+fn exit_status(outcome: &RunOutcome, summary: &report::Summary) -> ExitStatus {
+    match outcome {
+        RunOutcome::Interrupted => ExitStatus::Interrupted,
+        RunOutcome::Halted { .. } => ExitStatus::Failure,
+        RunOutcome::Completed | RunOutcome::StoppedAfter { .. } => {
+            if summary.totals.failed + summary.totals.diverged + summary.totals.rollback_failed > 0
+            {
+                ExitStatus::Failure
+            } else {
+                ExitStatus::Success
+            }
+        }
+    }
 }

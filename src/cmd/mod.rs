@@ -6,6 +6,7 @@
 use crate::cli::{Cli, Command};
 use crate::exit::ExitStatus;
 
+pub mod api;
 pub mod apply;
 pub mod bench;
 pub mod demo;

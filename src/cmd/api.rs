@@ -1,0 +1,38 @@
+//! Building the Neon client from command-line arguments, with a preflight that fails fast.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::cli::ApiArgs;
+use crate::neon::{ClientConfig, NeonClient};
+use crate::secret::SecretString;
+
+/// A client for `args`; an error when no key is given.
+pub fn client(args: &ApiArgs) -> anyhow::Result<NeonClient> {
+    let Some(key) = args.api_key.as_ref().filter(|key| !key.is_empty()) else {
+        bail!(
+            "NEON_API_KEY is not set: export an API key (an organization key is best for fleets), or run against the local emulator (`schemafleet emulator` prints one)"
+        );
+    };
+    let mut config = ClientConfig::new(
+        args.api_url.clone(),
+        SecretString::new(key.clone()),
+        args.api_rate_limit_per_min,
+    );
+    config.poll_interval = Duration::from_millis(args.operation_poll_ms.max(10));
+    NeonClient::new(config)
+        .with_context(|| format!("cannot build a Neon API client for {}", args.api_url))
+}
+
+/// One read before anything changes, so a wrong URL or a rejected key stops the command at once
+/// with nothing written, instead of failing every tenant.
+pub async fn preflight(client: &NeonClient, api_url: &str, project_id: &str) -> anyhow::Result<()> {
+    match client.get_project(project_id).await {
+        Ok(_) => Ok(()),
+        Err(error) if error.status() == Some(404) => Ok(()),
+        Err(error) => Err(anyhow::Error::new(error).context(format!(
+            "the Neon API at {api_url} is not usable (checked with tenant {project_id}); check NEON_API_URL and NEON_API_KEY"
+        ))),
+    }
+}
