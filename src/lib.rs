@@ -19,4 +19,5 @@ pub mod plan;
 pub mod policy;
 pub mod progress;
 pub mod report;
+pub mod rollback;
 pub mod secret;

@@ -1,8 +1,174 @@
-//! `schemafleet rollback`.
+//! `schemafleet rollback PLAN --tenant ID... | --wave NAME | --failed`.
 
-use crate::cli::RollbackArgs;
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+
+use crate::cli::{OutputFormat, RollbackArgs};
+use crate::executor::tenant::Recorder;
 use crate::exit::ExitStatus;
+use crate::journal::{Journal, default_journal_path};
+use crate::rollback::{self, Candidate, Selection};
 
-pub async fn run(_args: RollbackArgs) -> anyhow::Result<ExitStatus> {
-    anyhow::bail!("`schemafleet rollback` is not built yet")
+pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
+    let plan = crate::plan::load_plan(&args.plan)?;
+    let journal_path = args
+        .journal
+        .clone()
+        .unwrap_or_else(|| default_journal_path(&args.plan));
+    if !journal_path.exists() {
+        bail!(
+            "journal {} does not exist: nothing of plan {} was applied, so there is nothing to roll back",
+            journal_path.display(),
+            plan.plan_id
+        );
+    }
+    let selection = if let Some(wave) = &args.wave {
+        Selection::Wave(wave.clone())
+    } else if args.failed {
+        Selection::Failed
+    } else {
+        Selection::Tenants(args.tenants.clone())
+    };
+    // Read without the lock first: a dry run must work while an apply holds the journal.
+    let read = Journal::read(&journal_path)?;
+    let stamp = crate::clock::compact_stamp();
+    let (candidates, refusals) =
+        rollback::select(&plan, &read.state, &selection, &stamp).map_err(anyhow::Error::msg)?;
+    for refusal in &refusals {
+        eprintln!("refused: {}: {}", refusal.tenant, refusal.reason);
+    }
+    if candidates.is_empty() {
+        eprintln!("nothing to roll back");
+        return Ok(if refusals.is_empty() {
+            ExitStatus::Success
+        } else {
+            ExitStatus::Failure
+        });
+    }
+    describe(&candidates);
+    if args.dry_run {
+        for candidate in &candidates {
+            let (main_branch_id, request) = rollback::restore_request(candidate);
+            let body = serde_json::json!({
+                "source_branch_id": request.source_branch_id,
+                "source_lsn": request.source_lsn,
+                "preserve_under_name": request.preserve_under_name,
+            });
+            println!(
+                "POST /projects/{}/branches/{main_branch_id}/restore {body}",
+                candidate.tenant
+            );
+        }
+        return Ok(ExitStatus::Success);
+    }
+    if !args.yes && !confirm(candidates.len())? {
+        eprintln!("rollback cancelled; nothing was changed");
+        return Ok(ExitStatus::Failure);
+    }
+
+    let client = super::api::client(&args.api)?;
+    let (journal, read) = Journal::open(&journal_path, &plan.plan_id)?;
+    let recorder = Arc::new(Recorder::new(journal.clone(), read.state));
+    let plan = Arc::new(plan);
+    let results: Vec<(
+        String,
+        Result<Result<(), String>, crate::journal::JournalError>,
+    )> = futures::stream::iter(candidates.clone())
+        .map(|candidate| {
+            let client = client.clone();
+            let recorder = recorder.clone();
+            let plan = plan.clone();
+            async move {
+                let result =
+                    rollback::roll_back_tenant(&client, &recorder, &plan, &candidate).await;
+                (candidate.tenant.clone(), result)
+            }
+        })
+        .buffer_unordered(args.concurrency.max(1))
+        .collect()
+        .await;
+    journal.close().await;
+    let mut n_failed = refusals.len();
+    let mut report = Vec::new();
+    for (tenant, result) in results {
+        let outcome = result
+            .with_context(|| format!("the journal {} cannot be written", journal_path.display()))?;
+        match &outcome {
+            Ok(()) => eprintln!("rolled back: {tenant}"),
+            Err(reason) => {
+                n_failed += 1;
+                eprintln!("FAILED: {tenant}: {reason}");
+            }
+        }
+        let preserved = candidates
+            .iter()
+            .find(|candidate| candidate.tenant == tenant)
+            .map(|candidate| candidate.preserve_under_name.clone());
+        report.push(serde_json::json!({"tenant": tenant, "ok": outcome.is_ok(), "error": outcome.err(), "preserved_branch": preserved}));
+    }
+    if args.output == OutputFormat::Json {
+        let refused: Vec<serde_json::Value> = refusals
+            .iter()
+            .map(|refusal| serde_json::json!({"tenant": refusal.tenant, "reason": refusal.reason}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"plan_id": plan.plan_id, "tenants": report, "refused": refused})
+            )?
+        );
+    } else {
+        println!(
+            "{} of {} tenants rolled back; `schemafleet status {}` shows them, a later `apply` migrates them again",
+            report.len() + refusals.len() - n_failed,
+            report.len() + refusals.len(),
+            args.plan.display()
+        );
+    }
+    Ok(if n_failed == 0 {
+        ExitStatus::Success
+    } else {
+        ExitStatus::Failure
+    })
+}
+
+fn describe(candidates: &[Candidate]) {
+    eprintln!(
+        "will restore {} tenant{}:",
+        candidates.len(),
+        if candidates.len() == 1 { "" } else { "s" }
+    );
+    for candidate in candidates {
+        let age = rollback::age_seconds(candidate)
+            .map(|seconds| format!("{} ago", human_duration(seconds)))
+            .unwrap_or_else(|| "age unknown".to_string());
+        eprintln!(
+            "  {} (wave {}): back to its restore point from {age}; writes since then move to branch {}",
+            candidate.tenant, candidate.wave, candidate.preserve_under_name
+        );
+    }
+}
+
+fn human_duration(seconds: i64) -> String {
+    match seconds {
+        seconds if seconds < 120 => format!("{seconds}s"),
+        seconds if seconds < 7200 => format!("{}m", seconds / 60),
+        seconds => format!("{}h{}m", seconds / 3600, (seconds % 3600) / 60),
+    }
+}
+
+fn confirm(n_tenants: usize) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "refusing to roll back {n_tenants} tenants without confirmation: stdin is not a terminal; pass --yes (or --dry-run to see the calls)"
+        );
+    }
+    eprint!("restore {n_tenants} tenant main branches? type 'yes' to continue: ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(answer.trim() == "yes")
 }

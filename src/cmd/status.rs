@@ -1,8 +1,233 @@
-//! `schemafleet status`.
+//! `schemafleet status PLAN`: where a rollout stands, from its journal alone.
+//!
+//! **Invariant:** without `--live` this makes no connection and no API call, so an operator can
+//! run it at any time, even while `apply` runs (the journal is read without its lock).
 
-use crate::cli::StatusArgs;
+use std::path::Path;
+
+use futures::StreamExt;
+
+use crate::cli::{OutputFormat, StatusArgs};
 use crate::exit::ExitStatus;
+use crate::journal::{Journal, JournalState, RestorePoint, default_journal_path};
+use crate::pg::{self, HistoryComparison, PlannedVersion};
+use crate::plan::model::Plan;
+use crate::report;
 
-pub async fn run(_args: StatusArgs) -> anyhow::Result<ExitStatus> {
-    anyhow::bail!("`schemafleet status` is not built yet")
+pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
+    let plan = crate::plan::load_plan(&args.plan)?;
+    let journal_path = args
+        .journal
+        .clone()
+        .unwrap_or_else(|| default_journal_path(&args.plan));
+    let read = Journal::read(&journal_path)?;
+    if let Some(plan_id) = &read.state.plan_id
+        && plan_id != &plan.plan_id
+    {
+        anyhow::bail!(
+            "journal {} belongs to plan {plan_id}, not {}",
+            journal_path.display(),
+            plan.plan_id
+        );
+    }
+    let summary = report::summarize(&plan, &read.state);
+    let plan_display = args.plan.display().to_string();
+    let groups = report::group_failures(&summary.failures, &plan_display);
+    let restore_points = restore_points(&plan, &read.state);
+    let live = if args.live {
+        Some(live_probe(&args, &plan).await?)
+    } else {
+        None
+    };
+    let running = summary
+        .waves
+        .iter()
+        .find(|wave| wave.status == "running")
+        .map(|wave| wave.name.clone());
+    let halted = summary
+        .waves
+        .iter()
+        .find(|wave| wave.halted)
+        .map(|wave| wave.name.clone());
+    match args.output {
+        OutputFormat::Json => {
+            let document = serde_json::json!({
+                "plan_id": summary.plan_id,
+                "journal": journal_path,
+                "journal_exists": journal_path.exists(),
+                "runs": read.state.runs,
+                "last_run_outcome": read.state.last_run_outcome,
+                "running_wave": running,
+                "halted_wave": halted,
+                "waves": summary.waves,
+                "totals": summary.totals,
+                "failures": summary.failures,
+                "failure_groups": groups,
+                "restore_points": restore_points,
+                "torn_tail": read.torn_tail,
+                "live": live,
+            });
+            println!("{}", serde_json::to_string_pretty(&document)?);
+        }
+        OutputFormat::Text => {
+            print_text(
+                &args.plan,
+                &journal_path,
+                &read.state,
+                &summary,
+                &groups,
+                &restore_points,
+                live.as_ref(),
+                running,
+                halted.clone(),
+            );
+        }
+    }
+    Ok(
+        if summary.totals.failed + summary.totals.diverged + summary.totals.rollback_failed > 0
+            || halted.is_some()
+        {
+            ExitStatus::Failure
+        } else {
+            ExitStatus::Success
+        },
+    )
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename the same eight things"
+)]
+fn print_text(
+    plan_path: &Path,
+    journal_path: &Path,
+    state: &JournalState,
+    summary: &report::Summary,
+    groups: &[report::FailureGroup],
+    restore_points: &[serde_json::Value],
+    live: Option<&serde_json::Value>,
+    running: Option<String>,
+    halted: Option<String>,
+) {
+    println!("plan {} ({})", summary.plan_id, plan_path.display());
+    if state.runs == 0 {
+        println!("journal {}: no run yet", journal_path.display());
+    } else {
+        println!(
+            "journal {}: {} run{}, last: {}",
+            journal_path.display(),
+            state.runs,
+            if state.runs == 1 { "" } else { "s" },
+            state
+                .last_run_outcome
+                .as_deref()
+                .unwrap_or("still running or killed")
+        );
+    }
+    if let Some(wave) = running {
+        println!("wave {wave} is running (or its run was killed: `apply` resumes it)");
+    }
+    if let Some(wave) = halted {
+        println!(
+            "wave {wave} is HALTED: later waves will not start until its failures are resolved"
+        );
+    }
+    print!("{}", report::render::summary_text(summary, groups));
+    println!(
+        "\n{} tenants hold a restore point (`schemafleet rollback` can use them)",
+        restore_points.len()
+    );
+    if let Some(live) = live {
+        println!("live: {}", live);
+    }
+}
+
+/// Restore points as the operator needs them: tenant, wave, kind, when.
+fn restore_points(plan: &Plan, state: &JournalState) -> Vec<serde_json::Value> {
+    let mut points = Vec::new();
+    for wave in &plan.waves {
+        for tenant_id in &wave.tenants {
+            let Some(tenant) = state.tenant(tenant_id) else {
+                continue;
+            };
+            let Some(point) = &tenant.restore_point else {
+                continue;
+            };
+            let (kind, detail) = match point {
+                RestorePoint::BranchPoint { lsn, .. } => ("branch_point", lsn.clone()),
+                RestorePoint::BackupBranch {
+                    backup_branch_name, ..
+                } => ("backup_branch", backup_branch_name.clone()),
+            };
+            points.push(serde_json::json!({
+                "tenant": tenant_id,
+                "wave": wave.name,
+                "kind": kind,
+                "point": detail,
+                "recorded_at": tenant.restore_point_at,
+                "status": tenant.status.as_str(),
+            }));
+        }
+    }
+    points
+}
+
+/// `--live`: probe every planned tenant's history table (bounded concurrency).
+async fn live_probe(args: &StatusArgs, plan: &Plan) -> anyhow::Result<serde_json::Value> {
+    let client = super::api::client(&args.api)?;
+    let planned: Vec<PlannedVersion> = plan
+        .migrations
+        .items
+        .iter()
+        .map(|item| PlannedVersion {
+            version: item.version,
+            name: item.name.clone(),
+            checksum: item.checksum.clone(),
+        })
+        .collect();
+    let tenants: Vec<String> = plan
+        .waves
+        .iter()
+        .flat_map(|wave| wave.tenants.iter().cloned())
+        .collect();
+    let results: Vec<(String, String)> = futures::stream::iter(tenants)
+        .map(|tenant| {
+            let client = client.clone();
+            let planned = planned.clone();
+            let policy = plan.policy.clone();
+            async move {
+                let verdict = match client
+                    .connection_uri(&tenant, None, &policy.database, &policy.role)
+                    .await
+                {
+                    Err(error) => format!("unreachable: {error}"),
+                    Ok(uri) => match pg::connect(&uri, std::time::Duration::from_secs(30)).await {
+                        Err(failure) => format!("unreachable: {failure}"),
+                        Ok(connection) => match pg::read_history(&connection).await {
+                            Err(failure) => format!("unreadable: {failure}"),
+                            Ok(history) => match pg::compare_history(&history, &planned) {
+                                HistoryComparison::UpToDate { .. } => "up_to_date".to_string(),
+                                HistoryComparison::Pending { .. } => "behind".to_string(),
+                                HistoryComparison::Diverged { .. } => "diverged".to_string(),
+                            },
+                        },
+                    },
+                };
+                (tenant, verdict)
+            }
+        })
+        .buffer_unordered(args.concurrency.max(1))
+        .collect()
+        .await;
+    let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for (_, verdict) in &results {
+        let key = verdict.split(':').next().unwrap_or("").to_string();
+        *counts.entry(key).or_default() += 1;
+    }
+    let problems: Vec<serde_json::Value> = results
+        .iter()
+        .filter(|(_, verdict)| verdict != "up_to_date" && verdict != "behind")
+        .map(|(tenant, verdict)| serde_json::json!({"tenant": tenant, "state": verdict}))
+        .collect();
+    Ok(serde_json::json!({"counts": counts, "problems": problems}))
 }

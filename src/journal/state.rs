@@ -73,6 +73,8 @@ pub struct TenantState {
     /// Kept until a rollback uses it: a retried tenant keeps its original pre-migration point.
     pub restore_point: Option<RestorePoint>,
     pub restore_point_at: Option<String>,
+    /// main's version when the restore point was recorded: what a rollback must bring back.
+    pub version_at_restore_point: Option<i32>,
     /// Branches created and not yet deleted: id -> (name, purpose).
     pub open_branches: BTreeMap<String, (String, String)>,
     pub applied_versions: Vec<i32>,
@@ -95,6 +97,7 @@ impl TenantState {
             apply_started: None,
             restore_point: None,
             restore_point_at: None,
+            version_at_restore_point: None,
             open_branches: BTreeMap::new(),
             applied_versions: Vec::new(),
             failure: None,
@@ -262,6 +265,7 @@ impl JournalState {
                 let state = self.tenant_mut(tenant, wave, &at);
                 state.restore_point = Some(point.clone());
                 state.restore_point_at = Some(at.clone());
+                state.version_at_restore_point = state.current_version;
             }
             Event::ApplyStarted {
                 tenant,

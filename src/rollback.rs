@@ -1,0 +1,304 @@
+//! Rollback by Neon branch restore: put a tenant's main back to its journaled restore point.
+//!
+//! Choosing tenants and building the restore requests is pure ([`select`], [`restore_request`]);
+//! [`roll_back_tenant`] does the I/O: restore through the API, wait for its operations, then
+//! check the history table shows the pre-migration versions.
+//!
+//! **Invariant:** a tenant without a restore point, or whose point is outside the project's
+//! history window, is refused before any API call: never a partial restore.
+//! **Invariant:** the state main had before the restore is kept under `preserve_under_name`.
+
+use std::time::Duration;
+
+use crate::journal::{Event, JournalState, RestorePoint, TenantState, TenantStatus};
+use crate::neon::{NeonClient, RestoreBranch};
+use crate::pg;
+use crate::plan::model::Plan;
+
+/// Which tenants the operator asked for.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    Tenants(Vec<String>),
+    Wave(String),
+    /// Tenants whose apply failed after main changed.
+    Failed,
+}
+
+/// A tenant that will be restored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub tenant: String,
+    pub wave: String,
+    pub point: RestorePoint,
+    /// When the restore point was taken (RFC 3339): writes after it move to the preserved branch.
+    pub point_at: Option<String>,
+    /// The version main had before the migration, which the history must show afterwards.
+    pub expected_version: Option<i32>,
+    pub preserve_under_name: String,
+}
+
+/// A tenant that will not be restored, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub tenant: String,
+    pub reason: String,
+}
+
+/// Pick the tenants to roll back. Pure: plan and journal in, candidates and refusals out.
+pub fn select(
+    plan: &Plan,
+    state: &JournalState,
+    selection: &Selection,
+    stamp: &str,
+) -> Result<(Vec<Candidate>, Vec<Refusal>), String> {
+    let chosen: Vec<(String, String)> = match selection {
+        Selection::Tenants(ids) => {
+            let mut chosen = Vec::new();
+            for id in ids {
+                match plan.waves.iter().find(|wave| {
+                    wave.tenants.binary_search(id).is_ok() || wave.tenants.contains(id)
+                }) {
+                    Some(wave) => chosen.push((id.clone(), wave.name.clone())),
+                    None => return Err(format!("tenant {id} is not in plan {}", plan.plan_id)),
+                }
+            }
+            chosen
+        }
+        Selection::Wave(name) => {
+            let Some(wave) = plan.wave(name) else {
+                let names: Vec<&str> = plan.waves.iter().map(|wave| wave.name.as_str()).collect();
+                return Err(format!(
+                    "the plan has no wave {name} (waves: {})",
+                    names.join(", ")
+                ));
+            };
+            wave.tenants
+                .iter()
+                .filter(|tenant| changed_main(state.tenant(tenant)))
+                .map(|tenant| (tenant.clone(), wave.name.clone()))
+                .collect()
+        }
+        Selection::Failed => plan
+            .waves
+            .iter()
+            .flat_map(|wave| {
+                wave.tenants
+                    .iter()
+                    .map(move |tenant| (tenant.clone(), wave.name.clone()))
+            })
+            .filter(|(tenant, _)| {
+                state.tenant(tenant).is_some_and(|state| {
+                    state.status == TenantStatus::Failed
+                        && state
+                            .failure
+                            .as_ref()
+                            .is_some_and(|failure| !failure.applied_on_main.is_empty())
+                })
+            })
+            .collect(),
+    };
+    let plan_prefix: String = plan.plan_id.chars().take(8).collect();
+    let mut candidates = Vec::new();
+    let mut refusals = Vec::new();
+    for (tenant, wave) in chosen {
+        let tenant_state = state.tenant(&tenant);
+        match tenant_state.and_then(|state| state.restore_point.clone().map(|point| (state, point)))
+        {
+            Some((tenant_state, point)) => candidates.push(Candidate {
+                preserve_under_name: format!("pre-rollback-{plan_prefix}-{stamp}"),
+                point_at: point_time(&point).or(tenant_state.restore_point_at.clone()),
+                expected_version: tenant_state.version_at_restore_point,
+                tenant,
+                wave,
+                point,
+            }),
+            None => {
+                let status = tenant_state.map_or(TenantStatus::NotStarted, |state| state.status);
+                let reason = match status {
+                    TenantStatus::NotStarted | TenantStatus::UpToDate | TenantStatus::Diverged => {
+                        format!(
+                            "no restore point: main was not changed by this plan (status {})",
+                            status.as_str()
+                        )
+                    }
+                    TenantStatus::RolledBack => {
+                        "already rolled back; nothing to restore".to_string()
+                    }
+                    _ => format!(
+                        "no restore point in the journal (status {}; restore_point: {:?} in the plan)",
+                        status.as_str(),
+                        plan.policy.restore_point
+                    ),
+                };
+                refusals.push(Refusal { tenant, reason });
+            }
+        }
+    }
+    Ok((candidates, refusals))
+}
+
+fn changed_main(state: Option<&TenantState>) -> bool {
+    state.is_some_and(|state| {
+        state.status == TenantStatus::Applied
+            || state.status == TenantStatus::RollbackFailed
+            || (state.status == TenantStatus::InFlight && state.apply_started.is_some())
+            || !state.applied_versions.is_empty()
+    })
+}
+
+fn point_time(point: &RestorePoint) -> Option<String> {
+    match point {
+        RestorePoint::BranchPoint { timestamp, .. } => timestamp.clone(),
+        RestorePoint::BackupBranch { .. } => None,
+    }
+}
+
+/// The restore call for a candidate: `(main branch id, request)`.
+pub fn restore_request(candidate: &Candidate) -> (String, RestoreBranch) {
+    let request = match &candidate.point {
+        RestorePoint::BranchPoint {
+            main_branch_id,
+            lsn,
+            ..
+        } => RestoreBranch {
+            source_branch_id: main_branch_id.clone(),
+            source_lsn: Some(lsn.clone()),
+            source_timestamp: None,
+            preserve_under_name: Some(candidate.preserve_under_name.clone()),
+        },
+        RestorePoint::BackupBranch {
+            backup_branch_id, ..
+        } => RestoreBranch {
+            source_branch_id: backup_branch_id.clone(),
+            source_lsn: None,
+            source_timestamp: None,
+            preserve_under_name: Some(candidate.preserve_under_name.clone()),
+        },
+    };
+    (candidate.point.main_branch_id().to_string(), request)
+}
+
+/// How long ago the restore point was, in seconds, if known.
+pub fn age_seconds(candidate: &Candidate) -> Option<i64> {
+    let at = crate::clock::parse_rfc3339(candidate.point_at.as_deref()?)?;
+    Some((time::OffsetDateTime::now_utc() - at).whole_seconds())
+}
+
+/// Restore one tenant and check its history. Journals start and end. `Ok(Err(reason))` is a
+/// tenant-level failure; `Err` means the journal cannot be written.
+pub async fn roll_back_tenant(
+    client: &NeonClient,
+    recorder: &crate::executor::tenant::Recorder,
+    plan: &Plan,
+    candidate: &Candidate,
+) -> Result<Result<(), String>, crate::journal::JournalError> {
+    // The history window: a branch point older than it cannot be restored exactly.
+    if let RestorePoint::BranchPoint { .. } = candidate.point {
+        match client.get_project(&candidate.tenant).await {
+            Ok(project) => {
+                if let (Some(window), Some(age)) =
+                    (project.history_retention_seconds, age_seconds(candidate))
+                    && age > window as i64
+                {
+                    return Ok(Err(format!(
+                        "the restore point is {age}s old but the project keeps {window}s of history: Neon cannot restore it; nothing was changed"
+                    )));
+                }
+            }
+            Err(error) => {
+                return Ok(Err(format!(
+                    "reading the project: {error}; nothing was changed"
+                )));
+            }
+        }
+    }
+    recorder
+        .record(Event::RollbackStarted {
+            tenant: candidate.tenant.clone(),
+            preserve_under_name: candidate.preserve_under_name.clone(),
+        })
+        .await?;
+    let (main_branch_id, request) = restore_request(candidate);
+    if let Err(error) = client
+        .restore_branch(&candidate.tenant, &main_branch_id, &request)
+        .await
+    {
+        let reason = format!("restore: {error}");
+        recorder
+            .record(Event::RollbackFailed {
+                tenant: candidate.tenant.clone(),
+                error: reason.clone(),
+            })
+            .await?;
+        return Ok(Err(reason));
+    }
+    match verify_history(client, plan, candidate).await {
+        Ok(()) => {
+            recorder
+                .record(Event::RolledBack {
+                    tenant: candidate.tenant.clone(),
+                    preserved_branch: candidate.preserve_under_name.clone(),
+                    restored_to: candidate.point.clone(),
+                })
+                .await?;
+            Ok(Ok(()))
+        }
+        Err(reason) => {
+            recorder
+                .record(Event::RollbackFailed {
+                    tenant: candidate.tenant.clone(),
+                    error: reason.clone(),
+                })
+                .await?;
+            Ok(Err(reason))
+        }
+    }
+}
+
+/// After the restore, main's history must end at the version it had before the migration.
+async fn verify_history(
+    client: &NeonClient,
+    plan: &Plan,
+    candidate: &Candidate,
+) -> Result<(), String> {
+    let uri = client
+        .connection_uri(
+            &candidate.tenant,
+            None,
+            &plan.policy.database,
+            &plan.policy.role,
+        )
+        .await
+        .map_err(|error| {
+            format!("restored, but looking up main's URI to verify failed: {error}")
+        })?;
+    // The compute reconnects to the restored timeline; give it a few tries.
+    let mut last_error = String::new();
+    for attempt in 0..5u64 {
+        match pg::connect(&uri, Duration::from_secs(30)).await {
+            Ok(connection) => match pg::read_history(&connection).await {
+                Ok(history) => {
+                    let version = history.iter().map(|row| row.version).max();
+                    if version == candidate.expected_version {
+                        return Ok(());
+                    }
+                    return Err(format!(
+                        "restored, but main's history is at {} instead of the pre-migration {}",
+                        describe(version),
+                        describe(candidate.expected_version)
+                    ));
+                }
+                Err(failure) => last_error = failure.to_string(),
+            },
+            Err(failure) => last_error = failure.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+    }
+    Err(format!(
+        "restored, but main's history could not be read to verify it: {last_error}"
+    ))
+}
+
+fn describe(version: Option<i32>) -> String {
+    version.map_or_else(|| "no version".to_string(), |version| format!("V{version}"))
+}
