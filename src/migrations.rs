@@ -46,13 +46,13 @@ pub struct MigrationSet {
 /// Why a migrations directory cannot be used. Each names the file and says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {
-    #[error("cannot read the migrations directory {}: {source}", dir.display())]
+    #[error("cannot read the migrations directory {}", dir.display())]
     ReadDir {
         dir: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot read migration {}: {source}", path.display())]
+    #[error("cannot read migration {}", path.display())]
     ReadFile {
         path: PathBuf,
         #[source]
@@ -425,7 +425,11 @@ mod tests {
     fn the_shipped_example_set_loads() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
         let set = load(&dir).unwrap();
-        let names: Vec<String> = set.migrations.iter().map(Migration::refinery_name).collect();
+        let names: Vec<String> = set
+            .migrations
+            .iter()
+            .map(Migration::refinery_name)
+            .collect();
         assert_eq!(
             names,
             vec![

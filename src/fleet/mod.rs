@@ -37,7 +37,7 @@ pub struct FleetInventory {
 /// Why a fleet could not be read. Each names the file (and line) and says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
-    #[error("cannot read the tenants file {}: {source}", path.display())]
+    #[error("cannot read the tenants file {}", path.display())]
     Read {
         path: std::path::PathBuf,
         #[source]

@@ -124,7 +124,7 @@ impl std::fmt::Display for WaveMatch {
 /// Why a policy cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("cannot read the policy {}: {source}", path.display())]
+    #[error("cannot read the policy {}", path.display())]
     Read {
         path: PathBuf,
         #[source]
