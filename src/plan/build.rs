@@ -337,3 +337,179 @@ fn resolve_named_tenants(
     }
     Ok(named)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::migrations::Migration;
+    use crate::policy;
+
+    const POLICY: &str = "\
+fleet: {source: file, file: t.csv, exclude: [p-0009]}
+database: neondb
+role: owner
+salt: s1
+waves:
+  - name: canary
+    tenants: [p-0003, tenant-0005]
+    percent: 5
+    concurrency: 2
+  - name: eu
+    percent: 50
+    concurrency: 4
+    match: {region: eu}
+  - name: rest
+    percent: 100
+    concurrency: 8
+";
+
+    fn policy(text: &str) -> Policy {
+        policy::parse(Path::new("plans/p.yaml"), text).unwrap()
+    }
+
+    fn migrations() -> MigrationSet {
+        let sql = "SELECT 1;".to_string();
+        MigrationSet {
+            dir: PathBuf::from("migrations"),
+            migrations: vec![Migration {
+                version: 1,
+                name: "one".into(),
+                file_name: "V1__one.sql".into(),
+                sha256: crate::migrations::sha256_hex(sql.as_bytes()),
+                checksum: 42,
+                sql,
+                no_transaction: false,
+            }],
+        }
+    }
+
+    fn inventory(n_tenants: usize) -> FleetInventory {
+        FleetInventory {
+            source: "file:t.csv".into(),
+            tenants: (1..=n_tenants)
+                .map(|number| Tenant {
+                    id: format!("p-{number:04}"),
+                    name: format!("tenant-{number:04}"),
+                    region: Some(if number % 2 == 0 { "eu" } else { "us" }.into()),
+                    labels: BTreeMap::new(),
+                })
+                .collect(),
+            unavailable: vec!["p-gone".into()],
+        }
+    }
+
+    fn paths() -> PlanPaths {
+        PlanPaths {
+            policy: "plans/p.yaml".into(),
+            migrations_dir: "../migrations".into(),
+            verify: None,
+        }
+    }
+
+    fn build(text: &str, n_tenants: usize, created_at: &str) -> Result<Plan, String> {
+        build_plan(
+            &policy(text),
+            &migrations(),
+            inventory(n_tenants),
+            &paths(),
+            created_at.into(),
+        )
+        .map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn same_inputs_same_plan_apart_from_creation_time() {
+        let first = build(POLICY, 40, "2026-11-26T10:00:00Z").unwrap();
+        let mut second = build(POLICY, 40, "2026-11-27T10:00:00Z").unwrap();
+        assert_eq!(first.plan_id, second.plan_id);
+        assert_eq!(first.plan_id.len(), 16);
+        second.created_at = first.created_at.clone();
+        assert_eq!(first, second);
+        // Anything apply acts on changes the id.
+        let other_salt = build(&POLICY.replace("salt: s1", "salt: s2"), 40, "t").unwrap();
+        assert_ne!(other_salt.plan_id, first.plan_id);
+    }
+
+    #[test]
+    fn fleet_counts_exclusions_and_waves() {
+        let plan = build(POLICY, 40, "t").unwrap();
+        assert_eq!(plan.fleet.discovered, 40);
+        assert_eq!(plan.fleet.planned, 39);
+        assert_eq!(plan.fleet.excluded.len(), 1);
+        assert_eq!(plan.fleet.excluded[0].id, "p-0009");
+        assert_eq!(plan.fleet.unavailable, vec!["p-gone".to_string()]);
+        assert_eq!(plan.tenant_count(), 39);
+        let canary = plan.wave("canary").unwrap();
+        // Named by id and by project name.
+        assert!(canary.tenants.contains(&"p-0003".to_string()));
+        assert!(canary.tenants.contains(&"p-0005".to_string()));
+        let eu = plan.wave("eu").unwrap();
+        assert!(eu.tenants.iter().all(|id| {
+            let number: usize = id[2..].parse().unwrap();
+            number % 2 == 0
+        }));
+        assert_eq!(plan.migrations.items[0].checksum, "42");
+    }
+
+    #[test]
+    fn named_tenant_errors_point_at_the_policy() {
+        let message = build(&POLICY.replace("p-0003", "p-0999"), 40, "t").unwrap_err();
+        assert_eq!(
+            message,
+            "plans/p.yaml:7:15: wave `canary` names tenant p-0999, which is not in the fleet (file:t.csv); use a Neon project id or project name from the fleet, or remove it"
+        );
+        let message = build(&POLICY.replace("p-0003", "p-0009"), 40, "t").unwrap_err();
+        assert!(
+            message.starts_with("plans/p.yaml:7:15: wave `canary` names tenant p-0009, which the policy excludes (listed in fleet.exclude)"),
+            "{message}"
+        );
+        let message = build(&POLICY.replace("p-0003", "p-0005"), 40, "t").unwrap_err();
+        assert!(
+            message.contains("project p-0005 is already named"),
+            "{message}"
+        );
+        let rejected = POLICY.replace(
+            "    percent: 5\n    concurrency: 2\n",
+            "    percent: 5\n    concurrency: 2\n    match: {region: eu}\n",
+        );
+        let message = build(&rejected, 40, "t").unwrap_err();
+        assert!(
+            message.contains("its `match` (region eu) rejects that tenant"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn empty_fleet_and_unassigned_tenants_are_errors() {
+        let message = build(&POLICY.replace("[p-0003, tenant-0005]", "[]"), 0, "t").unwrap_err();
+        assert!(
+            message.starts_with("the fleet is empty: file:t.csv listed 0 tenants"),
+            "{message}"
+        );
+        let only_eu_last = POLICY.replace(
+            "    percent: 100\n    concurrency: 8\n",
+            "    percent: 100\n    concurrency: 8\n    match: {region: eu}\n",
+        );
+        let message = build(&only_eu_last, 40, "t").unwrap_err();
+        assert!(
+            message.starts_with("plans/p.yaml:14:5: no wave accepts"),
+            "{message}"
+        );
+        assert!(message.contains("p-0001"), "{message}");
+    }
+
+    #[test]
+    fn one_and_two_tenant_fleets() {
+        let text = POLICY
+            .replace("[p-0003, tenant-0005]", "[]")
+            .replace(", exclude: [p-0009]", "");
+        for n_tenants in [1, 2] {
+            let plan = build(&text, n_tenants, "t").unwrap();
+            assert_eq!(plan.tenant_count(), n_tenants);
+            assert_eq!(plan.fleet.planned, n_tenants);
+        }
+    }
+}
