@@ -304,19 +304,19 @@ impl PgCluster {
 
 impl Drop for OwnedServer {
     fn drop(&mut self) {
-        if !self.stopped {
-            if let Ok(bin_dir) = find_bin_dir() {
-                let pg_ctl = bin_dir.join("pg_ctl");
-                let mut command = blocking_command(&pg_ctl, self.run_as_postgres);
-                command
-                    .arg("-w")
-                    .arg("-D")
-                    .arg(&self.data_dir)
-                    .args(["stop", "-m", "fast"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null());
-                let _ = command.status();
-            }
+        if !self.stopped
+            && let Ok(bin_dir) = find_bin_dir()
+        {
+            let pg_ctl = bin_dir.join("pg_ctl");
+            let mut command = blocking_command(&pg_ctl, self.run_as_postgres);
+            command
+                .arg("-w")
+                .arg("-D")
+                .arg(&self.data_dir)
+                .args(["stop", "-m", "fast"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let _ = command.status();
         }
         if self.remove_data_dir {
             let _ = std::fs::remove_dir_all(&self.data_dir);
@@ -378,7 +378,7 @@ fn server_settings(
         ("max_connections", config.max_connections.to_string()),
         // Tests and local fleets never need crash safety, and fsync dominates CREATE DATABASE.
         ("fsync", "off".to_string()),
-        ("max_wal_size", "4GB".to_string()),
+        ("max_wal_size", "1GB".to_string()),
         ("checkpoint_timeout", "30min".to_string()),
     ];
     if config.tuned_for_benchmark {
@@ -589,10 +589,8 @@ fn write_private_file(path: &Path, text: &str, chown: bool) -> Result<(), PgClus
         .open(path)
         .map_err(to_error)?;
     file.write_all(text.as_bytes()).map_err(to_error)?;
-    if chown {
-        if let Some((uid, gid)) = postgres_ids() {
-            std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(to_error)?;
-        }
+    if chown && let Some((uid, gid)) = postgres_ids() {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(to_error)?;
     }
     Ok(())
 }
