@@ -12,7 +12,7 @@ use schemafleet::emulator::{LocalFleet, LocalFleetConfig};
 use schemafleet::neon::{
     ClientConfig, CreateBranch, NeonClient, NeonError, ProjectFilter, RestoreBranch,
 };
-use schemafleet::secret::SecretUri;
+use schemafleet::secret::{SecretString, SecretUri};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio_postgres::NoTls;
@@ -116,6 +116,66 @@ async fn project_listing_follows_cursors_across_pages() {
         .await,
         [1, 2]
     );
+
+    // A wrong key stops at once, with a hint, and without showing the key.
+    let mut wrong_key = client_config(&fleet);
+    wrong_key.api_key = SecretString::new("napi_wrong_key_123");
+    let unauthorized_client = NeonClient::new(wrong_key).unwrap();
+    let error = unauthorized_client
+        .list_projects(&ProjectFilter::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, NeonError::Unauthorized { status: 401, .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("NEON_API_KEY"), "{error}");
+    assert!(!format!("{error} {error:?}").contains("wrong_key_123"));
+    assert_eq!(
+        unauthorized_client.stats().requests,
+        1,
+        "401 is never retried"
+    );
+    fleet.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn client_side_limiter_keeps_a_burst_under_the_server_limit() {
+    // The server allows 1,200/min with a burst of 40; a client paced at the same rate with its
+    // smaller burst never trips it, while an unpaced client does and rides out the 429s.
+    let fleet = LocalFleet::start(LocalFleetConfig {
+        rate_limit_per_min: Some(1_200),
+        ..LocalFleetConfig::for_tests()
+    })
+    .await
+    .unwrap();
+    let tenant = fleet.seed(1, SEED_SQL, "paced").await.unwrap().remove(0);
+
+    let burst = |client: NeonClient| {
+        let project_id = tenant.project_id.clone();
+        async move {
+            let reads = (0..60).map(|_| {
+                let client = client.clone();
+                let project_id = project_id.clone();
+                async move { client.get_project(&project_id).await }
+            });
+            for result in futures::future::join_all(reads).await {
+                result.unwrap();
+            }
+            client.stats()
+        }
+    };
+
+    let mut paced_config = client_config(&fleet);
+    paced_config.rate_limit_per_min = 1_200;
+    let paced = burst(NeonClient::new(paced_config).unwrap()).await;
+    assert_eq!(fleet.stats().rate_limited, 0, "{:?}", fleet.stats());
+    assert_eq!((paced.requests, paced.rate_limited), (60, 0), "{paced:?}");
+    assert!(paced.rate_limiter_wait_ms > 0, "{paced:?}");
+
+    let unpaced = burst(client_for(&fleet)).await;
+    assert!(unpaced.rate_limited > 0, "{unpaced:?}");
+    assert_eq!(unpaced.retries, unpaced.requests - 60, "{unpaced:?}");
     fleet.stop().await.unwrap();
 }
 
