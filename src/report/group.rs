@@ -104,9 +104,9 @@ fn next_step(
             "main is partly migrated (see applied versions); `schemafleet rollback {plan_path} --failed` restores it, or fix the cause and run `{retry}`"
         ),
         ("apply", _) => format!("main was not changed; fix the cause and run `{retry}`"),
-        ("probe", _) if cause.contains("not found") => format!(
-            "the project is gone or renamed since planning; re-run `schemafleet plan` to refresh the fleet, or ignore these tenants"
-        ),
+        ("probe", _) if cause.contains("not found") => {
+            "the project is gone or renamed since planning; re-run `schemafleet plan` to refresh the fleet, or ignore these tenants".to_string()
+        }
         ("probe", _) => format!(
             "could not read the tenant's history; check its compute and network, then run `{retry}`"
         ),
