@@ -80,6 +80,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 live.as_ref(),
                 running,
                 halted.clone(),
+                read.torn_tail.as_deref(),
             );
         }
     }
@@ -96,7 +97,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
 
 #[expect(
     clippy::too_many_arguments,
-    reason = "one call site; a struct would only rename the same eight things"
+    reason = "one call site; a struct would only rename the same nine things"
 )]
 fn print_text(
     plan_path: &Path,
@@ -108,8 +109,15 @@ fn print_text(
     live: Option<&serde_json::Value>,
     running: Option<String>,
     halted: Option<String>,
+    torn_tail: Option<&str>,
 ) {
     println!("plan {} ({})", summary.plan_id, plan_path.display());
+    if let Some(torn) = torn_tail {
+        println!(
+            "warning: journal {}: {torn}; `apply` re-checks that step against the tenant",
+            journal_path.display()
+        );
+    }
     if state.runs == 0 {
         println!("journal {}: no run yet", journal_path.display());
     } else {
