@@ -42,6 +42,19 @@ async fn branch_sees_parent_data_and_its_writes_stay_on_the_branch() {
     let tenant = &tenants[0];
     assert_eq!(count_accounts(tenant.connection_uri.expose()).await, 2);
 
+    // Each tenant's role reaches only its own databases.
+    let mut foreign = url::Url::parse(tenant.connection_uri.expose()).unwrap();
+    let other_database = url::Url::parse(tenants[1].connection_uri.expose())
+        .unwrap()
+        .path()
+        .to_string();
+    foreign.set_path(&other_database);
+    let refused = tokio_postgres::connect(foreign.as_str(), tokio_postgres::NoTls).await;
+    assert!(
+        refused.is_err(),
+        "a tenant must not connect to another tenant's database"
+    );
+
     // The seeded objects belong to the tenant's own role, which can therefore migrate them.
     let main = connect(tenant.connection_uri.expose()).await;
     main.batch_execute("ALTER TABLE accounts ADD COLUMN email text")
@@ -825,4 +838,61 @@ async fn seeding_200_tenants_is_fast() {
     let stopping = Instant::now();
     fleet.stop().await.unwrap();
     println!("stopped in {:.2} s", stopping.elapsed().as_secs_f64());
+}
+
+/// Snapshots older than the project's restore window are dropped by the reaper and can no
+/// longer be restored to.
+#[tokio::test]
+async fn history_past_the_restore_window_is_dropped_and_refused() {
+    let fleet = start_fleet().await;
+    let api = Api::new(&fleet);
+    let created = api
+        .post(
+            "/projects",
+            json!({"project": {"name": "short-history", "history_retention_seconds": 1}}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let project_id = created.body["project"]["id"].as_str().unwrap().to_string();
+    let main_id = created.body["branch"]["id"].as_str().unwrap().to_string();
+    api.wait_for_operations(&project_id).await;
+    let branch = api
+        .post(&format!("/projects/{project_id}/branches"), json!({}))
+        .await;
+    assert_eq!(branch.status, 201, "{}", branch.text);
+    let lsn = branch.body["branch"]["parent_lsn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let superuser = connect(fleet.database_url().expose()).await;
+    let snapshots = || async {
+        superuser
+            .query_one(
+                "SELECT count(*) FROM pg_database WHERE datname LIKE 'snap\\_%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(snapshots().await, 1, "branching kept a snapshot of main");
+    wait_until("the reaper to drop the old snapshot", || async {
+        snapshots().await == 0
+    })
+    .await;
+    api.wait_for_operations(&project_id).await;
+    let refused = api
+        .post(
+            &format!("/projects/{project_id}/branches/{main_id}/restore"),
+            json!({"source_branch_id": main_id, "source_lsn": lsn, "preserve_under_name": "old"}),
+        )
+        .await;
+    assert_eq!(refused.status, 400, "{}", refused.text);
+    assert!(
+        refused.body["message"].as_str().unwrap().contains("none"),
+        "{}",
+        refused.text
+    );
+    fleet.stop().await.unwrap();
 }
