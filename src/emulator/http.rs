@@ -149,6 +149,13 @@ async fn gate(State(context): State<Shared>, request: Request, next: Next) -> Re
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
+    tracing::debug!(
+        %method,
+        %path,
+        status = response.status().as_u16(),
+        injected,
+        "emulator request"
+    );
     context.stats.record(
         response.status().as_u16(),
         injected,
