@@ -106,6 +106,8 @@ async fn gate(State(context): State<Shared>, request: Request, next: Next) -> Re
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     );
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
     let mut injected = false;
     let mut applied_first = false;
     let mut rate_limited = false;
