@@ -140,7 +140,7 @@ async fn every_route_answers_with_the_shapes_of_the_official_spec() {
     };
     // Operations long enough that a second mutation reliably meets a running one (423).
     let fleet = LocalFleet::start(LocalFleetConfig {
-        op_delay: Duration::from_millis(600),
+        op_delay: Duration::from_millis(1000),
         ..LocalFleetConfig::for_tests()
     })
     .await
@@ -519,7 +519,7 @@ async fn expired_branches_are_reaped_with_their_databases() {
             .await;
         assert_eq!(refused.status, 400, "{expires_at}: {}", refused.text);
     }
-    let soon = (now + time::Duration::milliseconds(1500))
+    let soon = (now + time::Duration::milliseconds(3000))
         .format(format)
         .unwrap();
     let created = api
@@ -554,7 +554,7 @@ async fn expired_branches_are_reaped_with_their_databases() {
 #[tokio::test]
 async fn mutations_wait_for_running_operations_and_the_key_is_required() {
     let fleet = LocalFleet::start(LocalFleetConfig {
-        op_delay: Duration::from_millis(800),
+        op_delay: Duration::from_millis(1000),
         ..LocalFleetConfig::for_tests()
     })
     .await
