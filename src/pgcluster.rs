@@ -293,9 +293,16 @@ impl PgCluster {
             }
             None => Ok(String::new()),
         };
-        if result.is_ok() {
+        // A server that is already gone (killed, or its data directory removed) counts as stopped.
+        let already_gone = !owned.data_dir.join("postmaster.pid").exists();
+        if result.is_ok() || already_gone {
             owned.stopped = true;
         }
+        let result = if already_gone {
+            Ok(String::new())
+        } else {
+            result
+        };
         // Dropping `owned` removes a temporary directory (and retries the stop if it failed).
         drop(owned);
         result.map(|_| ())
@@ -472,6 +479,9 @@ async fn run_server_binary(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .current_dir("/")
+        // Its own process group: a Ctrl-C in the terminal reaches us, and we stop the server in
+        // order, instead of the server shutting down under our feet.
+        .process_group(0)
         .kill_on_drop(true);
     let shown = format!(
         "{} {}",
