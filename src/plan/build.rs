@@ -393,7 +393,7 @@ waves:
                 .map(|number| Tenant {
                     id: format!("p-{number:04}"),
                     name: format!("tenant-{number:04}"),
-                    region: Some(if number % 2 == 0 { "eu" } else { "us" }.into()),
+                    region: Some(if number.is_multiple_of(2) { "eu" } else { "us" }.into()),
                     labels: BTreeMap::new(),
                 })
                 .collect(),
@@ -449,7 +449,7 @@ waves:
         let eu = plan.wave("eu").unwrap();
         assert!(eu.tenants.iter().all(|id| {
             let number: usize = id[2..].parse().unwrap();
-            number % 2 == 0
+            number.is_multiple_of(2)
         }));
         assert_eq!(plan.migrations.items[0].checksum, "42");
     }
