@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 pub mod file;
 pub mod filter;
+pub mod neon;
 
 pub use file::load_tenants_file;
 pub use filter::{FilteredFleet, FleetFilters, apply_filters};
@@ -52,6 +53,9 @@ pub enum FleetError {
     /// `path:line:column`.
     #[error("{location}: {message}")]
     Invalid { location: String, message: String },
-    #[error("Neon project discovery failed: {message}")]
-    Discovery { message: String },
+    #[error("cannot list the fleet's Neon projects")]
+    Discovery {
+        #[source]
+        source: Box<crate::neon::NeonError>,
+    },
 }

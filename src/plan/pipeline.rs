@@ -11,7 +11,9 @@ use super::model::Plan;
 use super::summary::{PlanSummary, summarize};
 use crate::fleet::{FleetError, FleetInventory, load_tenants_file};
 use crate::migrations::{self, MigrationError, MigrationSet};
+use crate::neon::{ClientConfig, NeonClient};
 use crate::policy::{self, FleetSource, Policy, PolicyError};
+use crate::secret::SecretString;
 
 /// The rate limit assumed for estimates when neither the policy nor the command line gives one.
 pub const DEFAULT_API_RATE_LIMIT_PER_MIN: u32 = 600;
@@ -37,7 +39,7 @@ pub enum PlanningError {
     Build(#[from] PlanBuildError),
     #[error(transparent)]
     Write(#[from] PlanWriteError),
-    #[error("{}: the fleet comes from the Neon API (`fleet.source: neon`); pass --tenants FILE to plan from a tenants file instead, or set NEON_API_KEY", policy.display())]
+    #[error("{}: the fleet comes from the Neon API (`fleet.source: neon`); set NEON_API_KEY (and NEON_API_URL for a Neon-compatible endpoint), or pass --tenants FILE to plan from a tenants file", policy.display())]
     NeedsNeonAccess { policy: PathBuf },
     #[error("cannot write the plan to {}: the directory {} does not exist; create it or pass another --out", plan.display(), dir.display())]
     MissingOutDir { plan: PathBuf, dir: PathBuf },
@@ -83,6 +85,40 @@ pub fn file_inventory(
             policy: policy.path.clone(),
         }),
     }
+}
+
+/// How to reach the Neon API for `fleet.source: neon`.
+#[derive(Debug, Clone)]
+pub struct NeonAccess {
+    pub api_url: String,
+    pub api_key: SecretString,
+    pub rate_limit_per_min: u32,
+}
+
+/// The fleet: `tenants_file` if given, else the policy's source (the Neon API through `neon`).
+pub async fn fleet_inventory(
+    policy: &Policy,
+    tenants_file: Option<&Path>,
+    neon: Option<&NeonAccess>,
+) -> Result<FleetInventory, PlanningError> {
+    let (FleetSource::Neon { org_id }, None) = (&policy.fleet.source, tenants_file) else {
+        return file_inventory(policy, tenants_file);
+    };
+    let Some(neon) = neon else {
+        return Err(PlanningError::NeedsNeonAccess {
+            policy: policy.path.clone(),
+        });
+    };
+    let client = NeonClient::new(ClientConfig::new(
+        neon.api_url.clone(),
+        neon.api_key.clone(),
+        neon.rate_limit_per_min,
+    ))
+    .map_err(|source| FleetError::Discovery {
+        source: Box::new(source),
+    })?;
+    let name_prefix = policy.fleet.filters.name_prefix.as_deref();
+    Ok(crate::fleet::neon::discover(&client, org_id.as_deref(), name_prefix).await?)
 }
 
 /// Plan from a tenants file (or the policy's `fleet.file`) and write the plan: the whole
