@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::cli::{OutputFormat, PlanArgs};
 use crate::exit::ExitStatus;
 use crate::migrations;
-use crate::plan::pipeline::{NeonAccess, PlanOutcome, fleet_inventory, read_inputs, write_planned};
+use crate::plan::pipeline::{NeonAccess, PlanOutcome, collect_fleet, read_inputs, write_planned};
 use crate::plan::{check_migrations, load_plan, resolve_from_plan};
 use crate::secret::SecretString;
 
@@ -47,10 +47,10 @@ async fn plan(args: &PlanArgs, policy_path: &Path) -> anyhow::Result<PlanOutcome
             .api_rate_limit_per_min
             .unwrap_or(args.api.api_rate_limit_per_min),
     });
-    let inventory = fleet_inventory(&inputs.policy, args.tenants.as_deref(), neon.as_ref()).await?;
+    let fleet = collect_fleet(&inputs.policy, args.tenants.as_deref(), neon.as_ref()).await?;
     Ok(write_planned(
         &inputs,
-        inventory,
+        fleet,
         args.out.as_deref(),
         args.api.api_rate_limit_per_min,
     )?)

@@ -11,8 +11,8 @@ pub mod file;
 pub mod filter;
 pub mod neon;
 
-pub use file::load_tenants_file;
-pub use filter::{FilteredFleet, FleetFilters, apply_filters};
+pub use file::{TenantPlace, load_tenants_file, read_tenants_file};
+pub use filter::{FilteredFleet, FleetFilter, FleetFilters, apply_filters};
 
 /// One tenant: a Neon project whose database the rollout migrates.
 #[derive(Debug, Clone, PartialEq, Eq)]
