@@ -1,8 +1,97 @@
-//! `schemafleet emulator`.
+//! `schemafleet emulator`: serve the Neon-API-compatible local emulator until SIGINT/SIGTERM.
+//!
+//! Prints `NEON_API_URL=…`, `NEON_API_KEY=…` and `DATABASE_URL=…` on stdout, one per line, so a
+//! shell can `eval` or `source` them; everything else goes to stderr.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
 
 use crate::cli::EmulatorArgs;
+use crate::emulator::{LocalFleet, LocalFleetConfig};
 use crate::exit::ExitStatus;
+use crate::secret::SecretUri;
 
-pub async fn run(_args: EmulatorArgs) -> anyhow::Result<ExitStatus> {
-    anyhow::bail!("`schemafleet emulator` is not built yet")
+pub async fn run(args: EmulatorArgs) -> anyhow::Result<ExitStatus> {
+    let listen: SocketAddr = args.listen.parse().with_context(|| {
+        format!(
+            "--listen {:?} is not an address such as 127.0.0.1:0",
+            args.listen
+        )
+    })?;
+    if !(0.0..=1.0).contains(&args.fault_rate) {
+        anyhow::bail!(
+            "--fault-rate must be between 0 and 1, got {}",
+            args.fault_rate
+        );
+    }
+    let seed_sql = match (&args.seed_sql, args.tenants) {
+        (Some(path), _) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --seed-sql {}", path.display()))?,
+        ),
+        (None, 0) => None,
+        // Tenants without seed SQL get an empty main, like fresh Neon projects.
+        (None, _) => Some(String::new()),
+    };
+    let config = LocalFleetConfig {
+        data_dir: args.data_dir.clone(),
+        attach: args.attach.clone().map(SecretUri::new),
+        listen,
+        api_key: args.api_key.clone(),
+        rate_limit_per_min: args.rate_limit_per_min,
+        fault_rate: args.fault_rate,
+        op_delay: Duration::from_millis(args.op_delay_ms),
+        latency: Duration::from_millis(args.latency_ms),
+        tuned_for_benchmark: false,
+    };
+    let fleet = LocalFleet::start(config).await?;
+    if let (Some(sql), true) = (&seed_sql, args.tenants > 0) {
+        let started = Instant::now();
+        let seeded = fleet.seed(args.tenants, sql, "tenant").await;
+        match seeded {
+            Ok(tenants) => eprintln!(
+                "seeded {} tenants in {:.1} s",
+                tenants.len(),
+                started.elapsed().as_secs_f64()
+            ),
+            Err(error) => {
+                let _ = fleet.stop().await;
+                return Err(error.context("seeding the local fleet failed"));
+            }
+        }
+    }
+    // These lines are the point of the command: the key and URL are printed on purpose.
+    println!("NEON_API_URL={}", fleet.api_url());
+    println!("NEON_API_KEY={}", fleet.api_key().expose());
+    println!("DATABASE_URL={}", fleet.database_url().expose());
+    eprintln!("serving the Neon API emulator; press Ctrl-C to stop");
+
+    wait_for_shutdown_signal().await;
+    eprintln!("stopping the emulator and its PostgreSQL cluster");
+    fleet.stop().await?;
+    Ok(ExitStatus::Success)
+}
+
+async fn wait_for_shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
 }

@@ -1,0 +1,491 @@
+//! The Neon API v2 subset over HTTP (axum), all under `/api/v2`.
+//!
+//! **Invariant:** a mutation runs in a task of its own, so a client that hangs up mid-request
+//! cannot leave a database copied but unrecorded.
+//! **Invariant:** every error body is a `GeneralError` carrying the request's `request_id` (the
+//! client's `X-Request-ID`, else a fresh UUID), except an injected 524, which is Cloudflare's HTML.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::error::{ApiError, ErrorBody};
+use super::faults::{FaultInjector, RateLimiter, StatsRecorder};
+use super::ids;
+use super::service::{
+    BranchListQuery, ConnectionUriQuery, CreateBranchRequest, CreateProjectFields, Emulator,
+    RestoreBranchRequest, UpdateBranchRequest,
+};
+use crate::secret::SecretString;
+
+pub struct HttpContext {
+    pub emulator: Arc<Emulator>,
+    pub api_key: SecretString,
+    pub rate_limiter: Option<RateLimiter>,
+    pub faults: FaultInjector,
+    pub latency: Duration,
+    pub stats: StatsRecorder,
+}
+
+type Shared = Arc<HttpContext>;
+
+pub fn router(context: Shared) -> Router {
+    let api = Router::new()
+        .route("/projects", get(list_projects).post(create_project))
+        .route(
+            "/projects/{project_id}",
+            get(get_project).delete(delete_project),
+        )
+        .route(
+            "/projects/{project_id}/branches",
+            get(list_branches).post(create_branch),
+        )
+        .route("/projects/{project_id}/branches/count", get(count_branches))
+        .route(
+            "/projects/{project_id}/branches/{branch_id}",
+            get(get_branch).patch(update_branch).delete(delete_branch),
+        )
+        .route(
+            "/projects/{project_id}/branches/{branch_id}/restore",
+            post(restore_branch),
+        )
+        .route(
+            "/projects/{project_id}/branches/{branch_id}/endpoints",
+            get(branch_endpoints),
+        )
+        .route(
+            "/projects/{project_id}/branches/{branch_id}/databases",
+            get(branch_databases),
+        )
+        .route(
+            "/projects/{project_id}/branches/{branch_id}/roles",
+            get(branch_roles),
+        )
+        .route(
+            "/projects/{project_id}/branches/{branch_id}/roles/{role_name}/reveal_password",
+            get(reveal_role_password),
+        )
+        .route("/projects/{project_id}/endpoints", get(project_endpoints))
+        .route("/projects/{project_id}/operations", get(list_operations))
+        .route(
+            "/projects/{project_id}/operations/{operation_id}",
+            get(get_operation),
+        )
+        .route("/projects/{project_id}/connection_uri", get(connection_uri))
+        .fallback(not_found);
+    Router::new()
+        .nest("/api/v2", api)
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(context.clone(), gate))
+        .with_state(context)
+}
+
+/// Authentication, rate limit, faults, latency, `request_id` and counting, for every request.
+async fn gate(State(context): State<Shared>, request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| !value.is_empty() && value.len() <= 200)
+        .map(str::to_string)
+        .unwrap_or_else(ids::operation_id);
+    if !context.latency.is_zero() {
+        tokio::time::sleep(context.latency).await;
+    }
+    let is_mutation = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    let mut injected = false;
+    let mut applied_first = false;
+    let mut rate_limited = false;
+
+    let mut response = if !authorized(&request, &context.api_key) {
+        ApiError::unauthorized("authentication required: send Authorization: Bearer <API key>")
+            .into_response()
+    } else if let Some(wait) = context
+        .rate_limiter
+        .as_ref()
+        .and_then(|limiter| limiter.take().err())
+    {
+        rate_limited = true;
+        too_many_requests(wait)
+    } else if let Some(fault) = context.faults.decide(is_mutation) {
+        injected = true;
+        if fault.apply_first {
+            applied_first = true;
+            let _applied = next.run(request).await;
+        }
+        fault_response(fault.status)
+    } else {
+        next.run(request).await
+    };
+
+    if let Some(error) = response.extensions().get::<ErrorBody>().cloned() {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = serde_json::json!({
+            "code": error.code,
+            "message": error.message,
+            "request_id": request_id,
+        });
+        response = (status, axum::Json(body)).into_response();
+        for name in [header::RETRY_AFTER] {
+            if let Some(value) = headers.get(&name) {
+                response.headers_mut().insert(name, value.clone());
+            }
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    context.stats.record(
+        response.status().as_u16(),
+        injected,
+        applied_first,
+        rate_limited,
+    );
+    response
+}
+
+fn authorized(request: &Request, api_key: &SecretString) -> bool {
+    let Some(value) = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return false;
+    };
+    let presented = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .unwrap_or("");
+    constant_time_eq(presented.as_bytes(), api_key.expose().as_bytes())
+}
+
+fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
+    left.len() == right.len()
+        && left
+            .iter()
+            .zip(right)
+            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+            == 0
+}
+
+fn too_many_requests(wait: Duration) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "",
+        "rate limit exceeded, please retry later",
+    )
+    .into_response();
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+fn fault_response(status: u16) -> Response {
+    match status {
+        423 => ApiError::locked(
+            "project already has running conflicting operations, scheduling of new ones is \
+             prohibited",
+        )
+        .into_response(),
+        429 => too_many_requests(Duration::from_secs(1)),
+        503 => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "",
+            "service temporarily unavailable, please retry",
+        )
+        .into_response(),
+        524 => {
+            let status = StatusCode::from_u16(524).unwrap_or(StatusCode::GATEWAY_TIMEOUT);
+            let body = "<!DOCTYPE html>\n<html><head><title>console.neon.tech | 524: A timeout \
+                        occurred</title></head><body><h1>A timeout occurred</h1><p>Error code \
+                        524</p><p>The origin web server timed out responding to this request.\
+                        </p><p>Cloudflare</p></body></html>\n";
+            (
+                status,
+                [(header::CONTENT_TYPE, "text/html; charset=UTF-8")],
+                body,
+            )
+                .into_response()
+        }
+        _ => ApiError::internal("internal server error").into_response(),
+    }
+}
+
+async fn not_found() -> Response {
+    ApiError::not_found("not found").into_response()
+}
+
+fn respond(status: StatusCode, result: Result<Value, ApiError>) -> Response {
+    match result {
+        Ok(body) => (status, axum::Json(body)).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// Bodies are optional where Neon allows it: an empty body is the type's default.
+fn parse_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|error| ApiError::bad_request(format!("request body is not valid: {error}")))
+}
+
+/// Run a mutation to completion even if the client goes away.
+async fn run_detached<F>(work: F) -> Result<Value, ApiError>
+where
+    F: std::future::Future<Output = Result<Value, ApiError>> + Send + 'static,
+{
+    tokio::spawn(work)
+        .await
+        .unwrap_or_else(|error| Err(ApiError::internal(format!("the request failed: {error}"))))
+}
+
+async fn list_projects(
+    State(context): State<Shared>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let result = context.emulator.list_projects(
+        query.get("cursor").map(String::as_str),
+        query.get("limit").map(String::as_str),
+        query.get("search").map(String::as_str),
+        query.get("org_id").map(String::as_str),
+    );
+    respond(StatusCode::OK, result)
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct CreateProjectRequest {
+    project: Option<CreateProjectFields>,
+}
+
+async fn create_project(State(context): State<Shared>, body: Bytes) -> Response {
+    let request: CreateProjectRequest = match parse_body(&body) {
+        Ok(request) => request,
+        Err(error) => return error.into_response(),
+    };
+    let emulator = context.emulator.clone();
+    let result = run_detached(async move {
+        emulator
+            .create_project(request.project.unwrap_or_default())
+            .await
+    })
+    .await;
+    respond(StatusCode::CREATED, result)
+}
+
+async fn get_project(State(context): State<Shared>, Path(project_id): Path<String>) -> Response {
+    respond(StatusCode::OK, context.emulator.get_project(&project_id))
+}
+
+async fn delete_project(State(context): State<Shared>, Path(project_id): Path<String>) -> Response {
+    let emulator = context.emulator.clone();
+    let result = run_detached(async move { emulator.delete_project(&project_id).await }).await;
+    respond(StatusCode::OK, result)
+}
+
+async fn list_branches(
+    State(context): State<Shared>,
+    Path(project_id): Path<String>,
+    Query(query): Query<BranchListQuery>,
+) -> Response {
+    respond(
+        StatusCode::OK,
+        context.emulator.list_branches(&project_id, &query),
+    )
+}
+
+async fn count_branches(
+    State(context): State<Shared>,
+    Path(project_id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    respond(
+        StatusCode::OK,
+        context
+            .emulator
+            .count_branches(&project_id, query.get("search").map(String::as_str)),
+    )
+}
+
+async fn create_branch(
+    State(context): State<Shared>,
+    Path(project_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let request: CreateBranchRequest = match parse_body(&body) {
+        Ok(request) => request,
+        Err(error) => return error.into_response(),
+    };
+    let emulator = context.emulator.clone();
+    let result =
+        run_detached(async move { emulator.create_branch(&project_id, request).await }).await;
+    respond(StatusCode::CREATED, result)
+}
+
+async fn get_branch(
+    State(context): State<Shared>,
+    Path((project_id, branch_id)): Path<(String, String)>,
+) -> Response {
+    respond(
+        StatusCode::OK,
+        context.emulator.get_branch(&project_id, &branch_id),
+    )
+}
+
+async fn update_branch(
+    State(context): State<Shared>,
+    Path((project_id, branch_id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let request: UpdateBranchRequest = match parse_body(&body) {
+        Ok(request) => request,
+        Err(error) => return error.into_response(),
+    };
+    let emulator = context.emulator.clone();
+    let result = run_detached(async move {
+        emulator
+            .update_branch(&project_id, &branch_id, request)
+            .await
+    })
+    .await;
+    respond(StatusCode::OK, result)
+}
+
+async fn delete_branch(
+    State(context): State<Shared>,
+    Path((project_id, branch_id)): Path<(String, String)>,
+) -> Response {
+    let emulator = context.emulator.clone();
+    let result = tokio::spawn(async move { emulator.delete_branch(&project_id, &branch_id).await })
+        .await
+        .unwrap_or_else(|error| Err(ApiError::internal(format!("the request failed: {error}"))));
+    match result {
+        Ok(Some(body)) => (StatusCode::OK, axum::Json(body)).into_response(),
+        Ok(None) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn restore_branch(
+    State(context): State<Shared>,
+    Path((project_id, branch_id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let request: RestoreBranchRequest = match parse_body(&body) {
+        Ok(request) => request,
+        Err(error) => return error.into_response(),
+    };
+    let emulator = context.emulator.clone();
+    let result = run_detached(async move {
+        emulator
+            .restore_branch(&project_id, &branch_id, request)
+            .await
+    })
+    .await;
+    respond(StatusCode::OK, result)
+}
+
+async fn branch_endpoints(
+    State(context): State<Shared>,
+    Path((project_id, branch_id)): Path<(String, String)>,
+) -> Response {
+    respond(
+        StatusCode::OK,
+        context.emulator.branch_endpoints(&project_id, &branch_id),
+    )
+}
+
+async fn branch_databases(
+    State(context): State<Shared>,
+    Path((project_id, branch_id)): Path<(String, String)>,
+) -> Response {
+    respond(
+        StatusCode::OK,
+        context.emulator.branch_databases(&project_id, &branch_id),
+    )
+}
+
+async fn branch_roles(
+    State(context): State<Shared>,
+    Path((project_id, branch_id)): Path<(String, String)>,
+) -> Response {
+    respond(
+        StatusCode::OK,
+        context.emulator.branch_roles(&project_id, &branch_id),
+    )
+}
+
+async fn reveal_role_password(
+    State(context): State<Shared>,
+    Path((project_id, branch_id, role_name)): Path<(String, String, String)>,
+) -> Response {
+    respond(
+        StatusCode::OK,
+        context
+            .emulator
+            .reveal_role_password(&project_id, &branch_id, &role_name),
+    )
+}
+
+async fn project_endpoints(
+    State(context): State<Shared>,
+    Path(project_id): Path<String>,
+) -> Response {
+    respond(
+        StatusCode::OK,
+        context.emulator.project_endpoints(&project_id),
+    )
+}
+
+async fn list_operations(
+    State(context): State<Shared>,
+    Path(project_id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    respond(
+        StatusCode::OK,
+        context.emulator.list_operations(
+            &project_id,
+            query.get("cursor").map(String::as_str),
+            query.get("limit").map(String::as_str),
+        ),
+    )
+}
+
+async fn get_operation(
+    State(context): State<Shared>,
+    Path((project_id, operation_id)): Path<(String, String)>,
+) -> Response {
+    respond(
+        StatusCode::OK,
+        context.emulator.get_operation(&project_id, &operation_id),
+    )
+}
+
+async fn connection_uri(
+    State(context): State<Shared>,
+    Path(project_id): Path<String>,
+    Query(query): Query<ConnectionUriQuery>,
+) -> Response {
+    respond(
+        StatusCode::OK,
+        context.emulator.connection_uri(&project_id, &query),
+    )
+}

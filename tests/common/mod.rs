@@ -1,0 +1,152 @@
+//! Shared helpers for integration tests: raw HTTP against the emulator and SQL against the
+//! databases behind it. Kept small on purpose.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use schemafleet::emulator::{LocalFleet, LocalFleetConfig};
+use serde_json::Value;
+
+/// Raw HTTP access to a running emulator.
+pub struct Api {
+    pub client: reqwest::Client,
+    pub base: String,
+    pub key: String,
+}
+
+/// A response: status and parsed JSON body (`Value::Null` when the body is not JSON).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Api {
+    pub fn new(fleet: &LocalFleet) -> Self {
+        Self {
+            client: reqwest::Client::new(),
+            base: fleet.api_url().to_string(),
+            key: fleet.api_key().expose().to_string(),
+        }
+    }
+
+    pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Answer {
+        let mut request = self
+            .client
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(&self.key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("the emulator answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("a readable body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Answer { status, body, text }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Answer {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> Answer {
+        self.send(reqwest::Method::PATCH, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Answer {
+        self.send(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// Poll until every operation of the project is finished.
+    pub async fn wait_for_operations(&self, project_id: &str) {
+        wait_until("the project's operations to finish", || async {
+            let answer = self
+                .get(&format!("/projects/{project_id}/operations"))
+                .await;
+            answer.status == 200
+                && answer.body["operations"]
+                    .as_array()
+                    .expect("operations")
+                    .iter()
+                    .all(|operation| operation["status"] == "finished")
+        })
+        .await;
+    }
+
+    /// The tenant connection URI of a branch's `neondb`.
+    pub async fn connection_uri(&self, project_id: &str, branch_id: &str) -> String {
+        let answer = self
+            .get(&format!(
+                "/projects/{project_id}/connection_uri?database_name=neondb&role_name=neondb_owner&branch_id={branch_id}"
+            ))
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        answer.body["uri"].as_str().expect("uri").to_string()
+    }
+}
+
+/// Poll `condition` every 20 ms for up to 20 s.
+pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn start_fleet() -> LocalFleet {
+    LocalFleet::start(LocalFleetConfig::for_tests())
+        .await
+        .expect("the local fleet starts")
+}
+
+/// A connected SQL client; the connection task ends with the client.
+pub async fn connect(uri: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(uri, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|error| panic!("cannot connect: {error}"));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// Every user table with its columns and rows as text, for comparing whole database states.
+pub async fn dump_tables(client: &tokio_postgres::Client) -> Vec<(String, Vec<String>)> {
+    let tables = client
+        .query(
+            "SELECT format('%I.%I', table_schema, table_name), \
+                    (SELECT string_agg(column_name || ' ' || data_type, ', ' ORDER BY ordinal_position) \
+                     FROM information_schema.columns c \
+                     WHERE c.table_schema = t.table_schema AND c.table_name = t.table_name) \
+             FROM information_schema.tables t \
+             WHERE table_schema NOT IN ('pg_catalog', 'information_schema') \
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("list tables");
+    let mut dump = Vec::new();
+    for table in tables {
+        let name: String = table.get(0);
+        let columns: String = table.get(1);
+        let rows = client
+            .query(&format!("SELECT t::text FROM {name} t ORDER BY 1"), &[])
+            .await
+            .expect("read rows");
+        let mut lines = vec![format!("columns: {columns}")];
+        lines.extend(rows.iter().map(|row| row.get::<_, String>(0)));
+        dump.push((name, lines));
+    }
+    dump
+}
