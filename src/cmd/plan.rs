@@ -1,8 +1,100 @@
-//! `schemafleet plan`.
+//! `schemafleet plan`: write a plan from a policy, or `--check` a plan against the migrations.
+//!
+//! **Invariant:** data (the summary, the check result) goes to stdout; the mismatch explanation
+//! and errors go to stderr. Exit 0 written or matching, 1 the plan no longer matches the
+//! migrations, 2 bad input.
 
-use crate::cli::PlanArgs;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::cli::{OutputFormat, PlanArgs};
 use crate::exit::ExitStatus;
+use crate::migrations;
+use crate::plan::pipeline::{PlanOutcome, file_inventory, read_inputs, write_planned};
+use crate::plan::{check_migrations, load_plan, resolve_from_plan};
 
-pub async fn run(_args: PlanArgs) -> anyhow::Result<ExitStatus> {
-    anyhow::bail!("`schemafleet plan` is not built yet")
+pub async fn run(args: PlanArgs) -> anyhow::Result<ExitStatus> {
+    if let Some(plan_path) = &args.check {
+        return check(plan_path, args.output);
+    }
+    let policy_path = args
+        .policy
+        .as_deref()
+        .context("--policy is required unless --check is given")?;
+    let outcome = plan(&args, policy_path).await?;
+    match args.output {
+        OutputFormat::Text => print!("{}", outcome.summary),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&outcome.summary)?),
+    }
+    Ok(ExitStatus::Success)
+}
+
+async fn plan(args: &PlanArgs, policy_path: &Path) -> anyhow::Result<PlanOutcome> {
+    let inputs = read_inputs(policy_path, &args.migrations)?;
+    let inventory = file_inventory(&inputs.policy, args.tenants.as_deref())?;
+    Ok(write_planned(
+        &inputs,
+        inventory,
+        args.out.as_deref(),
+        args.api.api_rate_limit_per_min,
+    )?)
+}
+
+#[derive(Serialize)]
+struct CheckReport {
+    plan: String,
+    plan_id: String,
+    migrations_dir: String,
+    matches: bool,
+    differences: Vec<String>,
+}
+
+fn check(plan_path: &Path, output: OutputFormat) -> anyhow::Result<ExitStatus> {
+    let plan = load_plan(plan_path)?;
+    let migrations_dir = resolve_from_plan(plan_path, &plan.migrations.dir);
+    let set = migrations::load(&migrations_dir)?;
+    let result = check_migrations(&plan, &set);
+    let report = CheckReport {
+        plan: plan_path.display().to_string(),
+        plan_id: plan.plan_id.clone(),
+        migrations_dir: migrations_dir.display().to_string(),
+        matches: result.is_ok(),
+        differences: result
+            .as_ref()
+            .err()
+            .map(|mismatch| {
+                mismatch
+                    .differences
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        OutputFormat::Text => {
+            if result.is_ok() {
+                println!(
+                    "plan {} ({}) matches the {} migrations in {}",
+                    report.plan,
+                    report.plan_id,
+                    set.migrations.len(),
+                    report.migrations_dir
+                );
+            }
+        }
+    }
+    match result {
+        Ok(()) => Ok(ExitStatus::Success),
+        Err(mismatch) => {
+            eprintln!(
+                "error: plan {} does not match {}: {mismatch}",
+                report.plan, report.migrations_dir
+            );
+            Ok(ExitStatus::Failure)
+        }
+    }
 }

@@ -45,6 +45,10 @@ pub struct PlannedPolicy {
     /// Optional verification SQL run on each validation branch after migrating it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifyFile>,
+    /// The policy's Neon API rate limit (requests per minute), when it sets one; it overrides
+    /// the command line's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_rate_limit_per_min: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

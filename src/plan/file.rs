@@ -1,0 +1,216 @@
+//! Reading and writing plan files.
+//!
+//! **Invariant:** a plan file is written whole or not at all (temporary file in the same
+//! directory, fsync, rename, fsync of the directory). **Invariant:** [`load_plan`] returns only
+//! plans of this format whose recorded id matches their content, with every tenant in exactly
+//! one wave; a truncated or hand-edited plan is rejected.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{self, BufWriter, Write};
+use std::path::{Component, Path, PathBuf};
+
+use super::id::compute_plan_id;
+use super::model::{PLAN_FORMAT_VERSION, Plan};
+use crate::policy::locate::{FilePosition, split_yaml_error};
+
+/// First lines of every plan file; YAML comments, so loading ignores them.
+const PLAN_HEADER: &str = "# Written by `schemafleet plan`. Review it, commit it, run `schemafleet apply` on it.\n# Do not edit: apply rejects a plan whose plan_id does not match its content.\n";
+
+/// Why a plan file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("cannot read the plan {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{location}: {message}; the plan file is damaged or was edited by hand: regenerate it with `schemafleet plan`"
+    )]
+    Parse { location: String, message: String },
+    #[error("{}: plan format version {found}, this schemafleet reads version {expected}; regenerate the plan with this version of `schemafleet plan`", path.display())]
+    FormatVersion {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+    #[error("{}: the plan's content does not match its plan_id (recorded {recorded}, content gives {computed}); the file was edited or truncated: regenerate it with `schemafleet plan`", path.display())]
+    IdMismatch {
+        path: PathBuf,
+        recorded: String,
+        computed: String,
+    },
+    #[error("{}: {message}; regenerate the plan with `schemafleet plan`", path.display())]
+    Inconsistent { path: PathBuf, message: String },
+}
+
+/// Why a plan file could not be written. Nothing is left at the destination.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write the plan {}", path.display())]
+pub struct PlanWriteError {
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+/// Read and check a plan file.
+pub fn load_plan(path: &Path) -> Result<Plan, PlanError> {
+    let text = fs::read_to_string(path).map_err(|source| PlanError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let plan: Plan = serde_yaml::from_str(&text).map_err(|error| {
+        let (position, message) = split_yaml_error(&error);
+        PlanError::Parse {
+            location: FilePosition { path, position }.to_string(),
+            message,
+        }
+    })?;
+    if plan.format_version != PLAN_FORMAT_VERSION {
+        return Err(PlanError::FormatVersion {
+            path: path.to_path_buf(),
+            found: plan.format_version,
+            expected: PLAN_FORMAT_VERSION,
+        });
+    }
+    let computed = compute_plan_id(&plan);
+    if computed != plan.plan_id {
+        return Err(PlanError::IdMismatch {
+            path: path.to_path_buf(),
+            recorded: plan.plan_id.clone(),
+            computed,
+        });
+    }
+    check_consistency(&plan).map_err(|message| PlanError::Inconsistent {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    Ok(plan)
+}
+
+/// What the id cannot catch: a plan written by a buggy or foreign tool.
+fn check_consistency(plan: &Plan) -> Result<(), String> {
+    let mut wave_names = HashSet::new();
+    let mut tenants = HashSet::with_capacity(plan.tenant_count());
+    for wave in &plan.waves {
+        if !wave_names.insert(wave.name.as_str()) {
+            return Err(format!("wave `{}` appears twice", wave.name));
+        }
+        for tenant in &wave.tenants {
+            if !tenants.insert(tenant.as_str()) {
+                return Err(format!("tenant {tenant} appears in more than one wave"));
+            }
+        }
+    }
+    if tenants.len() != plan.fleet.planned {
+        return Err(format!(
+            "the waves hold {} tenants but fleet.planned says {}",
+            tenants.len(),
+            plan.fleet.planned
+        ));
+    }
+    Ok(())
+}
+
+/// Write `plan` to `path` atomically.
+pub fn write_plan(path: &Path, plan: &Plan) -> Result<(), PlanWriteError> {
+    let write_error = |source| PlanWriteError {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = crate::policy::parent_dir(path);
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| write_error(io::Error::other("the path names no file")))?;
+    let temp_path = dir.join(format!(
+        ".{}.tmp-{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = write_and_rename(&temp_path, path, &dir, plan);
+    if result.is_err() {
+        // Best effort: the temporary file is ours and worthless now.
+        let _ = fs::remove_file(&temp_path);
+    }
+    result.map_err(write_error)
+}
+
+fn write_and_rename(temp_path: &Path, path: &Path, dir: &Path, plan: &Plan) -> io::Result<()> {
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(temp_path)?;
+    let mut writer = BufWriter::with_capacity(1 << 16, file);
+    writer.write_all(PLAN_HEADER.as_bytes())?;
+    serde_yaml::to_writer(&mut writer, plan).map_err(io::Error::other)?;
+    let file = writer.into_inner().map_err(|error| error.into_error())?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(temp_path, path)?;
+    // The rename is durable only once the directory entry is.
+    fs::File::open(dir)?.sync_all()
+}
+
+/// `target` relative to `base_dir`, for paths recorded in a plan (both are made absolute
+/// first; symlinks are resolved where the paths exist).
+pub fn relative_path(base_dir: &Path, target: &Path) -> io::Result<PathBuf> {
+    let base = absolute_clean(base_dir)?;
+    let target = absolute_clean(target)?;
+    let base_parts: Vec<Component> = base.components().collect();
+    let target_parts: Vec<Component> = target.components().collect();
+    let common = base_parts
+        .iter()
+        .zip(&target_parts)
+        .take_while(|(left, right)| left == right)
+        .count();
+    let mut relative = PathBuf::new();
+    for _ in common..base_parts.len() {
+        relative.push("..");
+    }
+    for part in &target_parts[common..] {
+        relative.push(part);
+    }
+    if relative.as_os_str().is_empty() {
+        relative.push(".");
+    }
+    Ok(relative)
+}
+
+fn absolute_clean(path: &Path) -> io::Result<PathBuf> {
+    match fs::canonicalize(path) {
+        Ok(canonical) => Ok(canonical),
+        Err(_) => std::path::absolute(path),
+    }
+}
+
+/// Resolve a path recorded in a plan (relative to the plan file's directory).
+pub fn resolve_from_plan(plan_path: &Path, recorded: &str) -> PathBuf {
+    match plan_path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.join(recorded),
+        _ => PathBuf::from(recorded),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("plans")).unwrap();
+        fs::create_dir_all(root.join("migrations")).unwrap();
+        assert_eq!(
+            relative_path(&root.join("plans"), &root.join("migrations")).unwrap(),
+            PathBuf::from("../migrations")
+        );
+        assert_eq!(
+            relative_path(root, &root.join("migrations")).unwrap(),
+            PathBuf::from("migrations")
+        );
+        assert_eq!(relative_path(root, root).unwrap(), PathBuf::from("."));
+    }
+}

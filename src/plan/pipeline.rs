@@ -1,0 +1,153 @@
+//! The planning pipeline `schemafleet plan` (and the `plan` benchmark) runs: read the policy and
+//! migrations, get the fleet, build the plan, write it, summarize it.
+//!
+//! **Invariant:** on any error no plan file is written (and an existing one is left as it was).
+
+use std::path::{Path, PathBuf};
+
+use super::build::{PlanBuildError, PlanPaths, build_plan};
+use super::file::{PlanWriteError, relative_path, write_plan};
+use super::model::Plan;
+use super::summary::{PlanSummary, summarize};
+use crate::fleet::{FleetError, FleetInventory, load_tenants_file};
+use crate::migrations::{self, MigrationError, MigrationSet};
+use crate::policy::{self, FleetSource, Policy, PolicyError};
+
+/// The rate limit assumed for estimates when neither the policy nor the command line gives one.
+pub const DEFAULT_API_RATE_LIMIT_PER_MIN: u32 = 600;
+
+/// A written plan and its summary.
+#[derive(Debug, Clone)]
+pub struct PlanOutcome {
+    pub plan_path: PathBuf,
+    pub plan: Plan,
+    pub summary: PlanSummary,
+}
+
+/// Why `schemafleet plan` stopped. Nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanningError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Migrations(#[from] MigrationError),
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
+    #[error(transparent)]
+    Build(#[from] PlanBuildError),
+    #[error(transparent)]
+    Write(#[from] PlanWriteError),
+    #[error("{}: the fleet comes from the Neon API (`fleet.source: neon`); pass --tenants FILE to plan from a tenants file instead, or set NEON_API_KEY", policy.display())]
+    NeedsNeonAccess { policy: PathBuf },
+    #[error("cannot write the plan to {}: the directory {} does not exist; create it or pass another --out", plan.display(), dir.display())]
+    MissingOutDir { plan: PathBuf, dir: PathBuf },
+    #[error("cannot resolve {}", path.display())]
+    ResolvePath {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The policy and migrations of a planning run, read and checked.
+#[derive(Debug, Clone)]
+pub struct PlanInputs {
+    pub policy: Policy,
+    pub migrations: MigrationSet,
+}
+
+/// Read and check the policy and the migrations (the part of planning that needs no fleet).
+pub fn read_inputs(policy_path: &Path, migrations_dir: &Path) -> Result<PlanInputs, PlanningError> {
+    let policy = policy::load(policy_path)?;
+    let migrations = migrations::load(migrations_dir)?;
+    Ok(PlanInputs { policy, migrations })
+}
+
+/// Where the plan goes when `--out` is not given: beside the policy, `<policy-stem>.plan.yaml`.
+pub fn default_plan_path(policy_path: &Path) -> PathBuf {
+    let stem = policy_path
+        .file_stem()
+        .map_or_else(|| "rollout".into(), |stem| stem.to_string_lossy());
+    policy::parent_dir(policy_path).join(format!("{stem}.plan.yaml"))
+}
+
+/// The fleet from a tenants file: `tenants_file` if given, else the policy's `fleet.file`.
+pub fn file_inventory(
+    policy: &Policy,
+    tenants_file: Option<&Path>,
+) -> Result<FleetInventory, PlanningError> {
+    match (tenants_file, &policy.fleet.source) {
+        (Some(path), _) => Ok(load_tenants_file(path)?),
+        (None, FleetSource::File { path }) => Ok(load_tenants_file(path)?),
+        (None, FleetSource::Neon { .. }) => Err(PlanningError::NeedsNeonAccess {
+            policy: policy.path.clone(),
+        }),
+    }
+}
+
+/// Plan from a tenants file (or the policy's `fleet.file`) and write the plan: the whole
+/// pipeline without the network.
+pub fn plan_from_tenants_file(
+    policy_path: &Path,
+    migrations_dir: &Path,
+    tenants_file: Option<&Path>,
+    out: Option<&Path>,
+) -> Result<PlanOutcome, PlanningError> {
+    let inputs = read_inputs(policy_path, migrations_dir)?;
+    let inventory = file_inventory(&inputs.policy, tenants_file)?;
+    write_planned(&inputs, inventory, out, DEFAULT_API_RATE_LIMIT_PER_MIN)
+}
+
+/// Build the plan from a fleet, write it to `out` (default: [`default_plan_path`]) and
+/// summarize it. `cli_rate_limit_per_min` is used for estimates unless the policy sets one.
+pub fn write_planned(
+    inputs: &PlanInputs,
+    inventory: FleetInventory,
+    out: Option<&Path>,
+    cli_rate_limit_per_min: u32,
+) -> Result<PlanOutcome, PlanningError> {
+    let policy = &inputs.policy;
+    let plan_path = out.map_or_else(|| default_plan_path(&policy.path), Path::to_path_buf);
+    let plan_dir = policy::parent_dir(&plan_path);
+    if !plan_dir.is_dir() {
+        return Err(PlanningError::MissingOutDir {
+            plan: plan_path,
+            dir: plan_dir,
+        });
+    }
+    let relative_to_plan = |target: &Path| {
+        relative_path(&plan_dir, target)
+            .map(|relative| relative.to_string_lossy().into_owned())
+            .map_err(|source| PlanningError::ResolvePath {
+                path: target.to_path_buf(),
+                source,
+            })
+    };
+    let paths = PlanPaths {
+        policy: policy.path.display().to_string(),
+        migrations_dir: relative_to_plan(&inputs.migrations.dir)?,
+        verify: policy
+            .verify
+            .as_ref()
+            .map(|verify| relative_to_plan(&verify.path))
+            .transpose()?,
+    };
+    let plan = build_plan(policy, &inputs.migrations, inventory, &paths, now_rfc3339())?;
+    write_plan(&plan_path, &plan)?;
+    let rate_limit = policy
+        .api_rate_limit_per_min
+        .unwrap_or(cli_rate_limit_per_min);
+    let summary = summarize(&plan, &plan_path.display().to_string(), rate_limit);
+    Ok(PlanOutcome {
+        plan_path,
+        plan,
+        summary,
+    })
+}
+
+fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let now = now.replace_nanosecond(0).unwrap_or(now);
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| now.unix_timestamp().to_string())
+}

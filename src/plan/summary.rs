@@ -1,0 +1,233 @@
+//! The summary `schemafleet plan` prints: waves and sizes, migrations, what was left out, and
+//! what the rollout will cost in Neon API calls and time at the rate limit.
+//!
+//! **Invariant:** the summary is computed from the plan alone (plus the rate limit), so it says
+//! what `apply` will do with this file.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use super::model::{Plan, RestorePointKind, Validation};
+use super::sampled_for_validation;
+
+/// API calls per tenant for its connection URI.
+const CALLS_CONNECTION: usize = 1;
+/// API calls per validated tenant: create the branch, about two operation polls, delete it,
+/// about one poll.
+const CALLS_VALIDATION: usize = 5;
+/// API calls per tenant for a backup branch: create it, about one operation poll.
+const CALLS_BACKUP_BRANCH: usize = 2;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlanSummary {
+    pub plan_id: String,
+    pub plan_path: String,
+    pub fleet_source: String,
+    pub discovered: usize,
+    pub planned: usize,
+    pub excluded: usize,
+    /// Projects the Neon API could not list: not in any wave, and named here so nobody assumes
+    /// they were migrated.
+    pub unavailable: Vec<String>,
+    pub migrations: Vec<SummaryMigration>,
+    pub waves: Vec<SummaryWave>,
+    pub validated_tenants: usize,
+    pub api_calls: ApiCallEstimate,
+    pub api_rate_limit_per_min: u32,
+    /// Minutes the estimated calls take at the rate limit (a lower bound on the run's length).
+    pub estimated_api_minutes: f64,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SummaryMigration {
+    pub version: i32,
+    pub name: String,
+    pub no_transaction: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SummaryWave {
+    pub name: String,
+    pub tenants: usize,
+    pub concurrency: usize,
+    pub bake_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiCallEstimate {
+    pub connection: usize,
+    pub validation: usize,
+    pub backup_branch: usize,
+    pub total: usize,
+}
+
+/// Summarize `plan` (written at `plan_path`) at `api_rate_limit_per_min` requests per minute.
+pub fn summarize(plan: &Plan, plan_path: &str, api_rate_limit_per_min: u32) -> PlanSummary {
+    let n_tenants = plan.tenant_count();
+    let validated_tenants = match plan.policy.validation {
+        Validation::Branch => n_tenants,
+        Validation::None => 0,
+        Validation::SamplePercent(_) => plan
+            .waves
+            .iter()
+            .flat_map(|wave| &wave.tenants)
+            .filter(|tenant_id| sampled_for_validation(plan, tenant_id))
+            .count(),
+    };
+    let backup_branches = match plan.policy.restore_point {
+        RestorePointKind::BackupBranch => n_tenants,
+        RestorePointKind::BranchPoint | RestorePointKind::None => 0,
+    };
+    let connection = n_tenants * CALLS_CONNECTION;
+    let validation = validated_tenants * CALLS_VALIDATION;
+    let backup_branch = backup_branches * CALLS_BACKUP_BRANCH;
+    let total = connection + validation + backup_branch;
+
+    let mut warnings = Vec::new();
+    for wave in &plan.waves {
+        if wave.tenants.is_empty() {
+            warnings.push(format!(
+                "wave `{}` is empty: its percent covers no tenant of this fleet; name tenants in it to have a canary",
+                wave.name
+            ));
+        }
+    }
+    if !plan.fleet.unavailable.is_empty() {
+        warnings.push(format!(
+            "{} project(s) could not be listed by the Neon API and are in no wave: re-run `schemafleet plan` when they are available",
+            plan.fleet.unavailable.len()
+        ));
+    }
+
+    PlanSummary {
+        plan_id: plan.plan_id.clone(),
+        plan_path: plan_path.to_string(),
+        fleet_source: plan.fleet.source.clone(),
+        discovered: plan.fleet.discovered,
+        planned: plan.fleet.planned,
+        excluded: plan.fleet.excluded.len(),
+        unavailable: plan.fleet.unavailable.clone(),
+        migrations: plan
+            .migrations
+            .items
+            .iter()
+            .map(|migration| SummaryMigration {
+                version: migration.version,
+                name: migration.name.clone(),
+                no_transaction: migration.no_transaction,
+            })
+            .collect(),
+        waves: plan
+            .waves
+            .iter()
+            .map(|wave| SummaryWave {
+                name: wave.name.clone(),
+                tenants: wave.tenants.len(),
+                concurrency: wave.concurrency,
+                bake_s: wave.bake_s,
+            })
+            .collect(),
+        validated_tenants,
+        api_calls: ApiCallEstimate {
+            connection,
+            validation,
+            backup_branch,
+            total,
+        },
+        api_rate_limit_per_min,
+        estimated_api_minutes: total as f64 / f64::from(api_rate_limit_per_min.max(1)),
+        warnings,
+    }
+}
+
+impl fmt::Display for PlanSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "plan {} written to {}", self.plan_id, self.plan_path)?;
+        writeln!(
+            f,
+            "fleet: {} tenants planned from {} ({} discovered, {} excluded, {} unavailable)",
+            self.planned,
+            self.fleet_source,
+            self.discovered,
+            self.excluded,
+            self.unavailable.len()
+        )?;
+        writeln!(f, "migrations ({}):", self.migrations.len())?;
+        for migration in &self.migrations {
+            let marker = if migration.no_transaction {
+                "  (no transaction)"
+            } else {
+                ""
+            };
+            writeln!(f, "  V{}__{}{marker}", migration.version, migration.name)?;
+        }
+        writeln!(f, "waves:")?;
+        let name_width = self
+            .waves
+            .iter()
+            .map(|wave| wave.name.len())
+            .max()
+            .unwrap_or(0);
+        for wave in &self.waves {
+            let bake = if wave.bake_s > 0 {
+                format!(", then bake {}", format_seconds(wave.bake_s))
+            } else {
+                String::new()
+            };
+            writeln!(
+                f,
+                "  {:<name_width$}  {:>8} tenants  concurrency {}{bake}",
+                wave.name, wave.tenants, wave.concurrency
+            )?;
+        }
+        writeln!(
+            f,
+            "Neon API: ~{} calls ({} connection, {} validation for {} tenants, {} backup branch), ~{} at {} requests/min",
+            self.api_calls.total,
+            self.api_calls.connection,
+            self.api_calls.validation,
+            self.validated_tenants,
+            self.api_calls.backup_branch,
+            format_seconds((self.estimated_api_minutes * 60.0).ceil() as u64),
+            self.api_rate_limit_per_min
+        )?;
+        for project_id in self.unavailable.iter().take(20) {
+            writeln!(f, "unavailable: {project_id}")?;
+        }
+        for warning in &self.warnings {
+            writeln!(f, "warning: {warning}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `90` → `1m30s`, `7200` → `2h`.
+fn format_seconds(seconds: u64) -> String {
+    let (hours, minutes, seconds) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    let mut text = String::new();
+    if hours > 0 {
+        text.push_str(&format!("{hours}h"));
+    }
+    if minutes > 0 {
+        text.push_str(&format!("{minutes}m"));
+    }
+    if seconds > 0 || text.is_empty() {
+        text.push_str(&format!("{seconds}s"));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_durations() {
+        assert_eq!(format_seconds(0), "0s");
+        assert_eq!(format_seconds(90), "1m30s");
+        assert_eq!(format_seconds(7200), "2h");
+        assert_eq!(format_seconds(3725), "1h2m5s");
+    }
+}
