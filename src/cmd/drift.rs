@@ -27,6 +27,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Which tenants to probe and how to reach their database.
 struct Targets {
     tenants: Vec<String>,
+    /// Tenants the fleet source knows of but could not list: reported unreachable, not dropped.
+    unavailable: Vec<String>,
     database: String,
     role: String,
     /// The migrations directory when `--migrations` is not given.
@@ -55,7 +57,7 @@ pub async fn run(args: DriftArgs) -> anyhow::Result<ExitStatus> {
     if let Some(first_tenant) = targets.tenants.first() {
         super::api::preflight(&client, &args.api.api_url, first_tenant).await?;
     }
-    let classified: Vec<TenantDrift> = futures::stream::iter(targets.tenants.iter())
+    let mut classified: Vec<TenantDrift> = futures::stream::iter(targets.tenants.iter())
         .map(|tenant| {
             let client = client.clone();
             let planned = &planned;
@@ -68,6 +70,12 @@ pub async fn run(args: DriftArgs) -> anyhow::Result<ExitStatus> {
         .buffer_unordered(args.concurrency.max(1))
         .collect()
         .await;
+    classified.extend(targets.unavailable.iter().map(|tenant| {
+        let probe = Probe::Unreachable {
+            reason: "the fleet source lists the project as unavailable".to_string(),
+        };
+        drift::classify(tenant, probe, &planned)
+    }));
     let report = drift::aggregate(&planned, classified);
     let dir_display = migrations_dir.display().to_string();
     match args.output {
@@ -101,7 +109,7 @@ async fn probe(client: &NeonClient, tenant: &str, database: &str, role: &str) ->
 
 async fn targets(args: &DriftArgs) -> anyhow::Result<Targets> {
     if let Some(plan_path) = &args.plan {
-        return Ok(plan_targets(plan_path)?);
+        return plan_targets(plan_path);
     }
     let Some(policy_path) = &args.policy else {
         anyhow::bail!("give the tenants to check with --plan PLAN or --policy POLICY");
@@ -111,22 +119,32 @@ async fn targets(args: &DriftArgs) -> anyhow::Result<Targets> {
 
 fn plan_targets(plan_path: &Path) -> anyhow::Result<Targets> {
     let plan = crate::plan::load_plan(plan_path)?;
-    let plan_dir = plan_path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let plan_dir = plan_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     Ok(Targets {
         tenants: plan
             .waves
             .iter()
             .flat_map(|wave| wave.tenants.iter().cloned())
             .collect(),
+        unavailable: Vec::new(),
         database: plan.policy.database.clone(),
         role: plan.policy.role.clone(),
         default_migrations_dir: plan_dir.join(&plan.migrations.dir),
     })
 }
 
-async fn policy_targets(_args: &DriftArgs, policy_path: &Path) -> anyhow::Result<Targets> {
-    anyhow::bail!(
-        "drift --policy {}: fleet discovery from a policy is not available in this build; write a plan with `schemafleet plan` and pass --plan",
-        policy_path.display()
-    )
+async fn policy_targets(args: &DriftArgs, policy_path: &Path) -> anyhow::Result<Targets> {
+    let policy = crate::policy::load(policy_path)?;
+    let inventory = crate::plan::pipeline::file_inventory(&policy, args.tenants.as_deref())?;
+    let fleet = crate::fleet::apply_filters(inventory.tenants, &policy.fleet.filters);
+    Ok(Targets {
+        tenants: fleet.kept.into_iter().map(|tenant| tenant.id).collect(),
+        unavailable: inventory.unavailable,
+        database: policy.database.clone(),
+        role: policy.role.clone(),
+        default_migrations_dir: PathBuf::from("migrations"),
+    })
 }

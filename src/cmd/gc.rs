@@ -315,10 +315,7 @@ fn render_text(
     for error in project_errors {
         wrap_into(
             &mut out,
-            &format!(
-                "project {} not checked: {}",
-                error.project_id, error.error
-            ),
+            &format!("project {} not checked: {}", error.project_id, error.error),
             "  ",
             "      ",
         );
