@@ -468,7 +468,7 @@ async fn gc_deletes_only_finished_schemafleet_branches() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&real.stderr)
     );
-    assert!(stdout.contains("2 deleted, 3 kept"), "{stdout}");
+    assert!(stdout.contains("2 deleted, 0 failed, 3 kept"), "{stdout}");
     assert!(
         stdout.lines().all(|line| line.chars().count() <= 80),
         "{stdout}"

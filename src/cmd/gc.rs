@@ -272,50 +272,66 @@ fn render_text(
     dry_run: bool,
 ) -> String {
     let mut out = String::new();
-    let to_delete = outcomes
-        .iter()
-        .filter(|outcome| outcome.decision.delete)
-        .count();
-    let deleted = outcomes.iter().filter(|outcome| outcome.deleted).count();
+    let count =
+        |keep: fn(&Outcome) -> bool| outcomes.iter().filter(|outcome| keep(outcome)).count();
+    let to_delete = count(|outcome| outcome.decision.delete);
+    let kept = outcomes.len() - to_delete;
     let headline = if dry_run {
         format!(
-            "gc (dry run, nothing deleted): {project_count} projects, {} schemafleet branches: {to_delete} would be deleted, {} kept",
+            "gc (dry run, nothing deleted): {project_count} projects, {} schemafleet branches: {to_delete} would be deleted, {kept} kept",
             outcomes.len(),
-            outcomes.len() - to_delete
         )
     } else {
         format!(
-            "gc: {project_count} projects, {} schemafleet branches: {deleted} deleted, {} kept",
+            "gc: {project_count} projects, {} schemafleet branches: {} deleted, {} failed, {kept} kept",
             outcomes.len(),
-            outcomes.len() - deleted
+            count(|outcome| outcome.deleted),
+            count(|outcome| outcome.decision.delete && !outcome.deleted),
         )
     };
     wrap_into(&mut out, &headline, "", "  ");
-    for outcome in outcomes {
-        let decision = &outcome.decision;
-        let verb = match (decision.delete, dry_run, outcome.deleted) {
-            (false, _, _) => "keep",
-            (true, true, _) => "would delete",
-            (true, false, true) => "deleted",
-            (true, false, false) => "FAILED to delete",
-        };
-        wrap_into(
-            &mut out,
-            &format!(
-                "{verb} {} ({}) of {}: {}",
-                decision.branch_name, decision.branch_id, decision.project_id, decision.reason
-            ),
-            "  ",
-            "      ",
-        );
-        if let Some(error) = &outcome.error {
-            wrap_into(&mut out, &format!("error: {error}"), "      ", "        ");
+    let sections: [(&str, fn(&Outcome) -> bool); 4] = [
+        ("would delete", |outcome| {
+            outcome.decision.delete && !outcome.deleted && outcome.error.is_none()
+        }),
+        ("deleted", |outcome| outcome.deleted),
+        ("FAILED to delete", |outcome| {
+            outcome.decision.delete && !outcome.deleted && outcome.error.is_some()
+        }),
+        ("kept", |outcome| !outcome.decision.delete),
+    ];
+    for (title, belongs) in sections {
+        let members: Vec<&Outcome> = outcomes.iter().filter(|outcome| belongs(outcome)).collect();
+        if members.is_empty() {
+            continue;
         }
+        out.push_str(&format!("\n{title} ({}):\n", members.len()));
+        for outcome in members {
+            let decision = &outcome.decision;
+            wrap_into(
+                &mut out,
+                &format!(
+                    "{} of {} ({}): {}",
+                    decision.branch_name, decision.project_id, decision.branch_id, decision.reason
+                ),
+                "  ",
+                "      ",
+            );
+            if let Some(error) = &outcome.error {
+                wrap_into(&mut out, &format!("error: {error}"), "      ", "        ");
+            }
+        }
+    }
+    if !project_errors.is_empty() {
+        out.push_str(&format!(
+            "\nprojects not checked ({}):\n",
+            project_errors.len()
+        ));
     }
     for error in project_errors {
         wrap_into(
             &mut out,
-            &format!("project {} not checked: {}", error.project_id, error.error),
+            &format!("{}: {}", error.project_id, error.error),
             "  ",
             "      ",
         );
