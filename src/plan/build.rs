@@ -4,15 +4,13 @@
 //! **Invariant:** the same arguments give the same plan, field for field; the plan's tenants are
 //! exactly the fleet's tenants that the filters keep.
 
-use std::collections::HashMap;
-
+use super::collect::CollectedFleet;
 use super::id::compute_plan_id;
 use super::model::{
     FleetSummary, PLAN_FORMAT_VERSION, Plan, PlannedMigration, PlannedMigrations, PlannedPolicy,
     PlannedWave, VerifyFile,
 };
-use super::waves::{WaveSpec, assign_waves};
-use crate::fleet::{FleetInventory, Tenant, apply_filters};
+use super::waves::{WaveCandidate, WaveSpec, assign_waves};
 use crate::migrations::MigrationSet;
 use crate::policy::Policy;
 
@@ -98,16 +96,22 @@ pub enum PlanBuildError {
         n_tenants: usize,
         tenants: String,
     },
-    #[error("{fleet_source} lists tenant {id} twice; each Neon project must appear once")]
-    DuplicateTenant { fleet_source: String, id: String },
+    #[error(
+        "{location}: tenant id {id} is listed twice (first at {first_place}); each Neon project must appear once"
+    )]
+    DuplicateTenant {
+        location: String,
+        id: String,
+        first_place: String,
+    },
 }
 
-/// Build the plan. `inventory` is consumed: at 300,000 tenants its strings are most of the
-/// memory, and the plan keeps only the ids.
+/// Build the plan. `fleet` is consumed: at 300,000 tenants its ids are most of the memory, and
+/// they move into the plan's waves.
 pub fn build_plan(
     policy: &Policy,
     migrations: &MigrationSet,
-    inventory: FleetInventory,
+    fleet: CollectedFleet,
     paths: &PlanPaths,
     created_at: String,
 ) -> Result<Plan, PlanBuildError> {
@@ -116,41 +120,24 @@ pub fn build_plan(
             dir: migrations.dir.display().to_string(),
         });
     }
-    let FleetInventory {
-        source,
-        tenants,
-        unavailable,
-    } = inventory;
-    let n_discovered = tenants.len();
-    let filtered = apply_filters(tenants, &policy.fleet.filters);
-    let mut kept = filtered.kept;
-    let excluded = filtered.excluded;
-    if kept.is_empty() {
-        return Err(PlanBuildError::EmptyFleet {
-            fleet_source: source,
-            discovered: n_discovered,
-            excluded: excluded.len(),
-        });
-    }
-    kept.sort_unstable_by(|left, right| left.id.cmp(&right.id));
-    if let Some(pair) = kept.windows(2).find(|pair| pair[0].id == pair[1].id) {
-        return Err(PlanBuildError::DuplicateTenant {
-            fleet_source: source,
-            id: pair[0].id.clone(),
-        });
-    }
-
-    let named = resolve_named_tenants(policy, &kept, &excluded, &source)?;
+    let named = resolve_named_tenants(policy, &fleet)?;
     let specs: Vec<WaveSpec> = policy
         .waves
         .iter()
         .zip(named)
         .map(|(wave, named_tenants)| WaveSpec {
             percent: wave.percent,
-            match_rule: wave.match_rule.as_ref(),
             named_tenants,
         })
         .collect();
+    let CollectedFleet {
+        source,
+        n_discovered,
+        tenants: mut kept,
+        excluded,
+        unavailable,
+        ..
+    } = fleet;
     let wave_members = assign_waves(&kept, &specs, &policy.salt).map_err(|unassigned| {
         let n_tenants = unassigned.tenant_idxs.len();
         let listed: Vec<&str> = unassigned
@@ -244,77 +231,59 @@ fn duration_ms(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// For each wave, the indexes into `kept` of the tenants the policy names (by id or by name).
+/// For each wave, the indexes into the fleet's tenants of those the policy names (by id or by
+/// name).
 fn resolve_named_tenants(
     policy: &Policy,
-    kept: &[Tenant],
-    excluded: &[crate::plan::model::ExcludedTenant],
-    source: &str,
+    fleet: &CollectedFleet,
 ) -> Result<Vec<Vec<usize>>, PlanBuildError> {
-    let mut tenants_by_name: Option<HashMap<&str, Vec<usize>>> = None;
-    let mut named = Vec::with_capacity(policy.waves.len());
+    let mut named: Vec<Vec<usize>> = Vec::with_capacity(policy.waves.len());
     for (wave_idx, wave) in policy.waves.iter().enumerate() {
         let mut wave_named = Vec::with_capacity(wave.tenants.len());
         for reference in &wave.tenants {
             let location = || policy.named_tenant_location(wave_idx, reference);
-            let by_id = kept
-                .binary_search_by(|tenant| tenant.id.as_str().cmp(reference))
-                .ok();
-            let tenant_idx = match by_id {
+            let tenant_idx = match fleet.position_of_id(reference) {
                 Some(tenant_idx) => tenant_idx,
-                None => {
-                    let by_name = tenants_by_name.get_or_insert_with(|| {
-                        let mut map: HashMap<&str, Vec<usize>> = HashMap::new();
-                        for (tenant_idx, tenant) in kept.iter().enumerate() {
-                            map.entry(tenant.name.as_str())
-                                .or_default()
-                                .push(tenant_idx);
-                        }
-                        map
-                    });
-                    match by_name.get(reference.as_str()).map(Vec::as_slice) {
-                        Some([tenant_idx]) => *tenant_idx,
-                        Some(several) => {
-                            return Err(PlanBuildError::AmbiguousNamedTenant {
+                None => match fleet.ids_named(reference) {
+                    [tenant_id] => fleet
+                        .position_of_id(tenant_id)
+                        .expect("invariant: ids_named only returns ids of kept tenants"),
+                    [] => {
+                        if let Some(reason) = fleet.exclusion_of_reference(reference) {
+                            return Err(PlanBuildError::NamedTenantExcluded {
                                 location: location(),
                                 wave: wave.name.clone(),
                                 tenant: reference.clone(),
-                                ids: several
-                                    .iter()
-                                    .map(|&tenant_idx| kept[tenant_idx].id.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", "),
+                                reason: reason.to_string(),
                             });
                         }
-                        None => {
-                            if let Some(excluded) =
-                                excluded.iter().find(|excluded| &excluded.id == reference)
-                            {
-                                return Err(PlanBuildError::NamedTenantExcluded {
-                                    location: location(),
-                                    wave: wave.name.clone(),
-                                    tenant: reference.clone(),
-                                    reason: excluded.reason.clone(),
-                                });
-                            }
-                            return Err(PlanBuildError::UnknownNamedTenant {
-                                location: location(),
-                                wave: wave.name.clone(),
-                                tenant: reference.clone(),
-                                fleet_source: source.to_string(),
-                            });
-                        }
+                        return Err(PlanBuildError::UnknownNamedTenant {
+                            location: location(),
+                            wave: wave.name.clone(),
+                            tenant: reference.clone(),
+                            fleet_source: fleet.source.clone(),
+                        });
                     }
-                }
+                    several => {
+                        return Err(PlanBuildError::AmbiguousNamedTenant {
+                            location: location(),
+                            wave: wave.name.clone(),
+                            tenant: reference.clone(),
+                            ids: several.join(", "),
+                        });
+                    }
+                },
             };
-            if let Some(rule) = &wave.match_rule
-                && !rule.matches(&kept[tenant_idx])
-            {
+            if !fleet.tenants[tenant_idx].accepted_by(wave_idx) {
                 return Err(PlanBuildError::NamedTenantRejected {
                     location: location(),
                     wave: wave.name.clone(),
                     tenant: reference.clone(),
-                    rule: rule.to_string(),
+                    rule: wave
+                        .match_rule
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
                 });
             }
             // The policy rejects a name given twice, but an id and its project's name can
@@ -322,13 +291,13 @@ fn resolve_named_tenants(
             if named
                 .iter()
                 .chain(std::iter::once(&wave_named))
-                .any(|members: &Vec<usize>| members.contains(&tenant_idx))
+                .any(|members| members.contains(&tenant_idx))
             {
                 return Err(PlanBuildError::NamedTwice {
                     location: location(),
                     wave: wave.name.clone(),
                     tenant: reference.clone(),
-                    id: kept[tenant_idx].id.clone(),
+                    id: fleet.tenants[tenant_idx].id.clone(),
                 });
             }
             wave_named.push(tenant_idx);
@@ -336,4 +305,178 @@ fn resolve_named_tenants(
         named.push(wave_named);
     }
     Ok(named)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::fleet::{FleetInventory, Tenant};
+    use crate::migrations::Migration;
+    use crate::policy;
+
+    const POLICY: &str = "\
+fleet: {source: file, file: t.csv, exclude: [p-0009]}
+database: neondb
+role: owner
+salt: s1
+waves:
+  - name: canary
+    tenants: [p-0003, tenant-0005]
+    percent: 5
+    concurrency: 2
+  - name: eu
+    percent: 50
+    concurrency: 4
+    match: {region: eu}
+  - name: rest
+    percent: 100
+    concurrency: 8
+";
+
+    fn policy(text: &str) -> Policy {
+        policy::parse(Path::new("plans/p.yaml"), text).unwrap()
+    }
+
+    fn migrations() -> MigrationSet {
+        let sql = "SELECT 1;".to_string();
+        MigrationSet {
+            dir: PathBuf::from("migrations"),
+            migrations: vec![Migration {
+                version: 1,
+                name: "one".into(),
+                file_name: "V1__one.sql".into(),
+                sha256: crate::migrations::sha256_hex(sql.as_bytes()),
+                checksum: 42,
+                sql,
+                no_transaction: false,
+            }],
+        }
+    }
+
+    fn inventory(n_tenants: usize) -> FleetInventory {
+        FleetInventory {
+            source: "file:t.csv".into(),
+            tenants: (1..=n_tenants)
+                .map(|number| Tenant {
+                    id: format!("p-{number:04}"),
+                    name: format!("tenant-{number:04}"),
+                    region: Some(if number.is_multiple_of(2) { "eu" } else { "us" }.into()),
+                    labels: BTreeMap::new(),
+                })
+                .collect(),
+            unavailable: vec!["p-gone".into()],
+        }
+    }
+
+    fn paths() -> PlanPaths {
+        PlanPaths {
+            policy: "plans/p.yaml".into(),
+            migrations_dir: "../migrations".into(),
+            verify: None,
+        }
+    }
+
+    fn build(text: &str, n_tenants: usize, created_at: &str) -> Result<Plan, String> {
+        let policy = policy(text);
+        let fleet = crate::plan::collect::collect_inventory(&policy, inventory(n_tenants))
+            .map_err(|error| error.to_string())?;
+        build_plan(&policy, &migrations(), fleet, &paths(), created_at.into())
+            .map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn same_inputs_same_plan_apart_from_creation_time() {
+        let first = build(POLICY, 40, "2026-11-26T10:00:00Z").unwrap();
+        let mut second = build(POLICY, 40, "2026-11-27T10:00:00Z").unwrap();
+        assert_eq!(first.plan_id, second.plan_id);
+        assert_eq!(first.plan_id.len(), 16);
+        second.created_at = first.created_at.clone();
+        assert_eq!(first, second);
+        // Anything apply acts on changes the id.
+        let other_salt = build(&POLICY.replace("salt: s1", "salt: s2"), 40, "t").unwrap();
+        assert_ne!(other_salt.plan_id, first.plan_id);
+    }
+
+    #[test]
+    fn fleet_counts_exclusions_and_waves() {
+        let plan = build(POLICY, 40, "t").unwrap();
+        assert_eq!(plan.fleet.discovered, 40);
+        assert_eq!(plan.fleet.planned, 39);
+        assert_eq!(plan.fleet.excluded.len(), 1);
+        assert_eq!(plan.fleet.excluded[0].id, "p-0009");
+        assert_eq!(plan.fleet.unavailable, vec!["p-gone".to_string()]);
+        assert_eq!(plan.tenant_count(), 39);
+        let canary = plan.wave("canary").unwrap();
+        // Named by id and by project name.
+        assert!(canary.tenants.contains(&"p-0003".to_string()));
+        assert!(canary.tenants.contains(&"p-0005".to_string()));
+        let eu = plan.wave("eu").unwrap();
+        assert!(eu.tenants.iter().all(|id| {
+            let number: usize = id[2..].parse().unwrap();
+            number.is_multiple_of(2)
+        }));
+        assert_eq!(plan.migrations.items[0].checksum, "42");
+    }
+
+    #[test]
+    fn named_tenant_errors_point_at_the_policy() {
+        let message = build(&POLICY.replace("p-0003", "p-0999"), 40, "t").unwrap_err();
+        assert_eq!(
+            message,
+            "plans/p.yaml:7:15: wave `canary` names tenant p-0999, which is not in the fleet (file:t.csv); use a Neon project id or project name from the fleet, or remove it"
+        );
+        let message = build(&POLICY.replace("p-0003", "p-0009"), 40, "t").unwrap_err();
+        assert!(
+            message.starts_with("plans/p.yaml:7:15: wave `canary` names tenant p-0009, which the policy excludes (listed in fleet.exclude)"),
+            "{message}"
+        );
+        let message = build(&POLICY.replace("p-0003", "p-0005"), 40, "t").unwrap_err();
+        assert!(
+            message.contains("project p-0005 is already named"),
+            "{message}"
+        );
+        let rejected = POLICY.replace(
+            "    percent: 5\n    concurrency: 2\n",
+            "    percent: 5\n    concurrency: 2\n    match: {region: eu}\n",
+        );
+        let message = build(&rejected, 40, "t").unwrap_err();
+        assert!(
+            message.contains("its `match` (region eu) rejects that tenant"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn empty_fleet_and_unassigned_tenants_are_errors() {
+        let message = build(&POLICY.replace("[p-0003, tenant-0005]", "[]"), 0, "t").unwrap_err();
+        assert!(
+            message.starts_with("the fleet is empty: file:t.csv listed 0 tenants"),
+            "{message}"
+        );
+        let only_eu_last = POLICY.replace(
+            "    percent: 100\n    concurrency: 8\n",
+            "    percent: 100\n    concurrency: 8\n    match: {region: eu}\n",
+        );
+        let message = build(&only_eu_last, 40, "t").unwrap_err();
+        assert!(
+            message.starts_with("plans/p.yaml:14:5: no wave accepts"),
+            "{message}"
+        );
+        assert!(message.contains("p-0001"), "{message}");
+    }
+
+    #[test]
+    fn one_and_two_tenant_fleets() {
+        let text = POLICY
+            .replace("[p-0003, tenant-0005]", "[]")
+            .replace(", exclude: [p-0009]", "");
+        for n_tenants in [1, 2] {
+            let plan = build(&text, n_tenants, "t").unwrap();
+            assert_eq!(plan.tenant_count(), n_tenants);
+            assert_eq!(plan.fleet.planned, n_tenants);
+        }
+    }
 }

@@ -214,3 +214,134 @@ mod tests {
         assert_eq!(relative_path(root, root).unwrap(), PathBuf::from("."));
     }
 }
+
+#[cfg(test)]
+mod round_trip_tests {
+    use super::*;
+    use crate::plan::model::*;
+
+    fn plan() -> Plan {
+        let mut plan = Plan {
+            format_version: PLAN_FORMAT_VERSION,
+            plan_id: String::new(),
+            created_at: "2026-11-26T10:00:00Z".into(),
+            policy: PlannedPolicy {
+                path: "plans/p.yaml".into(),
+                sha256: "00".into(),
+                database: "neondb".into(),
+                role: "owner".into(),
+                validation: Validation::SamplePercent(12.5),
+                restore_point: RestorePointKind::BackupBranch,
+                lock_timeout_ms: 2000,
+                statement_timeout_ms: 600_000,
+                branch_ttl_s: 7200,
+                salt: "s".into(),
+                verify: Some(VerifyFile {
+                    path: "verify.sql".into(),
+                    sha256: "ab".into(),
+                }),
+                api_rate_limit_per_min: Some(300),
+            },
+            migrations: PlannedMigrations {
+                dir: "../migrations".into(),
+                items: vec![PlannedMigration {
+                    version: 3,
+                    name: "idx".into(),
+                    sha256: "cd".into(),
+                    checksum: "18380923271103857050".into(),
+                    no_transaction: true,
+                }],
+            },
+            fleet: FleetSummary {
+                source: "neon".into(),
+                discovered: 3,
+                planned: 2,
+                excluded: vec![ExcludedTenant {
+                    id: "p-3".into(),
+                    reason: "listed in fleet.exclude".into(),
+                }],
+                unavailable: vec!["p-9".into()],
+            },
+            waves: vec![
+                PlannedWave {
+                    name: "canary".into(),
+                    concurrency: 1,
+                    max_failures: Some(0),
+                    max_failure_percent: Some(0.5),
+                    bake_s: 600,
+                    tenants: vec!["p-1".into()],
+                },
+                PlannedWave {
+                    name: "rest".into(),
+                    concurrency: 8,
+                    max_failures: None,
+                    max_failure_percent: None,
+                    bake_s: 0,
+                    tenants: vec!["p-2".into()],
+                },
+            ],
+        };
+        plan.plan_id = compute_plan_id(&plan);
+        plan
+    }
+
+    #[test]
+    fn write_then_load_gives_the_same_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.plan.yaml");
+        write_plan(&path, &plan()).unwrap();
+        assert_eq!(load_plan(&path).unwrap(), plan());
+        // Nothing but the plan is left in the directory.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn edited_truncated_and_foreign_plans_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.plan.yaml");
+        write_plan(&path, &plan()).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+
+        let edited = text.replace("- p-2", "- p-7");
+        fs::write(&path, edited).unwrap();
+        let message = load_plan(&path).unwrap_err().to_string();
+        assert!(message.contains("does not match its plan_id"), "{message}");
+
+        // Cut inside the last wave's tenant list: still valid YAML, but not the planned content.
+        let cut = &text[..text.rfind("- p-2").unwrap()];
+        fs::write(&path, cut).unwrap();
+        let message = load_plan(&path).unwrap_err().to_string();
+        assert!(message.contains("does not match its plan_id"), "{message}");
+
+        let cut = &text[..text.find("fleet:").unwrap()];
+        fs::write(&path, cut).unwrap();
+        let message = load_plan(&path).unwrap_err().to_string();
+        assert!(message.contains("missing field `fleet`"), "{message}");
+        assert!(message.contains("regenerate it"), "{message}");
+
+        fs::write(
+            &path,
+            text.replace("format_version: 1", "format_version: 2"),
+        )
+        .unwrap();
+        let message = load_plan(&path).unwrap_err().to_string();
+        assert!(message.contains("plan format version 2"), "{message}");
+
+        fs::write(
+            &path,
+            text.replace("concurrency: 8", "concurrency: 8\n  extra: 1"),
+        )
+        .unwrap();
+        let message = load_plan(&path).unwrap_err().to_string();
+        assert!(message.contains("unknown field `extra`"), "{message}");
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing-dir").join("p.plan.yaml");
+        assert!(write_plan(&path, &plan()).is_err());
+        assert!(!path.exists());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

@@ -1,15 +1,17 @@
 //! Plans: the wave assignment (pure), the plan file, and the pipeline that writes it.
 //!
-//! Layout: [`model`] is the file format; [`waves`] assigns tenants to waves; [`build`] turns a
+//! Layout: [`model`] is the file format; [`collect`] reduces the fleet to what planning needs;
+//! [`waves`] assigns tenants to waves; [`build`] turns a
 //! policy, migrations and a fleet into a [`model::Plan`]; [`id`] digests it; [`file`] reads and
 //! writes it; [`check`] compares it with the migrations on disk; [`summary`] describes it;
 //! [`pipeline`] strings these together for `schemafleet plan`.
 //!
-//! **Invariant:** `waves`, `build`, `id`, `check` and `summary` do no I/O; only `file` and
+//! **Invariant:** `collect`, `waves`, `build`, `id`, `check` and `summary` do no I/O; only `file` and
 //! `pipeline` touch the filesystem.
 
 pub mod build;
 pub mod check;
+pub mod collect;
 pub mod file;
 pub mod id;
 pub mod model;
@@ -41,5 +43,101 @@ pub fn sampled_for_validation(plan: &Plan, tenant_id: &str) -> bool {
                 tenant_id,
             ) < percent / 100.0
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::model::*;
+    use super::*;
+
+    fn plan(validation: Validation, restore_point: RestorePointKind, n_tenants: usize) -> Plan {
+        Plan {
+            format_version: PLAN_FORMAT_VERSION,
+            plan_id: "0".into(),
+            created_at: "t".into(),
+            policy: PlannedPolicy {
+                path: "p".into(),
+                sha256: "0".into(),
+                database: "d".into(),
+                role: "r".into(),
+                validation,
+                restore_point,
+                lock_timeout_ms: 1,
+                statement_timeout_ms: 1,
+                branch_ttl_s: 1,
+                salt: "sample-salt".into(),
+                verify: None,
+                api_rate_limit_per_min: None,
+            },
+            migrations: PlannedMigrations {
+                dir: "m".into(),
+                items: Vec::new(),
+            },
+            fleet: FleetSummary {
+                source: "neon".into(),
+                discovered: n_tenants,
+                planned: n_tenants,
+                excluded: Vec::new(),
+                unavailable: Vec::new(),
+            },
+            waves: vec![PlannedWave {
+                name: "all".into(),
+                concurrency: 1,
+                max_failures: None,
+                max_failure_percent: None,
+                bake_s: 0,
+                tenants: (0..n_tenants).map(|idx| format!("p-{idx}")).collect(),
+            }],
+        }
+    }
+
+    #[test]
+    fn validation_sampling_is_stable_and_proportional() {
+        let sampled = plan(
+            Validation::SamplePercent(10.0),
+            RestorePointKind::BackupBranch,
+            0,
+        );
+        let n_sampled = (0..10_000)
+            .filter(|idx| sampled_for_validation(&sampled, &format!("p-{idx}")))
+            .count();
+        assert!((800..1200).contains(&n_sampled), "{n_sampled}");
+        assert_eq!(
+            sampled_for_validation(&sampled, "p-1"),
+            sampled_for_validation(&sampled, "p-1")
+        );
+        let none = plan(
+            Validation::SamplePercent(0.0),
+            RestorePointKind::BackupBranch,
+            0,
+        );
+        let all = plan(
+            Validation::SamplePercent(100.0),
+            RestorePointKind::BackupBranch,
+            0,
+        );
+        for idx in 0..1000 {
+            let tenant_id = format!("p-{idx}");
+            assert!(!sampled_for_validation(&none, &tenant_id));
+            assert!(sampled_for_validation(&all, &tenant_id));
+        }
+        let branch = plan(Validation::Branch, RestorePointKind::BranchPoint, 0);
+        assert!(sampled_for_validation(&branch, "p-1"));
+        let off = plan(Validation::None, RestorePointKind::BackupBranch, 0);
+        assert!(!sampled_for_validation(&off, "p-1"));
+    }
+
+    #[test]
+    fn api_call_estimate() {
+        let branch = plan(Validation::Branch, RestorePointKind::BranchPoint, 100);
+        let summary = summary::summarize(&branch, "p.plan.yaml", 600);
+        assert_eq!(summary.api_calls.total, 100 + 500);
+        assert_eq!(summary.estimated_api_minutes, 1.0);
+        let backup = plan(Validation::None, RestorePointKind::BackupBranch, 100);
+        let summary = summary::summarize(&backup, "p.plan.yaml", 100);
+        assert_eq!(summary.api_calls.total, 100 + 200);
+        assert_eq!(summary.estimated_api_minutes, 3.0);
+        assert!(summary.to_string().contains("~300 calls"), "{summary}");
     }
 }
