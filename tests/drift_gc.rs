@@ -248,6 +248,38 @@ async fn drift_reports_behind_diverged_and_unreachable_tenants() {
     assert_eq!(document["counts"]["diverged"], 1);
     assert_eq!(document["counts"]["unreachable"], 1);
 
+    // The fleet discovered through the API by the policy's name prefix: the four tenants.
+    std::fs::write(
+        work.path("neon-policy.yaml"),
+        std::fs::read_to_string(&policy).expect("policy").replace(
+            "  source: file\n  file: tenants.csv\n",
+            "  source: neon\n  name_prefix: drift-\n",
+        ),
+    )
+    .expect("write neon policy");
+    let discovered = schemafleet(
+        &fleet,
+        &[
+            "drift",
+            "--policy",
+            work.path("neon-policy.yaml").to_str().expect("utf-8"),
+            "--migrations",
+            migrations_dir.to_str().expect("utf-8"),
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(
+        discovered.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&discovered.stderr)
+    );
+    let document = stdout_json(&discovered);
+    assert_eq!(document["counts"]["total"], 4, "{document:#}");
+    assert_eq!(document["counts"]["diverged"], 1);
+
     let text = schemafleet(&fleet, &["drift", "--plan", plan]).await;
     assert_eq!(text.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&text.stdout);

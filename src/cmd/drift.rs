@@ -19,7 +19,8 @@ use crate::drift::{self, Probe, TenantDrift};
 use crate::exit::ExitStatus;
 use crate::neon::NeonClient;
 use crate::pg::{self, PlannedVersion};
-use crate::secret::redact_uri;
+use crate::plan::pipeline::{NeonAccess, collect_fleet};
+use crate::secret::{SecretString, redact_uri};
 
 /// How long one tenant's connect may take; a suspended Neon compute wakes in a few seconds.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -138,11 +139,20 @@ fn plan_targets(plan_path: &Path) -> anyhow::Result<Targets> {
 
 async fn policy_targets(args: &DriftArgs, policy_path: &Path) -> anyhow::Result<Targets> {
     let policy = crate::policy::load(policy_path)?;
-    let inventory = crate::plan::pipeline::file_inventory(&policy, args.tenants.as_deref())?;
-    let fleet = crate::fleet::apply_filters(inventory.tenants, &policy.fleet.filters);
+    let neon = args
+        .api
+        .api_key
+        .as_ref()
+        .filter(|api_key| !api_key.is_empty())
+        .map(|api_key| NeonAccess {
+            api_url: args.api.api_url.clone(),
+            api_key: SecretString::new(api_key.clone()),
+            rate_limit_per_min: args.api.api_rate_limit_per_min,
+        });
+    let fleet = collect_fleet(&policy, args.tenants.as_deref(), neon.as_ref()).await?;
     Ok(Targets {
-        tenants: fleet.kept.into_iter().map(|tenant| tenant.id).collect(),
-        unavailable: inventory.unavailable,
+        tenants: fleet.tenants.into_iter().map(|tenant| tenant.id).collect(),
+        unavailable: fleet.unavailable,
         database: policy.database.clone(),
         role: policy.role.clone(),
         default_migrations_dir: PathBuf::from("migrations"),
