@@ -265,6 +265,9 @@ async fn record_deletion(
     }
 }
 
+/// Which outcomes one section of the text output lists.
+type OutcomeFilter = fn(&Outcome) -> bool;
+
 fn render_text(
     project_count: usize,
     outcomes: &[Outcome],
@@ -290,7 +293,7 @@ fn render_text(
         )
     };
     wrap_into(&mut out, &headline, "", "  ");
-    let sections: [(&str, fn(&Outcome) -> bool); 4] = [
+    let sections: [(&str, OutcomeFilter); 4] = [
         ("would delete", |outcome| {
             outcome.decision.delete && !outcome.deleted && outcome.error.is_none()
         }),
