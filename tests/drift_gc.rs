@@ -492,6 +492,19 @@ async fn gc_deletes_only_finished_schemafleet_branches() {
         "a dry run deletes nothing"
     );
 
+    // While an `apply` holds the journal, gc refuses to delete (and says why).
+    let (held, _) = Journal::open(&journal_path, &plan_id).expect("journal opens");
+    let refused = schemafleet(&fleet, &["gc", "--plan", plan]).await;
+    held.close().await;
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("is running"), "{stderr}");
+    assert_eq!(
+        branch_names(&client, &done.project_id).await,
+        names_before.0,
+        "a refused gc deletes nothing"
+    );
+
     let real = schemafleet(&fleet, &["gc", "--plan", plan]).await;
     let stdout = String::from_utf8_lossy(&real.stdout);
     assert_eq!(
