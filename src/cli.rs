@@ -154,7 +154,8 @@ pub struct ApplyArgs {
     pub output: OutputFormat,
 
     /// Never draw progress bars, even on a terminal.
-    #[arg(long, env = "SCHEMAFLEET_NO_PROGRESS")]
+    #[arg(long, env = "SCHEMAFLEET_NO_PROGRESS", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub no_progress: bool,
 
     #[command(flatten)]

@@ -153,7 +153,7 @@ fn read_verify(plan: &Plan, plan_dir: &Path) -> anyhow::Result<Option<String>> {
     let path: PathBuf = plan_dir.join(&verify.path);
     let bytes = std::fs::read(&path)
         .with_context(|| format!("reading the verify SQL {}", path.display()))?;
-    let digest = crate::plan::sha256_hex(&bytes);
+    let digest = crate::migrations::sha256_hex(&bytes);
     if digest != verify.sha256 {
         bail!(
             "verify SQL {} changed since the plan was written; re-run `schemafleet plan`",

@@ -1,0 +1,154 @@
+//! End-to-end rollouts of the binary against the local fleet (emulator + real PostgreSQL).
+
+mod support;
+
+use support::{TestFleet, add_legacy_status, fingerprint, history, json, repo_migrations, text};
+
+const ALL_VERSIONS: [i32; 4] = [1, 2, 3, 4];
+
+fn versions(rows: &[(i32, String)]) -> Vec<i32> {
+    rows.iter().map(|(version, _)| *version).collect()
+}
+
+/// A fleet migrated in three waves: tenants whose data breaks V2 are caught on their validation
+/// branch with main unchanged, everyone else ends with every migration exactly once, and a
+/// re-run with nothing pending opens no branch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_waves_catch_bad_data_on_branches_and_leave_main_untouched() {
+    let fleet = TestFleet::start(40).await;
+    let bad: Vec<&str> = vec!["tenant-0007", "tenant-0021", "tenant-0033"];
+    let mut before = std::collections::HashMap::new();
+    for name in &bad {
+        let tenant = fleet.tenant(name);
+        add_legacy_status(tenant.connection_uri.expose()).await;
+        before.insert(
+            tenant.project_id.clone(),
+            fingerprint(tenant.connection_uri.expose()).await,
+        );
+    }
+    fleet.write_policy(
+        "validation: branch\nrestore_point: branch_point\nlock_timeout: 2s\nstatement_timeout: 1m\nbranch_ttl: 1h\nsalt: test\nwaves:\n  - name: canary\n    tenants: [tenant-0001]\n    percent: 5\n    concurrency: 2\n    max_failures: 3\n  - name: early\n    percent: 40\n    concurrency: 4\n    max_failures: 5\n  - name: rest\n    percent: 100\n    concurrency: 8\n    max_failures: 5\n",
+    );
+    let plan = fleet.plan(&repo_migrations());
+    let output = fleet.run(&["apply", plan.to_str().expect("utf-8"), "--output", "json"]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "failed tenants make exit code 1: {}",
+        text(&output)
+    );
+    let report = json(&output);
+    assert_eq!(report["totals"]["tenants"], 40, "{report:#}");
+    assert_eq!(report["totals"]["applied"], 37, "{report:#}");
+    assert_eq!(report["totals"]["failed"], 3, "{report:#}");
+    let waves = report["waves"].as_array().expect("waves");
+    assert_eq!(waves.len(), 3);
+    assert!(
+        waves.iter().all(|wave| wave["halted"] == false),
+        "{report:#}"
+    );
+    let failures = report["failures"].as_array().expect("failures");
+    assert!(
+        failures
+            .iter()
+            .all(|failure| failure["phase"] == "validate"),
+        "{report:#}"
+    );
+    assert!(
+        failures.iter().all(|failure| failure["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("orders_status_check")),
+        "{report:#}"
+    );
+
+    for tenant in &fleet.tenants {
+        let rows = history(tenant.connection_uri.expose()).await;
+        if bad.contains(&tenant.name.as_str()) {
+            assert!(
+                rows.is_empty(),
+                "{} was caught on its branch, main must be untouched",
+                tenant.name
+            );
+            let after = fingerprint(tenant.connection_uri.expose()).await;
+            assert_eq!(
+                &after, &before[&tenant.project_id],
+                "{}: main changed",
+                tenant.name
+            );
+        } else {
+            assert_eq!(versions(&rows), ALL_VERSIONS, "{}", tenant.name);
+        }
+    }
+
+    // Nothing pending: a second run touches no finished tenant and creates no branch.
+    let branches_before = fleet.fleet.stats();
+    let output = fleet.run(&["apply", plan.to_str().expect("utf-8"), "--output", "json"]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "the failed tenants still count: {}",
+        text(&output)
+    );
+    let journal = std::fs::read_to_string(fleet.path("policy.journal.jsonl"))
+        .expect("journal beside the plan");
+    let second_run = journal
+        .rsplit("\"event\":\"run_started\"")
+        .next()
+        .expect("a second run");
+    assert!(
+        !second_run.contains("branch_created"),
+        "a re-run with nothing pending opened a branch"
+    );
+    let branches_after = fleet.fleet.stats();
+    assert_eq!(
+        branches_before.by_status.get(&201),
+        branches_after.by_status.get(&201),
+        "the emulator saw a branch creation on a no-op re-run"
+    );
+    fleet.fleet.stop().await.expect("stop");
+}
+
+/// A wave whose failures exceed its budget halts: no later wave starts, and their tenants'
+/// databases are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wave_over_budget_halts_and_later_waves_stay_untouched() {
+    let fleet = TestFleet::start(12).await;
+    for name in ["tenant-0001", "tenant-0002"] {
+        add_legacy_status(fleet.tenant(name).connection_uri.expose()).await;
+    }
+    fleet.write_policy(
+        "validation: branch\nrestore_point: branch_point\nlock_timeout: 2s\nstatement_timeout: 1m\nbranch_ttl: 1h\nsalt: test\nwaves:\n  - name: canary\n    tenants: [tenant-0001, tenant-0002, tenant-0003]\n    percent: 0\n    concurrency: 1\n    max_failures: 0\n  - name: rest\n    percent: 100\n    concurrency: 4\n",
+    );
+    let plan = fleet.plan(&repo_migrations());
+    let output = fleet.run(&["apply", plan.to_str().expect("utf-8"), "--output", "json"]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let report = json(&output);
+    assert_eq!(report["waves"][0]["name"], "canary");
+    assert_eq!(report["waves"][0]["halted"], true, "{report:#}");
+    assert_eq!(report["waves"][1]["skipped"], 9, "{report:#}");
+    assert_eq!(report["outcome"], "halted");
+    // Budget 0, concurrency 1: the first failure halts, no new canary tenant starts.
+    assert_eq!(report["waves"][0]["failed"], 1, "{report:#}");
+    for tenant in &fleet.tenants {
+        if tenant.name != "tenant-0001"
+            && tenant.name != "tenant-0002"
+            && tenant.name != "tenant-0003"
+        {
+            assert!(
+                history(tenant.connection_uri.expose()).await.is_empty(),
+                "{} is in a later wave",
+                tenant.name
+            );
+        }
+    }
+    // A re-run refuses to go on past the halted wave.
+    let output = fleet.run(&["apply", plan.to_str().expect("utf-8")]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("HALTED"),
+        "{}",
+        text(&output)
+    );
+    fleet.fleet.stop().await.expect("stop");
+}
