@@ -22,8 +22,6 @@ pub mod waves;
 pub use check::{MigrationDifference, MigrationMismatch, check_migrations};
 pub use file::{PlanError, load_plan, resolve_from_plan, write_plan};
 pub use id::compute_plan_id;
-// Merge resolution (drift branch): main's `apply` reads `plan::sha256_hex`, which moved to `migrations`.
-pub use crate::migrations::sha256_hex;
 pub use pipeline::{PlanOutcome, PlanningError, plan_from_tenants_file};
 
 use model::{Plan, Validation};
