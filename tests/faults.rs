@@ -288,7 +288,19 @@ async fn a_statement_timeout_fails_the_tenant_and_leaves_main_unchanged() {
             .is_none_or(|versions| versions.is_empty()),
         "{failure:#}"
     );
-    assert_eq!(fingerprint(slow.connection_uri.expose()).await, before);
+    // refinery creates its (empty) history table before the first migration; nothing else of
+    // the migration may remain.
+    let without_history = |fingerprint: String| {
+        fingerprint
+            .lines()
+            .filter(|line| !line.contains("refinery_schema_history"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        without_history(fingerprint(slow.connection_uri.expose()).await),
+        without_history(before)
+    );
     assert!(history(slow.connection_uri.expose()).await.is_empty());
     fleet.fleet.stop().await.expect("stop");
 }
