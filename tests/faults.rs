@@ -2,9 +2,9 @@
 //! PostgreSQL): the run completes where the fault is transient, and a tenant the fault does
 //! break ends with a clear state while the rest of its wave goes on.
 
-mod support;
 #[path = "support/faults.rs"]
 mod fault_support;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -169,10 +169,7 @@ async fn a_429_storm_completes() {
     let report = json(&output);
     assert_eq!(report["totals"]["applied"], 6, "{report:#}");
     let refused = after.rate_limited - before.rate_limited;
-    eprintln!(
-        "429 storm: {refused} refused, report {}",
-        report["api"]
-    );
+    eprintln!("429 storm: {refused} refused, report {}", report["api"]);
     assert!(refused > 0, "the storm never happened: {after:?}");
     assert_eq!(
         report["api"]["rate_limited"].as_u64(),
@@ -403,7 +400,10 @@ async fn a_lock_held_by_the_application_times_out_retries_and_fails_only_its_ten
     let failure = failure_of(&report, &locked.project_id);
     assert_eq!(failure["phase"], "apply", "{failure:#}");
     assert_eq!(failure["sqlstate"], "55P03", "{failure:#}");
-    assert!(history(&locked_uri).await.is_empty(), "main must be unchanged");
+    assert!(
+        history(&locked_uri).await.is_empty(),
+        "main must be unchanged"
+    );
 
     let waits: Vec<Duration> = episodes.iter().map(|(from, to)| *to - *from).collect();
     let pauses: Vec<Duration> = episodes
@@ -419,11 +419,15 @@ async fn a_lock_held_by_the_application_times_out_retries_and_fails_only_its_ten
         episodes.len()
     );
     assert!(
-        waits.iter().all(|wait| *wait < lock_timeout + Duration::from_millis(700)),
+        waits
+            .iter()
+            .all(|wait| *wait < lock_timeout + Duration::from_millis(700)),
         "an attempt waited longer than lock_timeout: {waits:?}"
     );
     assert!(
-        pauses.iter().all(|pause| *pause >= Duration::from_millis(200)),
+        pauses
+            .iter()
+            .all(|pause| *pause >= Duration::from_millis(200)),
         "retries must back off: {pauses:?}"
     );
     assert!(
@@ -521,7 +525,10 @@ async fn fleet_changes_after_planning_get_clear_states() {
             .and_then(|record| record["event"].as_str().map(str::to_string))
     };
     assert_eq!(final_event(&renamed.project_id).as_deref(), Some("applied"));
-    assert_eq!(final_event(&migrated.project_id).as_deref(), Some("up_to_date"));
+    assert_eq!(
+        final_event(&migrated.project_id).as_deref(),
+        Some("up_to_date")
+    );
     for tenant in &fleet.tenants {
         if tenant.name != deleted.name {
             assert_repo_migrations_once(&tenant.name, tenant.connection_uri.expose()).await;

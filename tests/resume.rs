@@ -2,9 +2,9 @@
 //! line, a second `apply` of the same plan, and Ctrl-C. The binary runs against the local fleet
 //! (emulator + real PostgreSQL); tenants' history tables and schemas are the judge.
 
-mod support;
 #[path = "support/faults.rs"]
 mod fault_support;
+mod support;
 
 use std::time::{Duration, Instant};
 
@@ -145,8 +145,12 @@ async fn sigkill_at_random_moments_then_resume_ends_like_an_uninterrupted_run() 
         );
     }
     assert!(
-        kill_points.iter().any(|point| point.contains("apply_started"))
-            || kill_points.iter().any(|point| point.contains("branch_created")),
+        kill_points
+            .iter()
+            .any(|point| point.contains("apply_started"))
+            || kill_points
+                .iter()
+                .any(|point| point.contains("branch_created")),
         "no kill landed inside a tenant's pipeline: {kill_points:#?}"
     );
 
@@ -246,7 +250,9 @@ async fn a_torn_last_journal_line_is_reported_and_apply_resumes() {
     assert_eq!(status.status.code(), Some(0), "{}", text(&status));
     let report = json(&status);
     assert!(
-        report["torn_tail"].as_str().is_some_and(|tail| tail.contains("torn")),
+        report["torn_tail"]
+            .as_str()
+            .is_some_and(|tail| tail.contains("torn")),
         "status --output json names the torn tail: {report:#}"
     );
     assert_eq!(report["totals"]["applied"], 1, "{report:#}");
@@ -276,7 +282,11 @@ async fn a_torn_last_journal_line_is_reported_and_apply_resumes() {
     }
     // The torn half is gone and every line is a whole record again.
     let records = journal_records(&journal);
-    assert!(records.iter().all(|record| record["at"] != "2026-01-01T00:00:00Z"));
+    assert!(
+        records
+            .iter()
+            .all(|record| record["at"] != "2026-01-01T00:00:00Z")
+    );
     let status = json(&fleet.run(&["status", &plan, "--output", "json"]));
     assert!(status["torn_tail"].is_null(), "{status:#}");
     fleet.fleet.stop().await.expect("stop");

@@ -144,8 +144,9 @@ pub fn journal_records(path: &Path) -> Vec<Value> {
     text.lines()
         .enumerate()
         .map(|(idx, line)| {
-            serde_json::from_str(line)
-                .unwrap_or_else(|error| panic!("journal line {} is not JSON ({error}): {line}", idx + 1))
+            serde_json::from_str(line).unwrap_or_else(|error| {
+                panic!("journal line {} is not JSON ({error}): {line}", idx + 1)
+            })
         })
         .collect()
 }
@@ -335,7 +336,9 @@ pub async fn schema_state(uri: &str) -> String {
             .query(
                 // The seed's `created_at` is the time its template was filled: equal within one
                 // seeding, different between two fleets seeded one after the other.
-                &format!("SELECT (to_jsonb(t) - 'created_at')::text FROM public.{name} t ORDER BY 1"),
+                &format!(
+                    "SELECT (to_jsonb(t) - 'created_at')::text FROM public.{name} t ORDER BY 1"
+                ),
                 &[],
             )
             .await
