@@ -128,15 +128,16 @@ fn print_text(
         println!("wave {wave} is running (or its run was killed: `apply` resumes it)");
     }
     if let Some(wave) = halted {
-        println!(
-            "wave {wave} is HALTED: later waves will not start until its failures are resolved"
-        );
+        println!("wave {wave} is HALTED: later waves wait until its failures are resolved");
     }
     print!("{}", report::render::summary_text(summary, groups));
-    println!(
-        "\n{} tenants hold a restore point (`schemafleet rollback` can use them)",
-        restore_points.len()
-    );
+    let n_points = restore_points.len();
+    let (verb, pronoun) = if n_points == 1 {
+        ("tenant holds", "it")
+    } else {
+        ("tenants hold", "them")
+    };
+    println!("\n{n_points} {verb} a restore point (`schemafleet rollback` can use {pronoun})");
     if let Some(live) = live {
         println!("live: {}", live);
     }
