@@ -98,7 +98,7 @@ pub struct PlanArgs {
     #[arg(long, required_unless_present = "check")]
     pub policy: Option<PathBuf>,
 
-    /// Directory of versioned migrations (V{n}__{name}.sql).
+    /// Directory of versioned migrations (V<n>__<name>.sql).
     #[arg(long, default_value = "migrations")]
     pub migrations: PathBuf,
 

@@ -55,9 +55,7 @@ pub async fn run(args: DriftArgs) -> anyhow::Result<ExitStatus> {
         .collect();
 
     let client = super::api::client(&args.api)?;
-    if let Some(first_tenant) = targets.tenants.first() {
-        super::api::preflight(&client, &args.api.api_url, first_tenant).await?;
-    }
+    super::api::preflight(&client, &args.api.api_url).await?;
     let mut classified: Vec<TenantDrift> = futures::stream::iter(targets.tenants.iter())
         .map(|tenant| {
             let client = client.clone();

@@ -58,9 +58,7 @@ pub async fn run(args: GcArgs) -> anyhow::Result<ExitStatus> {
         }
         None => all_projects(&client).await?,
     };
-    if let Some(first_project) = projects.first() {
-        super::api::preflight(&client, &args.api.api_url, first_project).await?;
-    }
+    super::api::preflight(&client, &args.api.api_url).await?;
     let now = time::OffsetDateTime::now_utc();
     let options = GcOptions { all: args.all };
     let rollout = plan_context.as_ref().map(|context| Rollout {
