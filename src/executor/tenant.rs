@@ -90,7 +90,12 @@ pub async fn run_tenant(
 ) -> Result<TenantOutcome, JournalError> {
     let prior = context.recorder.tenant(&tenant_id);
     cleanup_open_branches(&context, &tenant_id, prior.as_ref()).await?;
-    match pipeline(&context, &tenant_id, &wave, prior.as_ref()).await? {
+    sweep_requested_branches(&context, &tenant_id, false).await?;
+    let result = pipeline(&context, &tenant_id, &wave, prior.as_ref()).await?;
+    // A create that a killed run sent may land after the first sweep (Neon reads can lag
+    // writes); by now it has, so a second look finds it.
+    sweep_requested_branches(&context, &tenant_id, true).await?;
+    match result {
         Ok(outcome) => Ok(outcome),
         Err((phase, error)) => {
             let applied_on_main = Vec::new();
@@ -135,6 +140,51 @@ async fn cleanup_open_branches(
                 tracing::warn!(tenant = tenant_id, branch = %name, error = %error, "could not delete a leftover validation branch; it expires on its own")
             }
         }
+    }
+    Ok(())
+}
+
+/// Delete branches that were requested (journaled `branch_requested`) but never journaled as
+/// created: the process died during the create call. With `final_look`, a name that is still
+/// not found is given up as never created.
+async fn sweep_requested_branches(
+    context: &TenantContext,
+    tenant_id: &str,
+    final_look: bool,
+) -> Result<(), JournalError> {
+    let requested: Vec<String> = context
+        .recorder
+        .tenant(tenant_id)
+        .map(|state| state.requested_branches.keys().cloned().collect())
+        .unwrap_or_default();
+    if requested.is_empty() {
+        return Ok(());
+    }
+    let branches = match context.client.list_branches(tenant_id).await {
+        Ok(branches) => branches,
+        Err(error) => {
+            tracing::warn!(tenant = tenant_id, error = %error, "could not list branches to clean up after a killed run; they expire on their own");
+            return Ok(());
+        }
+    };
+    for name in requested {
+        match branches.iter().find(|branch| branch.name == name) {
+            Some(branch) => {
+                if let Err(error) = context.client.delete_branch(tenant_id, &branch.id).await {
+                    tracing::warn!(tenant = tenant_id, branch = %name, error = %error, "could not delete a leftover branch; it expires on its own");
+                    continue;
+                }
+            }
+            None if !final_look => continue,
+            None => {}
+        }
+        context
+            .recorder
+            .record(Event::BranchAbandoned {
+                tenant: tenant_id.to_string(),
+                branch_name: name,
+            })
+            .await?;
     }
     Ok(())
 }
@@ -319,6 +369,15 @@ async fn validate(
             std::time::Duration::from_secs(policy.branch_ttl_s),
         )),
     };
+    context
+        .recorder
+        .record(Event::BranchRequested {
+            tenant: tenant_id.into(),
+            wave: wave.into(),
+            purpose: "validate".into(),
+            branch_name: request.name.clone(),
+        })
+        .await?;
     let created = match context.client.create_branch(tenant_id, &request).await {
         Ok(created) => created,
         Err(error) => {
@@ -456,6 +515,15 @@ async fn backup(
             context.config.backup_ttl,
         )),
     };
+    context
+        .recorder
+        .record(Event::BranchRequested {
+            tenant: tenant_id.into(),
+            wave: wave.into(),
+            purpose: "backup".into(),
+            branch_name: request.name.clone(),
+        })
+        .await?;
     let created = match context.client.create_branch(tenant_id, &request).await {
         Ok(created) => created,
         Err(error) => {
