@@ -613,3 +613,32 @@ async fn discovers_the_fleet_through_the_neon_api() {
     assert!(!written);
     fleet.stop().await.expect("the fleet stops");
 }
+
+/// `verify:` is read relative to the policy, recorded relative to the plan with its digest, and
+/// a missing verify file is an error pointing at the key.
+#[test]
+fn verify_sql_is_recorded_relative_to_the_plan() {
+    let workspace = Workspace::new(20);
+    workspace.write("checks/verify.sql", "SELECT count(*) FROM accounts;\n");
+    workspace.edit_policy(
+        "salt: release-test\n",
+        "salt: release-test\nverify: ../checks/verify.sql\n",
+    );
+    let run = workspace.plan();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let plan = load_plan(&workspace.plan_file()).unwrap();
+    let verify = plan
+        .policy
+        .verify
+        .expect("the plan records the verify file");
+    assert_eq!(verify.path, "../checks/verify.sql");
+    assert_eq!(
+        verify.sha256,
+        schemafleet::migrations::sha256_hex(b"SELECT count(*) FROM accounts;\n")
+    );
+
+    fs::remove_file(workspace.plan_file()).unwrap();
+    fs::remove_file(workspace.path("checks/verify.sql")).unwrap();
+    workspace
+        .expect_rejected("plans/rollout.yaml:13:1: verify: cannot read plans/../checks/verify.sql");
+}

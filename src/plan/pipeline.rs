@@ -71,7 +71,11 @@ pub fn default_plan_path(policy_path: &Path) -> PathBuf {
     let stem = policy_path
         .file_stem()
         .map_or_else(|| "rollout".into(), |stem| stem.to_string_lossy());
-    policy::parent_dir(policy_path).join(format!("{stem}.plan.yaml"))
+    let file_name = format!("{stem}.plan.yaml");
+    match policy_path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.join(file_name),
+        _ => PathBuf::from(file_name),
+    }
 }
 
 /// How to reach the Neon API for `fleet.source: neon`.
