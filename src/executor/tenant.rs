@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ApplyConfig;
 use crate::journal::{
@@ -219,10 +219,14 @@ async fn pipeline(
             return Ok(Err(api_failure(Phase::Probe, what, &error)));
         }
     };
-    let comparison = match probe(context, &main_uri).await {
-        Ok(comparison) => comparison,
+    let (comparison, session) = match probe(context, &main_uri).await {
+        Ok(probed) => probed,
         Err(failure) => return Ok(Err((Phase::Probe, failure))),
     };
+    // Kept open for the apply when no branch is made in between: one connection per tenant.
+    // Branching closes it first, so the copy of main sees no session of ours (and Neon's
+    // branch point is not held up by our idle session either).
+    let mut main_session = Some(session);
     let pending = match comparison {
         HistoryComparison::UpToDate { .. } => {
             recorder
@@ -274,6 +278,7 @@ async fn pipeline(
     let needs_branch_point =
         policy.restore_point == RestorePointKind::BranchPoint && restore_point.is_none();
     if wants_validation && (!already_validated || needs_branch_point) {
+        main_session = None;
         match validate(context, tenant_id, wave, &pending).await? {
             Ok(branch_point) => {
                 if restore_point.is_none() && policy.restore_point == RestorePointKind::BranchPoint
@@ -306,24 +311,28 @@ async fn pipeline(
                     ),
                 )));
             }
-            RestorePointKind::BackupBranch => match backup(context, tenant_id, wave).await? {
-                Ok(point) => {
-                    recorder
-                        .record(Event::RestorePointRecorded {
-                            tenant: tenant_id.into(),
-                            wave: wave.into(),
-                            point,
-                        })
-                        .await?;
+            RestorePointKind::BackupBranch => {
+                main_session = None;
+                let backed_up = backup(context, tenant_id, wave).await?;
+                match backed_up {
+                    Ok(point) => {
+                        recorder
+                            .record(Event::RestorePointRecorded {
+                                tenant: tenant_id.into(),
+                                wave: wave.into(),
+                                point,
+                            })
+                            .await?;
+                    }
+                    Err(failure) => return Ok(Err(failure)),
                 }
-                Err(failure) => return Ok(Err(failure)),
-            },
+            }
             RestorePointKind::None => {}
         }
     }
 
     // 4. Apply to main under the advisory lock.
-    apply_to_main(context, tenant_id, wave, &main_uri, &pending).await
+    apply_to_main(context, tenant_id, wave, &main_uri, &pending, main_session).await
 }
 
 fn timeouts(plan: &Plan) -> Timeouts {
@@ -333,15 +342,32 @@ fn timeouts(plan: &Plan) -> Timeouts {
     }
 }
 
-async fn probe(context: &TenantContext, uri: &SecretUri) -> Result<HistoryComparison, DbFailure> {
-    let _permit = context
+/// An open connection to main with its slot in the connection bound.
+struct MainSession {
+    client: tokio_postgres::Client,
+    _permit: OwnedSemaphorePermit,
+}
+
+async fn probe(
+    context: &TenantContext,
+    uri: &SecretUri,
+) -> Result<(HistoryComparison, MainSession), DbFailure> {
+    let permit = context
         .connections
-        .acquire()
+        .clone()
+        .acquire_owned()
         .await
         .map_err(|_| DbFailure::new(None, "connection pool closed"))?;
     let client = pg::connect(uri, context.config.connect_timeout).await?;
     let history = pg::read_history(&client).await?;
-    Ok(pg::compare_history(&history, &context.planned))
+    let comparison = pg::compare_history(&history, &context.planned);
+    Ok((
+        comparison,
+        MainSession {
+            client,
+            _permit: permit,
+        },
+    ))
 }
 
 /// A branch name that says where it came from and cannot collide with an earlier attempt's.
@@ -573,13 +599,20 @@ async fn apply_to_main(
     wave: &str,
     main_uri: &SecretUri,
     pending: &[i32],
+    session: Option<MainSession>,
 ) -> Result<Step<TenantOutcome>, JournalError> {
     let recorder = &context.recorder;
-    let Ok(_permit) = context.connections.acquire().await else {
-        return Ok(Err((
-            Phase::Apply,
-            DbFailure::new(None, "connection pool closed"),
-        )));
+    let (mut reusable_client, _permit) = match session {
+        Some(MainSession { client, _permit }) => (Some(client), _permit),
+        None => match context.connections.clone().acquire_owned().await {
+            Ok(permit) => (None, permit),
+            Err(_) => {
+                return Ok(Err((
+                    Phase::Apply,
+                    DbFailure::new(None, "connection pool closed"),
+                )));
+            }
+        },
     };
     let mut applied: Vec<i32> = Vec::new();
     let mut lock_retries = 0;
@@ -587,7 +620,11 @@ async fn apply_to_main(
     let mut started = false;
     loop {
         connection_attempt += 1;
-        let mut client = match pg::connect(main_uri, context.config.connect_timeout).await {
+        let connected = match reusable_client.take() {
+            Some(client) if !client.is_closed() => Ok(client),
+            _ => pg::connect(main_uri, context.config.connect_timeout).await,
+        };
+        let mut client = match connected {
             Ok(client) => client,
             Err(failure)
                 if failure.is_connection_loss()
