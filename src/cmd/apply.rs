@@ -44,14 +44,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
     }
     let verify_sql = read_verify(&plan, &plan_dir)?;
     let client = super::api::client(&args.api)?;
-    if let Some(first_tenant) = plan
-        .waves
-        .iter()
-        .flat_map(|wave| wave.tenants.first())
-        .next()
-    {
-        super::api::preflight(&client, &args.api.api_url, first_tenant).await?;
-    }
+    super::api::preflight(&client, &args.api.api_url).await?;
 
     let journal_path = args
         .journal

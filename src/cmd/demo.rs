@@ -21,11 +21,9 @@ use tokio::sync::watch;
 use crate::cli::{ApiArgs, ApplyArgs, DemoArgs, OutputFormat, StatusArgs};
 use crate::emulator::{LocalFleet, LocalFleetConfig, SeededTenant};
 use crate::exit::ExitStatus;
-use crate::fleet::{FleetInventory, Tenant};
 use crate::journal::{Journal, default_journal_path};
-use crate::neon::{ClientConfig, NeonClient, ProjectFilter};
 use crate::plan::model::{Plan, PlannedWave};
-use crate::plan::pipeline::{read_inputs, write_planned};
+use crate::plan::pipeline::{NeonAccess, collect_fleet, read_inputs, write_planned};
 use crate::policy::FleetSource;
 use crate::secret::SecretString;
 
@@ -236,46 +234,22 @@ async fn write_demo_plan(
     workdir: &WorkDir,
 ) -> anyhow::Result<PathBuf> {
     let inputs = read_inputs(&args.policy, &args.migrations)?;
-    let FleetSource::Neon { org_id } = &inputs.policy.fleet.source else {
+    let FleetSource::Neon { .. } = &inputs.policy.fleet.source else {
         bail!(
             "{}: the demo discovers its tenants through the Neon API; use a policy with `fleet.source: neon`",
             args.policy.display()
         );
     };
     let plan_path = workdir.plan_path(&args.policy);
-    let client = NeonClient::new(ClientConfig::new(
-        api.api_url.clone(),
-        SecretString::new(api.api_key.clone().unwrap_or_default()),
-        api.api_rate_limit_per_min,
-    ))?;
-    let filter = ProjectFilter {
-        org_id: org_id.clone(),
-        search: inputs.policy.fleet.filters.name_prefix.clone(),
+    let access = NeonAccess {
+        api_url: api.api_url.clone(),
+        api_key: SecretString::new(api.api_key.clone().unwrap_or_default()),
+        rate_limit_per_min: api.api_rate_limit_per_min,
     };
-    let listing = client
-        .list_projects(&filter)
+    let fleet = collect_fleet(&inputs.policy, None, Some(&access))
         .await
         .context("listing the local fleet's projects")?;
-    let inventory = FleetInventory {
-        source: "neon".to_string(),
-        tenants: listing
-            .projects
-            .into_iter()
-            .map(|project| Tenant {
-                id: project.id,
-                name: project.name,
-                region: Some(project.region_id).filter(|region| !region.is_empty()),
-                labels: Default::default(),
-            })
-            .collect(),
-        unavailable: listing.unavailable_project_ids,
-    };
-    let outcome = write_planned(
-        &inputs,
-        inventory,
-        Some(&plan_path),
-        api.api_rate_limit_per_min,
-    )?;
+    let outcome = write_planned(&inputs, fleet, Some(&plan_path), api.api_rate_limit_per_min)?;
     print!("{}", fit_to_terminal(&outcome.summary.to_string()));
     Ok(plan_path)
 }

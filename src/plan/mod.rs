@@ -1,15 +1,17 @@
 //! Plans: the wave assignment (pure), the plan file, and the pipeline that writes it.
 //!
-//! Layout: [`model`] is the file format; [`waves`] assigns tenants to waves; [`build`] turns a
+//! Layout: [`model`] is the file format; [`collect`] reduces the fleet to what planning needs;
+//! [`waves`] assigns tenants to waves; [`build`] turns a
 //! policy, migrations and a fleet into a [`model::Plan`]; [`id`] digests it; [`file`] reads and
 //! writes it; [`check`] compares it with the migrations on disk; [`summary`] describes it;
 //! [`pipeline`] strings these together for `schemafleet plan`.
 //!
-//! **Invariant:** `waves`, `build`, `id`, `check` and `summary` do no I/O; only `file` and
+//! **Invariant:** `collect`, `waves`, `build`, `id`, `check` and `summary` do no I/O; only `file` and
 //! `pipeline` touch the filesystem.
 
 pub mod build;
 pub mod check;
+pub mod collect;
 pub mod file;
 pub mod id;
 pub mod model;
