@@ -58,6 +58,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitStatus> {
     let interrupts = Interrupts::watch();
     let started = Instant::now();
     let workdir = WorkDir::create(args.workdir.as_deref())?;
+    let journal_path = default_journal_path(&workdir.plan_path(&args.policy));
+    if journal_path.exists() {
+        bail!(
+            "{} already holds a journal from an earlier demo; pass an empty --workdir",
+            workdir.path.display()
+        );
+    }
 
     println!(
         "schemafleet demo: {} tenants on a local Neon-compatible fleet",
@@ -77,22 +84,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitStatus> {
     } else {
         demo_on_fleet(&fleet, &args, &workdir, &interrupts, started).await
     };
+    println!("Stopping the local fleet and removing its data ...");
+    let phase = Instant::now();
     let stopped = fleet.stop().await;
     drop(workdir);
+    println!("      done in {}.", seconds(phase));
     let end = outcome?;
     stopped?;
     Ok(match end {
         DemoEnd::Interrupted => {
-            println!("interrupted; the local fleet and its data are gone");
+            println!("Interrupted; nothing of the demo is left behind.");
             ExitStatus::Interrupted
         }
         DemoEnd::Finished(status) => {
             if !args.keep {
-                println!(
-                    "The local fleet is stopped and its data removed. Run with --keep to try\nrollback, resume, drift and status against it."
-                );
-            } else {
-                println!("The local fleet is stopped and its data removed.");
+                println!("Run with --keep to try rollback, resume, drift and status on the fleet.");
             }
             status
         }
@@ -234,18 +240,7 @@ async fn write_demo_plan(
             args.policy.display()
         );
     };
-    let stem = args
-        .policy
-        .file_stem()
-        .map_or_else(|| "rollout".into(), |stem| stem.to_string_lossy());
-    let plan_path = workdir.path.join(format!("{stem}.plan.yaml"));
-    let journal_path = default_journal_path(&plan_path);
-    if journal_path.exists() {
-        bail!(
-            "{} already holds a journal from an earlier demo; pass an empty --workdir",
-            workdir.path.display()
-        );
-    }
+    let plan_path = workdir.plan_path(&args.policy);
     let access = NeonAccess {
         api_url: api.api_url.clone(),
         api_key: SecretString::new(api.api_key.clone().unwrap_or_default()),
@@ -255,7 +250,7 @@ async fn write_demo_plan(
         .await
         .context("listing the local fleet's projects")?;
     let outcome = write_planned(&inputs, fleet, Some(&plan_path), api.api_rate_limit_per_min)?;
-    print!("{}", outcome.summary);
+    print!("{}", fit_to_terminal(&outcome.summary.to_string()));
     Ok(plan_path)
 }
 
@@ -313,9 +308,9 @@ fn print_bad_tenants(bad: &[BadTenant], seeded: &[SeededTenant], plan: &Plan) {
         println!("      none: the fleet is too small for any wave's failure budget");
         return;
     }
-    println!("      an order with status 'cancelled' (V2 allows open/paid/refunded) on:");
+    println!("      an order with status 'cancelled' (V2 allows open/paid/refunded):");
     for wave in plan.waves.iter().skip(1) {
-        let names: Vec<&str> = bad
+        let mut names: Vec<&str> = bad
             .iter()
             .filter(|tenant| tenant.wave == wave.name)
             .map(|tenant| name_of(seeded, &tenant.project_id))
@@ -323,14 +318,36 @@ fn print_bad_tenants(bad: &[BadTenant], seeded: &[SeededTenant], plan: &Plan) {
         if names.is_empty() {
             continue;
         }
-        println!(
-            "        wave {} ({} tenants, {} may fail): {}",
-            wave.name,
-            wave.tenants.len(),
-            failures_tolerated(wave),
-            names.join(", ")
+        names.sort_unstable();
+        let mut text = String::new();
+        crate::report::render::wrap_into(
+            &mut text,
+            &format!(
+                "wave {} ({} tenants, budget {} failures): {}",
+                wave.name,
+                wave.tenants.len(),
+                failures_tolerated(wave),
+                names.join(", ")
+            ),
+            "        ",
+            "          ",
         );
+        print!("{text}");
     }
+}
+
+/// Lines wider than the terminal's 80 columns, word-wrapped; the others (tables) as they are.
+fn fit_to_terminal(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.chars().count() <= 78 {
+            out.push_str(line);
+            out.push('\n');
+        } else {
+            crate::report::render::wrap_into(&mut out, line, "", "  ");
+        }
+    }
+    out
 }
 
 /// What differs from the demo's expectation: every bad tenant failed on its validation branch
@@ -353,9 +370,12 @@ async fn check_outcome(
     }
     println!();
     if !bad.is_empty() {
-        println!("Caught on their validation branch, main untouched (checked in each main):");
+        println!("Caught on their validation branch; main untouched (read from each main):");
+        println!("  {:<11}  {:<24} {:<6} main", "tenant", "project", "wave");
     }
-    for tenant in bad {
+    let mut bad_by_name: Vec<&BadTenant> = bad.iter().collect();
+    bad_by_name.sort_by_key(|tenant| name_of(seeded, &tenant.project_id));
+    for tenant in bad_by_name {
         let name = name_of(seeded, &tenant.project_id);
         let failure = summary
             .failures
@@ -374,7 +394,7 @@ async fn check_outcome(
             problems.push(format!("{name}: main changed"));
         }
         println!(
-            "  {name} ({}, wave {}): main has {} migrations, {} legacy row",
+            "  {name:<11}  {:<24} {:<6} {} migrations, {} legacy row",
             tenant.project_id, tenant.wave, main_state.migrations_applied, main_state.legacy_rows
         );
     }
@@ -447,10 +467,10 @@ fn print_next_commands(
     println!("  # restore one tenant's main to its restore point (look first)");
     println!("  schemafleet rollback $plan --tenant {rollback_tenant} --dry-run");
     println!("  schemafleet rollback $plan --tenant {rollback_tenant} --yes");
-    println!("  # resume: finished tenants are not touched again");
-    println!("  schemafleet apply $plan");
+    println!("  # resume: finished tenants are skipped, a rolled-back one migrates again");
+    println!("  schemafleet apply $plan --skip-bake");
     println!("  # try the failed tenants again (their bad row makes V2 fail again)");
-    println!("  schemafleet apply $plan --retry-failed");
+    println!("  schemafleet apply $plan --retry-failed --skip-bake");
     println!("  # every tenant's history against the migrations on disk");
     println!(
         "  schemafleet drift --plan $plan --migrations {}",
@@ -512,6 +532,14 @@ impl WorkDir {
             .with_context(|| format!("cannot create the work directory {}", path.display()))?;
         let path = std::path::absolute(&path)?;
         Ok(WorkDir { path, temporary })
+    }
+
+    /// `<policy-stem>.plan.yaml` in the work directory; the journal goes beside it.
+    fn plan_path(&self, policy: &Path) -> PathBuf {
+        let stem = policy
+            .file_stem()
+            .map_or_else(|| "rollout".into(), |stem| stem.to_string_lossy());
+        self.path.join(format!("{stem}.plan.yaml"))
     }
 }
 
