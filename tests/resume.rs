@@ -226,7 +226,7 @@ async fn sigkill_at_random_moments_then_resume_ends_like_an_uninterrupted_run() 
 async fn a_torn_last_journal_line_is_reported_and_apply_resumes() {
     let fleet = TestFleet::start(6).await;
     fleet.write_policy(&policy_with_waves(
-        "  - name: canary\n    tenants: [tenant-0001]\n    percent: 10\n    concurrency: 1\n  - name: rest\n    percent: 100\n    concurrency: 3\n",
+        "  - name: canary\n    tenants: [tenant-0001]\n    percent: 0\n    concurrency: 1\n  - name: rest\n    percent: 100\n    concurrency: 3\n",
     ));
     let plan = fleet.plan(&repo_migrations());
     let plan = plan.to_str().expect("utf-8").to_string();

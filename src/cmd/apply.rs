@@ -9,7 +9,6 @@ use crate::cli::{ApplyArgs, OutputFormat};
 use crate::executor::{self, ApplyConfig, Reporter, RunOutcome};
 use crate::exit::ExitStatus;
 use crate::journal::{Journal, default_journal_path};
-use crate::pg::PlannedVersion;
 use crate::plan::model::Plan;
 use crate::report;
 
@@ -65,16 +64,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
     config.max_connections = args.max_connections.max(1);
     config.verify_sql = verify_sql;
 
-    let planned: Vec<PlannedVersion> = plan
-        .migrations
-        .items
-        .iter()
-        .map(|item| PlannedVersion {
-            version: item.version,
-            name: item.name.clone(),
-            checksum: item.checksum.clone(),
-        })
-        .collect();
+    let planned = crate::plan::planned_versions(&plan);
     let migrations: Vec<refinery::Migration> = set
         .migrations
         .iter()

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use crate::cli::{OutputFormat, StatusArgs};
 use crate::exit::ExitStatus;
 use crate::journal::{Journal, JournalState, RestorePoint, default_journal_path};
-use crate::pg::{self, HistoryComparison, PlannedVersion};
+use crate::pg::{self, HistoryComparison};
 use crate::plan::model::Plan;
 use crate::report;
 
@@ -184,16 +184,7 @@ fn restore_points(plan: &Plan, state: &JournalState) -> Vec<serde_json::Value> {
 /// `--live`: probe every planned tenant's history table (bounded concurrency).
 async fn live_probe(args: &StatusArgs, plan: &Plan) -> anyhow::Result<serde_json::Value> {
     let client = super::api::client(&args.api)?;
-    let planned: Vec<PlannedVersion> = plan
-        .migrations
-        .items
-        .iter()
-        .map(|item| PlannedVersion {
-            version: item.version,
-            name: item.name.clone(),
-            checksum: item.checksum.clone(),
-        })
-        .collect();
+    let planned = crate::plan::planned_versions(plan);
     let tenants: Vec<String> = plan
         .waves
         .iter()

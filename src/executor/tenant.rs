@@ -388,46 +388,12 @@ async fn validate(
     pending: &[i32],
 ) -> Result<Step<RestorePoint>, JournalError> {
     let policy = &context.plan.policy;
-    let request = CreateBranch {
-        name: branch_name("validate", &context.plan.plan_id),
-        parent_id: None,
-        expires_at: Some(crate::clock::rfc3339_seconds_from_now(
-            std::time::Duration::from_secs(policy.branch_ttl_s),
-        )),
-    };
-    context
-        .recorder
-        .record(Event::BranchRequested {
-            tenant: tenant_id.into(),
-            wave: wave.into(),
-            purpose: "validate".into(),
-            branch_name: request.name.clone(),
-        })
-        .await?;
-    let created = match context.client.create_branch(tenant_id, &request).await {
+    let ttl = std::time::Duration::from_secs(policy.branch_ttl_s);
+    let created = match create_branch(context, tenant_id, wave, "validate", ttl).await? {
         Ok(created) => created,
-        Err(error) => {
-            return Ok(Err(api_failure(
-                Phase::Branch,
-                "creating the validation branch",
-                &error,
-            )));
-        }
+        Err(failure) => return Ok(Err(failure)),
     };
     let branch = &created.branch;
-    context
-        .recorder
-        .record(Event::BranchCreated {
-            tenant: tenant_id.into(),
-            wave: wave.into(),
-            purpose: "validate".into(),
-            branch_id: branch.id.clone(),
-            branch_name: branch.name.clone(),
-            parent_branch_id: branch.parent_id.clone(),
-            parent_lsn: branch.parent_lsn.clone(),
-            expires_at: branch.expires_at.clone().or(request.expires_at.clone()),
-        })
-        .await?;
     let result = migrate_branch(context, tenant_id, &created).await;
     // Delete whatever happened; a failed delete leaves a branch that expires on its own.
     match context.client.delete_branch(tenant_id, &branch.id).await {
@@ -528,45 +494,43 @@ async fn migrate_branch(
     Ok(())
 }
 
-/// Create a backup branch of main's current head. Ok = a restore point at its head.
-async fn backup(
+/// Create a branch of main for `purpose` (`validate` or `backup`) expiring after `ttl`,
+/// journaled before the call (its name) and after it (its id and branch point).
+async fn create_branch(
     context: &TenantContext,
     tenant_id: &str,
     wave: &str,
-) -> Result<Step<RestorePoint>, JournalError> {
+    purpose: &str,
+    ttl: std::time::Duration,
+) -> Result<Step<crate::neon::CreatedBranch>, JournalError> {
     let request = CreateBranch {
-        name: branch_name("backup", &context.plan.plan_id),
+        name: branch_name(purpose, &context.plan.plan_id),
         parent_id: None,
-        expires_at: Some(crate::clock::rfc3339_seconds_from_now(
-            context.config.backup_ttl,
-        )),
+        expires_at: Some(crate::clock::rfc3339_seconds_from_now(ttl)),
     };
     context
         .recorder
         .record(Event::BranchRequested {
             tenant: tenant_id.into(),
             wave: wave.into(),
-            purpose: "backup".into(),
+            purpose: purpose.into(),
             branch_name: request.name.clone(),
         })
         .await?;
     let created = match context.client.create_branch(tenant_id, &request).await {
         Ok(created) => created,
         Err(error) => {
-            return Ok(Err(api_failure(
-                Phase::Branch,
-                "creating the backup branch",
-                &error,
-            )));
+            let what = format!("creating the {purpose} branch");
+            return Ok(Err(api_failure(Phase::Branch, &what, &error)));
         }
     };
-    let branch = created.branch;
+    let branch = &created.branch;
     context
         .recorder
         .record(Event::BranchCreated {
             tenant: tenant_id.into(),
             wave: wave.into(),
-            purpose: "backup".into(),
+            purpose: purpose.into(),
             branch_id: branch.id.clone(),
             branch_name: branch.name.clone(),
             parent_branch_id: branch.parent_id.clone(),
@@ -574,6 +538,28 @@ async fn backup(
             expires_at: branch.expires_at.clone().or(request.expires_at),
         })
         .await?;
+    Ok(Ok(created))
+}
+
+/// Create a backup branch of main's current head. Ok = a restore point at its head.
+async fn backup(
+    context: &TenantContext,
+    tenant_id: &str,
+    wave: &str,
+) -> Result<Step<RestorePoint>, JournalError> {
+    let created = match create_branch(
+        context,
+        tenant_id,
+        wave,
+        "backup",
+        context.config.backup_ttl,
+    )
+    .await?
+    {
+        Ok(created) => created,
+        Err(failure) => return Ok(Err(failure)),
+    };
+    let branch = created.branch;
     let Some(main_branch_id) = branch.parent_id.clone() else {
         return Ok(Err((
             Phase::Branch,

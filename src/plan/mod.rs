@@ -26,6 +26,19 @@ pub use pipeline::{PlanOutcome, PlanningError, plan_from_tenants_file};
 
 use model::{Plan, Validation};
 
+/// The plan's migrations as the history comparison wants them.
+pub fn planned_versions(plan: &Plan) -> Vec<crate::pg::PlannedVersion> {
+    plan.migrations
+        .items
+        .iter()
+        .map(|item| crate::pg::PlannedVersion {
+            version: item.version,
+            name: item.name.clone(),
+            checksum: item.checksum.clone(),
+        })
+        .collect()
+}
+
 /// Whether `apply` validates `tenant_id` on a branch under this plan's validation mode.
 ///
 /// For [`Validation::SamplePercent`] the sample is stable: a hash of the plan's salt and the
