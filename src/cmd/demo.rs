@@ -93,7 +93,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitStatus> {
     stopped?;
     Ok(match end {
         DemoEnd::Interrupted => {
-            println!("Interrupted; nothing of the demo is left behind.");
+            println!("Interrupted; the local fleet is gone, so there is nothing to resume.");
             ExitStatus::Interrupted
         }
         DemoEnd::Finished(status) => {
