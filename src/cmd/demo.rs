@@ -128,8 +128,7 @@ async fn demo_on_fleet(
     };
     let seeded = seeded.context("seeding the local fleet")?;
     println!(
-        "      {} tenants ({}-0001 to {}-{:04}) in {}, with accounts and orders",
-        seeded.len(),
+        "      {}-0001 to {}-{:04}, with accounts and orders, in {}",
         TENANT_NAME_PREFIX,
         TENANT_NAME_PREFIX,
         seeded.len(),
