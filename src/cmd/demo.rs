@@ -204,7 +204,7 @@ async fn demo_on_fleet(
     };
 
     if args.keep {
-        print_next_commands(args, &api, &plan_path, &plan, &bad, workdir)?;
+        print_next_commands(&api, &plan_path, &plan, &bad, workdir)?;
         interrupts.next_press().await;
         println!();
     }
@@ -427,7 +427,6 @@ async fn main_state(tenant: &SeededTenant) -> anyhow::Result<MainState> {
 }
 
 fn print_next_commands(
-    args: &DemoArgs,
     api: &ApiArgs,
     plan_path: &Path,
     plan: &Plan,
@@ -438,7 +437,6 @@ fn print_next_commands(
         .ok()
         .and_then(|binary| binary.parent().map(Path::to_path_buf))
         .context("cannot tell where the schemafleet binary is")?;
-    let migrations = std::path::absolute(&args.migrations)?;
     // An applied tenant of the second wave: a rollback there shows a restore point at work.
     let rollback_tenant = plan
         .waves
@@ -472,10 +470,7 @@ fn print_next_commands(
     println!("  # try the failed tenants again (their bad row makes V2 fail again)");
     println!("  schemafleet apply $plan --retry-failed --skip-bake");
     println!("  # every tenant's history against the migrations on disk");
-    println!(
-        "  schemafleet drift --plan $plan --migrations {}",
-        migrations.display()
-    );
+    println!("  schemafleet drift --plan $plan");
     println!();
     if workdir.temporary {
         println!(
@@ -524,7 +519,7 @@ impl WorkDir {
         let (path, temporary) = match requested {
             Some(path) => (path.to_path_buf(), false),
             None => (
-                std::env::temp_dir().join(format!("schemafleet-demo-{}", std::process::id())),
+                std::env::temp_dir().join(format!("sf-demo-{}", std::process::id())),
                 true,
             ),
         };
