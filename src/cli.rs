@@ -333,7 +333,8 @@ pub struct BenchArgs {
     #[arg(long, default_values_t = [16])]
     pub concurrency: Vec<usize>,
 
-    /// Modes to run: raw, apply, validated, noop, plan.
+    /// Modes to run: raw, apply, validated, noop, plan; also raw-probe (raw plus a separate
+    /// probe connection per tenant, as the executor opens).
     #[arg(
         long,
         value_delimiter = ',',

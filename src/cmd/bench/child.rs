@@ -25,6 +25,8 @@ pub const CHILD_MARKER: &str = "schemafleet-bench-child ";
 pub enum Job {
     Raw {
         concurrency: usize,
+        /// Open a separate probe connection first (the `raw-probe` variant).
+        probe_connection: bool,
         migrations_dir: PathBuf,
         tenant_uris: Vec<String>,
     },
@@ -76,6 +78,7 @@ async fn run_job(job: Job) -> anyhow::Result<ChildReport> {
     match job {
         Job::Raw {
             concurrency,
+            probe_connection,
             migrations_dir,
             tenant_uris,
         } => {
@@ -84,7 +87,7 @@ async fn run_job(job: Job) -> anyhow::Result<ChildReport> {
             let batch = super::raw::release_batch(&set, &crate::clock::now_rfc3339());
             let tenants: Vec<SecretUri> = tenant_uris.into_iter().map(SecretUri::new).collect();
             let started = Instant::now();
-            let outcome = super::raw::run(&tenants, &batch, concurrency).await;
+            let outcome = super::raw::run(&tenants, &batch, concurrency, probe_connection).await;
             let wall_s = started.elapsed().as_secs_f64();
             Ok(ChildReport {
                 wall_s,

@@ -31,6 +31,7 @@ const RATE_LIMITED_RUN_S: f64 = 40.0;
 #[derive(Debug, Clone, Copy, Default)]
 struct Selection {
     raw: bool,
+    raw_probe: bool,
     apply: bool,
     validated: bool,
     noop: bool,
@@ -43,12 +44,13 @@ impl Selection {
         for mode in modes {
             match mode.trim() {
                 "raw" => selection.raw = true,
+                "raw-probe" => selection.raw_probe = true,
                 "apply" => selection.apply = true,
                 "validated" => selection.validated = true,
                 "noop" => selection.noop = true,
                 "plan" => selection.plan = true,
                 other => bail!(
-                    "--modes: unknown mode `{other}`; the modes are raw, apply, validated, noop, plan"
+                    "--modes: unknown mode `{other}`; the modes are raw, apply, validated, noop, plan (and raw-probe)"
                 ),
             }
         }
@@ -56,7 +58,7 @@ impl Selection {
     }
 
     fn needs_fleet(self) -> bool {
-        self.raw || self.apply || self.validated || self.noop
+        self.raw || self.raw_probe || self.apply || self.validated || self.noop
     }
 }
 
@@ -323,7 +325,14 @@ impl FleetRun<'_> {
 
         if self.selection.raw {
             progress(&format!("raw at concurrency {}", self.concurrency));
-            let mut result = self.raw().await?;
+            let mut result = self.raw(false).await?;
+            result.verified_complete = Some(self.fleet.reset(release_len).await?);
+            record(document, result);
+        }
+
+        if self.selection.raw_probe {
+            progress(&format!("raw-probe at concurrency {}", self.concurrency));
+            let mut result = self.raw(true).await?;
             result.verified_complete = Some(self.fleet.reset(release_len).await?);
             record(document, result);
         }
@@ -436,9 +445,10 @@ impl FleetRun<'_> {
         Ok(out)
     }
 
-    async fn raw(&self) -> anyhow::Result<ModeResult> {
+    async fn raw(&self, probe_connection: bool) -> anyhow::Result<ModeResult> {
         let job = Job::Raw {
             concurrency: self.concurrency,
+            probe_connection,
             migrations_dir: self.migrations_dir.to_path_buf(),
             tenant_uris: self
                 .fleet
@@ -452,7 +462,7 @@ impl FleetRun<'_> {
         let connections = self.fleet.connections_since(offset)?;
         let tenants = self.fleet.tenants.len();
         Ok(ModeResult {
-            mode: "raw".into(),
+            mode: if probe_connection { "raw-probe" } else { "raw" }.into(),
             tenants,
             concurrency: self.concurrency,
             wall_s: child.wall_s,

@@ -53,10 +53,26 @@ pub struct RawOutcome {
     pub first_error: Option<String>,
 }
 
-/// Run the batch on every tenant, `concurrency` at a time.
-pub async fn run(tenants: &[SecretUri], batch: &str, concurrency: usize) -> RawOutcome {
+/// Run the batch on every tenant, `concurrency` at a time. With `probe_connection`, each tenant
+/// first gets a separate connection that only looks for the history table, as the executor's
+/// probe does (the `raw-probe` variant, which prices that second connection).
+pub async fn run(
+    tenants: &[SecretUri],
+    batch: &str,
+    concurrency: usize,
+    probe_connection: bool,
+) -> RawOutcome {
     let results: Vec<Result<(), String>> = futures::stream::iter(tenants)
         .map(|uri| async move {
+            if probe_connection {
+                let probe = crate::pg::connect(uri, Duration::from_secs(30))
+                    .await
+                    .map_err(|failure| failure.to_string())?;
+                probe
+                    .batch_execute("SELECT to_regclass('refinery_schema_history')")
+                    .await
+                    .map_err(|error| crate::secret::redact_uri(&format!("{error:#}")))?;
+            }
             let client = crate::pg::connect(uri, Duration::from_secs(30))
                 .await
                 .map_err(|failure| failure.to_string())?;
