@@ -33,8 +33,23 @@ pub enum Command {
     /// Show where a rollout stands, from its journal.
     Status(StatusArgs),
     /// Compare every tenant's migration history with the migrations on disk.
+    ///
+    /// Lists which tenants are at which version, which are behind (pending versions), which
+    /// diverge (a migration file edited or deleted after it ran) and which could not be probed.
+    ///
+    /// Exit codes: 0 no tenant diverges; 1 some tenant diverges or is unreachable (drift cannot
+    /// be ruled out); 2 bad input (plan, policy, migrations, API key).
     Drift(DriftArgs),
     /// Delete branches schemafleet created that are expired or whose rollout has finished.
+    ///
+    /// Only branches named `schemafleet-validate-*` or `schemafleet-backup-*` are candidates;
+    /// default and protected branches are never deleted. With --plan, the plan's journal tells
+    /// which tenants are finished: their validation branches go, and backup branches go unless
+    /// they are the tenant's current restore point. Without --plan, only expired branches go
+    /// (or every schemafleet branch with --all).
+    ///
+    /// Exit codes: 0 done; 1 a branch could not be deleted or a project not listed; 2 bad
+    /// input, or the journal is locked by a running `apply`.
     Gc(GcArgs),
     /// Run the Neon-API-compatible local emulator over a real PostgreSQL server.
     Emulator(EmulatorArgs),
@@ -83,7 +98,7 @@ pub struct PlanArgs {
     #[arg(long, required_unless_present = "check")]
     pub policy: Option<PathBuf>,
 
-    /// Directory of versioned migrations (V{n}__{name}.sql).
+    /// Directory of versioned migrations (V<n>__<name>.sql).
     #[arg(long, default_value = "migrations")]
     pub migrations: PathBuf,
 
@@ -219,12 +234,14 @@ pub struct DriftArgs {
     pub policy: Option<PathBuf>,
 
     /// Tenants file overriding the policy's fleet.
-    #[arg(long)]
+    #[arg(long, requires = "policy")]
     pub tenants: Option<PathBuf>,
 
-    #[arg(long, default_value = "migrations")]
-    pub migrations: PathBuf,
+    /// Migrations directory (default: the plan's, relative to the plan; else `migrations`).
+    #[arg(long)]
+    pub migrations: Option<PathBuf>,
 
+    /// Tenants probed at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
 
@@ -241,13 +258,20 @@ pub struct GcArgs {
     #[arg(long)]
     pub plan: Option<PathBuf>,
 
-    /// Also delete branches of unfinished rollouts when they are not expired.
+    /// Journal of --plan (default: beside the plan, <plan-stem>.journal.jsonl).
+    #[arg(long, requires = "plan")]
+    pub journal: Option<PathBuf>,
+
+    /// Delete every schemafleet branch that is not a default or protected branch, including
+    /// branches of unfinished rollouts and current restore points.
     #[arg(long)]
     pub all: bool,
 
+    /// List what would be deleted and why; delete nothing.
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Projects worked on at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
 

@@ -5,10 +5,12 @@
 pub mod cli;
 pub mod clock;
 pub mod cmd;
+pub mod drift;
 pub mod emulator;
 pub mod executor;
 pub mod exit;
 pub mod fleet;
+pub mod gc;
 pub mod journal;
 pub mod logging;
 pub mod migrations;

@@ -293,9 +293,16 @@ impl PgCluster {
             }
             None => Ok(String::new()),
         };
-        if result.is_ok() {
+        // A server that is already gone (killed, or its data directory removed) counts as stopped.
+        let already_gone = !owned.data_dir.join("postmaster.pid").exists();
+        if result.is_ok() || already_gone {
             owned.stopped = true;
         }
+        let result = if already_gone {
+            Ok(String::new())
+        } else {
+            result
+        };
         // Dropping `owned` removes a temporary directory (and retries the stop if it failed).
         drop(owned);
         result.map(|_| ())
@@ -378,7 +385,7 @@ fn server_settings(
         ("max_connections", config.max_connections.to_string()),
         // Tests and local fleets never need crash safety, and fsync dominates CREATE DATABASE.
         ("fsync", "off".to_string()),
-        ("max_wal_size", "1GB".to_string()),
+        ("max_wal_size", "256MB".to_string()),
         ("checkpoint_timeout", "30min".to_string()),
     ];
     if config.tuned_for_benchmark {
@@ -472,6 +479,9 @@ async fn run_server_binary(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .current_dir("/")
+        // Its own process group: a Ctrl-C in the terminal reaches us, and we stop the server in
+        // order, instead of the server shutting down under our feet.
+        .process_group(0)
         .kill_on_drop(true);
     let shown = format!(
         "{} {}",
@@ -602,9 +612,20 @@ fn absolute(path: &Path) -> Result<PathBuf, PgClusterError> {
     })
 }
 
+/// Temporary clusters go to memory (`/dev/shm`) when it exists: creating and removing hundreds
+/// of databases on a disk mounted with online discard takes minutes (measured here: removing
+/// a 200-tenant cluster, 61k files, took 151 s on /tmp and well under a second in tmpfs).
+/// `SCHEMAFLEET_PG_TMPDIR` overrides the choice.
 fn temporary_dir_path() -> PathBuf {
+    let base = std::env::var_os("SCHEMAFLEET_PG_TMPDIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let shm = PathBuf::from("/dev/shm");
+            shm.is_dir().then_some(shm)
+        })
+        .unwrap_or_else(std::env::temp_dir);
     // Short names keep the unix socket path under the 107-byte limit.
-    std::env::temp_dir().join(format!("sfpg-{}", random_suffix()))
+    base.join(format!("sfpg-{}", random_suffix()))
 }
 
 fn random_suffix() -> String {

@@ -65,7 +65,7 @@ impl Reporter for ProgressReporter {
     fn wave_started(&self, wave: &str, total: usize, already_finished: usize) {
         let bar = self.multi.add(ProgressBar::new(total as u64));
         let style = ProgressStyle::with_template(
-            "{prefix:<10.bold} [{bar:20}] {pos:>5}/{len:<5} {msg} {per_sec} eta {eta}",
+            "{prefix:<10.bold} [{bar:16}] {pos}/{len} {msg} eta {eta}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");

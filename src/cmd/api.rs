@@ -27,12 +27,13 @@ pub fn client(args: &ApiArgs) -> anyhow::Result<NeonClient> {
 
 /// One read before anything changes, so a wrong URL or a rejected key stops the command at once
 /// with nothing written, instead of failing every tenant.
-pub async fn preflight(client: &NeonClient, api_url: &str, project_id: &str) -> anyhow::Result<()> {
-    match client.get_project(project_id).await {
-        Ok(_) => Ok(()),
-        Err(error) if error.status() == Some(404) => Ok(()),
-        Err(error) => Err(anyhow::Error::new(error).context(format!(
-            "the Neon API at {api_url} is not usable (checked with tenant {project_id}); check NEON_API_URL and NEON_API_KEY"
-        ))),
-    }
+pub async fn preflight(client: &NeonClient, api_url: &str) -> anyhow::Result<()> {
+    client.check_access().await.map_err(|error| {
+        let hint = if error.status() == Some(404) {
+            "NEON_API_URL does not look like the Neon API v2 base URL (e.g. https://console.neon.tech/api/v2)"
+        } else {
+            "check NEON_API_URL and NEON_API_KEY"
+        };
+        anyhow::Error::new(error).context(format!("the Neon API at {api_url} is not usable; {hint}"))
+    })
 }

@@ -9,7 +9,6 @@ use crate::cli::{ApplyArgs, OutputFormat};
 use crate::executor::{self, ApplyConfig, Reporter, RunOutcome};
 use crate::exit::ExitStatus;
 use crate::journal::{Journal, default_journal_path};
-use crate::pg::PlannedVersion;
 use crate::plan::model::Plan;
 use crate::report;
 
@@ -44,14 +43,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
     }
     let verify_sql = read_verify(&plan, &plan_dir)?;
     let client = super::api::client(&args.api)?;
-    if let Some(first_tenant) = plan
-        .waves
-        .iter()
-        .flat_map(|wave| wave.tenants.first())
-        .next()
-    {
-        super::api::preflight(&client, &args.api.api_url, first_tenant).await?;
-    }
+    super::api::preflight(&client, &args.api.api_url).await?;
 
     let journal_path = args
         .journal
@@ -72,16 +64,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
     config.max_connections = args.max_connections.max(1);
     config.verify_sql = verify_sql;
 
-    let planned: Vec<PlannedVersion> = plan
-        .migrations
-        .items
-        .iter()
-        .map(|item| PlannedVersion {
-            version: item.version,
-            name: item.name.clone(),
-            checksum: item.checksum.clone(),
-        })
-        .collect();
+    let planned = crate::plan::planned_versions(&plan);
     let migrations: Vec<refinery::Migration> = set
         .migrations
         .iter()

@@ -1,8 +1,341 @@
-//! `schemafleet gc`.
+//! `schemafleet gc`: delete branches schemafleet created once nothing needs them.
+//!
+//! Lists the branches of the plan's tenants (or of every project the key lists), asks the pure
+//! [`crate::gc::select`] which to delete, and deletes them (`--dry-run`: only lists them).
+//!
+//! **Invariant:** only branches [`crate::gc::select`] marks for deletion are deleted; every
+//! other branch, and every branch in a dry run, is left alone.
+//! **Invariant:** with `--plan` and without `--dry-run`, the plan's journal is held locked for the
+//! whole run, so gc never races an `apply` of the same plan, and each deletion of a branch the
+//! journal lists as open is journaled (`branch_deleted`).
 
-use crate::cli::GcArgs;
+use std::path::Path;
+
+use anyhow::Context;
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::cli::{GcArgs, OutputFormat};
 use crate::exit::ExitStatus;
+use crate::gc::{self, Decision, GcOptions, Rollout};
+use crate::journal::{Event, Journal, JournalError, JournalState, default_journal_path};
+use crate::neon::{NeonClient, ProjectFilter};
+use crate::report::render::wrap_into;
+use crate::secret::redact_uri;
 
-pub async fn run(_args: GcArgs) -> anyhow::Result<ExitStatus> {
-    anyhow::bail!("`schemafleet gc` is not built yet")
+/// What happened to one schemafleet branch.
+#[derive(Debug, Serialize)]
+struct Outcome {
+    #[serde(flatten)]
+    decision: Decision,
+    /// Whether the branch is gone now (always false in a dry run).
+    deleted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// A project whose branches could not be listed.
+#[derive(Debug, Serialize)]
+struct ProjectError {
+    project_id: String,
+    error: String,
+}
+
+/// The plan-mode context: the plan id, its replayed journal, and (unless a dry run) the open,
+/// locked journal that deletions are recorded in.
+struct PlanContext {
+    plan_id: String,
+    state: JournalState,
+    journal: Option<Journal>,
+}
+
+pub async fn run(args: GcArgs) -> anyhow::Result<ExitStatus> {
+    let client = super::api::client(&args.api)?;
+    let (projects, plan_context, mut project_errors) = match &args.plan {
+        Some(plan_path) => {
+            let (projects, context) = plan_projects(&args, plan_path)?;
+            (projects, Some(context), Vec::new())
+        }
+        None => all_projects(&client).await?,
+    };
+    super::api::preflight(&client, &args.api.api_url).await?;
+    let now = time::OffsetDateTime::now_utc();
+    let options = GcOptions { all: args.all };
+    let rollout = plan_context.as_ref().map(|context| Rollout {
+        plan_id: &context.plan_id,
+        state: &context.state,
+    });
+    let journal = plan_context
+        .as_ref()
+        .and_then(|context| context.journal.as_ref());
+
+    let per_project: Vec<Result<Vec<Outcome>, ProjectError>> = futures::stream::iter(&projects)
+        .map(|project_id| {
+            let client = client.clone();
+            async move {
+                collect_project(
+                    &client,
+                    project_id,
+                    now,
+                    rollout,
+                    options,
+                    args.dry_run,
+                    journal,
+                )
+                .await
+            }
+        })
+        .buffered(args.concurrency.max(1))
+        .collect()
+        .await;
+    if let Some(journal) = plan_context.and_then(|context| context.journal) {
+        journal.close().await;
+    }
+
+    let mut outcomes = Vec::new();
+    for result in per_project {
+        match result {
+            Ok(project_outcomes) => outcomes.extend(project_outcomes),
+            Err(error) => project_errors.push(error),
+        }
+    }
+    let failed_deletes = outcomes
+        .iter()
+        .filter(|outcome| outcome.error.is_some())
+        .count();
+    match args.output {
+        OutputFormat::Json => {
+            let document = serde_json::json!({
+                "dry_run": args.dry_run,
+                "projects": projects.len(),
+                "branches": outcomes,
+                "project_errors": project_errors,
+            });
+            println!("{}", serde_json::to_string_pretty(&document)?);
+        }
+        OutputFormat::Text => print!(
+            "{}",
+            render_text(projects.len(), &outcomes, &project_errors, args.dry_run)
+        ),
+    }
+    Ok(if failed_deletes + project_errors.len() > 0 {
+        ExitStatus::Failure
+    } else {
+        ExitStatus::Success
+    })
+}
+
+fn plan_projects(args: &GcArgs, plan_path: &Path) -> anyhow::Result<(Vec<String>, PlanContext)> {
+    let plan = crate::plan::load_plan(plan_path)?;
+    let journal_path = args
+        .journal
+        .clone()
+        .unwrap_or_else(|| default_journal_path(plan_path));
+    let (state, journal) = if args.dry_run || !journal_path.exists() {
+        (Journal::read(&journal_path)?.state, None)
+    } else {
+        match Journal::open(&journal_path, &plan.plan_id) {
+            Ok((journal, read)) => (read.state, Some(journal)),
+            Err(error @ JournalError::Locked { .. }) => {
+                return Err(anyhow::Error::new(error).context(
+                    "an `apply` (or another gc) of this plan is running: run gc after it ends, or use --dry-run to look",
+                ));
+            }
+            Err(error) => return Err(error.into()),
+        }
+    };
+    if let Some(found) = &state.plan_id
+        && found != &plan.plan_id
+    {
+        anyhow::bail!(
+            "journal {} belongs to plan {found}, not {} ({}); pass the right --journal",
+            journal_path.display(),
+            plan.plan_id,
+            plan_path.display()
+        );
+    }
+    let projects = plan
+        .waves
+        .iter()
+        .flat_map(|wave| wave.tenants.iter().cloned())
+        .collect();
+    Ok((
+        projects,
+        PlanContext {
+            plan_id: plan.plan_id,
+            state,
+            journal,
+        },
+    ))
+}
+
+async fn all_projects(
+    client: &NeonClient,
+) -> anyhow::Result<(Vec<String>, Option<PlanContext>, Vec<ProjectError>)> {
+    let listing = client
+        .list_projects(&ProjectFilter::default())
+        .await
+        .context("listing the projects the API key can see")?;
+    let errors = listing
+        .unavailable_project_ids
+        .into_iter()
+        .map(|project_id| ProjectError {
+            project_id,
+            error: "Neon lists the project as unavailable; run gc again later".to_string(),
+        })
+        .collect();
+    let projects = listing
+        .projects
+        .into_iter()
+        .map(|project| project.id)
+        .collect();
+    Ok((projects, None, errors))
+}
+
+/// List one project's branches, decide, and delete (unless a dry run) one branch at a time.
+async fn collect_project(
+    client: &NeonClient,
+    project_id: &str,
+    now: time::OffsetDateTime,
+    rollout: Option<Rollout<'_>>,
+    options: GcOptions,
+    dry_run: bool,
+    journal: Option<&Journal>,
+) -> Result<Vec<Outcome>, ProjectError> {
+    let branches = client
+        .list_branches(project_id)
+        .await
+        .map_err(|error| ProjectError {
+            project_id: project_id.to_string(),
+            error: redact_uri(&format!("listing branches: {error}")),
+        })?;
+    let mut outcomes = Vec::new();
+    for decision in gc::select(project_id, &branches, now, rollout, options) {
+        if !decision.delete || dry_run {
+            outcomes.push(Outcome {
+                decision,
+                deleted: false,
+                error: None,
+            });
+            continue;
+        }
+        let (deleted, error) = match client.delete_branch(project_id, &decision.branch_id).await {
+            Ok(()) => (
+                true,
+                record_deletion(journal, rollout, project_id, &decision.branch_id).await,
+            ),
+            Err(error) => (false, Some(redact_uri(&error.to_string()))),
+        };
+        outcomes.push(Outcome {
+            decision,
+            deleted,
+            error,
+        });
+    }
+    Ok(outcomes)
+}
+
+/// Journal the deletion of a branch the journal still lists as open, so a later `status` or
+/// `apply` does not count it; `Some(error)` when that write failed.
+async fn record_deletion(
+    journal: Option<&Journal>,
+    rollout: Option<Rollout<'_>>,
+    project_id: &str,
+    branch_id: &str,
+) -> Option<String> {
+    let (Some(journal), Some(rollout)) = (journal, rollout) else {
+        return None;
+    };
+    let listed_open = rollout
+        .state
+        .tenant(project_id)
+        .is_some_and(|tenant| tenant.open_branches.contains_key(branch_id));
+    if !listed_open {
+        return None;
+    }
+    let event = Event::BranchDeleted {
+        tenant: project_id.to_string(),
+        branch_id: branch_id.to_string(),
+    };
+    match journal.append(event).await {
+        Ok(_) => None,
+        Err(error) => Some(format!("deleted, but not journaled: {error}")),
+    }
+}
+
+/// Which outcomes one section of the text output lists.
+type OutcomeFilter = fn(&Outcome) -> bool;
+
+fn render_text(
+    project_count: usize,
+    outcomes: &[Outcome],
+    project_errors: &[ProjectError],
+    dry_run: bool,
+) -> String {
+    let mut out = String::new();
+    let count =
+        |keep: fn(&Outcome) -> bool| outcomes.iter().filter(|outcome| keep(outcome)).count();
+    let to_delete = count(|outcome| outcome.decision.delete);
+    let kept = outcomes.len() - to_delete;
+    let headline = if dry_run {
+        format!(
+            "gc (dry run, nothing deleted): {project_count} projects, {} schemafleet branches: {to_delete} would be deleted, {kept} kept",
+            outcomes.len(),
+        )
+    } else {
+        format!(
+            "gc: {project_count} projects, {} schemafleet branches: {} deleted, {} failed, {kept} kept",
+            outcomes.len(),
+            count(|outcome| outcome.deleted),
+            count(|outcome| outcome.decision.delete && !outcome.deleted),
+        )
+    };
+    wrap_into(&mut out, &headline, "", "  ");
+    let sections: [(&str, OutcomeFilter); 4] = [
+        ("would delete", |outcome| {
+            outcome.decision.delete && !outcome.deleted && outcome.error.is_none()
+        }),
+        ("deleted", |outcome| outcome.deleted),
+        ("FAILED to delete", |outcome| {
+            outcome.decision.delete && !outcome.deleted && outcome.error.is_some()
+        }),
+        ("kept", |outcome| !outcome.decision.delete),
+    ];
+    for (title, belongs) in sections {
+        let members: Vec<&Outcome> = outcomes.iter().filter(|outcome| belongs(outcome)).collect();
+        if members.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("\n{title} ({}):\n", members.len()));
+        for outcome in members {
+            let decision = &outcome.decision;
+            wrap_into(
+                &mut out,
+                &format!(
+                    "{} of {} ({}): {}",
+                    decision.branch_name, decision.project_id, decision.branch_id, decision.reason
+                ),
+                "  ",
+                "      ",
+            );
+            if let Some(error) = &outcome.error {
+                wrap_into(&mut out, &format!("error: {error}"), "      ", "        ");
+            }
+        }
+    }
+    if !project_errors.is_empty() {
+        out.push_str(&format!(
+            "\nprojects not checked ({}):\n",
+            project_errors.len()
+        ));
+    }
+    for error in project_errors {
+        wrap_into(
+            &mut out,
+            &format!("{}: {}", error.project_id, error.error),
+            "  ",
+            "      ",
+        );
+    }
+    out
 }

@@ -12,8 +12,9 @@ use serde::Serialize;
 use crate::cli::{OutputFormat, PlanArgs};
 use crate::exit::ExitStatus;
 use crate::migrations;
-use crate::plan::pipeline::{PlanOutcome, file_inventory, read_inputs, write_planned};
+use crate::plan::pipeline::{NeonAccess, PlanOutcome, collect_fleet, read_inputs, write_planned};
 use crate::plan::{check_migrations, load_plan, resolve_from_plan};
+use crate::secret::SecretString;
 
 pub async fn run(args: PlanArgs) -> anyhow::Result<ExitStatus> {
     if let Some(plan_path) = &args.check {
@@ -33,10 +34,23 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<ExitStatus> {
 
 async fn plan(args: &PlanArgs, policy_path: &Path) -> anyhow::Result<PlanOutcome> {
     let inputs = read_inputs(policy_path, &args.migrations)?;
-    let inventory = file_inventory(&inputs.policy, args.tenants.as_deref())?;
+    let api_key = args
+        .api
+        .api_key
+        .as_ref()
+        .filter(|api_key| !api_key.is_empty());
+    let neon = api_key.map(|api_key| NeonAccess {
+        api_url: args.api.api_url.clone(),
+        api_key: SecretString::new(api_key.clone()),
+        rate_limit_per_min: inputs
+            .policy
+            .api_rate_limit_per_min
+            .unwrap_or(args.api.api_rate_limit_per_min),
+    });
+    let fleet = collect_fleet(&inputs.policy, args.tenants.as_deref(), neon.as_ref()).await?;
     Ok(write_planned(
         &inputs,
-        inventory,
+        fleet,
         args.out.as_deref(),
         args.api.api_rate_limit_per_min,
     )?)

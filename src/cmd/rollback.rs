@@ -12,6 +12,9 @@ use crate::exit::ExitStatus;
 use crate::journal::{Journal, default_journal_path};
 use crate::rollback::{self, Candidate, Selection};
 
+/// One tenant's rollback: the inner result is the tenant's fate, the outer the journal's.
+type TenantRollback = Result<Result<(), String>, crate::journal::JournalError>;
+
 pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
     let plan = crate::plan::load_plan(&args.plan)?;
     let journal_path = args
@@ -73,10 +76,7 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
     let (journal, read) = Journal::open(&journal_path, &plan.plan_id)?;
     let recorder = Arc::new(Recorder::new(journal.clone(), read.state));
     let plan = Arc::new(plan);
-    let results: Vec<(
-        String,
-        Result<Result<(), String>, crate::journal::JournalError>,
-    )> = futures::stream::iter(candidates.clone())
+    let results: Vec<(String, TenantRollback)> = futures::stream::iter(candidates.clone())
         .map(|candidate| {
             let client = client.clone();
             let recorder = recorder.clone();

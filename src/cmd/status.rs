@@ -10,7 +10,7 @@ use futures::StreamExt;
 use crate::cli::{OutputFormat, StatusArgs};
 use crate::exit::ExitStatus;
 use crate::journal::{Journal, JournalState, RestorePoint, default_journal_path};
-use crate::pg::{self, HistoryComparison, PlannedVersion};
+use crate::pg::{self, HistoryComparison};
 use crate::plan::model::Plan;
 use crate::report;
 
@@ -80,6 +80,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 live.as_ref(),
                 running,
                 halted.clone(),
+                read.torn_tail.as_deref(),
             );
         }
     }
@@ -96,7 +97,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
 
 #[expect(
     clippy::too_many_arguments,
-    reason = "one call site; a struct would only rename the same eight things"
+    reason = "one call site; a struct would only rename the same nine things"
 )]
 fn print_text(
     plan_path: &Path,
@@ -108,8 +109,15 @@ fn print_text(
     live: Option<&serde_json::Value>,
     running: Option<String>,
     halted: Option<String>,
+    torn_tail: Option<&str>,
 ) {
     println!("plan {} ({})", summary.plan_id, plan_path.display());
+    if let Some(torn) = torn_tail {
+        println!(
+            "warning: journal {}: {torn}; `apply` re-checks that step against the tenant",
+            journal_path.display()
+        );
+    }
     if state.runs == 0 {
         println!("journal {}: no run yet", journal_path.display());
     } else {
@@ -128,15 +136,16 @@ fn print_text(
         println!("wave {wave} is running (or its run was killed: `apply` resumes it)");
     }
     if let Some(wave) = halted {
-        println!(
-            "wave {wave} is HALTED: later waves will not start until its failures are resolved"
-        );
+        println!("wave {wave} is HALTED: later waves wait until its failures are resolved");
     }
     print!("{}", report::render::summary_text(summary, groups));
-    println!(
-        "\n{} tenants hold a restore point (`schemafleet rollback` can use them)",
-        restore_points.len()
-    );
+    let n_points = restore_points.len();
+    let (verb, pronoun) = if n_points == 1 {
+        ("tenant holds", "it")
+    } else {
+        ("tenants hold", "them")
+    };
+    println!("\n{n_points} {verb} a restore point (`schemafleet rollback` can use {pronoun})");
     if let Some(live) = live {
         println!("live: {}", live);
     }
@@ -175,16 +184,7 @@ fn restore_points(plan: &Plan, state: &JournalState) -> Vec<serde_json::Value> {
 /// `--live`: probe every planned tenant's history table (bounded concurrency).
 async fn live_probe(args: &StatusArgs, plan: &Plan) -> anyhow::Result<serde_json::Value> {
     let client = super::api::client(&args.api)?;
-    let planned: Vec<PlannedVersion> = plan
-        .migrations
-        .items
-        .iter()
-        .map(|item| PlannedVersion {
-            version: item.version,
-            name: item.name.clone(),
-            checksum: item.checksum.clone(),
-        })
-        .collect();
+    let planned = crate::plan::planned_versions(plan);
     let tenants: Vec<String> = plan
         .waves
         .iter()

@@ -106,6 +106,8 @@ async fn gate(State(context): State<Shared>, request: Request, next: Next) -> Re
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     );
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
     let mut injected = false;
     let mut applied_first = false;
     let mut rate_limited = false;
@@ -149,6 +151,13 @@ async fn gate(State(context): State<Shared>, request: Request, next: Next) -> Re
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
+    tracing::debug!(
+        %method,
+        %path,
+        status = response.status().as_u16(),
+        injected,
+        "emulator request"
+    );
     context.stats.record(
         response.status().as_u16(),
         injected,

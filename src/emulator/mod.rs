@@ -131,6 +131,10 @@ impl LocalFleet {
             cluster.port(),
             cluster.bin_dir().map(PathBuf::from),
         )?;
+        let server_major_version = physical
+            .server_major_version()
+            .await
+            .context("cannot read the backing server's version")?;
         let store = store::Store::open(physical.clone())
             .await
             .context("cannot open the emulator's state in the backing cluster")?;
@@ -152,6 +156,7 @@ impl LocalFleet {
             },
             op_delay: config.op_delay,
             max_branches_per_project: MAX_BRANCHES_PER_PROJECT,
+            server_major_version,
         });
 
         let api_key = SecretString::new(config.api_key.clone().unwrap_or_else(random_api_key));

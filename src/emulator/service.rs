@@ -35,6 +35,8 @@ pub struct Emulator {
     pub(crate) target: ConnectionTarget,
     pub(crate) op_delay: Duration,
     pub(crate) max_branches_per_project: usize,
+    /// The backing server's major version, reported as projects' default `pg_version`.
+    pub(crate) server_major_version: i64,
 }
 
 /// A project's mutation in progress: its lock and a working copy of its document.
@@ -219,7 +221,7 @@ impl Emulator {
                  got {history_retention_seconds}"
             )));
         }
-        let pg_version = fields.pg_version.unwrap_or(17);
+        let pg_version = fields.pg_version.unwrap_or(self.server_major_version);
         if !(14..=18).contains(&pg_version) {
             return Err(ApiError::bad_request(format!(
                 "pg_version must be between 14 and 18, got {pg_version}"

@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ApplyConfig;
 use crate::journal::{
@@ -90,7 +90,12 @@ pub async fn run_tenant(
 ) -> Result<TenantOutcome, JournalError> {
     let prior = context.recorder.tenant(&tenant_id);
     cleanup_open_branches(&context, &tenant_id, prior.as_ref()).await?;
-    match pipeline(&context, &tenant_id, &wave, prior.as_ref()).await? {
+    sweep_requested_branches(&context, &tenant_id, false).await?;
+    let result = pipeline(&context, &tenant_id, &wave, prior.as_ref()).await?;
+    // A create that a killed run sent may land after the first sweep (Neon reads can lag
+    // writes); by now it has, so a second look finds it.
+    sweep_requested_branches(&context, &tenant_id, true).await?;
+    match result {
         Ok(outcome) => Ok(outcome),
         Err((phase, error)) => {
             let applied_on_main = Vec::new();
@@ -139,6 +144,51 @@ async fn cleanup_open_branches(
     Ok(())
 }
 
+/// Delete branches that were requested (journaled `branch_requested`) but never journaled as
+/// created: the process died during the create call. With `final_look`, a name that is still
+/// not found is given up as never created.
+async fn sweep_requested_branches(
+    context: &TenantContext,
+    tenant_id: &str,
+    final_look: bool,
+) -> Result<(), JournalError> {
+    let requested: Vec<String> = context
+        .recorder
+        .tenant(tenant_id)
+        .map(|state| state.requested_branches.keys().cloned().collect())
+        .unwrap_or_default();
+    if requested.is_empty() {
+        return Ok(());
+    }
+    let branches = match context.client.list_branches(tenant_id).await {
+        Ok(branches) => branches,
+        Err(error) => {
+            tracing::warn!(tenant = tenant_id, error = %error, "could not list branches to clean up after a killed run; they expire on their own");
+            return Ok(());
+        }
+    };
+    for name in requested {
+        match branches.iter().find(|branch| branch.name == name) {
+            Some(branch) => {
+                if let Err(error) = context.client.delete_branch(tenant_id, &branch.id).await {
+                    tracing::warn!(tenant = tenant_id, branch = %name, error = %error, "could not delete a leftover branch; it expires on its own");
+                    continue;
+                }
+            }
+            None if !final_look => continue,
+            None => {}
+        }
+        context
+            .recorder
+            .record(Event::BranchAbandoned {
+                tenant: tenant_id.to_string(),
+                branch_name: name,
+            })
+            .await?;
+    }
+    Ok(())
+}
+
 fn api_failure(phase: Phase, what: &str, error: &NeonError) -> (Phase, DbFailure) {
     (phase, DbFailure::new(None, format!("{what}: {error}")))
 }
@@ -169,10 +219,14 @@ async fn pipeline(
             return Ok(Err(api_failure(Phase::Probe, what, &error)));
         }
     };
-    let comparison = match probe(context, &main_uri).await {
-        Ok(comparison) => comparison,
+    let (comparison, session) = match probe(context, &main_uri).await {
+        Ok(probed) => probed,
         Err(failure) => return Ok(Err((Phase::Probe, failure))),
     };
+    // Kept open for the apply when no branch is made in between: one connection per tenant.
+    // Branching closes it first, so the copy of main sees no session of ours (and Neon's
+    // branch point is not held up by our idle session either).
+    let mut main_session = Some(session);
     let pending = match comparison {
         HistoryComparison::UpToDate { .. } => {
             recorder
@@ -224,6 +278,7 @@ async fn pipeline(
     let needs_branch_point =
         policy.restore_point == RestorePointKind::BranchPoint && restore_point.is_none();
     if wants_validation && (!already_validated || needs_branch_point) {
+        main_session = None;
         match validate(context, tenant_id, wave, &pending).await? {
             Ok(branch_point) => {
                 if restore_point.is_none() && policy.restore_point == RestorePointKind::BranchPoint
@@ -256,24 +311,28 @@ async fn pipeline(
                     ),
                 )));
             }
-            RestorePointKind::BackupBranch => match backup(context, tenant_id, wave).await? {
-                Ok(point) => {
-                    recorder
-                        .record(Event::RestorePointRecorded {
-                            tenant: tenant_id.into(),
-                            wave: wave.into(),
-                            point,
-                        })
-                        .await?;
+            RestorePointKind::BackupBranch => {
+                main_session = None;
+                let backed_up = backup(context, tenant_id, wave).await?;
+                match backed_up {
+                    Ok(point) => {
+                        recorder
+                            .record(Event::RestorePointRecorded {
+                                tenant: tenant_id.into(),
+                                wave: wave.into(),
+                                point,
+                            })
+                            .await?;
+                    }
+                    Err(failure) => return Ok(Err(failure)),
                 }
-                Err(failure) => return Ok(Err(failure)),
-            },
+            }
             RestorePointKind::None => {}
         }
     }
 
     // 4. Apply to main under the advisory lock.
-    apply_to_main(context, tenant_id, wave, &main_uri, &pending).await
+    apply_to_main(context, tenant_id, wave, &main_uri, &pending, main_session).await
 }
 
 fn timeouts(plan: &Plan) -> Timeouts {
@@ -283,15 +342,32 @@ fn timeouts(plan: &Plan) -> Timeouts {
     }
 }
 
-async fn probe(context: &TenantContext, uri: &SecretUri) -> Result<HistoryComparison, DbFailure> {
-    let _permit = context
+/// An open connection to main with its slot in the connection bound.
+struct MainSession {
+    client: tokio_postgres::Client,
+    _permit: OwnedSemaphorePermit,
+}
+
+async fn probe(
+    context: &TenantContext,
+    uri: &SecretUri,
+) -> Result<(HistoryComparison, MainSession), DbFailure> {
+    let permit = context
         .connections
-        .acquire()
+        .clone()
+        .acquire_owned()
         .await
         .map_err(|_| DbFailure::new(None, "connection pool closed"))?;
     let client = pg::connect(uri, context.config.connect_timeout).await?;
     let history = pg::read_history(&client).await?;
-    Ok(pg::compare_history(&history, &context.planned))
+    let comparison = pg::compare_history(&history, &context.planned);
+    Ok((
+        comparison,
+        MainSession {
+            client,
+            _permit: permit,
+        },
+    ))
 }
 
 /// A branch name that says where it came from and cannot collide with an earlier attempt's.
@@ -312,37 +388,12 @@ async fn validate(
     pending: &[i32],
 ) -> Result<Step<RestorePoint>, JournalError> {
     let policy = &context.plan.policy;
-    let request = CreateBranch {
-        name: branch_name("validate", &context.plan.plan_id),
-        parent_id: None,
-        expires_at: Some(crate::clock::rfc3339_seconds_from_now(
-            std::time::Duration::from_secs(policy.branch_ttl_s),
-        )),
-    };
-    let created = match context.client.create_branch(tenant_id, &request).await {
+    let ttl = std::time::Duration::from_secs(policy.branch_ttl_s);
+    let created = match create_branch(context, tenant_id, wave, "validate", ttl).await? {
         Ok(created) => created,
-        Err(error) => {
-            return Ok(Err(api_failure(
-                Phase::Branch,
-                "creating the validation branch",
-                &error,
-            )));
-        }
+        Err(failure) => return Ok(Err(failure)),
     };
     let branch = &created.branch;
-    context
-        .recorder
-        .record(Event::BranchCreated {
-            tenant: tenant_id.into(),
-            wave: wave.into(),
-            purpose: "validate".into(),
-            branch_id: branch.id.clone(),
-            branch_name: branch.name.clone(),
-            parent_branch_id: branch.parent_id.clone(),
-            parent_lsn: branch.parent_lsn.clone(),
-            expires_at: branch.expires_at.clone().or(request.expires_at.clone()),
-        })
-        .await?;
     let result = migrate_branch(context, tenant_id, &created).await;
     // Delete whatever happened; a failed delete leaves a branch that expires on its own.
     match context.client.delete_branch(tenant_id, &branch.id).await {
@@ -443,36 +494,43 @@ async fn migrate_branch(
     Ok(())
 }
 
-/// Create a backup branch of main's current head. Ok = a restore point at its head.
-async fn backup(
+/// Create a branch of main for `purpose` (`validate` or `backup`) expiring after `ttl`,
+/// journaled before the call (its name) and after it (its id and branch point).
+async fn create_branch(
     context: &TenantContext,
     tenant_id: &str,
     wave: &str,
-) -> Result<Step<RestorePoint>, JournalError> {
+    purpose: &str,
+    ttl: std::time::Duration,
+) -> Result<Step<crate::neon::CreatedBranch>, JournalError> {
     let request = CreateBranch {
-        name: branch_name("backup", &context.plan.plan_id),
+        name: branch_name(purpose, &context.plan.plan_id),
         parent_id: None,
-        expires_at: Some(crate::clock::rfc3339_seconds_from_now(
-            context.config.backup_ttl,
-        )),
+        expires_at: Some(crate::clock::rfc3339_seconds_from_now(ttl)),
     };
+    context
+        .recorder
+        .record(Event::BranchRequested {
+            tenant: tenant_id.into(),
+            wave: wave.into(),
+            purpose: purpose.into(),
+            branch_name: request.name.clone(),
+        })
+        .await?;
     let created = match context.client.create_branch(tenant_id, &request).await {
         Ok(created) => created,
         Err(error) => {
-            return Ok(Err(api_failure(
-                Phase::Branch,
-                "creating the backup branch",
-                &error,
-            )));
+            let what = format!("creating the {purpose} branch");
+            return Ok(Err(api_failure(Phase::Branch, &what, &error)));
         }
     };
-    let branch = created.branch;
+    let branch = &created.branch;
     context
         .recorder
         .record(Event::BranchCreated {
             tenant: tenant_id.into(),
             wave: wave.into(),
-            purpose: "backup".into(),
+            purpose: purpose.into(),
             branch_id: branch.id.clone(),
             branch_name: branch.name.clone(),
             parent_branch_id: branch.parent_id.clone(),
@@ -480,6 +538,28 @@ async fn backup(
             expires_at: branch.expires_at.clone().or(request.expires_at),
         })
         .await?;
+    Ok(Ok(created))
+}
+
+/// Create a backup branch of main's current head. Ok = a restore point at its head.
+async fn backup(
+    context: &TenantContext,
+    tenant_id: &str,
+    wave: &str,
+) -> Result<Step<RestorePoint>, JournalError> {
+    let created = match create_branch(
+        context,
+        tenant_id,
+        wave,
+        "backup",
+        context.config.backup_ttl,
+    )
+    .await?
+    {
+        Ok(created) => created,
+        Err(failure) => return Ok(Err(failure)),
+    };
+    let branch = created.branch;
     let Some(main_branch_id) = branch.parent_id.clone() else {
         return Ok(Err((
             Phase::Branch,
@@ -505,13 +585,20 @@ async fn apply_to_main(
     wave: &str,
     main_uri: &SecretUri,
     pending: &[i32],
+    session: Option<MainSession>,
 ) -> Result<Step<TenantOutcome>, JournalError> {
     let recorder = &context.recorder;
-    let Ok(_permit) = context.connections.acquire().await else {
-        return Ok(Err((
-            Phase::Apply,
-            DbFailure::new(None, "connection pool closed"),
-        )));
+    let (mut reusable_client, _permit) = match session {
+        Some(MainSession { client, _permit }) => (Some(client), _permit),
+        None => match context.connections.clone().acquire_owned().await {
+            Ok(permit) => (None, permit),
+            Err(_) => {
+                return Ok(Err((
+                    Phase::Apply,
+                    DbFailure::new(None, "connection pool closed"),
+                )));
+            }
+        },
     };
     let mut applied: Vec<i32> = Vec::new();
     let mut lock_retries = 0;
@@ -519,7 +606,11 @@ async fn apply_to_main(
     let mut started = false;
     loop {
         connection_attempt += 1;
-        let mut client = match pg::connect(main_uri, context.config.connect_timeout).await {
+        let connected = match reusable_client.take() {
+            Some(client) if !client.is_closed() => Ok(client),
+            _ => pg::connect(main_uri, context.config.connect_timeout).await,
+        };
+        let mut client = match connected {
             Ok(client) => client,
             Err(failure)
                 if failure.is_connection_loss()

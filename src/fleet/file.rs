@@ -16,25 +16,66 @@ use crate::policy::locate::{FilePosition, split_yaml_error};
 
 const CSV_COLUMNS: [&str; 4] = ["id", "name", "region", "labels"];
 
+/// Where in a tenants file a tenant was read: a CSV line or a YAML list entry (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TenantPlace {
+    Line(u64),
+    Entry(u64),
+}
+
+impl std::fmt::Display for TenantPlace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TenantPlace::Line(line) => write!(f, "line {line}"),
+            TenantPlace::Entry(entry) => write!(f, "entry {entry}"),
+        }
+    }
+}
+
 /// Read a tenants file; the format follows the extension (`.csv`, `.yaml`, `.yml`).
 pub fn load_tenants_file(path: &Path) -> Result<FleetInventory, FleetError> {
+    let mut tenants = Vec::new();
+    let mut places = Vec::new();
+    let source = read_tenants_file(path, |tenant, place| {
+        tenants.push(tenant);
+        places.push(place);
+        Ok(())
+    })?;
+    reject_duplicate_ids(&tenants, |tenant_idx| match places[tenant_idx] {
+        TenantPlace::Line(line) => (
+            format!("{}:{line}", path.display()),
+            places[tenant_idx].to_string(),
+        ),
+        TenantPlace::Entry(_) => (path.display().to_string(), places[tenant_idx].to_string()),
+    })?;
+    Ok(FleetInventory {
+        source,
+        tenants,
+        unavailable: Vec::new(),
+    })
+}
+
+/// Read a tenants file one tenant at a time, without keeping them: a 300,000-tenant fleet is
+/// planned without ever holding 300,000 [`Tenant`]s (their label maps alone would take hundreds
+/// of megabytes). Duplicate ids are the caller's to detect. Returns the source as recorded in
+/// plans (`file:<path>`).
+pub fn read_tenants_file(
+    path: &Path,
+    visit: impl FnMut(Tenant, TenantPlace) -> Result<(), FleetError>,
+) -> Result<String, FleetError> {
     let extension = path
         .extension()
         .map(|extension| extension.to_string_lossy().to_ascii_lowercase());
-    let tenants = match extension.as_deref() {
-        Some("csv") => load_csv(path)?,
-        Some("yaml" | "yml") => load_yaml(path)?,
+    match extension.as_deref() {
+        Some("csv") => read_csv(path, visit)?,
+        Some("yaml" | "yml") => read_yaml(path, visit)?,
         _ => {
             return Err(FleetError::UnknownFormat {
                 path: path.to_path_buf(),
             });
         }
-    };
-    Ok(FleetInventory {
-        source: format!("file:{}", path.display()),
-        tenants,
-        unavailable: Vec::new(),
-    })
+    }
+    Ok(format!("file:{}", path.display()))
 }
 
 fn invalid(path: &Path, line: Option<u64>, message: String) -> FleetError {
@@ -45,7 +86,10 @@ fn invalid(path: &Path, line: Option<u64>, message: String) -> FleetError {
     FleetError::Invalid { location, message }
 }
 
-fn load_csv(path: &Path) -> Result<Vec<Tenant>, FleetError> {
+fn read_csv(
+    path: &Path,
+    mut visit: impl FnMut(Tenant, TenantPlace) -> Result<(), FleetError>,
+) -> Result<(), FleetError> {
     let file = std::fs::File::open(path).map_err(|source| FleetError::Read {
         path: path.to_path_buf(),
         source,
@@ -87,8 +131,6 @@ fn load_csv(path: &Path) -> Result<Vec<Tenant>, FleetError> {
         ));
     };
 
-    let mut tenants = Vec::new();
-    let mut lines = Vec::new();
     let mut record = csv::StringRecord::new();
     loop {
         match reader.read_record(&mut record) {
@@ -110,21 +152,15 @@ fn load_csv(path: &Path) -> Result<Vec<Tenant>, FleetError> {
                 .map_err(|message| invalid(path, Some(line), format!("tenant {id}: {message}")))?,
             None => BTreeMap::new(),
         };
-        tenants.push(Tenant {
+        let tenant = Tenant {
             id: id.to_string(),
             name: field(name_column).unwrap_or(id).to_string(),
             region: field(region_column).map(str::to_string),
             labels,
-        });
-        lines.push(line);
+        };
+        visit(tenant, TenantPlace::Line(line))?;
     }
-    reject_duplicate_ids(&tenants, |tenant_idx| {
-        (
-            format!("{}:{}", path.display(), lines[tenant_idx]),
-            format!("line {}", lines[tenant_idx]),
-        )
-    })?;
-    Ok(tenants)
+    Ok(())
 }
 
 fn csv_error(path: &Path, error: &csv::Error) -> FleetError {
@@ -180,7 +216,10 @@ struct RawTenant {
     labels: BTreeMap<String, String>,
 }
 
-fn load_yaml(path: &Path) -> Result<Vec<Tenant>, FleetError> {
+fn read_yaml(
+    path: &Path,
+    mut visit: impl FnMut(Tenant, TenantPlace) -> Result<(), FleetError>,
+) -> Result<(), FleetError> {
     let text = std::fs::read_to_string(path).map_err(|source| FleetError::Read {
         path: path.to_path_buf(),
         source,
@@ -192,7 +231,6 @@ fn load_yaml(path: &Path) -> Result<Vec<Tenant>, FleetError> {
             message: format!("{message}; a tenants file is a list of {{id, name, region, labels}}"),
         }
     })?;
-    let mut tenants = Vec::with_capacity(raw_tenants.len());
     for (entry_idx, raw) in raw_tenants.into_iter().enumerate() {
         let id = raw.id.trim().to_string();
         if id.is_empty() {
@@ -201,7 +239,7 @@ fn load_yaml(path: &Path) -> Result<Vec<Tenant>, FleetError> {
                 message: format!("entry {}: empty tenant id", entry_idx + 1),
             });
         }
-        tenants.push(Tenant {
+        let tenant = Tenant {
             name: raw
                 .name
                 .filter(|name| !name.trim().is_empty())
@@ -209,15 +247,10 @@ fn load_yaml(path: &Path) -> Result<Vec<Tenant>, FleetError> {
             id,
             region: raw.region.filter(|region| !region.trim().is_empty()),
             labels: raw.labels,
-        });
+        };
+        visit(tenant, TenantPlace::Entry(entry_idx as u64 + 1))?;
     }
-    reject_duplicate_ids(&tenants, |tenant_idx| {
-        (
-            path.display().to_string(),
-            format!("entry {}", tenant_idx + 1),
-        )
-    })?;
-    Ok(tenants)
+    Ok(())
 }
 
 /// Fail on the first id given twice; `describe` says where the tenant at an index came from, as

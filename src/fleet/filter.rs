@@ -26,13 +26,34 @@ pub struct FilteredFleet {
     pub excluded: Vec<ExcludedTenant>,
 }
 
+/// [`FleetFilters`] ready to judge one tenant at a time.
+#[derive(Debug, Clone)]
+pub struct FleetFilter<'a> {
+    filters: &'a FleetFilters,
+    excluded_ids: HashSet<&'a str>,
+}
+
+impl<'a> FleetFilter<'a> {
+    pub fn new(filters: &'a FleetFilters) -> Self {
+        FleetFilter {
+            filters,
+            excluded_ids: filters.exclude.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// Why the filters exclude `tenant`, or `None` when they keep it.
+    pub fn exclusion_reason(&self, tenant: &Tenant) -> Option<String> {
+        exclusion_reason(tenant, self.filters, &self.excluded_ids)
+    }
+}
+
 /// Split `tenants` into those the filters keep and those they exclude (with the reason).
 pub fn apply_filters(tenants: Vec<Tenant>, filters: &FleetFilters) -> FilteredFleet {
-    let excluded_ids: HashSet<&str> = filters.exclude.iter().map(String::as_str).collect();
+    let filter = FleetFilter::new(filters);
     let mut kept = Vec::with_capacity(tenants.len());
     let mut excluded = Vec::new();
     for tenant in tenants {
-        match exclusion_reason(&tenant, filters, &excluded_ids) {
+        match filter.exclusion_reason(&tenant) {
             Some(reason) => excluded.push(ExcludedTenant {
                 id: tenant.id,
                 reason,

@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 
 pub mod file;
 pub mod filter;
+pub mod neon;
 
-pub use file::load_tenants_file;
-pub use filter::{FilteredFleet, FleetFilters, apply_filters};
+pub use file::{TenantPlace, load_tenants_file, read_tenants_file};
+pub use filter::{FilteredFleet, FleetFilter, FleetFilters, apply_filters};
 
 /// One tenant: a Neon project whose database the rollout migrates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +53,9 @@ pub enum FleetError {
     /// `path:line:column`.
     #[error("{location}: {message}")]
     Invalid { location: String, message: String },
-    #[error("Neon project discovery failed: {message}")]
-    Discovery { message: String },
+    #[error("cannot list the fleet's Neon projects")]
+    Discovery {
+        #[source]
+        source: Box<crate::neon::NeonError>,
+    },
 }

@@ -117,6 +117,19 @@ pub enum Event {
         wave: String,
         reason: String,
     },
+    /// Written before the create call: if the process dies before `branch_created`, a resume
+    /// finds the branch by this name and deletes it, so a crash cannot leak an unnamed branch.
+    BranchRequested {
+        tenant: String,
+        wave: String,
+        purpose: String,
+        branch_name: String,
+    },
+    /// A requested branch that a resume found absent, or deleted.
+    BranchAbandoned {
+        tenant: String,
+        branch_name: String,
+    },
     BranchCreated {
         tenant: String,
         wave: String,
@@ -183,6 +196,8 @@ impl Event {
             Event::TenantProbed { tenant, .. }
             | Event::UpToDate { tenant, .. }
             | Event::Diverged { tenant, .. }
+            | Event::BranchRequested { tenant, .. }
+            | Event::BranchAbandoned { tenant, .. }
             | Event::BranchCreated { tenant, .. }
             | Event::BranchDeleted { tenant, .. }
             | Event::Validated { tenant, .. }

@@ -77,6 +77,8 @@ pub struct TenantState {
     pub version_at_restore_point: Option<i32>,
     /// Branches created and not yet deleted: id -> (name, purpose).
     pub open_branches: BTreeMap<String, (String, String)>,
+    /// Branches requested whose creation was never confirmed: name -> purpose.
+    pub requested_branches: BTreeMap<String, String>,
     pub applied_versions: Vec<i32>,
     pub failure: Option<TenantFailure>,
     pub diverged_reason: Option<String>,
@@ -99,6 +101,7 @@ impl TenantState {
             restore_point_at: None,
             version_at_restore_point: None,
             open_branches: BTreeMap::new(),
+            requested_branches: BTreeMap::new(),
             applied_versions: Vec::new(),
             failure: None,
             diverged_reason: None,
@@ -224,6 +227,27 @@ impl JournalState {
                 state.phase = None;
                 state.diverged_reason = Some(reason.clone());
             }
+            Event::BranchRequested {
+                tenant,
+                wave,
+                purpose,
+                branch_name,
+            } => {
+                let state = self.tenant_mut(tenant, wave, &at);
+                state.status = TenantStatus::InFlight;
+                state
+                    .requested_branches
+                    .insert(branch_name.clone(), purpose.clone());
+            }
+            Event::BranchAbandoned {
+                tenant,
+                branch_name,
+            } => {
+                if let Some(state) = self.tenants.get_mut(tenant.as_str()) {
+                    state.requested_branches.remove(branch_name);
+                    state.updated_at = at;
+                }
+            }
             Event::BranchCreated {
                 tenant,
                 wave,
@@ -233,6 +257,7 @@ impl JournalState {
                 ..
             } => {
                 let state = self.tenant_mut(tenant, wave, &at);
+                state.requested_branches.remove(branch_name);
                 state.status = TenantStatus::InFlight;
                 state.phase = Some(if purpose == "validate" {
                     Phase::Validate
@@ -533,6 +558,37 @@ mod tests {
         assert_eq!(tenant.status, TenantStatus::Failed);
         assert!(tenant.restore_point.is_some());
         assert_eq!(tenant.applied_versions, vec![1]);
+    }
+
+    #[test]
+    fn a_requested_branch_is_remembered_until_created_or_abandoned() {
+        let mut records: Vec<Record> = tenant_event_sequence().into_iter().take(3).collect();
+        records.push(record(
+            4,
+            Event::BranchRequested {
+                tenant: "t1".into(),
+                wave: "canary".into(),
+                purpose: "validate".into(),
+                branch_name: "sf-validate".into(),
+            },
+        ));
+        let state = JournalState::replay(&records);
+        assert_eq!(
+            state.tenant("t1").map(|t| t.requested_branches.len()),
+            Some(1)
+        );
+        records.push(record(
+            5,
+            Event::BranchAbandoned {
+                tenant: "t1".into(),
+                branch_name: "sf-validate".into(),
+            },
+        ));
+        let state = JournalState::replay(&records);
+        assert_eq!(
+            state.tenant("t1").map(|t| t.requested_branches.len()),
+            Some(0)
+        );
     }
 
     #[test]

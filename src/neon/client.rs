@@ -252,6 +252,15 @@ impl NeonClient {
         })
     }
 
+    /// One cheap read that every healthy Neon API answers with 200 (`GET /projects?limit=1`):
+    /// a wrong base URL (404), an unreachable host or a rejected key shows up here, before
+    /// anything is written.
+    pub async fn check_access(&self) -> Result<(), NeonError> {
+        let call = ApiCall::new(Method::GET, &["projects"]).query("limit", "1");
+        let _page: ProjectsPage = self.fetch(&call).await?;
+        Ok(())
+    }
+
     /// Every project visible to the key, following all pages at up to 400 per page. Projects
     /// Neon reports as unavailable are fetched one by one; those that still fail are returned in
     /// [`ProjectListing::unavailable_project_ids`].

@@ -4,15 +4,13 @@
 //! **Invariant:** the same arguments give the same plan, field for field; the plan's tenants are
 //! exactly the fleet's tenants that the filters keep.
 
-use std::collections::HashMap;
-
+use super::collect::CollectedFleet;
 use super::id::compute_plan_id;
 use super::model::{
     FleetSummary, PLAN_FORMAT_VERSION, Plan, PlannedMigration, PlannedMigrations, PlannedPolicy,
     PlannedWave, VerifyFile,
 };
-use super::waves::{WaveSpec, assign_waves};
-use crate::fleet::{FleetInventory, Tenant, apply_filters};
+use super::waves::{WaveCandidate, WaveSpec, assign_waves};
 use crate::migrations::MigrationSet;
 use crate::policy::Policy;
 
@@ -98,16 +96,22 @@ pub enum PlanBuildError {
         n_tenants: usize,
         tenants: String,
     },
-    #[error("{fleet_source} lists tenant {id} twice; each Neon project must appear once")]
-    DuplicateTenant { fleet_source: String, id: String },
+    #[error(
+        "{location}: tenant id {id} is listed twice (first at {first_place}); each Neon project must appear once"
+    )]
+    DuplicateTenant {
+        location: String,
+        id: String,
+        first_place: String,
+    },
 }
 
-/// Build the plan. `inventory` is consumed: at 300,000 tenants its strings are most of the
-/// memory, and the plan keeps only the ids.
+/// Build the plan. `fleet` is consumed: at 300,000 tenants its ids are most of the memory, and
+/// they move into the plan's waves.
 pub fn build_plan(
     policy: &Policy,
     migrations: &MigrationSet,
-    inventory: FleetInventory,
+    fleet: CollectedFleet,
     paths: &PlanPaths,
     created_at: String,
 ) -> Result<Plan, PlanBuildError> {
@@ -116,41 +120,24 @@ pub fn build_plan(
             dir: migrations.dir.display().to_string(),
         });
     }
-    let FleetInventory {
-        source,
-        tenants,
-        unavailable,
-    } = inventory;
-    let n_discovered = tenants.len();
-    let filtered = apply_filters(tenants, &policy.fleet.filters);
-    let mut kept = filtered.kept;
-    let excluded = filtered.excluded;
-    if kept.is_empty() {
-        return Err(PlanBuildError::EmptyFleet {
-            fleet_source: source,
-            discovered: n_discovered,
-            excluded: excluded.len(),
-        });
-    }
-    kept.sort_unstable_by(|left, right| left.id.cmp(&right.id));
-    if let Some(pair) = kept.windows(2).find(|pair| pair[0].id == pair[1].id) {
-        return Err(PlanBuildError::DuplicateTenant {
-            fleet_source: source,
-            id: pair[0].id.clone(),
-        });
-    }
-
-    let named = resolve_named_tenants(policy, &kept, &excluded, &source)?;
+    let named = resolve_named_tenants(policy, &fleet)?;
     let specs: Vec<WaveSpec> = policy
         .waves
         .iter()
         .zip(named)
         .map(|(wave, named_tenants)| WaveSpec {
             percent: wave.percent,
-            match_rule: wave.match_rule.as_ref(),
             named_tenants,
         })
         .collect();
+    let CollectedFleet {
+        source,
+        n_discovered,
+        tenants: mut kept,
+        excluded,
+        unavailable,
+        ..
+    } = fleet;
     let wave_members = assign_waves(&kept, &specs, &policy.salt).map_err(|unassigned| {
         let n_tenants = unassigned.tenant_idxs.len();
         let listed: Vec<&str> = unassigned
@@ -244,77 +231,59 @@ fn duration_ms(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// For each wave, the indexes into `kept` of the tenants the policy names (by id or by name).
+/// For each wave, the indexes into the fleet's tenants of those the policy names (by id or by
+/// name).
 fn resolve_named_tenants(
     policy: &Policy,
-    kept: &[Tenant],
-    excluded: &[crate::plan::model::ExcludedTenant],
-    source: &str,
+    fleet: &CollectedFleet,
 ) -> Result<Vec<Vec<usize>>, PlanBuildError> {
-    let mut tenants_by_name: Option<HashMap<&str, Vec<usize>>> = None;
-    let mut named = Vec::with_capacity(policy.waves.len());
+    let mut named: Vec<Vec<usize>> = Vec::with_capacity(policy.waves.len());
     for (wave_idx, wave) in policy.waves.iter().enumerate() {
         let mut wave_named = Vec::with_capacity(wave.tenants.len());
         for reference in &wave.tenants {
             let location = || policy.named_tenant_location(wave_idx, reference);
-            let by_id = kept
-                .binary_search_by(|tenant| tenant.id.as_str().cmp(reference))
-                .ok();
-            let tenant_idx = match by_id {
+            let tenant_idx = match fleet.position_of_id(reference) {
                 Some(tenant_idx) => tenant_idx,
-                None => {
-                    let by_name = tenants_by_name.get_or_insert_with(|| {
-                        let mut map: HashMap<&str, Vec<usize>> = HashMap::new();
-                        for (tenant_idx, tenant) in kept.iter().enumerate() {
-                            map.entry(tenant.name.as_str())
-                                .or_default()
-                                .push(tenant_idx);
-                        }
-                        map
-                    });
-                    match by_name.get(reference.as_str()).map(Vec::as_slice) {
-                        Some([tenant_idx]) => *tenant_idx,
-                        Some(several) => {
-                            return Err(PlanBuildError::AmbiguousNamedTenant {
+                None => match fleet.ids_named(reference) {
+                    [tenant_id] => fleet
+                        .position_of_id(tenant_id)
+                        .expect("invariant: ids_named only returns ids of kept tenants"),
+                    [] => {
+                        if let Some(reason) = fleet.exclusion_of_reference(reference) {
+                            return Err(PlanBuildError::NamedTenantExcluded {
                                 location: location(),
                                 wave: wave.name.clone(),
                                 tenant: reference.clone(),
-                                ids: several
-                                    .iter()
-                                    .map(|&tenant_idx| kept[tenant_idx].id.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", "),
+                                reason: reason.to_string(),
                             });
                         }
-                        None => {
-                            if let Some(excluded) =
-                                excluded.iter().find(|excluded| &excluded.id == reference)
-                            {
-                                return Err(PlanBuildError::NamedTenantExcluded {
-                                    location: location(),
-                                    wave: wave.name.clone(),
-                                    tenant: reference.clone(),
-                                    reason: excluded.reason.clone(),
-                                });
-                            }
-                            return Err(PlanBuildError::UnknownNamedTenant {
-                                location: location(),
-                                wave: wave.name.clone(),
-                                tenant: reference.clone(),
-                                fleet_source: source.to_string(),
-                            });
-                        }
+                        return Err(PlanBuildError::UnknownNamedTenant {
+                            location: location(),
+                            wave: wave.name.clone(),
+                            tenant: reference.clone(),
+                            fleet_source: fleet.source.clone(),
+                        });
                     }
-                }
+                    several => {
+                        return Err(PlanBuildError::AmbiguousNamedTenant {
+                            location: location(),
+                            wave: wave.name.clone(),
+                            tenant: reference.clone(),
+                            ids: several.join(", "),
+                        });
+                    }
+                },
             };
-            if let Some(rule) = &wave.match_rule
-                && !rule.matches(&kept[tenant_idx])
-            {
+            if !fleet.tenants[tenant_idx].accepted_by(wave_idx) {
                 return Err(PlanBuildError::NamedTenantRejected {
                     location: location(),
                     wave: wave.name.clone(),
                     tenant: reference.clone(),
-                    rule: rule.to_string(),
+                    rule: wave
+                        .match_rule
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
                 });
             }
             // The policy rejects a name given twice, but an id and its project's name can
@@ -322,13 +291,13 @@ fn resolve_named_tenants(
             if named
                 .iter()
                 .chain(std::iter::once(&wave_named))
-                .any(|members: &Vec<usize>| members.contains(&tenant_idx))
+                .any(|members| members.contains(&tenant_idx))
             {
                 return Err(PlanBuildError::NamedTwice {
                     location: location(),
                     wave: wave.name.clone(),
                     tenant: reference.clone(),
-                    id: kept[tenant_idx].id.clone(),
+                    id: fleet.tenants[tenant_idx].id.clone(),
                 });
             }
             wave_named.push(tenant_idx);
@@ -344,6 +313,7 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
+    use crate::fleet::{FleetInventory, Tenant};
     use crate::migrations::Migration;
     use crate::policy;
 
@@ -393,7 +363,7 @@ waves:
                 .map(|number| Tenant {
                     id: format!("p-{number:04}"),
                     name: format!("tenant-{number:04}"),
-                    region: Some(if number % 2 == 0 { "eu" } else { "us" }.into()),
+                    region: Some(if number.is_multiple_of(2) { "eu" } else { "us" }.into()),
                     labels: BTreeMap::new(),
                 })
                 .collect(),
@@ -410,14 +380,11 @@ waves:
     }
 
     fn build(text: &str, n_tenants: usize, created_at: &str) -> Result<Plan, String> {
-        build_plan(
-            &policy(text),
-            &migrations(),
-            inventory(n_tenants),
-            &paths(),
-            created_at.into(),
-        )
-        .map_err(|error| error.to_string())
+        let policy = policy(text);
+        let fleet = crate::plan::collect::collect_inventory(&policy, inventory(n_tenants))
+            .map_err(|error| error.to_string())?;
+        build_plan(&policy, &migrations(), fleet, &paths(), created_at.into())
+            .map_err(|error| error.to_string())
     }
 
     #[test]
@@ -449,7 +416,7 @@ waves:
         let eu = plan.wave("eu").unwrap();
         assert!(eu.tenants.iter().all(|id| {
             let number: usize = id[2..].parse().unwrap();
-            number % 2 == 0
+            number.is_multiple_of(2)
         }));
         assert_eq!(plan.migrations.items[0].checksum, "42");
     }

@@ -1,15 +1,17 @@
 //! Plans: the wave assignment (pure), the plan file, and the pipeline that writes it.
 //!
-//! Layout: [`model`] is the file format; [`waves`] assigns tenants to waves; [`build`] turns a
+//! Layout: [`model`] is the file format; [`collect`] reduces the fleet to what planning needs;
+//! [`waves`] assigns tenants to waves; [`build`] turns a
 //! policy, migrations and a fleet into a [`model::Plan`]; [`id`] digests it; [`file`] reads and
 //! writes it; [`check`] compares it with the migrations on disk; [`summary`] describes it;
 //! [`pipeline`] strings these together for `schemafleet plan`.
 //!
-//! **Invariant:** `waves`, `build`, `id`, `check` and `summary` do no I/O; only `file` and
+//! **Invariant:** `collect`, `waves`, `build`, `id`, `check` and `summary` do no I/O; only `file` and
 //! `pipeline` touch the filesystem.
 
 pub mod build;
 pub mod check;
+pub mod collect;
 pub mod file;
 pub mod id;
 pub mod model;
@@ -23,6 +25,19 @@ pub use id::compute_plan_id;
 pub use pipeline::{PlanOutcome, PlanningError, plan_from_tenants_file};
 
 use model::{Plan, Validation};
+
+/// The plan's migrations as the history comparison wants them.
+pub fn planned_versions(plan: &Plan) -> Vec<crate::pg::PlannedVersion> {
+    plan.migrations
+        .items
+        .iter()
+        .map(|item| crate::pg::PlannedVersion {
+            version: item.version,
+            name: item.name.clone(),
+            checksum: item.checksum.clone(),
+        })
+        .collect()
+}
 
 /// Whether `apply` validates `tenant_id` on a branch under this plan's validation mode.
 ///

@@ -6,12 +6,15 @@
 use std::path::{Path, PathBuf};
 
 use super::build::{PlanBuildError, PlanPaths, build_plan};
+use super::collect::{CollectedFleet, FleetCollector, collect_inventory};
 use super::file::{PlanWriteError, relative_path, write_plan};
 use super::model::Plan;
 use super::summary::{PlanSummary, summarize};
-use crate::fleet::{FleetError, FleetInventory, load_tenants_file};
+use crate::fleet::{FleetError, read_tenants_file};
 use crate::migrations::{self, MigrationError, MigrationSet};
+use crate::neon::{ClientConfig, NeonClient};
 use crate::policy::{self, FleetSource, Policy, PolicyError};
+use crate::secret::SecretString;
 
 /// The rate limit assumed for estimates when neither the policy nor the command line gives one.
 pub const DEFAULT_API_RATE_LIMIT_PER_MIN: u32 = 600;
@@ -37,7 +40,7 @@ pub enum PlanningError {
     Build(#[from] PlanBuildError),
     #[error(transparent)]
     Write(#[from] PlanWriteError),
-    #[error("{}: the fleet comes from the Neon API (`fleet.source: neon`); pass --tenants FILE to plan from a tenants file instead, or set NEON_API_KEY", policy.display())]
+    #[error("{}: the fleet comes from the Neon API (`fleet.source: neon`); set NEON_API_KEY (and NEON_API_URL for a Neon-compatible endpoint), or pass --tenants FILE to plan from a tenants file", policy.display())]
     NeedsNeonAccess { policy: PathBuf },
     #[error("cannot write the plan to {}: the directory {} does not exist; create it or pass another --out", plan.display(), dir.display())]
     MissingOutDir { plan: PathBuf, dir: PathBuf },
@@ -68,21 +71,59 @@ pub fn default_plan_path(policy_path: &Path) -> PathBuf {
     let stem = policy_path
         .file_stem()
         .map_or_else(|| "rollout".into(), |stem| stem.to_string_lossy());
-    policy::parent_dir(policy_path).join(format!("{stem}.plan.yaml"))
+    let file_name = format!("{stem}.plan.yaml");
+    match policy_path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.join(file_name),
+        _ => PathBuf::from(file_name),
+    }
 }
 
-/// The fleet from a tenants file: `tenants_file` if given, else the policy's `fleet.file`.
-pub fn file_inventory(
+/// How to reach the Neon API for `fleet.source: neon`.
+#[derive(Debug, Clone)]
+pub struct NeonAccess {
+    pub api_url: String,
+    pub api_key: SecretString,
+    pub rate_limit_per_min: u32,
+}
+
+/// The fleet for planning: `tenants_file` if given, else the policy's source (the Neon API
+/// through `neon`, or `fleet.file`).
+pub async fn collect_fleet(
     policy: &Policy,
     tenants_file: Option<&Path>,
-) -> Result<FleetInventory, PlanningError> {
-    match (tenants_file, &policy.fleet.source) {
-        (Some(path), _) => Ok(load_tenants_file(path)?),
-        (None, FleetSource::File { path }) => Ok(load_tenants_file(path)?),
-        (None, FleetSource::Neon { .. }) => Err(PlanningError::NeedsNeonAccess {
+    neon: Option<&NeonAccess>,
+) -> Result<CollectedFleet, PlanningError> {
+    let org_id = match (tenants_file, &policy.fleet.source) {
+        (Some(path), _) => return collect_tenants_file(policy, path),
+        (None, FleetSource::File { path }) => return collect_tenants_file(policy, path),
+        (None, FleetSource::Neon { org_id }) => org_id,
+    };
+    let Some(neon) = neon else {
+        return Err(PlanningError::NeedsNeonAccess {
             policy: policy.path.clone(),
-        }),
-    }
+        });
+    };
+    let client = NeonClient::new(ClientConfig::new(
+        neon.api_url.clone(),
+        neon.api_key.clone(),
+        neon.rate_limit_per_min,
+    ))
+    .map_err(|source| FleetError::Discovery {
+        source: Box::new(source),
+    })?;
+    let name_prefix = policy.fleet.filters.name_prefix.as_deref();
+    let inventory = crate::fleet::neon::discover(&client, org_id.as_deref(), name_prefix).await?;
+    Ok(collect_inventory(policy, inventory)?)
+}
+
+/// The fleet for planning from a tenants file, streamed (see [`super::collect`]).
+pub fn collect_tenants_file(policy: &Policy, path: &Path) -> Result<CollectedFleet, PlanningError> {
+    let mut collector = FleetCollector::new(policy, format!("file:{}", path.display()));
+    read_tenants_file(path, |tenant, place| {
+        collector.add(tenant, Some(place));
+        Ok(())
+    })?;
+    Ok(collector.finish(Vec::new())?)
 }
 
 /// Plan from a tenants file (or the policy's `fleet.file`) and write the plan: the whole
@@ -94,15 +135,23 @@ pub fn plan_from_tenants_file(
     out: Option<&Path>,
 ) -> Result<PlanOutcome, PlanningError> {
     let inputs = read_inputs(policy_path, migrations_dir)?;
-    let inventory = file_inventory(&inputs.policy, tenants_file)?;
-    write_planned(&inputs, inventory, out, DEFAULT_API_RATE_LIMIT_PER_MIN)
+    let fleet = match (tenants_file, &inputs.policy.fleet.source) {
+        (Some(path), _) => collect_tenants_file(&inputs.policy, path)?,
+        (None, FleetSource::File { path }) => collect_tenants_file(&inputs.policy, path)?,
+        (None, FleetSource::Neon { .. }) => {
+            return Err(PlanningError::NeedsNeonAccess {
+                policy: inputs.policy.path.clone(),
+            });
+        }
+    };
+    write_planned(&inputs, fleet, out, DEFAULT_API_RATE_LIMIT_PER_MIN)
 }
 
 /// Build the plan from a fleet, write it to `out` (default: [`default_plan_path`]) and
 /// summarize it. `cli_rate_limit_per_min` is used for estimates unless the policy sets one.
 pub fn write_planned(
     inputs: &PlanInputs,
-    inventory: FleetInventory,
+    fleet: CollectedFleet,
     out: Option<&Path>,
     cli_rate_limit_per_min: u32,
 ) -> Result<PlanOutcome, PlanningError> {
@@ -132,7 +181,7 @@ pub fn write_planned(
             .map(|verify| relative_to_plan(&verify.path))
             .transpose()?,
     };
-    let plan = build_plan(policy, &inputs.migrations, inventory, &paths, now_rfc3339())?;
+    let plan = build_plan(policy, &inputs.migrations, fleet, &paths, now_rfc3339())?;
     write_plan(&plan_path, &plan)?;
     let rate_limit = policy
         .api_rate_limit_per_min

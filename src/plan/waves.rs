@@ -11,22 +11,25 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::fleet::Tenant;
-use crate::policy::WaveMatch;
-
 /// Hash domain for wave positions; validation sampling uses another so the two are independent.
 const WAVE_DOMAIN: &str = "wave";
 /// Hash domain for [`Validation::SamplePercent`](crate::plan::model::Validation::SamplePercent).
 pub const VALIDATION_SAMPLE_DOMAIN: &str = "validation-sample";
 
-/// One wave's assignment rules.
-#[derive(Debug, Clone)]
-pub struct WaveSpec<'a> {
+/// One wave's assignment rules (its `match`, if any, is answered by [`WaveCandidate`]).
+#[derive(Debug, Clone, Default)]
+pub struct WaveSpec {
     /// Cumulative share (0..=100) of the fleet reached by the end of this wave.
     pub percent: Option<f64>,
-    pub match_rule: Option<&'a WaveMatch>,
     /// Indexes (into the tenants slice) of the tenants the policy names for this wave.
     pub named_tenants: Vec<usize>,
+}
+
+/// What wave assignment needs to know of a tenant.
+pub trait WaveCandidate {
+    fn id(&self) -> &str;
+    /// Whether wave `wave_idx`'s `match` (if it has one) accepts this tenant.
+    fn accepted_by(&self, wave_idx: usize) -> bool;
 }
 
 /// Tenants no wave accepts (their position falls past every percent, or every wave from their
@@ -59,9 +62,9 @@ pub fn wave_position(salt: &str, tenant_id: &str) -> f64 {
 /// Assign every tenant to one wave; returns, per wave, tenant indexes sorted by tenant id.
 ///
 /// Named tenants must be distinct across waves (the policy checks it).
-pub fn assign_waves(
-    tenants: &[Tenant],
-    specs: &[WaveSpec<'_>],
+pub fn assign_waves<T: WaveCandidate>(
+    tenants: &[T],
+    specs: &[WaveSpec],
     salt: &str,
 ) -> Result<Vec<Vec<usize>>, Unassigned> {
     let mut wave_members: Vec<Vec<usize>> = vec![Vec::new(); specs.len()];
@@ -88,16 +91,12 @@ pub fn assign_waves(
         if is_named[tenant_idx] {
             continue;
         }
-        let position = wave_position(salt, &tenant.id);
+        let position = wave_position(salt, tenant.id());
         let natural_wave = cumulative_fraction
             .iter()
             .position(|&fraction| position < fraction);
         let accepting_wave = natural_wave.and_then(|first_idx| {
-            (first_idx..specs.len()).find(|&wave_idx| {
-                specs[wave_idx]
-                    .match_rule
-                    .is_none_or(|match_rule| match_rule.matches(tenant))
-            })
+            (first_idx..specs.len()).find(|&wave_idx| tenant.accepted_by(wave_idx))
         });
         match accepting_wave {
             Some(wave_idx) => wave_members[wave_idx].push(tenant_idx),
@@ -105,32 +104,64 @@ pub fn assign_waves(
         }
     }
     if !unassigned.is_empty() {
-        unassigned.sort_by(|&left, &right| tenants[left].id.cmp(&tenants[right].id));
+        unassigned.sort_by(|&left, &right| tenants[left].id().cmp(tenants[right].id()));
         return Err(Unassigned {
             tenant_idxs: unassigned,
         });
     }
     for members in &mut wave_members {
-        members.sort_unstable_by(|&left, &right| tenants[left].id.cmp(&tenants[right].id));
+        members.sort_unstable_by(|&left, &right| tenants[left].id().cmp(tenants[right].id()));
     }
     Ok(wave_members)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::HashMap;
 
     use proptest::prelude::*;
 
     use super::*;
 
+    /// A tenant with a region; waves may accept only one region.
+    #[derive(Debug, Clone)]
+    struct Tenant {
+        id: String,
+        region: String,
+        /// Per wave, the region it is restricted to.
+        wave_regions: Vec<Option<&'static str>>,
+    }
+
+    impl WaveCandidate for Tenant {
+        fn id(&self) -> &str {
+            &self.id
+        }
+        fn accepted_by(&self, wave_idx: usize) -> bool {
+            self.wave_regions
+                .get(wave_idx)
+                .copied()
+                .flatten()
+                .is_none_or(|region| region == self.region)
+        }
+    }
+
     fn tenant(id: &str, region: &str) -> Tenant {
         Tenant {
             id: id.to_string(),
-            name: id.to_string(),
-            region: Some(region.to_string()),
-            labels: BTreeMap::new(),
+            region: region.to_string(),
+            wave_regions: Vec::new(),
         }
+    }
+
+    /// Restrict waves to regions (by index) for every tenant.
+    fn restrict(tenants: &[Tenant], wave_regions: &[Option<&'static str>]) -> Vec<Tenant> {
+        tenants
+            .iter()
+            .map(|tenant| Tenant {
+                wave_regions: wave_regions.to_vec(),
+                ..tenant.clone()
+            })
+            .collect()
     }
 
     fn fleet(n_tenants: usize) -> Vec<Tenant> {
@@ -142,10 +173,9 @@ mod tests {
             .collect()
     }
 
-    fn spec(percent: Option<f64>) -> WaveSpec<'static> {
+    fn spec(percent: Option<f64>) -> WaveSpec {
         WaveSpec {
             percent,
-            match_rule: None,
             named_tenants: Vec::new(),
         }
     }
@@ -173,8 +203,9 @@ mod tests {
     fn edge_sizes() {
         let specs = [spec(Some(1.0)), spec(Some(25.0)), spec(Some(100.0))];
         // No tenants: every wave empty.
+        let no_tenants: &[Tenant] = &[];
         assert_eq!(
-            assign_waves(&[], &specs, "s").unwrap(),
+            assign_waves(no_tenants, &specs, "s").unwrap(),
             vec![Vec::<usize>::new(); 3]
         );
         // One and two tenants: each in exactly one wave.
@@ -209,7 +240,6 @@ mod tests {
         let specs = [
             WaveSpec {
                 percent: Some(0.0),
-                match_rule: None,
                 named_tenants: vec![7, 3],
             },
             spec(Some(100.0)),
@@ -222,35 +252,16 @@ mod tests {
 
     #[test]
     fn match_restricted_waves_pass_tenants_on() {
-        let tenants = fleet(300);
-        let eu = WaveMatch {
-            region: Some("eu".into()),
-            label: None,
-        };
-        let specs = [
-            WaveSpec {
-                percent: Some(100.0),
-                match_rule: Some(&eu),
-                named_tenants: Vec::new(),
-            },
-            spec(None),
-        ];
+        let tenants = restrict(&fleet(300), &[Some("eu"), None]);
+        let specs = [spec(Some(100.0)), spec(None)];
         let waves = assign_waves(&tenants, &specs, "s").unwrap();
         assert_eq!(waves[0].len(), 100);
-        assert!(
-            waves[0]
-                .iter()
-                .all(|&idx| tenants[idx].region.as_deref() == Some("eu"))
-        );
+        assert!(waves[0].iter().all(|&idx| tenants[idx].region == "eu"));
         assert_eq!(waves[1].len(), 200);
 
         // When no wave after a rejecting one accepts, the tenants are named, sorted by id.
-        let only_eu = [WaveSpec {
-            percent: Some(100.0),
-            match_rule: Some(&eu),
-            named_tenants: Vec::new(),
-        }];
-        let unassigned = assign_waves(&tenants[..4], &only_eu, "s").unwrap_err();
+        let only_eu = restrict(&fleet(4), &[Some("eu")]);
+        let unassigned = assign_waves(&only_eu, &[spec(Some(100.0))], "s").unwrap_err();
         assert_eq!(unassigned.tenant_idxs, vec![1, 2]);
         // No wave reaching 100%: the tenants past the highest percent are unassigned.
         let unassigned = assign_waves(&tenants, &[spec(Some(50.0))], "s").unwrap_err();
@@ -327,11 +338,13 @@ mod tests {
             percents in percents_strategy(),
             with_match in any::<bool>(),
         ) {
-            let eu = WaveMatch { region: Some("eu".into()), label: None };
-            let mut specs: Vec<WaveSpec> = percents.iter().map(|&p| spec(Some(p))).collect();
+            let specs: Vec<WaveSpec> = percents.iter().map(|&p| spec(Some(p))).collect();
+            let mut wave_regions: Vec<Option<&'static str>> = vec![None; specs.len()];
             if with_match && specs.len() > 1 {
-                specs[0].match_rule = Some(&eu);
+                wave_regions[0] = Some("eu");
             }
+            let tenants = restrict(&tenants, &wave_regions);
+            let extra = restrict(&extra, &wave_regions);
             let wave_of = |fleet: &[Tenant]| -> HashMap<String, usize> {
                 let waves = assign_waves(fleet, &specs, "grow").unwrap();
                 waves.iter().enumerate().flat_map(|(wave_idx, members)| {

@@ -22,6 +22,8 @@ mod raw;
 use locate::{FilePosition, SourcePosition, find_in_section, find_in_wave, find_top_level_key};
 use raw::{RawFleetSource, RawPolicy, RawValidation};
 
+/// Planning keeps one bit per wave for `match` results.
+pub const MAX_WAVES: usize = 64;
 const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(600);
 const DEFAULT_BRANCH_TTL: Duration = Duration::from_secs(2 * 3600);
@@ -278,6 +280,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
             find_top_level_key(text, "waves"),
             "waves: at least one wave is needed, e.g. `- {name: all, percent: 100, concurrency: 8}`"
                 .to_string(),
+        ));
+    }
+    if raw.waves.len() > MAX_WAVES {
+        return Err(invalid(
+            find_in_wave(text, MAX_WAVES, "name:"),
+            format!(
+                "waves: {} waves, at most {MAX_WAVES} are supported; merge some",
+                raw.waves.len()
+            ),
         ));
     }
     let mut waves: Vec<WavePolicy> = Vec::with_capacity(raw.waves.len());

@@ -66,8 +66,12 @@ fn normalise(message: &str, tenant: &str) -> String {
     let message = message.replace(tenant, "<tenant>");
     let mut out = String::with_capacity(message.len());
     let mut chars = message.chars().peekable();
+    let mut previous: Option<char> = None;
     while let Some(character) = chars.next() {
-        if character.is_ascii_digit() {
+        // Digits glued to a letter are names (`V2`, `e2e`), not per-tenant values.
+        let glued_to_word = previous.is_some_and(|previous| previous.is_ascii_alphabetic());
+        previous = Some(character);
+        if character.is_ascii_digit() && !glued_to_word {
             while chars.peek().is_some_and(|next| next.is_ascii_hexdigit()) {
                 chars.next();
             }
@@ -104,9 +108,9 @@ fn next_step(
             "main is partly migrated (see applied versions); `schemafleet rollback {plan_path} --failed` restores it, or fix the cause and run `{retry}`"
         ),
         ("apply", _) => format!("main was not changed; fix the cause and run `{retry}`"),
-        ("probe", _) if cause.contains("not found") => format!(
-            "the project is gone or renamed since planning; re-run `schemafleet plan` to refresh the fleet, or ignore these tenants"
-        ),
+        ("probe", _) if cause.contains("not found") => {
+            "the project is gone or renamed since planning; re-run `schemafleet plan` to refresh the fleet, or ignore these tenants".to_string()
+        }
         ("probe", _) => format!(
             "could not read the tenant's history; check its compute and network, then run `{retry}`"
         ),

@@ -20,13 +20,13 @@ pub fn summary_text(summary: &Summary, groups: &[FailureGroup]) -> String {
         .clamp(5, 14);
     let _ = writeln!(
         out,
-        "{:<name_width$} {:<8} {:>7} {:>7} {:>7} {:>6} {:>6} {:>7}",
+        "{:<name_width$} {:<11} {:>7} {:>7} {:>7} {:>6} {:>6} {:>7}",
         "wave", "status", "tenants", "applied", "current", "failed", "diverg", "skipped"
     );
     let line = |out: &mut String, name: &str, status: &str, counts: &super::Counts| {
         let _ = writeln!(
             out,
-            "{:<name_width$} {:<8} {:>7} {:>7} {:>7} {:>6} {:>6} {:>7}",
+            "{:<name_width$} {:<11} {:>7} {:>7} {:>7} {:>6} {:>6} {:>7}",
             truncate(name, name_width),
             status,
             counts.tenants,

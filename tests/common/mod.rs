@@ -150,3 +150,94 @@ pub async fn dump_tables(client: &tokio_postgres::Client) -> Vec<(String, Vec<St
     }
     dump
 }
+
+/// Neon's official OpenAPI document, used to check response bodies against the schema each
+/// operation declares.
+pub struct Spec {
+    document: Value,
+    validators:
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<jsonschema::Validator>>>,
+}
+
+impl Spec {
+    /// `None` (with a visible message) when the spec file is absent outside CI; a panic in CI.
+    pub fn load() -> Option<Spec> {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/neon-openapi-v2.json");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Some(Spec {
+                document: serde_json::from_str(&text).expect("the spec is JSON"),
+                validators: Default::default(),
+            }),
+            Err(error) => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "the Neon OpenAPI spec {} is required in CI: {error}",
+                    path.display()
+                );
+                eprintln!(
+                    "SKIPPED: spec validation needs {} ({error})",
+                    path.display()
+                );
+                None
+            }
+        }
+    }
+
+    /// Assert that `answer` matches the schema `path`/`method` declares for its status (or the
+    /// `default` response).
+    pub fn check(&self, method: &str, path: &str, answer: &Answer) {
+        let operation = &self.document["paths"][path][method];
+        assert!(operation.is_object(), "the spec has no {method} {path}");
+        let responses = &operation["responses"];
+        let status = answer.status.to_string();
+        let mut response = if responses[&status].is_object() {
+            &responses[&status]
+        } else {
+            &responses["default"]
+        };
+        if let Some(reference) = response["$ref"].as_str() {
+            let name = reference.rsplit('/').next().expect("a named response");
+            response = &self.document["components"]["responses"][name];
+        }
+        let schema = &response["content"]["application/json"]["schema"];
+        if schema.is_null() {
+            assert!(
+                answer.text.is_empty(),
+                "{method} {path} {status} declares no body, got {}",
+                answer.text
+            );
+            return;
+        }
+        let key = format!("{method} {path} {status}");
+        let validator = {
+            let mut validators = self.validators.lock().unwrap();
+            validators
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    let wrapped = serde_json::json!({
+                        "allOf": [schema],
+                        "components": self.document["components"],
+                    });
+                    std::sync::Arc::new(
+                        jsonschema::options()
+                            .with_draft(jsonschema::Draft::Draft4)
+                            .should_validate_formats(true)
+                            .build(&wrapped)
+                            .unwrap_or_else(|error| panic!("schema for {key}: {error}")),
+                    )
+                })
+                .clone()
+        };
+        let errors: Vec<String> = validator
+            .iter_errors(&answer.body)
+            .map(|error| format!("{} at {}", error, error.instance_path))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{key} does not match the spec:\n{}\nbody: {}",
+            errors.join("\n"),
+            answer.text
+        );
+    }
+}

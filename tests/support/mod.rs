@@ -60,7 +60,7 @@ impl TestFleet {
 
     /// Run the binary with this fleet's API environment.
     pub fn run(&self, args: &[&str]) -> Output {
-        let output = Command::new(env!("CARGO_BIN_EXE_schemafleet"))
+        Command::new(env!("CARGO_BIN_EXE_schemafleet"))
             .args(args)
             .current_dir(self.dir.path())
             .env("NEON_API_URL", self.fleet.api_url())
@@ -69,8 +69,7 @@ impl TestFleet {
             .env("SCHEMAFLEET_API_RATE_LIMIT", "100000")
             .env("SCHEMAFLEET_NO_PROGRESS", "1")
             .output()
-            .expect("the binary runs");
-        output
+            .expect("the binary runs")
     }
 
     /// `plan` with the repository's migrations; panics with the output when it fails.

@@ -1,0 +1,208 @@
+//! Rollback by branch restore, and `status`, end to end against the local fleet.
+
+mod support;
+
+use schemafleet::neon::{ClientConfig, NeonClient};
+use schemafleet::secret::SecretString;
+use support::{
+    TestFleet, add_legacy_status, connect, fingerprint, history, json, repo_migrations, text,
+};
+
+fn client(fleet: &TestFleet) -> NeonClient {
+    let mut config = ClientConfig::new(
+        fleet.fleet.api_url(),
+        SecretString::new(fleet.fleet.api_key().expose()),
+        100_000,
+    );
+    config.poll_interval = std::time::Duration::from_millis(20);
+    NeonClient::new(config).expect("a client")
+}
+
+/// A wave is applied, the application writes to main afterwards, `rollback --wave` brings every
+/// tenant's schema and data back exactly to the pre-migration state, the post-migration state
+/// with the later rows is kept under the preserved branch, and a later `apply` migrates again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_of_a_wave_restores_exactly_and_keeps_the_newer_state() {
+    let fleet = TestFleet::start(4).await;
+    let mut before = std::collections::HashMap::new();
+    for tenant in &fleet.tenants {
+        before.insert(
+            tenant.project_id.clone(),
+            fingerprint(tenant.connection_uri.expose()).await,
+        );
+    }
+    fleet.write_policy(
+        "validation: branch\nrestore_point: branch_point\nlock_timeout: 2s\nstatement_timeout: 1m\nbranch_ttl: 1h\nsalt: test\nwaves:\n  - name: all\n    percent: 100\n    concurrency: 4\n",
+    );
+    let plan = fleet.plan(&repo_migrations());
+    let plan_arg = plan.to_str().expect("utf-8");
+    let output = fleet.run(&["apply", plan_arg]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+
+    // The application keeps writing after the migration, using the new column.
+    for tenant in &fleet.tenants {
+        let client = connect(tenant.connection_uri.expose()).await;
+        client
+            .batch_execute("INSERT INTO accounts (email, plan) VALUES ('late@example.com', 'pro')")
+            .await
+            .expect("a write after the migration");
+        assert_eq!(history(tenant.connection_uri.expose()).await.len(), 4);
+    }
+    let mut after_writes = std::collections::HashMap::new();
+    for tenant in &fleet.tenants {
+        after_writes.insert(
+            tenant.project_id.clone(),
+            fingerprint(tenant.connection_uri.expose()).await,
+        );
+    }
+
+    // A dry run says what it would do and changes nothing.
+    let output = fleet.run(&["rollback", plan_arg, "--wave", "all", "--dry-run"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(stdout.matches("/restore").count(), 4, "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("writes since then move to branch"),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(
+        history(fleet.tenants[0].connection_uri.expose())
+            .await
+            .len(),
+        4,
+        "dry run changed nothing"
+    );
+
+    // Without --yes and without a terminal it refuses.
+    let output = fleet.run(&["rollback", plan_arg, "--wave", "all"]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--yes"),
+        "{}",
+        text(&output)
+    );
+
+    let output = fleet.run(&["rollback", plan_arg, "--wave", "all", "--yes"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+
+    let neon = client(&fleet);
+    for tenant in &fleet.tenants {
+        let restored = fingerprint(tenant.connection_uri.expose()).await;
+        assert_eq!(
+            restored, before[&tenant.project_id],
+            "{}: main is not back to its pre-migration state",
+            tenant.name
+        );
+        assert!(history(tenant.connection_uri.expose()).await.is_empty());
+        let branches = neon
+            .list_branches(&tenant.project_id)
+            .await
+            .expect("branches");
+        let preserved = branches
+            .iter()
+            .find(|branch| branch.name.starts_with("pre-rollback-"))
+            .unwrap_or_else(|| panic!("{}: no preserved branch among {branches:?}", tenant.name));
+        let preserved_uri = fleet
+            .fleet
+            .branch_connection_uri(&tenant.project_id, &preserved.id)
+            .expect("the preserved branch has a database");
+        assert_eq!(
+            fingerprint(preserved_uri.expose()).await,
+            after_writes[&tenant.project_id],
+            "{}: the preserved branch must hold the post-migration state with the later rows",
+            tenant.name
+        );
+    }
+
+    let output = fleet.run(&["status", plan_arg, "--output", "json"]);
+    let status = json(&output);
+    assert_eq!(status["totals"]["rolled_back"], 4, "{status:#}");
+
+    // Rolled back tenants are migrated again by a later apply.
+    let output = fleet.run(&["apply", plan_arg, "--output", "json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(json(&output)["totals"]["applied"], 4);
+    for tenant in &fleet.tenants {
+        assert_eq!(
+            history(tenant.connection_uri.expose()).await.len(),
+            4,
+            "{}",
+            tenant.name
+        );
+    }
+    fleet.fleet.stop().await.expect("stop");
+}
+
+/// `status` reads a journal from a real run with failures and a halted wave, with no API access.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_a_halted_run_from_the_journal_alone() {
+    let fleet = TestFleet::start(6).await;
+    add_legacy_status(fleet.tenant("tenant-0002").connection_uri.expose()).await;
+    fleet.write_policy(
+        "validation: branch\nrestore_point: branch_point\nlock_timeout: 2s\nstatement_timeout: 1m\nbranch_ttl: 1h\nsalt: test\nwaves:\n  - name: canary\n    tenants: [tenant-0001, tenant-0002]\n    percent: 0\n    concurrency: 2\n    max_failures: 0\n  - name: rest\n    percent: 100\n    concurrency: 4\n",
+    );
+    let plan = fleet.plan(&repo_migrations());
+    let plan_arg = plan.to_str().expect("utf-8");
+    let output = fleet.run(&["apply", plan_arg]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    // Stop the fleet: status must not need it.
+    let TestFleet {
+        fleet: local_fleet,
+        dir,
+        ..
+    } = fleet;
+    local_fleet.stop().await.expect("stop");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_schemafleet"))
+        .args(["status", plan_arg, "--output", "json"])
+        .current_dir(dir.path())
+        .env("NEON_API_URL", "http://127.0.0.1:9/api/v2")
+        .env_remove("NEON_API_KEY")
+        .output()
+        .expect("status runs");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a halted wave is a failure: {}",
+        text(&output)
+    );
+    let status = json(&output);
+    assert_eq!(status["halted_wave"], "canary", "{status:#}");
+    assert_eq!(status["waves"][0]["failed"], 1, "{status:#}");
+    assert_eq!(status["waves"][0]["applied"], 1, "{status:#}");
+    assert_eq!(status["waves"][1]["skipped"], 4, "{status:#}");
+    assert_eq!(
+        status["restore_points"].as_array().map(Vec::len),
+        Some(1),
+        "{status:#}"
+    );
+    let groups = status["failure_groups"].as_array().expect("groups");
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0]["phase"], "validate");
+    assert!(
+        groups[0]["cause"]
+            .as_str()
+            .unwrap_or("")
+            .contains("orders_status_check"),
+        "{status:#}"
+    );
+    assert!(
+        groups[0]["next_step"]
+            .as_str()
+            .unwrap_or("")
+            .contains("main was not touched"),
+        "{status:#}"
+    );
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_schemafleet"))
+        .args(["status", plan_arg])
+        .current_dir(dir.path())
+        .output()
+        .expect("status runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("HALTED"), "{stdout}");
+    assert!(
+        stdout.lines().all(|line| line.chars().count() <= 80),
+        "status fits 80 columns:\n{stdout}"
+    );
+}
