@@ -93,7 +93,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitStatus> {
     stopped?;
     Ok(match end {
         DemoEnd::Interrupted => {
-            println!("Interrupted; nothing of the demo is left behind.");
+            println!("Interrupted; the local fleet is gone, so there is nothing to resume.");
             ExitStatus::Interrupted
         }
         DemoEnd::Finished(status) => {
@@ -128,8 +128,7 @@ async fn demo_on_fleet(
     };
     let seeded = seeded.context("seeding the local fleet")?;
     println!(
-        "      {} tenants ({}-0001 to {}-{:04}) in {}, with accounts and orders",
-        seeded.len(),
+        "      {}-0001 to {}-{:04}, with accounts and orders, in {}",
         TENANT_NAME_PREFIX,
         TENANT_NAME_PREFIX,
         seeded.len(),
@@ -625,6 +624,64 @@ mod tests {
             bake_s: 0,
             tenants: (0..n).map(|i| format!("{name}-{i:03}")).collect(),
         }
+    }
+
+    /// The whole demo on a small fleet: it ends as it promises (exit 0 means its own check of
+    /// every bad tenant's main passed), and the journal it leaves agrees.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_demo_catches_its_bad_tenants_and_migrates_everyone_else() {
+        let workdir = tempfile::tempdir().expect("a temporary directory");
+        let n_tenants = 100;
+        let status = run(DemoArgs {
+            tenants: n_tenants,
+            policy: PathBuf::from("plans/rollout.yaml"),
+            migrations: PathBuf::from("migrations"),
+            keep: false,
+            workdir: Some(workdir.path().to_path_buf()),
+        })
+        .await
+        .expect("the demo runs");
+        assert_eq!(status, ExitStatus::Success);
+
+        let plan_path = workdir.path().join("rollout.plan.yaml");
+        let plan = crate::plan::load_plan(&plan_path).expect("the demo's plan stays in --workdir");
+        let read = Journal::read(&default_journal_path(&plan_path)).expect("its journal too");
+        let summary = crate::report::summarize(&plan, &read.state);
+        let bad = pick_bad_tenants(&plan.waves, BAD_TENANT_PERCENT);
+        assert!(!bad.is_empty(), "100 tenants leave room for bad ones");
+        assert_eq!(summary.totals.tenants, n_tenants);
+        assert_eq!(
+            summary.totals.applied,
+            n_tenants - bad.len(),
+            "{summary:#?}"
+        );
+        assert!(
+            summary.waves.iter().all(|wave| !wave.halted),
+            "{summary:#?}"
+        );
+        let mut failed: Vec<&str> = summary
+            .failures
+            .iter()
+            .filter(|failure| failure.phase == "validate")
+            .map(|failure| failure.tenant.as_str())
+            .collect();
+        let mut expected: Vec<&str> = bad
+            .iter()
+            .map(|tenant| tenant.project_id.as_str())
+            .collect();
+        failed.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(
+            failed, expected,
+            "exactly the bad tenants fail, on their branch"
+        );
+        assert!(
+            plan.waves[0]
+                .tenants
+                .iter()
+                .all(|tenant| !expected.contains(&tenant.as_str())),
+            "no canary is given bad data"
+        );
     }
 
     #[test]
