@@ -357,7 +357,8 @@ pub struct BenchArgs {
     #[arg(long, default_values_t = [16])]
     pub concurrency: Vec<usize>,
 
-    /// Modes to run: raw, apply, validated, noop, plan.
+    /// Modes to run: raw, apply, validated, noop, plan; also raw-probe (raw plus a separate
+    /// probe connection per tenant, as the executor opens).
     #[arg(
         long,
         value_delimiter = ',',
@@ -369,11 +370,32 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 300_000)]
     pub plan_tenants: usize,
 
-    /// Emulator rate limit for a rate-limited `validated` run (0 = none).
+    /// Emulator rate limit for an extra, rate-limited `validated` run (0 = no such run); the
+    /// client's own limiter is set just under it.
     #[arg(long, default_value_t = 0)]
     pub rate_limit_per_min: u32,
+
+    /// Tenants of the rate-limited run (0 = enough for about 40 s at the limit).
+    #[arg(long, default_value_t = 0)]
+    pub rate_limited_tenants: usize,
+
+    /// How long the emulator's branch operations run before they finish, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    pub op_delay_ms: u64,
+
+    /// How often the client polls operations, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    pub operation_poll_ms: u64,
+
+    /// Keep plans, journals and tenants files here (default: a temporary directory, removed).
+    #[arg(long)]
+    pub workdir: Option<PathBuf>,
 
     /// Print one JSON document instead of lines.
     #[arg(long)]
     pub json: bool,
+
+    /// Run one measured mode from a job read on stdin (the benchmark's own child process).
+    #[arg(long, hide = true)]
+    pub internal: bool,
 }

@@ -1,8 +1,35 @@
-//! `schemafleet bench`.
+//! `schemafleet bench`: fleet throughput against a raw floor, API calls, connections and memory,
+//! measured on a local fleet in one run (issue 8).
+//!
+//! The parent process owns the fleet (emulator over a PostgreSQL tuned for benchmarking, seeded
+//! tenants, resets between modes) and runs every measured mode in a child process of the same
+//! binary (`bench --internal`, job on stdin), so each mode's peak RSS is its own process's VmHWM.
+//!
+//! - `assets`: the benchmark's seed SQL and release (files under `benches/fleet/`).
+//! - `fleet`: one local fleet: start, seed, count connections in the server log, reset.
+//! - `child`: the child side: one mode, timed, then its peak RSS.
+//! - `raw`: the floor: connect, one transaction with the release and its history rows, disconnect.
+//! - `modes`: the parent side of each mode: files, child process, counters.
+//! - `report`: results, text lines, the JSON document, the validated-time breakdown.
+//!
+//! **Invariant:** every number printed was measured in this run; derived figures (ratios,
+//! per-tenant values, the breakdown) say what they were derived from.
+//! **Invariant:** secrets (API key, tenant URIs) reach the child only on its stdin, never in a
+//! file, an argument or an environment variable.
+
+mod assets;
+mod child;
+mod fleet;
+mod modes;
+mod raw;
+mod report;
 
 use crate::cli::BenchArgs;
 use crate::exit::ExitStatus;
 
-pub async fn run(_args: BenchArgs) -> anyhow::Result<ExitStatus> {
-    anyhow::bail!("`schemafleet bench` is not built yet")
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitStatus> {
+    if args.internal {
+        return child::run().await;
+    }
+    modes::run(args).await
 }
