@@ -552,32 +552,8 @@ struct Interrupts(watch::Receiver<u64>);
 impl Interrupts {
     fn watch() -> Interrupts {
         let (sender, receiver) = watch::channel(0u64);
-        tokio::spawn(async move {
-            #[cfg(unix)]
-            let mut terminate =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            loop {
-                #[cfg(unix)]
-                {
-                    let terminated = async {
-                        match terminate.as_mut() {
-                            Some(signal) => {
-                                signal.recv().await;
-                            }
-                            None => std::future::pending::<()>().await,
-                        }
-                    };
-                    tokio::select! {
-                        result = tokio::signal::ctrl_c() => { if result.is_err() { return; } }
-                        () = terminated => {}
-                    }
-                }
-                #[cfg(not(unix))]
-                if tokio::signal::ctrl_c().await.is_err() {
-                    return;
-                }
-                sender.send_modify(|presses| *presses += 1);
-            }
+        crate::executor::shutdown::on_each_signal(move || {
+            sender.send_modify(|presses| *presses += 1)
         });
         Interrupts(receiver)
     }

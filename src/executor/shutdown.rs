@@ -60,6 +60,12 @@ impl Shutdown {
 
 /// Escalate `trigger` on every SIGINT / SIGTERM until the process ends.
 pub fn install_signal_handlers(trigger: ShutdownTrigger) {
+    on_each_signal(move || trigger.escalate());
+}
+
+/// Call `on_signal` on every SIGINT / SIGTERM until the process ends. Listening also replaces
+/// the default "die at once", so callers get to clean up.
+pub fn on_each_signal(mut on_signal: impl FnMut() + Send + 'static) {
     tokio::spawn(async move {
         #[cfg(unix)]
         let mut terminate =
@@ -84,7 +90,7 @@ pub fn install_signal_handlers(trigger: ShutdownTrigger) {
             if tokio::signal::ctrl_c().await.is_err() {
                 return;
             }
-            trigger.escalate();
+            on_signal();
         }
     });
 }
