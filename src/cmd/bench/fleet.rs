@@ -249,10 +249,10 @@ impl BenchFleet {
     }
 
     pub async fn stop(mut self) {
-        if let Some(fleet) = self.fleet.take() {
-            if let Err(error) = fleet.stop().await {
-                eprintln!("warning: {error:#}");
-            }
+        if let Some(fleet) = self.fleet.take()
+            && let Err(error) = fleet.stop().await
+        {
+            eprintln!("warning: {error:#}");
         }
         remove_in_background(&self.data_dir);
     }
