@@ -31,5 +31,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitStatus> {
     if args.internal {
         return child::run().await;
     }
-    modes::run(args).await
+    // Ctrl-C drops the run: child processes are killed (kill_on_drop) and each fleet's drop
+    // stops its server and removes its data directory.
+    tokio::select! {
+        result = modes::run(args) => result,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("bench: interrupted; the local fleet is stopped and removed");
+            Ok(ExitStatus::Interrupted)
+        }
+    }
 }

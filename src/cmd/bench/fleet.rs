@@ -4,7 +4,8 @@
 //! starts with `schemafleet` (the name [`crate::pg::connect`] sets) is one connection the tool
 //! opened; the emulator's own sessions are named `neon-emulator` and are not counted.
 //!
-//! **Invariant:** the cluster's data directory is created here and removed by [`BenchFleet::stop`].
+//! **Invariant:** the cluster's data directory is created here and removed (by a detached
+//! `rm -rf`) when the fleet stops or is dropped.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -27,7 +28,8 @@ pub struct FleetOptions {
 }
 
 pub struct BenchFleet {
-    fleet: LocalFleet,
+    /// Always `Some` until [`BenchFleet::stop`] or drop takes it.
+    fleet: Option<LocalFleet>,
     pub tenants: Vec<SeededTenant>,
     data_dir: PathBuf,
     /// How long seeding took, for the report.
@@ -58,7 +60,7 @@ impl BenchFleet {
             }
         };
         let mut bench_fleet = BenchFleet {
-            fleet,
+            fleet: Some(fleet),
             tenants: Vec::new(),
             data_dir,
             seed_s: 0.0,
@@ -74,7 +76,7 @@ impl BenchFleet {
         self.enable_log_connections().await?;
         let started = Instant::now();
         self.tenants = self
-            .fleet
+            .fleet()
             .seed(options.tenants, assets::SEED_SQL, &options.name_prefix)
             .await
             .with_context(|| format!("cannot seed {} benchmark tenants", options.tenants))?;
@@ -110,25 +112,31 @@ impl BenchFleet {
     }
 
     async fn admin(&self) -> anyhow::Result<tokio_postgres::Client> {
-        crate::pg::connect(self.fleet.database_url(), Duration::from_secs(30))
+        crate::pg::connect(self.fleet().database_url(), Duration::from_secs(30))
             .await
             .map_err(|failure| anyhow::anyhow!("cannot connect to the fleet's cluster: {failure}"))
     }
 
+    fn fleet(&self) -> &LocalFleet {
+        self.fleet
+            .as_ref()
+            .expect("invariant: the fleet is only taken by stop() and drop, which consume self")
+    }
+
     pub fn api_url(&self) -> &str {
-        self.fleet.api_url()
+        self.fleet().api_url()
     }
 
     pub fn api_key(&self) -> &str {
-        self.fleet.api_key().expose()
+        self.fleet().api_key().expose()
     }
 
     pub fn cluster_settings(&self) -> String {
-        self.fleet.cluster_settings().to_string()
+        self.fleet().cluster_settings().to_string()
     }
 
     pub fn emulator_stats(&self) -> EmulatorStats {
-        self.fleet.stats()
+        self.fleet().stats()
     }
 
     fn server_log(&self) -> PathBuf {
@@ -172,7 +180,7 @@ impl BenchFleet {
             .tenants
             .iter()
             .map(|tenant| {
-                self.fleet
+                self.fleet()
                     .branch_superuser_uri(&tenant.project_id, &tenant.branch_id)
                     .ok_or_else(|| anyhow::anyhow!("tenant {} has no main database", tenant.name))
             })
@@ -214,7 +222,7 @@ impl BenchFleet {
             return Ok(0.0);
         };
         let uri = self
-            .fleet
+            .fleet()
             .branch_superuser_uri(&tenant.project_id, &tenant.branch_id)
             .ok_or_else(|| anyhow::anyhow!("tenant {} has no main database", tenant.name))?;
         let database = url::Url::parse(uri.expose())
@@ -240,15 +248,43 @@ impl BenchFleet {
         Ok(total.as_secs_f64() * 1000.0 / copies.max(1) as f64)
     }
 
-    pub async fn stop(self) {
-        if let Err(error) = self.fleet.stop().await {
+    pub async fn stop(mut self) {
+        if let Some(fleet) = self.fleet.take()
+            && let Err(error) = fleet.stop().await
+        {
             eprintln!("warning: {error:#}");
         }
-        if let Err(error) = std::fs::remove_dir_all(&self.data_dir) {
-            eprintln!(
-                "warning: cannot remove the benchmark cluster {}: {error}",
-                self.data_dir.display()
-            );
+        remove_in_background(&self.data_dir);
+    }
+}
+
+/// Removing gigabytes of databases takes minutes where every unlink issues a discard, so a
+/// detached `rm -rf` does it (it outlives this process); removing in place is the fallback.
+fn remove_in_background(dir: &Path) {
+    let spawned = std::process::Command::new("rm")
+        .arg("-rf")
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    if spawned.is_err()
+        && let Err(error) = std::fs::remove_dir_all(dir)
+    {
+        eprintln!(
+            "warning: cannot remove the benchmark cluster {}: {error}",
+            dir.display()
+        );
+    }
+}
+
+impl Drop for BenchFleet {
+    /// An interrupted benchmark (Ctrl-C drops the run) still stops its server and removes its
+    /// data directory; the cluster's own drop stops the server first.
+    fn drop(&mut self) {
+        if let Some(fleet) = self.fleet.take() {
+            drop(fleet);
+            remove_in_background(&self.data_dir);
         }
     }
 }

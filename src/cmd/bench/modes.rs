@@ -133,7 +133,7 @@ impl Default for Methods {
             connections: "server log with log_connections=on: `connection authorized` lines of sessions named schemafleet*, between the start and the end of the mode's child process",
             peak_rss: "VmHWM of the child process that ran only this mode (bench --internal)",
             api_calls: "the Neon client's request counter (every attempt, operation polls and the preflight included); the emulator's own count is emulator_requests_per_tenant",
-            reset: "one fresh fleet per concurrency; between modes every tenant's release is undone as superuser (history table dropped, schema back to the seed) and its history row count checked first",
+            reset: "one fleet for the run (the rate-limited run has its own); between modes every tenant's release is undone as superuser (history table dropped, schema back to the seed) and its history row count checked first",
         }
     }
 }
@@ -186,37 +186,36 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitStatus> {
     let mut all_succeeded = true;
 
     if selection.needs_fleet() {
+        // One fleet for every concurrency: the modes leave it reset, and removing gigabytes of
+        // tenant databases is slow (every unlink discards on this kind of disk).
+        progress(&format!(
+            "starting a local fleet and seeding {} tenants",
+            args.tenants
+        ));
+        let fleet = BenchFleet::start(&FleetOptions {
+            tenants: args.tenants,
+            op_delay: Duration::from_millis(args.op_delay_ms),
+            rate_limit_per_min: None,
+            name_prefix: "bench".into(),
+        })
+        .await?;
+        document.local_fleet.cluster_settings = fleet.cluster_settings();
+        document.local_fleet.seed_s.push(fleet.seed_s);
+        let methods = Methods::default();
+        output.line(&format!(
+            "# local fleet: emulator over a throwaway PostgreSQL tuned for benchmarking ({}); op_delay_ms={} operation_poll_ms={}",
+            document.local_fleet.cluster_settings, args.op_delay_ms, args.operation_poll_ms
+        ));
+        output.line(&format!("# connections: {}", methods.connections));
+        output.line(&format!("# peak_rss_mb: {}", methods.peak_rss));
+        output.line(&format!("# api_calls: {}", methods.api_calls));
+        output.line(&format!("# reset: {}", methods.reset));
+        output.line(&format!(
+            "# seeded {} tenants in {:.1} s",
+            args.tenants, fleet.seed_s
+        ));
+        let mut result: anyhow::Result<()> = Ok(());
         for &concurrency in &args.concurrency {
-            progress(&format!(
-                "starting a local fleet and seeding {} tenants",
-                args.tenants
-            ));
-            let fleet = BenchFleet::start(&FleetOptions {
-                tenants: args.tenants,
-                op_delay: Duration::from_millis(args.op_delay_ms),
-                rate_limit_per_min: None,
-                name_prefix: "bench".into(),
-            })
-            .await?;
-            if document.local_fleet.seed_s.is_empty() {
-                document.local_fleet.cluster_settings = fleet.cluster_settings();
-                output.line(&format!(
-                    "# local fleet: emulator over a throwaway PostgreSQL tuned for benchmarking ({}); op_delay_ms={} operation_poll_ms={}",
-                    document.local_fleet.cluster_settings, args.op_delay_ms, args.operation_poll_ms
-                ));
-                output.line(&format!(
-                    "# connections: {}",
-                    Methods::default().connections
-                ));
-                output.line(&format!("# peak_rss_mb: {}", Methods::default().peak_rss));
-                output.line(&format!("# api_calls: {}", Methods::default().api_calls));
-                output.line(&format!("# reset: {}", Methods::default().reset));
-            }
-            document.local_fleet.seed_s.push(fleet.seed_s);
-            output.line(&format!(
-                "# seeded {} tenants in {:.1} s",
-                args.tenants, fleet.seed_s
-            ));
             let context = FleetRun {
                 args: &args,
                 selection,
@@ -226,10 +225,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitStatus> {
                 migrations_dir: &migrations_dir,
                 output: &output,
             };
-            let result = context.run_modes(&mut document).await;
-            fleet.stop().await;
-            all_succeeded &= result?;
+            match context.run_modes(&mut document).await {
+                Ok(succeeded) => all_succeeded &= succeeded,
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
+            }
         }
+        progress("stopping the local fleet and removing its databases");
+        fleet.stop().await;
+        result?;
         if args.rate_limit_per_min > 0 && selection.validated {
             let run = rate_limited_run(&args, &document, &workdir, &migrations_dir).await?;
             output.line(&run.line());
@@ -409,8 +415,16 @@ impl FleetRun<'_> {
         Ok(all_succeeded)
     }
 
+    /// An empty directory for one mode's files: a journal left by an earlier benchmark in the
+    /// same --workdir would belong to another plan (and `apply` rightly refuses it).
     fn mode_dir(&self, mode: &str) -> anyhow::Result<PathBuf> {
-        self.workdir.dir(&format!("c{}-{mode}", self.concurrency))
+        let name = format!("c{}-{mode}", self.concurrency);
+        let stale = self.workdir.path.join(&name);
+        if stale.exists() {
+            std::fs::remove_dir_all(&stale)
+                .with_context(|| format!("cannot clear {}", stale.display()))?;
+        }
+        self.workdir.dir(&name)
     }
 
     /// A one-wave policy over this fleet's tenants, planned (unmeasured) into `dir/plan.yaml`.
@@ -627,6 +641,11 @@ async fn rate_limited_run(
     })
     .await?;
     let result = async {
+        let dir = workdir.path.join("rate-limited");
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot clear {}", dir.display()))?;
+        }
         let dir = workdir.dir("rate-limited")?;
         let tenants_file = dir.join("tenants.csv");
         fleet.write_tenants_file(&tenants_file, &fleet.tenants)?;
@@ -687,6 +706,7 @@ async fn plan_mode(
     migrations_dir: &Path,
 ) -> anyhow::Result<ModeResult> {
     let dir = workdir.dir("plan")?;
+    let _ = std::fs::remove_file(dir.join("plan.yaml"));
     let tenants_file = dir.join("tenants.csv");
     let mut csv = String::with_capacity(plan_tenants * 40 + 16);
     csv.push_str("id,name\n");
