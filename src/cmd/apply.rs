@@ -50,7 +50,13 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
         .clone()
         .unwrap_or_else(|| default_journal_path(&args.plan));
     let (journal, read) = Journal::open(&journal_path, &plan.plan_id)?;
-    if let Some(torn) = &read.torn_tail {
+    // Keep the replayed state only: the raw records would stay resident for the whole run.
+    let crate::journal::file::ReadJournal {
+        state: prior,
+        torn_tail,
+        ..
+    } = read;
+    if let Some(torn) = &torn_tail {
         eprintln!(
             "warning: journal {}: {torn}; the step it described is re-checked against the tenant",
             journal_path.display()
@@ -83,7 +89,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
         planned,
         client: client.clone(),
         journal: journal.clone(),
-        prior: read.state,
+        prior,
         config,
     };
     let result = executor::execute(inputs, reporter, shutdown).await;
