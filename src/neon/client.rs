@@ -421,12 +421,8 @@ impl NeonClient {
                     cause = %error,
                     "adopting the existing branch of the requested name"
                 );
-                let in_flight = self
-                    .in_flight_operations_of_branch(project_id, &existing.id)
-                    .await?;
-                self.wait_for_operations(project_id, &in_flight).await?;
                 let branch = self
-                    .wait_until_branch_ready(project_id, &existing.id, deadline)
+                    .settle_branch(project_id, &existing.id, deadline)
                     .await?;
                 return Ok(CreatedBranch {
                     branch,
@@ -475,6 +471,22 @@ impl NeonClient {
         }
     }
 
+    /// A mutation that took effect although its answer was lost: wait for whatever operations
+    /// it started on the branch, then for the branch to be ready.
+    async fn settle_branch(
+        &self,
+        project_id: &str,
+        branch_id: &str,
+        deadline: Instant,
+    ) -> Result<Branch, NeonError> {
+        let in_flight = self
+            .in_flight_operations_of_branch(project_id, branch_id)
+            .await?;
+        self.wait_for_operations(project_id, &in_flight).await?;
+        self.wait_until_branch_ready(project_id, branch_id, deadline)
+            .await
+    }
+
     /// Waits for its operations and returns the restored branch.
     pub async fn restore_branch(
         &self,
@@ -510,13 +522,7 @@ impl NeonClient {
             let now = self.get_branch(project_id, branch_id).await?;
             if now.last_reset_at.is_some() && now.last_reset_at != before.last_reset_at {
                 tracing::info!(project_id, branch_id, cause = %error, "the restore took effect despite the failed answer");
-                let in_flight = self
-                    .in_flight_operations_of_branch(project_id, branch_id)
-                    .await?;
-                self.wait_for_operations(project_id, &in_flight).await?;
-                return self
-                    .wait_until_branch_ready(project_id, branch_id, deadline)
-                    .await;
+                return self.settle_branch(project_id, branch_id, deadline).await;
             }
             unknown_outcomes += 1;
             self.pause_before_resend(&call, &error, unknown_outcomes)
