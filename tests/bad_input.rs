@@ -8,30 +8,13 @@
 mod fault_support;
 mod support;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 
-use fault_support::{Api, copy_repo_migrations, journal_records, one_wave, run_with_env};
+use fault_support::{
+    Api, copy_repo_migrations, files_under as tree, journal_records, one_wave, run_with_env,
+};
 use support::{TestFleet, history, json, repo_migrations, text};
-
-/// Every file under `dir` with its bytes, to show a command wrote nothing.
-fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(current) = stack.pop() {
-        for entry in std::fs::read_dir(&current).expect("read dir") {
-            let path = entry.expect("dir entry").path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let bytes = std::fs::read(&path).expect("read file");
-                files.insert(path, bytes);
-            }
-        }
-    }
-    files
-}
 
 /// Collects the cases that did not behave, so one run reports all of them.
 #[derive(Default)]

@@ -6,14 +6,13 @@
 mod fault_support;
 mod support;
 
-use std::path::Path;
 use std::process::Output;
 
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use schemafleet::emulator::LocalFleetConfig;
 
-use fault_support::{one_wave, run_with_env};
+use fault_support::{files_under, one_wave, run_with_env};
 use support::{TestFleet, add_legacy_status, connect, json, repo_migrations, text};
 
 fn marker(prefix: &str) -> String {
@@ -46,27 +45,6 @@ fn output_leaks(what: &str, output: &Output, secrets: &[(String, String)]) -> Ve
         secrets,
     ));
     found
-}
-
-/// Every file under `dir`, as text.
-fn files_under(dir: &Path) -> Vec<(String, String)> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(current) = stack.pop() {
-        for entry in std::fs::read_dir(&current).expect("read dir") {
-            let path = entry.expect("dir entry").path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let bytes = std::fs::read(&path).expect("read file");
-                files.push((
-                    path.display().to_string(),
-                    String::from_utf8_lossy(&bytes).into_owned(),
-                ));
-            }
-        }
-    }
-    files
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,7 +159,11 @@ async fn no_api_key_or_password_appears_in_output_logs_or_files() {
         &[("the rejected API key".to_string(), wrong_key)],
     ));
 
-    for (path, content) in files_under(fleet.dir.path()) {
+    for (path, bytes) in files_under(fleet.dir.path()) {
+        let (path, content) = (
+            path.display().to_string(),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        );
         found.extend(leaks(&path, &content, &secrets));
     }
     assert!(
