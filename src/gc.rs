@@ -201,7 +201,7 @@ fn verdict(
         ),
         BranchPurpose::Backup => {
             let is_restore_point = matches!(
-                &tenant.restore_point,
+                tenant.restore_point.as_deref(),
                 Some(RestorePoint::BackupBranch { backup_branch_id, backup_branch_name, .. })
                     if backup_branch_id == &branch.id || backup_branch_name == &branch.name
             );

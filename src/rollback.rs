@@ -102,8 +102,13 @@ pub fn select(
     let mut refusals = Vec::new();
     for (tenant, wave) in chosen {
         let tenant_state = state.tenant(&tenant);
-        match tenant_state.and_then(|state| state.restore_point.clone().map(|point| (state, point)))
-        {
+        match tenant_state.and_then(|state| {
+            state
+                .restore_point
+                .as_deref()
+                .cloned()
+                .map(|point| (state, point))
+        }) {
             Some((tenant_state, point)) => candidates.push(Candidate {
                 preserve_under_name: format!("pre-rollback-{plan_prefix}-{stamp}"),
                 point_at: point_time(&point).or(tenant_state.restore_point_at.clone()),

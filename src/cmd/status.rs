@@ -159,7 +159,7 @@ fn restore_points(plan: &Plan, state: &JournalState) -> Vec<serde_json::Value> {
             let Some(tenant) = state.tenant(tenant_id) else {
                 continue;
             };
-            let Some(point) = &tenant.restore_point else {
+            let Some(point) = tenant.restore_point.as_deref() else {
                 continue;
             };
             let (kind, detail) = match point {

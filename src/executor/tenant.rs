@@ -51,8 +51,15 @@ impl Recorder {
         self.lock_state().tenant(tenant_id).cloned()
     }
 
-    pub fn snapshot(&self) -> JournalState {
-        self.lock_state().clone()
+    /// Read the replayed state in place: a clone would cost a copy of every tenant's state.
+    pub fn read<R>(&self, read: impl FnOnce(&JournalState) -> R) -> R {
+        read(&self.lock_state())
+    }
+
+    /// Move the replayed state out, leaving an empty one: for the end of a run, when nothing
+    /// records any more.
+    pub fn take_state(&self) -> JournalState {
+        std::mem::take(&mut *self.lock_state())
     }
 
     pub fn journal(&self) -> &Journal {
@@ -264,7 +271,7 @@ async fn pipeline(
     };
 
     // 2. Validate on a throwaway branch, unless an earlier run already validated these versions.
-    let mut restore_point = prior.and_then(|state| state.restore_point.clone());
+    let mut restore_point = prior.and_then(|state| state.restore_point.as_deref().cloned());
     let wants_validation = match policy.validation {
         Validation::Branch => true,
         Validation::None => false,

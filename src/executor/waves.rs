@@ -92,7 +92,7 @@ pub async fn execute(
         .await?;
     Ok(RunResult {
         outcome,
-        state: recorder.snapshot(),
+        state: recorder.take_state(),
     })
 }
 
@@ -108,8 +108,19 @@ async fn run_waves(
         if shutdown.is_stopping() {
             return Ok(RunOutcome::Interrupted);
         }
-        let state = recorder.snapshot();
-        let wave_status = state.wave_status(&wave.name);
+        let (wave_status, todo, previous_bake_until) = recorder.read(|state| {
+            let todo: Vec<String> = wave
+                .tenants
+                .iter()
+                .filter(|tenant| needs_work(state, tenant, config.retry_failed))
+                .cloned()
+                .collect();
+            let previous_bake_until = wave_idx
+                .checked_sub(1)
+                .and_then(|previous| state.waves.get(&plan.waves[previous].name))
+                .and_then(|wave_state| wave_state.bake_until.clone());
+            (state.wave_status(&wave.name), todo, previous_bake_until)
+        });
         if wave_status == WaveStatus::Halted && !config.retry_failed {
             reporter.note(&format!(
                 "wave {} is halted (failure budget spent in an earlier run); fix the cause, then re-run with --retry-failed",
@@ -119,12 +130,6 @@ async fn run_waves(
                 wave: wave.name.clone(),
             });
         }
-        let todo: Vec<String> = wave
-            .tenants
-            .iter()
-            .filter(|tenant| needs_work(&state, tenant, config.retry_failed))
-            .cloned()
-            .collect();
         if wave_status == WaveStatus::Done && todo.is_empty() {
             if config.until_wave.as_deref() == Some(wave.name.as_str()) {
                 return Ok(RunOutcome::StoppedAfter {
@@ -133,16 +138,18 @@ async fn run_waves(
             }
             continue;
         }
-        if wave_idx > 0 && !config.skip_bake {
-            let previous = &plan.waves[wave_idx - 1];
-            if let Some(until) = state
-                .waves
-                .get(&previous.name)
-                .and_then(|wave_state| wave_state.bake_until.clone())
-                && !bake(&until, &previous.name, &wave.name, reporter, shutdown).await
-            {
-                return Ok(RunOutcome::Interrupted);
-            }
+        if !config.skip_bake
+            && let Some(until) = previous_bake_until
+            && !bake(
+                &until,
+                &plan.waves[wave_idx - 1].name,
+                &wave.name,
+                reporter,
+                shutdown,
+            )
+            .await
+        {
+            return Ok(RunOutcome::Interrupted);
         }
         if wave_status != WaveStatus::Running {
             recorder
@@ -228,20 +235,20 @@ async fn run_wave(
     reporter: &dyn Reporter,
     shutdown: &Shutdown,
 ) -> Result<bool, JournalError> {
-    let state = context.recorder.snapshot();
     let todo_set: std::collections::HashSet<&String> = todo.iter().collect();
     // Failures from earlier runs that are not being retried still count against the budget.
-    let mut n_failed = wave
-        .tenants
-        .iter()
-        .filter(|tenant| !todo_set.contains(tenant))
-        .filter(|tenant| {
-            matches!(
-                state.tenant_status(tenant),
-                TenantStatus::Failed | TenantStatus::Diverged
-            )
-        })
-        .count();
+    let mut n_failed = context.recorder.read(|state| {
+        wave.tenants
+            .iter()
+            .filter(|tenant| !todo_set.contains(tenant))
+            .filter(|tenant| {
+                matches!(
+                    state.tenant_status(tenant),
+                    TenantStatus::Failed | TenantStatus::Diverged
+                )
+            })
+            .count()
+    });
     reporter.wave_started(
         &wave.name,
         wave.tenants.len(),

@@ -71,7 +71,7 @@ pub struct TenantState {
     /// Versions whose apply to main started and did not finish.
     pub apply_started: Option<Vec<i32>>,
     /// Kept until a rollback uses it: a retried tenant keeps its original pre-migration point.
-    pub restore_point: Option<RestorePoint>,
+    pub restore_point: Option<Box<RestorePoint>>,
     pub restore_point_at: Option<String>,
     /// main's version when the restore point was recorded: what a rollback must bring back.
     pub version_at_restore_point: Option<i32>,
@@ -80,7 +80,7 @@ pub struct TenantState {
     /// Branches requested whose creation was never confirmed: name -> purpose.
     pub requested_branches: BTreeMap<String, String>,
     pub applied_versions: Vec<i32>,
-    pub failure: Option<TenantFailure>,
+    pub failure: Option<Box<TenantFailure>>,
     pub diverged_reason: Option<String>,
     pub preserved_branch: Option<String>,
     pub rollback_error: Option<String>,
@@ -144,7 +144,9 @@ pub struct JournalState {
     pub plan_id: Option<String>,
     pub runs: u32,
     pub last_seq: u64,
-    pub tenants: HashMap<String, TenantState>,
+    /// Boxed, and the rare parts of a tenant's state boxed again, so a fleet of finished
+    /// tenants costs a few hundred bytes each: peak memory must stay flat as the fleet grows.
+    pub tenants: HashMap<String, Box<TenantState>>,
     pub waves: HashMap<String, WaveState>,
     pub last_run_outcome: Option<String>,
 }
@@ -159,7 +161,7 @@ impl JournalState {
     }
 
     pub fn tenant(&self, tenant_id: &str) -> Option<&TenantState> {
-        self.tenants.get(tenant_id)
+        self.tenants.get(tenant_id).map(|state| &**state)
     }
 
     pub fn tenant_status(&self, tenant_id: &str) -> TenantStatus {
@@ -288,7 +290,7 @@ impl JournalState {
                 point,
             } => {
                 let state = self.tenant_mut(tenant, wave, &at);
-                state.restore_point = Some(point.clone());
+                state.restore_point = Some(Box::new(point.clone()));
                 state.restore_point_at = Some(at.clone());
                 state.version_at_restore_point = state.current_version;
             }
@@ -336,12 +338,12 @@ impl JournalState {
                         state.applied_versions.push(*version);
                     }
                 }
-                state.failure = Some(TenantFailure {
+                state.failure = Some(Box::new(TenantFailure {
                     phase: *phase,
                     error: error.clone(),
                     applied_on_main: applied_on_main.clone(),
                     at: at.clone(),
-                });
+                }));
             }
             Event::RollbackStarted { tenant, .. } => {
                 if let Some(state) = self.tenants.get_mut(tenant.as_str()) {
@@ -388,7 +390,7 @@ impl JournalState {
         let state = self
             .tenants
             .entry(tenant.to_string())
-            .or_insert_with(|| TenantState::new(wave));
+            .or_insert_with(|| Box::new(TenantState::new(wave)));
         state.wave = wave.to_string();
         state.updated_at = at.to_string();
         state
