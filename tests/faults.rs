@@ -302,6 +302,68 @@ async fn a_statement_timeout_fails_the_tenant_and_leaves_main_unchanged() {
     fleet.fleet.stop().await.expect("stop");
 }
 
+/// Two migrations go to main in one pipelined transaction. The second fails on one tenant's
+/// data: the error is the second's own (SQLSTATE and message), and the first migration's table
+/// and history row are gone with it, while the other tenants get both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_second_migration_takes_the_first_with_it() {
+    let fleet = TestFleet::start(2).await;
+    fleet.write_policy(&main_only_policy("2s", "30s", 2));
+    let migrations = migrations_dir(
+        &fleet,
+        &[
+            (
+                "V1__create_notes.sql",
+                "CREATE TABLE notes (id bigint PRIMARY KEY);\n",
+            ),
+            (
+                "V2__accounts_email_short.sql",
+                "ALTER TABLE accounts ADD CONSTRAINT email_short CHECK (length(email) < 40);\n",
+            ),
+        ],
+    );
+    let plan = fleet.plan(&migrations);
+    let bad = fleet.tenant("tenant-0002");
+    connect(bad.connection_uri.expose())
+        .await
+        .batch_execute(&format!(
+            "INSERT INTO accounts (email) VALUES ('{}@example.com')",
+            "x".repeat(50)
+        ))
+        .await
+        .expect("insert the long email");
+
+    let output = fleet.run(&["apply", plan.to_str().expect("utf-8"), "--output", "json"]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let report = json(&output);
+    assert_eq!(report["totals"]["applied"], 1, "{report:#}");
+    let failure = failure_of(&report, &bad.project_id);
+    assert_eq!(failure["sqlstate"], "23514", "{failure:#}");
+    assert!(
+        failure["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("email_short")),
+        "{failure:#}"
+    );
+    let client = connect(bad.connection_uri.expose()).await;
+    let notes = client
+        .query_one("SELECT to_regclass('notes') IS NULL", &[])
+        .await
+        .expect("look for notes");
+    assert!(notes.get::<_, bool>(0), "V1 must be rolled back with V2");
+    assert!(history(bad.connection_uri.expose()).await.is_empty());
+    let good = fleet.tenant("tenant-0001");
+    assert_eq!(
+        history(good.connection_uri.expose())
+            .await
+            .iter()
+            .map(|row| row.0)
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    fleet.fleet.stop().await.expect("stop");
+}
+
 /// An application transaction holds a lock on the table being altered. The migration waits at
 /// most `lock_timeout` per attempt, retries with growing jittered pauses, never holds the
 /// application's queries up much longer than `lock_timeout`, and finally fails the tenant with

@@ -672,8 +672,8 @@ async fn apply_to_main(
             Ok(report) => {
                 lock_retries += report.lock_retries;
                 applied.extend(report.applied);
-                // Best effort: the lock also ends with the session.
-                let _ = pg::lock::unlock(&client).await;
+                // Ending the session releases the lock: no unlock round trip.
+                drop(client);
                 if applied.is_empty() {
                     // Someone else migrated this tenant between our probe and our lock.
                     recorder

@@ -1,6 +1,6 @@
 //! refinery's history table: read it, and compare it with the planned migrations (pure).
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::HISTORY_TABLE;
 use super::error::DbFailure;
@@ -40,15 +40,28 @@ pub enum HistoryComparison {
 /// (refinery itself errors with 42P01 there, see crates-and-refinery.md §2.6).
 pub async fn read_history(client: &Client) -> Result<Vec<AppliedMigration>, DbFailure> {
     let query = format!("SELECT version, name, checksum FROM {HISTORY_TABLE} ORDER BY version");
-    match client.query(query.as_str(), &[]).await {
-        Ok(rows) => Ok(rows
+    // The simple protocol: one round trip, where a prepared query costs two.
+    match client.simple_query(&query).await {
+        Ok(messages) => messages
             .iter()
-            .map(|row| AppliedMigration {
-                version: row.get(0),
-                name: row.get::<_, Option<String>>(1).unwrap_or_default(),
-                checksum: row.get::<_, Option<String>>(2).unwrap_or_default(),
+            .filter_map(|message| match message {
+                SimpleQueryMessage::Row(row) => Some(row),
+                _ => None,
             })
-            .collect()),
+            .map(|row| {
+                let version = row.get(0).unwrap_or_default();
+                Ok(AppliedMigration {
+                    version: version.parse().map_err(|_| {
+                        DbFailure::new(
+                            None,
+                            format!("read history: {HISTORY_TABLE} has a version that is not an integer: {version:?}"),
+                        )
+                    })?,
+                    name: row.get(1).unwrap_or_default().to_string(),
+                    checksum: row.get(2).unwrap_or_default().to_string(),
+                })
+            })
+            .collect(),
         Err(error) if error.code().map(|code| code.code()) == Some("42P01") => Ok(Vec::new()),
         Err(error) => Err(DbFailure::from_error("read history", &error)),
     }

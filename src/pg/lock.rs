@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::error::DbFailure;
 
@@ -18,12 +18,17 @@ pub const LOCK_KEY: i64 = 0x5c8f_1e7a_3b2d_6c41;
 pub async fn try_lock_for(client: &Client, wait: Duration) -> Result<bool, DbFailure> {
     let deadline = Instant::now() + wait;
     let mut delay = Duration::from_millis(50);
+    // A literal key and the simple protocol: one round trip per try, not a prepare and a bind.
+    let try_lock = format!("SELECT pg_try_advisory_lock({LOCK_KEY})");
     loop {
-        let row = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
+        let messages = client
+            .simple_query(&try_lock)
             .await
             .map_err(|error| DbFailure::from_error("advisory lock", &error))?;
-        if row.get::<_, bool>(0) {
+        let taken = messages.iter().any(
+            |message| matches!(message, SimpleQueryMessage::Row(row) if row.get(0) == Some("t")),
+        );
+        if taken {
             return Ok(true);
         }
         if Instant::now() + delay > deadline {
@@ -32,12 +37,4 @@ pub async fn try_lock_for(client: &Client, wait: Duration) -> Result<bool, DbFai
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(2));
     }
-}
-
-pub async fn unlock(client: &Client) -> Result<(), DbFailure> {
-    client
-        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
-        .await
-        .map_err(|error| DbFailure::from_error("advisory unlock", &error))?;
-    Ok(())
 }
