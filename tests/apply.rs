@@ -61,6 +61,29 @@ async fn three_waves_catch_bad_data_on_branches_and_leave_main_untouched() {
             .contains("orders_status_check")),
         "{report:#}"
     );
+    // Every tenant was branched once and only the 37 validated ones reached main.
+    let timing = |step: &str| {
+        report["timings"]
+            .as_array()
+            .expect("timings")
+            .iter()
+            .find(|timing| timing["step"] == step)
+            .unwrap_or_else(|| panic!("no {step} timing: {report:#}"))
+            .clone()
+    };
+    for (step, count) in [
+        ("connection_uri", 40),
+        ("probe_main", 40),
+        ("create_branch", 40),
+        ("migrate_branch", 40),
+        ("delete_branch", 40),
+        ("lock_main", 37),
+        ("migrate_main", 37),
+    ] {
+        assert_eq!(timing(step)["count"], count, "{step}: {report:#}");
+        assert!(timing(step)["mean_ms"].as_f64().expect("mean_ms") > 0.0);
+    }
+    assert!(timing("journal")["count"].as_u64().expect("count") >= 40 * 4);
 
     for tenant in &fleet.tenants {
         let rows = history(tenant.connection_uri.expose()).await;

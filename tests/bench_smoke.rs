@@ -1,4 +1,4 @@
-//! `schemafleet bench` at toy sizes: it starts its fleet, runs raw, apply, noop and plan in child
+//! `schemafleet bench` at toy sizes: it starts its fleet, runs raw, apply, validated, noop and plan in child
 //! processes, and prints one sane line per mode and the ratios last. The real benchmark (500+
 //! tenants, release build) is run by hand, never by `cargo test`.
 
@@ -35,7 +35,7 @@ fn bench_runs_every_small_mode_and_prints_sane_lines() {
             "--concurrency",
             "2",
             "--modes",
-            "raw,apply,noop,plan",
+            "raw,apply,validated,noop,plan",
             "--plan-tenants",
             "1000",
             "--workdir",
@@ -99,7 +99,26 @@ fn bench_runs_every_small_mode_and_prints_sane_lines() {
     let ratios = fields(&stdout, "apply_vs_raw=");
     let apply_vs_raw = number(&ratios, "apply_vs_raw");
     assert!(apply_vs_raw > 0.0 && apply_vs_raw < 10.0, "{ratios:?}");
-    assert_eq!(ratios["validated_vs_raw"], "n/a", "validated did not run");
+    assert!(number(&ratios, "validated_vs_raw") > 0.0, "{ratios:?}");
+
+    // Validation: a branch created and deleted per tenant, and the time measured step by step.
+    let validated = fields(&stdout, "mode=validated ");
+    assert_eq!(validated["tenants"], "4", "{validated:?}");
+    let api = fields(&stdout, "validated_api ");
+    assert_eq!(number(&api, "mutating_calls_per_tenant"), 2.0, "{api:?}");
+    let breakdown = fields(&stdout, "validated_breakdown ");
+    assert_eq!(breakdown["tenants"], "4", "{breakdown:?}");
+    for step in [
+        "connection_uri_ms",
+        "create_branch_ms",
+        "migrate_branch_ms",
+        "delete_branch_ms",
+        "migrate_main_ms",
+        "journal_ms",
+        "one_branch_copy_alone_ms",
+    ] {
+        assert!(number(&breakdown, step) > 0.0, "{step}: {breakdown:?}");
+    }
     assert!(
         !stdout.contains("WARNING"),
         "every tenant was migrated and verified: {stdout}"

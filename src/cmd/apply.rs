@@ -115,6 +115,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
                 "failures": summary.failures,
                 "failure_groups": groups,
                 "api": {"requests": api_stats.requests, "retries": api_stats.retries, "mutations": api_stats.mutations, "rate_limited": api_stats.rate_limited},
+                "timings": result.timings,
                 "journal": journal_path,
             });
             println!("{}", serde_json::to_string_pretty(&document)?);

@@ -3,6 +3,7 @@
 //! - [`shutdown`]: Ctrl-C levels (stop starting tenants; abort now).
 //! - [`tenant`]: one tenant's pipeline: probe, validate on a branch, restore point, apply to main.
 //! - [`waves`]: the wave loop: bounded concurrency, failure budget, bake, `--until-wave`, resume.
+//! - [`timings`]: where a run's time went, step by step (the `timings` of `apply --output json`).
 //! - [`reporter`]: the trait progress displays implement; the executor never draws anything.
 //!
 //! **Invariant:** a tenant whose probe or validation fails is never touched on main.
@@ -14,6 +15,7 @@
 pub mod reporter;
 pub mod shutdown;
 pub mod tenant;
+pub mod timings;
 pub mod waves;
 
 pub use reporter::{NoReporter, Reporter};

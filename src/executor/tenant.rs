@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ApplyConfig;
+use super::timings::{StepTimings, TimedStep};
 use crate::journal::{
     Event, Journal, JournalError, JournalState, Phase, RestorePoint, TenantState,
 };
@@ -27,10 +28,12 @@ pub enum TenantOutcome {
     Failed { phase: Phase, error: DbFailure },
 }
 
-/// Appends to the journal and keeps the replayed state current, so summaries need no re-read.
+/// Appends to the journal and keeps the replayed state current, so summaries need no re-read;
+/// and keeps the run's step timings, its own appends included.
 pub struct Recorder {
     journal: Journal,
     state: Mutex<JournalState>,
+    timings: StepTimings,
 }
 
 impl Recorder {
@@ -38,13 +41,21 @@ impl Recorder {
         Recorder {
             journal,
             state: Mutex::new(state),
+            timings: StepTimings::default(),
         }
     }
 
     pub async fn record(&self, event: Event) -> Result<(), JournalError> {
-        let record = self.journal.append(event).await?;
+        let record = self
+            .timings
+            .time(TimedStep::Journal, self.journal.append(event))
+            .await?;
         self.lock_state().apply(&record);
         Ok(())
+    }
+
+    pub fn timings(&self) -> &StepTimings {
+        &self.timings
     }
 
     pub fn tenant(&self, tenant_id: &str) -> Option<TenantState> {
@@ -211,9 +222,14 @@ async fn pipeline(
     let recorder = &context.recorder;
 
     // 1. Probe main: what does its history say is pending?
-    let main_uri = match context
-        .client
-        .connection_uri(tenant_id, None, &policy.database, &policy.role)
+    let main_uri = match recorder
+        .timings()
+        .time(
+            TimedStep::ConnectionUri,
+            context
+                .client
+                .connection_uri(tenant_id, None, &policy.database, &policy.role),
+        )
         .await
     {
         Ok(uri) => uri,
@@ -365,8 +381,16 @@ async fn probe(
         .acquire_owned()
         .await
         .map_err(|_| DbFailure::new(None, "connection pool closed"))?;
-    let client = pg::connect(uri, context.config.connect_timeout).await?;
-    let history = pg::read_history(&client).await?;
+    let timings = context.recorder.timings();
+    let client = timings
+        .time(
+            TimedStep::ConnectMain,
+            pg::connect(uri, context.config.connect_timeout),
+        )
+        .await?;
+    let history = timings
+        .time(TimedStep::ProbeMain, pg::read_history(&client))
+        .await?;
     let comparison = pg::compare_history(&history, &context.planned);
     Ok((
         comparison,
@@ -401,9 +425,21 @@ async fn validate(
         Err(failure) => return Ok(Err(failure)),
     };
     let branch = &created.branch;
-    let result = migrate_branch(context, tenant_id, &created).await;
+    let timings = context.recorder.timings();
+    let result = timings
+        .time(
+            TimedStep::MigrateBranch,
+            migrate_branch(context, tenant_id, &created),
+        )
+        .await;
     // Delete whatever happened; a failed delete leaves a branch that expires on its own.
-    match context.client.delete_branch(tenant_id, &branch.id).await {
+    match timings
+        .time(
+            TimedStep::DeleteBranch,
+            context.client.delete_branch(tenant_id, &branch.id),
+        )
+        .await
+    {
         Ok(()) => {
             context
                 .recorder
@@ -524,7 +560,15 @@ async fn create_branch(
             branch_name: request.name.clone(),
         })
         .await?;
-    let created = match context.client.create_branch(tenant_id, &request).await {
+    let created = match context
+        .recorder
+        .timings()
+        .time(
+            TimedStep::CreateBranch,
+            context.client.create_branch(tenant_id, &request),
+        )
+        .await
+    {
         Ok(created) => created,
         Err(error) => {
             let what = format!("creating the {purpose} branch");
@@ -615,7 +659,15 @@ async fn apply_to_main(
         connection_attempt += 1;
         let connected = match reusable_client.take() {
             Some(client) if !client.is_closed() => Ok(client),
-            _ => pg::connect(main_uri, context.config.connect_timeout).await,
+            _ => {
+                recorder
+                    .timings()
+                    .time(
+                        TimedStep::ConnectMain,
+                        pg::connect(main_uri, context.config.connect_timeout),
+                    )
+                    .await
+            }
         };
         let mut client = match connected {
             Ok(client) => client,
@@ -631,7 +683,14 @@ async fn apply_to_main(
             }
             Err(failure) => return fail_apply(recorder, tenant_id, wave, failure, applied).await,
         };
-        match pg::lock::try_lock_for(&client, context.config.lock_wait).await {
+        match recorder
+            .timings()
+            .time(
+                TimedStep::LockMain,
+                pg::lock::try_lock_for(&client, context.config.lock_wait),
+            )
+            .await
+        {
             Ok(true) => {}
             Ok(false) => {
                 let failure = DbFailure::new(
@@ -661,13 +720,18 @@ async fn apply_to_main(
                 .await?;
             started = true;
         }
-        let result = runner::apply_pending(
-            &mut client,
-            &context.migrations,
-            timeouts(&context.plan),
-            context.config.lock_retry,
-        )
-        .await;
+        let result = recorder
+            .timings()
+            .time(
+                TimedStep::MigrateMain,
+                runner::apply_pending(
+                    &mut client,
+                    &context.migrations,
+                    timeouts(&context.plan),
+                    context.config.lock_retry,
+                ),
+            )
+            .await;
         match result {
             Ok(report) => {
                 lock_retries += report.lock_retries;

@@ -10,6 +10,7 @@ use super::ApplyConfig;
 use super::reporter::Reporter;
 use super::shutdown::Shutdown;
 use super::tenant::{Recorder, TenantContext, TenantOutcome, run_tenant};
+use super::timings::StepTiming;
 use crate::journal::{Event, Journal, JournalError, JournalState, TenantStatus, WaveStatus};
 use crate::neon::NeonClient;
 use crate::pg::PlannedVersion;
@@ -56,6 +57,8 @@ pub struct RunResult {
     pub outcome: RunOutcome,
     /// The journal state after the run (prior runs included).
     pub state: JournalState,
+    /// This run's steps, summed over its tenants.
+    pub timings: Vec<StepTiming>,
 }
 
 /// Run the plan's waves in order, resuming from the journal.
@@ -93,6 +96,7 @@ pub async fn execute(
     Ok(RunResult {
         outcome,
         state: recorder.take_state(),
+        timings: recorder.timings().summary(),
     })
 }
 

@@ -382,9 +382,6 @@ impl FleetRun<'_> {
             let mut result = self
                 .apply("validated", &plan, &journal, Expect::Applied)
                 .await?;
-            let records = crate::journal::Journal::read(&journal)
-                .with_context(|| format!("reading the journal {}", journal.display()))?
-                .records;
             // Little's law: tenants in flight on average × wall time / tenants.
             let mean_in_flight_ms = if result.tenants > 0 {
                 self.concurrency.min(result.tenants) as f64 * result.wall_s * 1000.0
@@ -392,7 +389,8 @@ impl FleetRun<'_> {
             } else {
                 0.0
             };
-            let mut breakdown = report::breakdown(&records, mean_in_flight_ms);
+            let mut breakdown =
+                report::breakdown(&result.timings, result.succeeded, mean_in_flight_ms);
             breakdown.one_branch_copy_alone_ms = self.fleet.time_branch_copy(COPY_PROBES).await?;
             result.verified_complete = Some(self.fleet.reset(release_len).await?);
             let api_line = format!(
@@ -491,6 +489,7 @@ impl FleetRun<'_> {
             failed: child.failed,
             verified_complete: None,
             note: child.first_error,
+            timings: Vec::new(),
         })
     }
 
@@ -604,6 +603,7 @@ async fn measure_apply(fleet: &BenchFleet, run: ApplyRun<'_>) -> anyhow::Result<
         failed: tenants.saturating_sub(succeeded),
         verified_complete: None,
         note,
+        timings: serde_json::from_value(document["timings"].clone()).unwrap_or_default(),
     })
 }
 
@@ -745,6 +745,7 @@ async fn plan_mode(
         note: child.first_error.or_else(|| {
             Some("plans from a file: no fleet, no API, no connections by construction".into())
         }),
+        timings: Vec::new(),
     })
 }
 

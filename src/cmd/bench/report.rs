@@ -1,13 +1,12 @@
 //! Benchmark results and their rendering: one `mode=…` line per measured mode, the ratio lines
-//! last, or one JSON document. Also the breakdown of a validated run's time, from its journal.
+//! last, or one JSON document. Also the breakdown of a validated run's time, from the executor's
+//! step timings.
 //!
 //! **Invariant:** pure: functions of measured values, no I/O.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 
-use crate::journal::{Event, Record};
+use crate::executor::timings::StepTiming;
 
 /// One measured mode.
 #[derive(Debug, Clone, Serialize)]
@@ -35,6 +34,9 @@ pub struct ModeResult {
     /// (None when the mode leaves nothing to check).
     pub verified_complete: Option<usize>,
     pub note: Option<String>,
+    /// The executor's step timings (`apply` modes only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timings: Vec<StepTiming>,
 }
 
 impl ModeResult {
@@ -85,97 +87,72 @@ impl Ratios {
     }
 }
 
-/// Mean time per tenant between consecutive steps of a validated run, from journal timestamps.
+/// Where a validated run's time went: the executor's own step timings (`timings` of
+/// `apply --output json`), per tenant.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Breakdown {
-    /// Tenants that went through every step.
+    /// Tenants the run applied: the divisor of every figure.
     pub tenants: usize,
-    /// probed → branch_created: the create call, the emulator's branch copies, operation polls.
-    pub create_branch_ms: f64,
-    /// branch_created → branch_deleted: connect to the branch, migrate it, the delete call.
-    pub migrate_branch_and_delete_ms: f64,
-    /// branch_deleted → apply_started: journal records, connect and lock main.
-    pub connect_lock_main_ms: f64,
-    /// apply_started → applied: migrate main.
-    pub migrate_main_ms: f64,
-    /// Mean time a tenant is in flight (concurrency × wall / tenants, Little's law) minus the
-    /// steps above: the connection-URI lookup and probe before `tenant_probed`.
-    pub probe_and_rest_ms: f64,
-    /// One copy of a tenant's database timed alone on the cluster after the run.
+    /// Mean time a tenant is in flight: concurrency × wall / tenants (Little's law).
+    pub in_flight_ms: f64,
+    /// Each step's summed time over the run divided by `tenants`, in pipeline order.
+    pub steps: Vec<(String, f64)>,
+    /// `in_flight_ms` minus the steps: waits for a connection slot, the rate limiter's pauses
+    /// before a call, task scheduling.
+    pub unaccounted_ms: f64,
+    /// Neon API steps (connection URI, create and delete branch with their operations).
+    pub api_ms: f64,
+    /// Migrating the branch and main (connects, locks and probes not included).
+    pub migration_ms: f64,
+    /// One copy of a tenant's database timed alone on the cluster after the run; the
+    /// emulator's branch creation makes two (the branch and its snapshot of the parent).
     pub one_branch_copy_alone_ms: f64,
 }
 
 impl Breakdown {
     pub fn line(&self, concurrency: usize) -> String {
+        let steps: String = self
+            .steps
+            .iter()
+            .map(|(step, ms)| format!(" {step}_ms={ms:.1}"))
+            .collect();
         format!(
-            "validated_breakdown concurrency={concurrency} tenants={} probe_and_rest_ms={:.1} create_branch_ms={:.1} migrate_branch_and_delete_ms={:.1} connect_lock_main_ms={:.1} migrate_main_ms={:.1} one_branch_copy_alone_ms={:.1}",
+            "validated_breakdown concurrency={concurrency} tenants={} in_flight_ms={:.1}{steps} unaccounted_ms={:.1} api_ms={:.1} migration_ms={:.1} one_branch_copy_alone_ms={:.1}",
             self.tenants,
-            self.probe_and_rest_ms,
-            self.create_branch_ms,
-            self.migrate_branch_and_delete_ms,
-            self.connect_lock_main_ms,
-            self.migrate_main_ms,
+            self.in_flight_ms,
+            self.unaccounted_ms,
+            self.api_ms,
+            self.migration_ms,
             self.one_branch_copy_alone_ms
         )
     }
 }
 
-/// Step timings of every tenant that was probed, branched, validated and applied in `records`.
-pub fn breakdown(records: &[Record], mean_in_flight_ms: f64) -> Breakdown {
-    #[derive(Default)]
-    struct Steps {
-        probed: Option<f64>,
-        branch_created: Option<f64>,
-        branch_deleted: Option<f64>,
-        apply_started: Option<f64>,
-        applied: Option<f64>,
-    }
-    let mut steps: BTreeMap<&str, Steps> = BTreeMap::new();
-    for record in records {
-        let Some(at) = crate::clock::parse_rfc3339(&record.at) else {
-            continue;
-        };
-        let at_ms = (at.unix_timestamp_nanos() / 1_000) as f64 / 1000.0;
-        let (tenant, slot): (&str, fn(&mut Steps) -> &mut Option<f64>) = match &record.event {
-            Event::TenantProbed { tenant, .. } => (tenant, |steps| &mut steps.probed),
-            Event::BranchCreated { tenant, .. } => (tenant, |steps| &mut steps.branch_created),
-            Event::BranchDeleted { tenant, .. } => (tenant, |steps| &mut steps.branch_deleted),
-            Event::ApplyStarted { tenant, .. } => (tenant, |steps| &mut steps.apply_started),
-            Event::Applied { tenant, .. } => (tenant, |steps| &mut steps.applied),
-            _ => continue,
-        };
-        *slot(steps.entry(tenant).or_default()) = Some(at_ms);
-    }
-    let mut sums = [0.0f64; 4];
-    let mut complete = 0usize;
-    for step in steps.values() {
-        let (Some(probed), Some(created), Some(deleted), Some(started), Some(applied)) = (
-            step.probed,
-            step.branch_created,
-            step.branch_deleted,
-            step.apply_started,
-            step.applied,
-        ) else {
-            continue;
-        };
-        complete += 1;
-        sums[0] += created - probed;
-        sums[1] += deleted - created;
-        sums[2] += started - deleted;
-        sums[3] += applied - started;
-    }
-    if complete == 0 {
+/// Per-tenant step times of a run that applied `tenants` tenants, from its `timings`.
+pub fn breakdown(timings: &[StepTiming], tenants: usize, in_flight_ms: f64) -> Breakdown {
+    if tenants == 0 {
         return Breakdown::default();
     }
-    let mean = |sum: f64| sum / complete as f64;
-    let measured: f64 = sums.iter().map(|sum| mean(*sum)).sum();
+    let per_tenant = |timing: &StepTiming| timing.total_ms / tenants as f64;
+    let sum_of = |names: &[&str]| -> f64 {
+        timings
+            .iter()
+            .filter(|timing| names.contains(&timing.step.as_str()))
+            .map(per_tenant)
+            .sum()
+    };
+    let steps: Vec<(String, f64)> = timings
+        .iter()
+        .map(|timing| (timing.step.clone(), per_tenant(timing)))
+        .collect();
+    let measured: f64 = steps.iter().map(|(_, ms)| ms).sum();
     Breakdown {
-        tenants: complete,
-        create_branch_ms: mean(sums[0]),
-        migrate_branch_and_delete_ms: mean(sums[1]),
-        connect_lock_main_ms: mean(sums[2]),
-        migrate_main_ms: mean(sums[3]),
-        probe_and_rest_ms: (mean_in_flight_ms - measured).max(0.0),
+        tenants,
+        in_flight_ms,
+        unaccounted_ms: (in_flight_ms - measured).max(0.0),
+        api_ms: sum_of(&["connection_uri", "create_branch", "delete_branch"]),
+        migration_ms: sum_of(&["migrate_branch", "migrate_main"]),
+        steps,
         one_branch_copy_alone_ms: 0.0,
     }
 }
@@ -212,15 +189,6 @@ impl RateLimitedRun {
 mod tests {
     use super::*;
 
-    fn record(seq: u64, at: &str, event: Event) -> Record {
-        Record {
-            v: 1,
-            seq,
-            at: at.to_string(),
-            event,
-        }
-    }
-
     fn result(mode: &str, concurrency: usize, tenants_per_s: f64) -> ModeResult {
         ModeResult {
             mode: mode.into(),
@@ -238,6 +206,7 @@ mod tests {
             failed: 0,
             verified_complete: None,
             note: None,
+            timings: Vec::new(),
         }
     }
 
@@ -269,80 +238,34 @@ mod tests {
     }
 
     #[test]
-    fn breakdown_averages_complete_tenants_only() {
-        let tenant = |name: &str| name.to_string();
-        let records = vec![
-            record(
-                1,
-                "2026-01-01T00:00:00.000Z",
-                Event::TenantProbed {
-                    tenant: tenant("a"),
-                    wave: "all".into(),
-                    current_version: None,
-                    pending: vec![1],
-                },
-            ),
-            record(
-                2,
-                "2026-01-01T00:00:00.100Z",
-                Event::BranchCreated {
-                    tenant: tenant("a"),
-                    wave: "all".into(),
-                    purpose: "validate".into(),
-                    branch_id: "br".into(),
-                    branch_name: "n".into(),
-                    parent_branch_id: None,
-                    parent_lsn: None,
-                    expires_at: None,
-                },
-            ),
-            record(
-                3,
-                "2026-01-01T00:00:00.300Z",
-                Event::BranchDeleted {
-                    tenant: tenant("a"),
-                    branch_id: "br".into(),
-                },
-            ),
-            record(
-                4,
-                "2026-01-01T00:00:00.310Z",
-                Event::ApplyStarted {
-                    tenant: tenant("a"),
-                    wave: "all".into(),
-                    versions: vec![1],
-                },
-            ),
-            record(
-                5,
-                "2026-01-01T00:00:00.350Z",
-                Event::Applied {
-                    tenant: tenant("a"),
-                    wave: "all".into(),
-                    versions: vec![1],
-                    lock_retries: 0,
-                },
-            ),
-            record(
-                6,
-                "2026-01-01T00:00:00.000Z",
-                Event::TenantProbed {
-                    tenant: tenant("b"),
-                    wave: "all".into(),
-                    current_version: None,
-                    pending: vec![1],
-                },
-            ),
+    fn breakdown_divides_step_totals_by_tenants_and_groups_them() {
+        let timing = |step: &str, total_ms: f64| StepTiming {
+            step: step.into(),
+            count: 4,
+            total_ms,
+            mean_ms: total_ms / 4.0,
+        };
+        let timings = vec![
+            timing("connection_uri", 20.0),
+            timing("create_branch", 400.0),
+            timing("migrate_branch", 200.0),
+            timing("delete_branch", 100.0),
+            timing("migrate_main", 80.0),
+            timing("journal", 40.0),
         ];
-        let breakdown = breakdown(&records, 500.0);
-        assert_eq!(breakdown.tenants, 1);
+        let breakdown = super::breakdown(&timings, 4, 250.0);
+        assert_eq!(breakdown.tenants, 4);
+        assert_eq!(breakdown.steps[1], ("create_branch".to_string(), 100.0));
+        assert!((breakdown.api_ms - 130.0).abs() < 1e-9, "{breakdown:?}");
+        assert!((breakdown.migration_ms - 70.0).abs() < 1e-9);
+        assert!((breakdown.unaccounted_ms - 40.0).abs() < 1e-9);
         assert!(
-            (breakdown.create_branch_ms - 100.0).abs() < 1e-6,
-            "{breakdown:?}"
+            breakdown
+                .line(16)
+                .contains(" create_branch_ms=100.0 migrate_branch_ms=50.0 "),
+            "{}",
+            breakdown.line(16)
         );
-        assert!((breakdown.migrate_branch_and_delete_ms - 200.0).abs() < 1e-6);
-        assert!((breakdown.connect_lock_main_ms - 10.0).abs() < 1e-6);
-        assert!((breakdown.migrate_main_ms - 40.0).abs() < 1e-6);
-        assert!((breakdown.probe_and_rest_ms - 150.0).abs() < 1e-6);
+        assert_eq!(super::breakdown(&timings, 0, 1.0), Breakdown::default());
     }
 }
