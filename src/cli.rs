@@ -316,6 +316,12 @@ pub struct EmulatorArgs {
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
 
+    /// Restore window of projects created without one, in seconds (Neon's
+    /// `history_retention_seconds`). Each branch creation keeps a copy of its parent for
+    /// restores within the window; 0 keeps none (branch_point rollbacks are then refused).
+    #[arg(long, default_value_t = 86_400)]
+    pub history_retention_seconds: i64,
+
     /// Create this many tenant projects on start.
     #[arg(long, default_value_t = 0)]
     pub tenants: usize,

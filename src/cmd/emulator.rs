@@ -45,6 +45,7 @@ pub async fn run(args: EmulatorArgs) -> anyhow::Result<ExitStatus> {
         op_delay: Duration::from_millis(args.op_delay_ms),
         latency: Duration::from_millis(args.latency_ms),
         tuned_for_benchmark: false,
+        history_retention_seconds: args.history_retention_seconds,
     };
     let fleet = LocalFleet::start(config).await?;
     if let (Some(sql), true) = (&seed_sql, args.tenants > 0) {

@@ -70,6 +70,9 @@ pub struct LocalFleetConfig {
     pub latency: Duration,
     /// Start the cluster with durability traded for speed (see [`PgClusterConfig`]).
     pub tuned_for_benchmark: bool,
+    /// Restore window of projects created without one (seeded ones included). Every branch
+    /// creation inside a window copies the parent's database, kept until the window passes.
+    pub history_retention_seconds: i64,
 }
 
 impl LocalFleetConfig {
@@ -85,6 +88,7 @@ impl LocalFleetConfig {
             op_delay: Duration::from_millis(20),
             latency: Duration::ZERO,
             tuned_for_benchmark: false,
+            history_retention_seconds: model::DEFAULT_HISTORY_RETENTION_SECONDS,
         }
     }
 }
@@ -155,6 +159,7 @@ impl LocalFleet {
                 port: cluster.port(),
             },
             op_delay: config.op_delay,
+            default_history_retention_seconds: config.history_retention_seconds,
             max_branches_per_project: MAX_BRANCHES_PER_PROJECT,
             server_major_version,
         });

@@ -34,6 +34,8 @@ pub struct Emulator {
     pub(crate) physical: Physical,
     pub(crate) target: ConnectionTarget,
     pub(crate) op_delay: Duration,
+    /// For projects created without `history_retention_seconds`.
+    pub(crate) default_history_retention_seconds: i64,
     pub(crate) max_branches_per_project: usize,
     /// The backing server's major version, reported as projects' default `pg_version`.
     pub(crate) server_major_version: i64,
@@ -214,7 +216,7 @@ impl Emulator {
     ) -> Result<(ProjectDocument, Vec<OperationRecord>), ApiError> {
         let history_retention_seconds = fields
             .history_retention_seconds
-            .unwrap_or(model::DEFAULT_HISTORY_RETENTION_SECONDS);
+            .unwrap_or(self.default_history_retention_seconds);
         if !(0..=MAX_HISTORY_RETENTION_SECONDS).contains(&history_retention_seconds) {
             return Err(ApiError::bad_request(format!(
                 "history_retention_seconds must be between 0 and {MAX_HISTORY_RETENTION_SECONDS}, \

@@ -104,8 +104,8 @@ pub struct Breakdown {
     pub api_ms: f64,
     /// Migrating the branch and main (connects, locks and probes not included).
     pub migration_ms: f64,
-    /// One copy of a tenant's database timed alone on the cluster after the run; the
-    /// emulator's branch creation makes two (the branch and its snapshot of the parent).
+    /// One copy of a tenant's database timed alone on the cluster after the run: the work
+    /// behind each emulated branch creation (the bench fleet keeps no restore-window copies).
     pub one_branch_copy_alone_ms: f64,
 }
 
