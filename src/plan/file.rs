@@ -291,6 +291,12 @@ mod round_trip_tests {
         let path = dir.path().join("p.plan.yaml");
         write_plan(&path, &plan()).unwrap();
         assert_eq!(load_plan(&path).unwrap(), plan());
+        // Spelled as in the policy, not as a YAML tag.
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("validation:\n    sample_percent: 12.5\n"),
+            "{text}"
+        );
         // Nothing but the plan is left in the directory.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }

@@ -59,9 +59,11 @@ pub struct VerifyFile {
     pub sha256: String,
 }
 
-/// How tenants are validated before their main branch changes.
+/// How tenants are validated before their main branch changes. Written in the plan as the
+/// policy spells it: `branch`, `none` or `{sample_percent: N}` (serde_yaml would otherwise
+/// write the sample as a `!sample_percent N` tag).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(from = "ValidationSpelling", into = "ValidationSpelling")]
 pub enum Validation {
     /// Every tenant with pending migrations is validated on a throwaway branch.
     Branch,
@@ -69,6 +71,46 @@ pub enum Validation {
     None,
     /// A stable sample of tenants (by hash of salt and tenant id) is validated.
     SamplePercent(f64),
+}
+
+/// [`Validation`] as plan files spell it. The JSON the plan id hashes is the same as before
+/// (`"branch"`, `"none"`, `{"sample_percent":N}`), so plan ids do not change.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+enum ValidationSpelling {
+    Word(ValidationWord),
+    Sample { sample_percent: f64 },
+}
+
+#[derive(Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ValidationWord {
+    Branch,
+    None,
+}
+
+impl From<ValidationSpelling> for Validation {
+    fn from(spelling: ValidationSpelling) -> Validation {
+        match spelling {
+            ValidationSpelling::Word(ValidationWord::Branch) => Validation::Branch,
+            ValidationSpelling::Word(ValidationWord::None) => Validation::None,
+            ValidationSpelling::Sample { sample_percent } => {
+                Validation::SamplePercent(sample_percent)
+            }
+        }
+    }
+}
+
+impl From<Validation> for ValidationSpelling {
+    fn from(validation: Validation) -> ValidationSpelling {
+        match validation {
+            Validation::Branch => ValidationSpelling::Word(ValidationWord::Branch),
+            Validation::None => ValidationSpelling::Word(ValidationWord::None),
+            Validation::SamplePercent(sample_percent) => {
+                ValidationSpelling::Sample { sample_percent }
+            }
+        }
+    }
 }
 
 /// What the journal records as the point a rollback restores main to.
@@ -203,5 +245,32 @@ mod tests {
         // Either budget trips the wave.
         assert!(wave(Some(5), Some(1.0), 200).budget_exceeded(3));
         assert!(wave(None, None, 10).budget_exceeded(1));
+    }
+}
+
+#[cfg(test)]
+mod validation_spelling_tests {
+    use super::Validation;
+
+    #[test]
+    fn plans_spell_validation_as_policies_do() {
+        for (validation, text) in [
+            (Validation::Branch, "branch\n"),
+            (Validation::None, "none\n"),
+            (Validation::SamplePercent(12.5), "sample_percent: 12.5\n"),
+        ] {
+            assert_eq!(serde_yaml::to_string(&validation).unwrap(), text);
+            assert_eq!(
+                serde_yaml::from_str::<Validation>(text).unwrap(),
+                validation
+            );
+        }
+        for bad in [
+            "sample_percent: 10\nextra: 1\n",
+            "sometimes\n",
+            "!sample_percent 10\n",
+        ] {
+            assert!(serde_yaml::from_str::<Validation>(bad).is_err(), "{bad}");
+        }
     }
 }
