@@ -135,6 +135,69 @@ async fn rollback_of_a_wave_restores_exactly_and_keeps_the_newer_state() {
 }
 
 /// `status` reads a journal from a real run with failures and a halted wave, with no API access.
+/// With `restore_point: backup_branch` (no validation branch), apply creates one backup branch
+/// per tenant; `rollback --tenant` restores that tenant's main from its backup's head, exactly,
+/// and leaves the other tenant migrated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_from_a_backup_branch_restores_one_tenant_exactly() {
+    let fleet = TestFleet::start(2).await;
+    let target = fleet.tenant("tenant-0001");
+    let other = fleet.tenant("tenant-0002");
+    let before = fingerprint(target.connection_uri.expose()).await;
+    fleet.write_policy(
+        "validation: none\nrestore_point: backup_branch\nlock_timeout: 2s\nstatement_timeout: 1m\nbranch_ttl: 1h\nsalt: test\nwaves:\n  - name: all\n    percent: 100\n    concurrency: 2\n",
+    );
+    let plan = fleet.plan(&repo_migrations());
+    let plan_arg = plan.to_str().expect("utf-8");
+    let output = fleet.run(&["apply", plan_arg]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(history(target.connection_uri.expose()).await.len(), 4);
+
+    let neon = client(&fleet);
+    let backups = |branches: &[schemafleet::neon::Branch]| {
+        branches
+            .iter()
+            .filter(|branch| branch.name.starts_with("schemafleet-backup-"))
+            .count()
+    };
+    let branches = neon
+        .list_branches(&target.project_id)
+        .await
+        .expect("branches");
+    assert_eq!(backups(&branches), 1, "{branches:?}");
+
+    let output = fleet.run(&[
+        "rollback",
+        plan_arg,
+        "--tenant",
+        &target.project_id,
+        "--yes",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(
+        fingerprint(target.connection_uri.expose()).await,
+        before,
+        "main is not back to its pre-migration state"
+    );
+    assert!(history(target.connection_uri.expose()).await.is_empty());
+    let branches = neon
+        .list_branches(&target.project_id)
+        .await
+        .expect("branches");
+    assert!(
+        branches
+            .iter()
+            .any(|branch| branch.name.starts_with("pre-rollback-")),
+        "the migrated state is kept under a preserved branch: {branches:?}"
+    );
+    assert_eq!(
+        history(other.connection_uri.expose()).await.len(),
+        4,
+        "the other tenant was not selected and stays migrated"
+    );
+    fleet.fleet.stop().await.expect("stop");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_a_halted_run_from_the_journal_alone() {
     let fleet = TestFleet::start(6).await;
