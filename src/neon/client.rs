@@ -19,7 +19,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use reqwest::Method;
@@ -125,6 +125,10 @@ struct Inner {
     config: ClientConfig,
     limiter: RateLimiter,
     stats: StatCounters,
+    /// The API has answered at least once. Until then a host that cannot be reached at all is
+    /// far more likely a wrong NEON_API_URL than a blip: it gets the brief retry budget, so the
+    /// operator hears of it in seconds rather than after the full backoff.
+    answered: AtomicBool,
 }
 
 #[derive(Default)]
@@ -248,6 +252,7 @@ impl NeonClient {
                 config,
                 limiter,
                 stats: StatCounters::default(),
+                answered: AtomicBool::new(false),
             }),
         })
     }
@@ -783,7 +788,11 @@ impl NeonClient {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            let (disposition, retry_after, error) = match self.send_once(call, &url, &path).await {
+            let sent = self.send_once(call, &url, &path).await;
+            if sent.is_ok() {
+                self.inner.answered.store(true, Ordering::Relaxed);
+            }
+            let (disposition, retry_after, error) = match sent {
                 Ok(raw) if (200..300).contains(&raw.status) => {
                     return Ok(Answer {
                         status: raw.status,
@@ -828,7 +837,15 @@ impl NeonClient {
                             ..
                         }
                     );
-                    (classify_network_failure(kind, connect_failure), None, error)
+                    let disposition = match classify_network_failure(kind, connect_failure) {
+                        Disposition::Retry(_)
+                            if connect_failure && !self.inner.answered.load(Ordering::Relaxed) =>
+                        {
+                            Disposition::Retry(RetryBudget::Brief)
+                        }
+                        disposition => disposition,
+                    };
+                    (disposition, None, error)
                 }
             };
             let budget = match disposition {
@@ -1171,5 +1188,29 @@ mod tests {
         assert!(error.is_retryable());
         let stats = client.stats();
         assert_eq!((stats.requests, stats.retries), (2, 1));
+    }
+
+    #[tokio::test]
+    async fn a_host_never_reached_gets_the_brief_retry_budget() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut config = ClientConfig::new(
+            format!("http://127.0.0.1:{port}/api/v2"),
+            SecretString::new("napi_key"),
+            60_000,
+        );
+        config.max_attempts = 8;
+        config.backoff_base = Duration::from_millis(1);
+        let client = NeonClient::new(config).unwrap();
+        let error = client.check_access().await.unwrap_err();
+        assert!(
+            error.to_string().contains("check network access"),
+            "{error}"
+        );
+        // A wrong URL is reported after BRIEF_ATTEMPTS tries, not the full eight.
+        assert_eq!(client.stats().requests, u64::from(BRIEF_ATTEMPTS));
     }
 }
