@@ -322,6 +322,11 @@ pub struct EmulatorArgs {
     #[arg(long, default_value_t = 86_400)]
     pub history_retention_seconds: i64,
 
+    /// Fraction of operations that report `failed` for 300 ms before Neon's control plane
+    /// would retry them; they then run again and finish.
+    #[arg(long, default_value_t = 0.0)]
+    pub failed_operation_rate: f64,
+
     /// Create this many tenant projects on start.
     #[arg(long, default_value_t = 0)]
     pub tenants: usize,

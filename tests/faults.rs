@@ -145,6 +145,53 @@ async fn slow_operations_are_waited_for() {
     fleet.fleet.stop().await.expect("stop");
 }
 
+/// Every operation reports `failed` for a while before Neon's control plane would retry it.
+/// `failed` is not terminal: the client keeps polling, and every tenant is validated and
+/// applied once, with no branch left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_that_fail_once_are_waited_out() {
+    let config = LocalFleetConfig {
+        failed_operation_rate: 1.0,
+        ..LocalFleetConfig::for_tests()
+    };
+    let fleet = TestFleet::start_with(config, 2).await;
+    fleet.write_policy(&one_wave(2));
+    let plan = fleet.plan(&repo_migrations());
+    let output = fleet.run(&["apply", plan.to_str().expect("utf-8"), "--output", "json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let report = json(&output);
+    assert_eq!(report["totals"]["applied"], 2, "{report:#}");
+    let api = Api::new(&fleet);
+    for tenant in &fleet.tenants {
+        assert_repo_migrations_once(&tenant.name, tenant.connection_uri.expose()).await;
+        // The branch operations did go through `failed`, and finished after it.
+        let (status, operations) = api
+            .send(
+                reqwest::Method::GET,
+                &format!("/projects/{}/operations", tenant.project_id),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{operations}");
+        let branch_operations: Vec<&Value> = operations["operations"]
+            .as_array()
+            .expect("operations")
+            .iter()
+            .filter(|operation| operation["branch_id"] != tenant.branch_id.as_str())
+            .collect();
+        assert!(!branch_operations.is_empty(), "{operations:#}");
+        assert!(
+            branch_operations
+                .iter()
+                .all(|operation| operation["failures_count"] == 1
+                    && operation["status"] == "finished"),
+            "{operations:#}"
+        );
+    }
+    assert_no_validation_branch_left(&fleet).await;
+    fleet.fleet.stop().await.expect("stop");
+}
+
 /// A 429 storm: the emulator's rate limit is spent before the run starts and refills slowly,
 /// the client's own limit is far above it. Every tenant is applied; the report counts the 429s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

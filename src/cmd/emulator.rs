@@ -46,6 +46,7 @@ pub async fn run(args: EmulatorArgs) -> anyhow::Result<ExitStatus> {
         latency: Duration::from_millis(args.latency_ms),
         tuned_for_benchmark: false,
         history_retention_seconds: args.history_retention_seconds,
+        failed_operation_rate: args.failed_operation_rate,
     };
     let fleet = LocalFleet::start(config).await?;
     if let (Some(sql), true) = (&seed_sql, args.tenants > 0) {

@@ -73,6 +73,9 @@ pub struct LocalFleetConfig {
     /// Restore window of projects created without one (seeded ones included). Every branch
     /// creation inside a window copies the parent's database, kept until the window passes.
     pub history_retention_seconds: i64,
+    /// Fraction of operations that report `failed` for a while (Neon's control plane retries
+    /// them) before they run again and finish.
+    pub failed_operation_rate: f64,
 }
 
 impl LocalFleetConfig {
@@ -89,6 +92,7 @@ impl LocalFleetConfig {
             latency: Duration::ZERO,
             tuned_for_benchmark: false,
             history_retention_seconds: model::DEFAULT_HISTORY_RETENTION_SECONDS,
+            failed_operation_rate: 0.0,
         }
     }
 }
@@ -160,6 +164,7 @@ impl LocalFleet {
             },
             op_delay: config.op_delay,
             default_history_retention_seconds: config.history_retention_seconds,
+            failed_operation_rate: config.failed_operation_rate.clamp(0.0, 1.0),
             max_branches_per_project: MAX_BRANCHES_PER_PROJECT,
             server_major_version,
         });

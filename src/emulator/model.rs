@@ -127,6 +127,10 @@ pub struct OperationRecord {
     /// `scheduling` before this, `running` until `finish_at`, then `finished`.
     pub start_at: Millis,
     pub finish_at: Millis,
+    /// An operation the control plane retries: `failed` (failures_count 1) from `start_at`
+    /// until this, then `running` again. Neon documents `failed` as not terminal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_until: Option<Millis>,
 }
 
 impl OperationRecord {
@@ -316,6 +320,11 @@ pub fn render_endpoint(endpoint: &EndpointRecord, target: &ConnectionTarget, now
 pub fn operation_status(operation: &OperationRecord, now: Millis) -> &'static str {
     if now >= operation.finish_at {
         "finished"
+    } else if operation
+        .failed_until
+        .is_some_and(|until| now >= operation.start_at && now < until)
+    {
+        "failed"
     } else if now >= operation.start_at {
         "running"
     } else {
@@ -342,7 +351,15 @@ pub fn render_operation(operation: &OperationRecord, now: Millis) -> Value {
     }
     object.insert("action".into(), json!(operation.action));
     object.insert("status".into(), json!(status));
-    object.insert("failures_count".into(), json!(0));
+    let failed_once = operation.failed_until.is_some() && now >= operation.start_at;
+    object.insert("failures_count".into(), json!(u32::from(failed_once)));
+    // The spec: "when the operation was last retried" — the retry the control plane makes
+    // when the failed phase ends.
+    if let Some(until) = operation.failed_until
+        && failed_once
+    {
+        object.insert("retry_at".into(), json!(rfc3339_seconds(until)));
+    }
     object.insert(
         "created_at".into(),
         json!(rfc3339_seconds(operation.created_at)),
@@ -438,9 +455,23 @@ mod tests {
             created_at: 0,
             start_at: 10,
             finish_at: 20,
+            failed_until: None,
         };
         assert_eq!(operation_status(&operation, 5), "scheduling");
         assert_eq!(operation_status(&operation, 10), "running");
         assert_eq!(operation_status(&operation, 20), "finished");
+
+        let retried = OperationRecord {
+            failed_until: Some(15),
+            ..operation
+        };
+        assert_eq!(operation_status(&retried, 5), "scheduling");
+        assert_eq!(operation_status(&retried, 10), "failed");
+        assert_eq!(render_operation(&retried, 12)["failures_count"], 1);
+        assert!(render_operation(&retried, 12)["retry_at"].is_string());
+        assert_eq!(operation_status(&retried, 15), "running");
+        assert_eq!(render_operation(&retried, 16)["failures_count"], 1);
+        assert_eq!(operation_status(&retried, 20), "finished");
+        assert_eq!(render_operation(&retried, 5)["failures_count"], 0);
     }
 }

@@ -27,6 +27,8 @@ const LOCKED_MESSAGE: &str =
     "project already has running conflicting operations, scheduling of new ones is prohibited";
 const MAX_EXPIRY_MS: Millis = 30 * 86_400_000;
 const MAX_HISTORY_RETENTION_SECONDS: i64 = 2_592_000;
+/// How long an operation chosen to fail stays `failed` before the control plane retries it.
+const FAILED_OPERATION_MS: Millis = 300;
 
 pub struct Emulator {
     pub(crate) state: StdMutex<State>,
@@ -36,6 +38,8 @@ pub struct Emulator {
     pub(crate) op_delay: Duration,
     /// For projects created without `history_retention_seconds`.
     pub(crate) default_history_retention_seconds: i64,
+    /// Fraction of operations that go through `failed` once before they finish.
+    pub(crate) failed_operation_rate: f64,
     pub(crate) max_branches_per_project: usize,
     /// The backing server's major version, reported as projects' default `pg_version`.
     pub(crate) server_major_version: i64,
@@ -158,6 +162,17 @@ impl Emulator {
         start_at: Millis,
         finish_at: Millis,
     ) -> OperationRecord {
+        // Some operations fail once and are retried by the control plane: `failed` long enough
+        // for a poller to see it, then the whole run again.
+        // Instant operations (seeding) never fail.
+        let failed_until = (finish_at > start_at
+            && self.failed_operation_rate > 0.0
+            && rand::random::<f64>() < self.failed_operation_rate)
+            .then(|| start_at + FAILED_OPERATION_MS);
+        let finish_at = match failed_until {
+            Some(until) => until + (finish_at - start_at),
+            None => finish_at,
+        };
         OperationRecord {
             id: ids::operation_id(),
             project_id: project_id.to_string(),
@@ -167,6 +182,7 @@ impl Emulator {
             created_at: now_ms(),
             start_at,
             finish_at,
+            failed_until,
         }
     }
 
