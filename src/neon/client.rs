@@ -1165,9 +1165,8 @@ mod tests {
         assert!(!error.is_retryable());
     }
 
-    #[tokio::test]
-    async fn network_errors_never_show_the_key() {
-        // A port that was just free: connecting to it is refused.
+    /// A client of a port that was just free: connecting to it is refused.
+    fn refused_client(key: &str, max_attempts: u32) -> NeonClient {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -1175,12 +1174,17 @@ mod tests {
             .port();
         let mut config = ClientConfig::new(
             format!("http://127.0.0.1:{port}/api/v2"),
-            SecretString::new("napi_supersecretkey"),
+            SecretString::new(key),
             60_000,
         );
-        config.max_attempts = 2;
+        config.max_attempts = max_attempts;
         config.backoff_base = Duration::from_millis(1);
-        let client = NeonClient::new(config).unwrap();
+        NeonClient::new(config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn network_errors_never_show_the_key() {
+        let client = refused_client("napi_supersecretkey", 2);
         let error = client.get_project("p").await.unwrap_err();
         let shown = format!("{error} {error:?}");
         assert!(!shown.contains("supersecret"), "{shown}");
@@ -1192,19 +1196,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_host_never_reached_gets_the_brief_retry_budget() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut config = ClientConfig::new(
-            format!("http://127.0.0.1:{port}/api/v2"),
-            SecretString::new("napi_key"),
-            60_000,
-        );
-        config.max_attempts = 8;
-        config.backoff_base = Duration::from_millis(1);
-        let client = NeonClient::new(config).unwrap();
+        let client = refused_client("napi_key", 8);
         let error = client.check_access().await.unwrap_err();
         assert!(
             error.to_string().contains("check network access"),
