@@ -191,6 +191,11 @@ pub struct RollbackArgs {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Restore even a tenant whose main has migrations of a later release since this plan's
+    /// restore point; they are undone too (without this, such a tenant is refused).
+    #[arg(long)]
+    pub undo_later_releases: bool,
+
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
 

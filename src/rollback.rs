@@ -7,6 +7,9 @@
 //! **Invariant:** a tenant without a restore point, or whose point is outside the project's
 //! history window, is refused before any API call: never a partial restore.
 //! **Invariant:** the state main had before the restore is kept under `preserve_under_name`.
+//! **Invariant:** a restore never silently undoes another release: a tenant whose main has
+//! migrations this plan does not contain, applied after the restore point, is refused unless
+//! the operator asks for them to be undone too.
 
 use std::time::Duration;
 
@@ -260,6 +263,68 @@ pub async fn roll_back_tenant(
     }
 }
 
+/// Versions on main now (`current`) that a restore to a point where main was at
+/// `version_at_point` would undo although the plan (`planned`) does not contain them: later
+/// releases. Pure.
+pub fn collateral_versions(
+    current: &[i32],
+    version_at_point: Option<i32>,
+    planned: &[i32],
+) -> Vec<i32> {
+    let mut versions: Vec<i32> = current
+        .iter()
+        .copied()
+        .filter(|version| version_at_point.is_none_or(|at| *version > at))
+        .filter(|version| !planned.contains(version))
+        .collect();
+    versions.sort_unstable();
+    versions
+}
+
+/// Read main's history now and return [`collateral_versions`].
+pub async fn later_releases(
+    client: &NeonClient,
+    plan: &Plan,
+    candidate: &Candidate,
+) -> Result<Vec<i32>, String> {
+    let uri = client
+        .connection_uri(
+            &candidate.tenant,
+            None,
+            &plan.policy.database,
+            &plan.policy.role,
+        )
+        .await
+        .map_err(|error| format!("looking up main's URI: {error}"))?;
+    let connection = pg::connect(&uri, Duration::from_secs(30))
+        .await
+        .map_err(|failure| failure.to_string())?;
+    let history = pg::read_history(&connection)
+        .await
+        .map_err(|failure| failure.to_string())?;
+    let current: Vec<i32> = history.iter().map(|row| row.version).collect();
+    let planned: Vec<i32> = plan
+        .migrations
+        .items
+        .iter()
+        .map(|migration| migration.version)
+        .collect();
+    Ok(collateral_versions(
+        &current,
+        candidate.expected_version,
+        &planned,
+    ))
+}
+
+/// `V5, V6, V9`.
+pub fn version_list(versions: &[i32]) -> String {
+    versions
+        .iter()
+        .map(|version| format!("V{version}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// After the restore, main's history must end at the version it had before the migration.
 async fn verify_history(
     client: &NeonClient,
@@ -306,4 +371,26 @@ async fn verify_history(
 
 fn describe(version: Option<i32>) -> String {
     version.map_or_else(|| "no version".to_string(), |version| format!("V{version}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_later_versions_outside_the_plan_are_collateral() {
+        let planned = [1, 2, 3, 4];
+        // Main was at V2 at the restore point, this plan took it to V4, a later one to V6.
+        assert_eq!(
+            collateral_versions(&[1, 2, 3, 4, 5, 6], Some(2), &planned),
+            vec![5, 6]
+        );
+        // Nothing beyond this plan: nothing else is undone.
+        assert!(collateral_versions(&[1, 2, 3, 4], Some(2), &planned).is_empty());
+        // A version from before the restore point stays, in the plan or not.
+        assert!(collateral_versions(&[0, 1, 2, 3, 4], Some(2), &planned).is_empty());
+        // A fresh tenant: everything outside the plan is collateral.
+        assert_eq!(collateral_versions(&[7, 1], None, &planned), vec![7]);
+        assert_eq!(version_list(&[5, 6]), "V5, V6");
+    }
 }

@@ -136,8 +136,9 @@ async fn rollback_of_a_wave_restores_exactly_and_keeps_the_newer_state() {
 
 /// `status` reads a journal from a real run with failures and a halted wave, with no API access.
 /// With `restore_point: backup_branch` (no validation branch), apply creates one backup branch
-/// per tenant; `rollback --tenant` restores that tenant's main from its backup's head, exactly,
-/// and leaves the other tenant migrated.
+/// per tenant. After a later release, `rollback --tenant` of the first one is refused because it
+/// would undo the later release too; with `--undo-later-releases` it restores that tenant's
+/// main from its backup's head, exactly, and leaves the other tenant migrated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_from_a_backup_branch_restores_one_tenant_exactly() {
     let fleet = TestFleet::start(2).await;
@@ -166,6 +167,35 @@ async fn rollback_from_a_backup_branch_restores_one_tenant_exactly() {
         .expect("branches");
     assert_eq!(backups(&branches), 1, "{branches:?}");
 
+    // A later release adds V5 on top, with a plan of its own.
+    let later = fleet.path("later-migrations");
+    std::fs::create_dir_all(&later).expect("create the later release");
+    for entry in std::fs::read_dir(repo_migrations()).expect("the repo's migrations") {
+        let entry = entry.expect("a migration");
+        std::fs::copy(entry.path(), later.join(entry.file_name())).expect("copy a migration");
+    }
+    std::fs::write(
+        later.join("V5__accounts_note.sql"),
+        "ALTER TABLE accounts ADD COLUMN note text;\n",
+    )
+    .expect("write V5");
+    let later_plan = fleet.path("later.plan.yaml");
+    let later_plan_arg = later_plan.to_str().expect("utf-8");
+    let output = fleet.run(&[
+        "plan",
+        "--policy",
+        "policy.yaml",
+        "--migrations",
+        later.to_str().expect("utf-8"),
+        "--out",
+        later_plan_arg,
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let output = fleet.run(&["apply", later_plan_arg]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let migrated = fingerprint(target.connection_uri.expose()).await;
+
+    // Rolling back the first release would undo V5 too: refused, nothing changed.
     let output = fleet.run(&[
         "rollback",
         plan_arg,
@@ -173,7 +203,31 @@ async fn rollback_from_a_backup_branch_restores_one_tenant_exactly() {
         &target.project_id,
         "--yes",
     ]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("V5") && stderr.contains("--undo-later-releases"),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(fingerprint(target.connection_uri.expose()).await, migrated);
+    assert_eq!(history(target.connection_uri.expose()).await.len(), 5);
+
+    // Asked for explicitly, it undoes both releases and says so first.
+    let output = fleet.run(&[
+        "rollback",
+        plan_arg,
+        "--tenant",
+        &target.project_id,
+        "--undo-later-releases",
+        "--yes",
+    ]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("also undoes V5"),
+        "{}",
+        text(&output)
+    );
     assert_eq!(
         fingerprint(target.connection_uri.expose()).await,
         before,
@@ -192,7 +246,7 @@ async fn rollback_from_a_backup_branch_restores_one_tenant_exactly() {
     );
     assert_eq!(
         history(other.connection_uri.expose()).await.len(),
-        4,
+        5,
         "the other tenant was not selected and stays migrated"
     );
     fleet.fleet.stop().await.expect("stop");

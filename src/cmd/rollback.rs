@@ -38,8 +38,31 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
     // Read without the lock first: a dry run must work while an apply holds the journal.
     let read = Journal::read(&journal_path)?;
     let stamp = crate::clock::compact_stamp();
-    let (candidates, refusals) =
+    let (candidates, mut refusals) =
         rollback::select(&plan, &read.state, &selection, &stamp).map_err(anyhow::Error::msg)?;
+    // The API is checked before anything is announced; a dry run without it still prints the
+    // calls, and says what it could not check.
+    let client = match super::api::client(&args.api) {
+        Ok(client) => match super::api::preflight(&client, &args.api.api_url).await {
+            Ok(()) => Some(client),
+            Err(error) if args.dry_run => {
+                eprintln!("note: cannot check main for later releases: {error:#}");
+                None
+            }
+            Err(error) => return Err(error),
+        },
+        Err(error) if args.dry_run => {
+            eprintln!("note: cannot check main for later releases: {error:#}");
+            None
+        }
+        Err(error) => return Err(error),
+    };
+    let (candidates, collateral) = match &client {
+        Some(client) if !candidates.is_empty() => {
+            check_later_releases(client, &plan, candidates, &mut refusals, &args).await
+        }
+        _ => (candidates, Vec::new()),
+    };
     for refusal in &refusals {
         eprintln!("refused: {}: {}", refusal.tenant, refusal.reason);
     }
@@ -51,7 +74,7 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
             ExitStatus::Failure
         });
     }
-    describe(&candidates);
+    describe(&candidates, &collateral);
     if args.dry_run {
         for candidate in &candidates {
             let (main_branch_id, request) = rollback::restore_request(candidate);
@@ -72,7 +95,7 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
         return Ok(ExitStatus::Failure);
     }
 
-    let client = super::api::client(&args.api)?;
+    let client = client.context("the Neon API client is missing after its preflight")?;
     let (journal, read) = Journal::open(&journal_path, &plan.plan_id)?;
     let recorder = Arc::new(Recorder::new(journal.clone(), read.state));
     let plan = Arc::new(plan);
@@ -121,12 +144,16 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
             )?
         );
     } else {
-        println!(
-            "{} of {} tenants rolled back; `schemafleet status {}` shows them, a later `apply` migrates them again",
-            report.len() + refusals.len() - n_failed,
-            report.len() + refusals.len(),
-            args.plan.display()
-        );
+        let total = report.len() + refusals.len();
+        let rolled_back = total - n_failed;
+        if rolled_back == 0 {
+            println!("0 of {total} tenants rolled back (the reasons are above)");
+        } else {
+            println!(
+                "{rolled_back} of {total} tenants rolled back; `schemafleet status {}` shows them, a later `apply` migrates them again",
+                args.plan.display()
+            );
+        }
     }
     Ok(if n_failed == 0 {
         ExitStatus::Success
@@ -135,7 +162,52 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
     })
 }
 
-fn describe(candidates: &[Candidate]) {
+/// Read every candidate's main history: a tenant that a later release has migrated further is
+/// refused, unless `--undo-later-releases`, in which case what it undoes is listed.
+async fn check_later_releases(
+    client: &crate::neon::NeonClient,
+    plan: &crate::plan::model::Plan,
+    candidates: Vec<Candidate>,
+    refusals: &mut Vec<rollback::Refusal>,
+    args: &RollbackArgs,
+) -> (Vec<Candidate>, Vec<(String, Vec<i32>)>) {
+    let checked: Vec<(Candidate, Result<Vec<i32>, String>)> = futures::stream::iter(candidates)
+        .map(|candidate| async move {
+            let later = rollback::later_releases(client, plan, &candidate).await;
+            (candidate, later)
+        })
+        .buffered(args.concurrency.max(1))
+        .collect()
+        .await;
+    let mut kept = Vec::new();
+    let mut collateral = Vec::new();
+    for (candidate, later) in checked {
+        match later {
+            Ok(versions) if versions.is_empty() => kept.push(candidate),
+            Ok(versions) if args.undo_later_releases => {
+                collateral.push((candidate.tenant.clone(), versions));
+                kept.push(candidate);
+            }
+            Ok(versions) => refusals.push(rollback::Refusal {
+                tenant: candidate.tenant.clone(),
+                reason: format!(
+                    "main also has {} from a later release (not in this plan), which the restore would undo too; roll back the later plan first, or pass --undo-later-releases; nothing was changed",
+                    rollback::version_list(&versions)
+                ),
+            }),
+            Err(_) if args.undo_later_releases => kept.push(candidate),
+            Err(error) => refusals.push(rollback::Refusal {
+                tenant: candidate.tenant.clone(),
+                reason: format!(
+                    "cannot read main's history to check for later releases ({error}); pass --undo-later-releases to restore without that check; nothing was changed"
+                ),
+            }),
+        }
+    }
+    (kept, collateral)
+}
+
+fn describe(candidates: &[Candidate], collateral: &[(String, Vec<i32>)]) {
     eprintln!(
         "will restore {} tenant{}:",
         candidates.len(),
@@ -149,6 +221,15 @@ fn describe(candidates: &[Candidate]) {
             "  {} (wave {}): back to its restore point from {age}; writes since then move to branch {}",
             candidate.tenant, candidate.wave, candidate.preserve_under_name
         );
+        if let Some((_, versions)) = collateral
+            .iter()
+            .find(|(tenant, _)| *tenant == candidate.tenant)
+        {
+            eprintln!(
+                "    also undoes {} of a later release (--undo-later-releases)",
+                rollback::version_list(versions)
+            );
+        }
     }
 }
 
