@@ -424,6 +424,51 @@ fn a_failed_plan_keeps_the_previous_plan() {
     assert_eq!(fs::read(workspace.plan_file()).unwrap(), before);
 }
 
+/// A plan whose journal sits beside it is the key to that rollout's restore points: planning
+/// a different plan over it is refused (exit 2, both files unchanged); planning the same plan
+/// again is fine.
+#[tokio::test]
+async fn a_plan_with_a_journal_of_its_own_is_not_overwritten_by_another() {
+    let workspace = Workspace::new(20);
+    assert_eq!(workspace.plan().code, 0);
+    let plan = load_plan(&workspace.plan_file()).expect("the plan");
+    let journal_path = workspace.path("plans/rollout.journal.jsonl");
+    let (journal, _) = schemafleet::journal::Journal::open(&journal_path, &plan.plan_id)
+        .expect("open the journal");
+    journal
+        .append(schemafleet::journal::Event::RunStarted {
+            plan_id: plan.plan_id.clone(),
+            run_id: "run-1".into(),
+            pid: 1,
+            tool_version: "test".into(),
+        })
+        .await
+        .expect("a run started");
+    journal.close().await;
+    let journal_before = fs::read(&journal_path).unwrap();
+
+    // The same inputs: the same plan id, so the journal still belongs to it.
+    let run = workspace.plan();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let plan_before = fs::read(workspace.plan_file()).unwrap();
+
+    workspace.write(
+        "migrations/V3__accounts_note.sql",
+        "ALTER TABLE accounts ADD COLUMN note text;\n",
+    );
+    let run = workspace.plan();
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("rollout.journal.jsonl"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains(&plan.plan_id), "{}", run.stderr);
+    assert!(run.stderr.contains("--out"), "{}", run.stderr);
+    assert_eq!(fs::read(workspace.plan_file()).unwrap(), plan_before);
+    assert_eq!(fs::read(&journal_path).unwrap(), journal_before);
+}
+
 /// The pull-request check: 0 while the migrations match, 1 naming each added, edited or removed
 /// migration, 2 for a damaged plan.
 #[test]

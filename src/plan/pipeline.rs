@@ -44,6 +44,25 @@ pub enum PlanningError {
     NeedsNeonAccess { policy: PathBuf },
     #[error("cannot write the plan to {}: the directory {} does not exist; create it or pass another --out", plan.display(), dir.display())]
     MissingOutDir { plan: PathBuf, dir: PathBuf },
+    #[error(
+        "{} has a journal ({}) of another plan, {journal_plan_id}: writing plan {new_plan_id} over it would orphan that rollout's journal and restore points. Write the new plan elsewhere (--out {}), or, once that rollout needs no rollback, archive the old plan and its journal together and plan again",
+        plan.display(),
+        journal.display(),
+        suggested.display()
+    )]
+    JournalOfAnotherPlan {
+        plan: PathBuf,
+        journal: PathBuf,
+        journal_plan_id: String,
+        new_plan_id: String,
+        suggested: PathBuf,
+    },
+    #[error("cannot read {}, the journal beside the plan", journal.display())]
+    ReadJournal {
+        journal: PathBuf,
+        #[source]
+        source: crate::journal::JournalError,
+    },
     #[error("cannot resolve {}", path.display())]
     ResolvePath {
         path: PathBuf,
@@ -182,6 +201,7 @@ pub fn write_planned(
             .transpose()?,
     };
     let plan = build_plan(policy, &inputs.migrations, fleet, &paths, now_rfc3339())?;
+    refuse_to_orphan_a_journal(&plan_path, &plan.plan_id)?;
     write_plan(&plan_path, &plan)?;
     let rate_limit = policy
         .api_rate_limit_per_min
@@ -192,6 +212,48 @@ pub fn write_planned(
         plan,
         summary,
     })
+}
+
+/// A plan file is the only key to its journal's restore points: never overwrite one whose
+/// journal (at the default place beside it) belongs to a different plan.
+fn refuse_to_orphan_a_journal(plan_path: &Path, new_plan_id: &str) -> Result<(), PlanningError> {
+    let journal = crate::journal::default_journal_path(plan_path);
+    if !plan_path.exists() || !journal.exists() {
+        return Ok(());
+    }
+    let read =
+        crate::journal::Journal::read(&journal).map_err(|source| PlanningError::ReadJournal {
+            journal: journal.clone(),
+            source,
+        })?;
+    match read.state.plan_id {
+        Some(journal_plan_id) if journal_plan_id != new_plan_id => {
+            Err(PlanningError::JournalOfAnotherPlan {
+                plan: plan_path.to_path_buf(),
+                journal,
+                suggested: plan_path.with_file_name(format!(
+                    "{}-{}.plan.yaml",
+                    plan_stem(plan_path),
+                    &new_plan_id[..new_plan_id.len().min(8)]
+                )),
+                journal_plan_id,
+                new_plan_id: new_plan_id.to_string(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `rollout` for `plans/rollout.plan.yaml`.
+fn plan_stem(plan_path: &Path) -> String {
+    let name = plan_path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.strip_suffix(".plan.yaml")
+        .or_else(|| name.strip_suffix(".yaml"))
+        .unwrap_or(&name)
+        .to_string()
 }
 
 fn now_rfc3339() -> String {
