@@ -896,3 +896,48 @@ async fn history_past_the_restore_window_is_dropped_and_refused() {
     );
     fleet.stop().await.unwrap();
 }
+
+/// A closed terminal or dropped SSH session sends SIGHUP: `schemafleet emulator` must stop its
+/// PostgreSQL server like on Ctrl-C, not die and leave the server (and its data) behind.
+#[test]
+fn a_hang_up_stops_the_emulator_and_its_server() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_schemafleet"))
+        .args(["emulator", "--tenants", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the emulator starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let database_url = std::io::BufReader::new(stdout)
+        .lines()
+        .map(|line| line.expect("a line"))
+        .find_map(|line| line.strip_prefix("DATABASE_URL=").map(str::to_string))
+        .expect("the emulator prints DATABASE_URL");
+    let port = url::Url::parse(&database_url)
+        .expect("a URL")
+        .port()
+        .expect("a port");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+
+    let sent = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the emulator ignored SIGHUP");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the PostgreSQL server outlived the emulator"
+    );
+}

@@ -31,11 +31,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitStatus> {
     if args.internal {
         return child::run().await;
     }
-    // Ctrl-C drops the run: child processes are killed (kill_on_drop) and each fleet's drop
-    // stops its server and removes its data directory.
+    // Ctrl-C (or SIGTERM, SIGHUP) drops the run: child processes are killed (kill_on_drop) and
+    // each fleet's drop stops its server and removes its data directory.
+    let mut signals = crate::executor::shutdown::TerminationSignals::new();
     tokio::select! {
         result = modes::run(args) => result,
-        _ = tokio::signal::ctrl_c() => {
+        _ = signals.recv() => {
             eprintln!("bench: interrupted; the local fleet is stopped and removed");
             Ok(ExitStatus::Interrupted)
         }

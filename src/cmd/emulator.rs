@@ -35,6 +35,9 @@ pub async fn run(args: EmulatorArgs) -> anyhow::Result<ExitStatus> {
         // Tenants without seed SQL get an empty main, like fresh Neon projects.
         (None, _) => Some(String::new()),
     };
+    // Listening from here: a hang-up while the cluster starts or seeds is handled once it is up
+    // (the signal waits), instead of killing this process and orphaning the server.
+    let mut signals = crate::executor::shutdown::TerminationSignals::new();
     let config = LocalFleetConfig {
         data_dir: args.data_dir.clone(),
         attach: args.attach.clone().map(SecretUri::new),
@@ -70,30 +73,8 @@ pub async fn run(args: EmulatorArgs) -> anyhow::Result<ExitStatus> {
     println!("DATABASE_URL={}", fleet.database_url().expose());
     eprintln!("serving the Neon API emulator; press Ctrl-C to stop");
 
-    wait_for_shutdown_signal().await;
+    signals.recv().await;
     eprintln!("stopping the emulator and its PostgreSQL cluster");
     fleet.stop().await?;
     Ok(ExitStatus::Success)
-}
-
-async fn wait_for_shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = interrupt.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
 }

@@ -63,34 +63,67 @@ pub fn install_signal_handlers(trigger: ShutdownTrigger) {
     on_each_signal(move || trigger.escalate());
 }
 
-/// Call `on_signal` on every SIGINT / SIGTERM until the process ends. Listening also replaces
-/// the default "die at once", so callers get to clean up.
+/// Call `on_signal` on every SIGINT / SIGTERM / SIGHUP until the process ends. Listening also
+/// replaces the default "die at once", so callers get to clean up.
 pub fn on_each_signal(mut on_signal: impl FnMut() + Send + 'static) {
     tokio::spawn(async move {
-        #[cfg(unix)]
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        loop {
-            #[cfg(unix)]
-            {
-                let terminated = async {
-                    match terminate.as_mut() {
-                        Some(signal) => {
-                            signal.recv().await;
-                        }
-                        None => std::future::pending::<()>().await,
-                    }
-                };
-                tokio::select! {
-                    result = tokio::signal::ctrl_c() => { if result.is_err() { return; } }
-                    () = terminated => {}
-                }
-            }
-            #[cfg(not(unix))]
-            if tokio::signal::ctrl_c().await.is_err() {
-                return;
-            }
+        let mut signals = TerminationSignals::new();
+        while signals.recv().await {
             on_signal();
         }
     });
+}
+
+/// SIGINT (Ctrl-C), SIGTERM and SIGHUP. A closed terminal or a dropped SSH session sends
+/// SIGHUP, whose default would kill the process and orphan the PostgreSQL server a local fleet
+/// started (and its data in /dev/shm): it must clean up like Ctrl-C.
+pub struct TerminationSignals {
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl TerminationSignals {
+    /// Start listening (from now on these signals no longer kill the process by default).
+    pub fn new() -> TerminationSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            TerminationSignals {
+                terminate: signal(SignalKind::terminate()).ok(),
+                hangup: signal(SignalKind::hangup()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        TerminationSignals {}
+    }
+
+    /// Wait for the next one; false when signals cannot be listened to at all.
+    pub async fn recv(&mut self) -> bool {
+        #[cfg(unix)]
+        {
+            async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+                match signal.as_mut() {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                result = tokio::signal::ctrl_c() => result.is_ok(),
+                () = next(&mut self.terminate) => true,
+                () = next(&mut self.hangup) => true,
+            }
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c().await.is_ok()
+    }
+}
+
+impl Default for TerminationSignals {
+    fn default() -> Self {
+        Self::new()
+    }
 }
