@@ -127,7 +127,10 @@ impl MigrationSet {
     }
 }
 
-/// Read every `*.sql` file of `dir` (not recursive) as a migration; other files are ignored.
+/// Read every `*.sql` file of `dir` (not recursive) as a migration. Other files are ignored
+/// (a README, `.gitkeep`), except ones that look like a migration a typo hid (`V5__x.SQL`,
+/// `V5__x.txt`, `x.sql.bak`): those are errors, since skipping them would silently leave a
+/// migration out of the release.
 pub fn load(dir: &Path) -> Result<MigrationSet, MigrationError> {
     let read_dir_error = |source| MigrationError::ReadDir {
         dir: dir.to_path_buf(),
@@ -138,6 +141,8 @@ pub fn load(dir: &Path) -> Result<MigrationSet, MigrationError> {
         let path = entry.map_err(read_dir_error)?.path();
         if path.extension().is_some_and(|extension| extension == "sql") {
             sql_paths.push(path);
+        } else if let Some(reason) = hidden_migration(&path) {
+            return Err(MigrationError::BadName { path, reason });
         }
     }
     // Sorted so that the first error reported is the same on every machine.
@@ -161,6 +166,25 @@ pub fn load(dir: &Path) -> Result<MigrationSet, MigrationError> {
         dir: dir.to_path_buf(),
         migrations,
     })
+}
+
+/// Why a file that is not `*.sql` still looks like a migration, if it does.
+fn hidden_migration(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_string_lossy().to_lowercase();
+    let versioned = {
+        let mut chars = name.chars();
+        matches!(chars.next(), Some('v' | 'u')) && chars.next().is_some_and(|c| c.is_ascii_digit())
+    };
+    if name.ends_with(".sql") {
+        Some("the extension must be `.sql` in lower case, or the file is skipped".to_string())
+    } else if name.contains(".sql.") || versioned {
+        Some(
+            "it looks like a migration but does not end in `.sql`, so it would be skipped; rename it or move it out of the migrations directory"
+                .to_string(),
+        )
+    } else {
+        None
+    }
 }
 
 fn load_file(path: &Path) -> Result<Migration, MigrationError> {
@@ -474,6 +498,25 @@ mod tests {
                 "{bad}: {message}"
             );
         }
+    }
+
+    #[test]
+    fn a_migration_hidden_by_its_extension_is_an_error_and_other_files_are_ignored() {
+        for hidden in [
+            "V5__add_thing.SQL",
+            "V5__add_thing.txt",
+            "V5__add_thing.sql.bak",
+            "notes.sql.orig",
+        ] {
+            let message = load_error(&[("V1__ok.sql", b"SELECT 1;"), (hidden, b"SELECT 5;")]);
+            assert!(message.contains(hidden), "{hidden}: {message}");
+            assert!(message.contains(".sql"), "{hidden}: {message}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "V1__ok.sql", b"SELECT 1;");
+        write(dir.path(), "README.md", b"# migrations");
+        write(dir.path(), ".gitkeep", b"");
+        assert_eq!(load(dir.path()).unwrap().migrations.len(), 1);
     }
 
     #[test]
