@@ -323,3 +323,56 @@ async fn status_reports_a_halted_run_from_the_journal_alone() {
         "status fits 80 columns:\n{stdout}"
     );
 }
+
+/// `status --live` reads every tenant's history table now: exit 0 while all are up to date,
+/// exit 1 naming a tenant whose history diverged, and exit 2 on a wrong key (one clear error,
+/// not one per tenant).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_live_reads_history_tables_and_fails_on_problems() {
+    let fleet = TestFleet::start(2).await;
+    fleet.write_policy(
+        "validation: none\nrestore_point: none\nlock_timeout: 2s\nstatement_timeout: 1m\nbranch_ttl: 1h\nsalt: test\nwaves:\n  - name: all\n    percent: 100\n    concurrency: 2\n",
+    );
+    let plan = fleet.plan(&repo_migrations());
+    let plan_arg = plan.to_str().expect("utf-8");
+    let output = fleet.run(&["apply", plan_arg]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+
+    let output = fleet.run(&["status", plan_arg, "--live"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("up_to_date 2"),
+        "{}",
+        text(&output)
+    );
+
+    let odd = fleet.tenant("tenant-0002");
+    connect(odd.connection_uri.expose())
+        .await
+        .batch_execute(
+            "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) VALUES (99, 'hotfix', '2026-01-01T00:00:00Z', '1')",
+        )
+        .await
+        .expect("a hand-applied version");
+    let output = fleet.run(&["status", plan_arg, "--live"]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(&format!("{}: diverged", odd.project_id)),
+        "{}",
+        text(&output)
+    );
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_schemafleet"))
+        .args(["status", plan_arg, "--live"])
+        .current_dir(fleet.path(""))
+        .env("NEON_API_URL", fleet.fleet.api_url())
+        .env("NEON_API_KEY", "napi_wrong")
+        .output()
+        .expect("the binary runs");
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("NEON_API_KEY"), "{}", text(&output));
+    assert!(!stderr.contains("napi_wrong"), "{}", text(&output));
+    fleet.fleet.stop().await.expect("stop");
+}

@@ -84,9 +84,14 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
             );
         }
     }
+    let live_problems = live
+        .as_ref()
+        .and_then(|live| live["problems"].as_array())
+        .map_or(0, Vec::len);
     Ok(
         if summary.totals.failed + summary.totals.diverged + summary.totals.rollback_failed > 0
             || halted.is_some()
+            || live_problems > 0
         {
             ExitStatus::Failure
         } else {
@@ -147,7 +152,7 @@ fn print_text(
     };
     println!("\n{n_points} {verb} a restore point (`schemafleet rollback` can use {pronoun})");
     if let Some(live) = live {
-        println!("live: {}", live);
+        print_live(live);
     }
 }
 
@@ -181,9 +186,41 @@ fn restore_points(plan: &Plan, state: &JournalState) -> Vec<serde_json::Value> {
     points
 }
 
+/// The `--live` section for humans: counts on one line, then each tenant that is not up to date
+/// or merely behind (at most 20; JSON has them all).
+fn print_live(live: &serde_json::Value) {
+    let counts: Vec<String> = live["counts"]
+        .as_object()
+        .map(|counts| {
+            counts
+                .iter()
+                .map(|(state, count)| format!("{state} {count}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!("live (history tables now): {}", counts.join(", "));
+    let problems = live["problems"].as_array().cloned().unwrap_or_default();
+    const SHOWN: usize = 20;
+    for problem in problems.iter().take(SHOWN) {
+        println!(
+            "  {}: {}",
+            problem["tenant"].as_str().unwrap_or("?"),
+            problem["state"].as_str().unwrap_or("?")
+        );
+    }
+    if problems.len() > SHOWN {
+        println!(
+            "  (+{} more; --output json lists them all)",
+            problems.len() - SHOWN
+        );
+    }
+}
+
 /// `--live`: probe every planned tenant's history table (bounded concurrency).
 async fn live_probe(args: &StatusArgs, plan: &Plan) -> anyhow::Result<serde_json::Value> {
     let client = super::api::client(&args.api)?;
+    // A wrong key or URL is one clear error, not one "unreachable" per tenant.
+    super::api::preflight(&client, &args.api.api_url).await?;
     let planned = crate::plan::planned_versions(plan);
     let tenants: Vec<String> = plan
         .waves
