@@ -114,7 +114,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
                 "totals": summary.totals,
                 "failures": summary.failures,
                 "failure_groups": groups,
-                "api": {"requests": api_stats.requests, "retries": api_stats.retries, "mutations": api_stats.mutations, "rate_limited": api_stats.rate_limited},
+                "api": {"requests": api_stats.requests, "retries": api_stats.retries, "mutations": api_stats.mutations, "rate_limited": api_stats.rate_limited, "rate_limiter_wait_ms": api_stats.rate_limiter_wait_ms},
                 "timings": result.timings,
                 "journal": journal_path,
             });

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 /// One timed step of the tenant pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimedStep {
-    /// Neon API: main's (or a branch's) connection URI.
+    /// Neon API: main's (or a branch's) connection URI. Like every API step, this includes
+    /// time waiting in the client's own rate limiter (`api.rate_limiter_wait_ms` in the report).
     ConnectionUri,
     /// Opening a connection to main (TLS and authentication included).
     ConnectMain,
@@ -107,12 +108,17 @@ impl StepTimings {
                 (count > 0).then(|| StepTiming {
                     step: step.as_str().to_string(),
                     count,
-                    total_ms,
-                    mean_ms: total_ms / count as f64,
+                    total_ms: tenth(total_ms),
+                    mean_ms: tenth(total_ms / count as f64),
                 })
             })
             .collect()
     }
+}
+
+/// Rounded to 0.1 ms: finer is noise, and reports stay readable.
+fn tenth(ms: f64) -> f64 {
+    (ms * 10.0).round() / 10.0
 }
 
 #[cfg(test)]
@@ -123,7 +129,7 @@ mod tests {
     fn steps_sum_and_average_and_unused_steps_are_left_out() {
         let timings = StepTimings::default();
         timings.add(TimedStep::MigrateMain, Duration::from_millis(30));
-        timings.add(TimedStep::MigrateMain, Duration::from_millis(10));
+        timings.add(TimedStep::MigrateMain, Duration::from_micros(10_012));
         timings.add(TimedStep::ConnectionUri, Duration::from_micros(1500));
         let summary = timings.summary();
         assert_eq!(
