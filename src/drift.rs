@@ -35,6 +35,9 @@ pub enum DriftState {
     UpToDate,
     /// History agrees with the files so far; newer versions are pending.
     Behind,
+    /// Every file is applied, and versions newer than all of them too: the files are older
+    /// than the fleet (an old checkout or plan).
+    Ahead,
     /// History disagrees with the files (edited or missing files, out-of-order gaps).
     Diverged,
     Unreachable,
@@ -45,6 +48,7 @@ impl DriftState {
         match self {
             DriftState::UpToDate => "up_to_date",
             DriftState::Behind => "behind",
+            DriftState::Ahead => "ahead",
             DriftState::Diverged => "diverged",
             DriftState::Unreachable => "unreachable",
         }
@@ -79,6 +83,14 @@ pub fn classify(tenant: &str, probe: Probe, planned: &[PlannedVersion]) -> Tenan
             let (state, pending, reason) = match compare_history(&applied, planned) {
                 HistoryComparison::UpToDate { .. } => (DriftState::UpToDate, Vec::new(), None),
                 HistoryComparison::Pending { pending, .. } => (DriftState::Behind, pending, None),
+                HistoryComparison::Ahead { extra, .. } => (
+                    DriftState::Ahead,
+                    Vec::new(),
+                    Some(format!(
+                        "{} applied, newer than every migration here",
+                        format_versions(&extra)
+                    )),
+                ),
                 HistoryComparison::Diverged { reason } => {
                     (DriftState::Diverged, Vec::new(), Some(reason))
                 }
@@ -101,6 +113,7 @@ pub struct DriftCounts {
     pub total: usize,
     pub up_to_date: usize,
     pub behind: usize,
+    pub ahead: usize,
     pub diverged: usize,
     pub unreachable: usize,
     pub by_version: BTreeMap<String, usize>,
@@ -135,7 +148,7 @@ pub struct DriftReport {
     pub counts: DriftCounts,
     /// Newest version first, tenants without history last.
     pub versions: Vec<VersionRow>,
-    /// Diverged groups first, then unreachable; within a state, biggest group first.
+    /// Ahead groups, then diverged, then unreachable; within a state, biggest group first.
     pub problems: Vec<ProblemGroup>,
 }
 
@@ -152,6 +165,7 @@ pub fn aggregate(planned: &[PlannedVersion], mut tenants: Vec<TenantDrift>) -> D
         match tenant.state {
             DriftState::UpToDate => counts.up_to_date += 1,
             DriftState::Behind => counts.behind += 1,
+            DriftState::Ahead => counts.ahead += 1,
             DriftState::Diverged => counts.diverged += 1,
             DriftState::Unreachable => counts.unreachable += 1,
         }
@@ -173,7 +187,7 @@ pub fn aggregate(planned: &[PlannedVersion], mut tenants: Vec<TenantDrift>) -> D
                     .tenants
                     .push(tenant.tenant.clone());
             }
-            DriftState::Diverged | DriftState::Unreachable => {
+            DriftState::Ahead | DriftState::Diverged | DriftState::Unreachable => {
                 let reason = tenant
                     .reason
                     .as_deref()
@@ -216,10 +230,10 @@ fn version_key(version: Option<i32>) -> String {
 }
 
 impl DriftReport {
-    /// 1 when any tenant diverges or cannot be probed (drift cannot be ruled out), else 0.
-    /// Tenants that are merely behind are the normal state between rollouts.
+    /// 1 when any tenant diverges, is ahead of the files, or cannot be probed (drift cannot be
+    /// ruled out), else 0. Tenants that are merely behind are the normal state between rollouts.
     pub fn exit_status(&self) -> ExitStatus {
-        if self.counts.diverged + self.counts.unreachable > 0 {
+        if self.counts.diverged + self.counts.ahead + self.counts.unreachable > 0 {
             ExitStatus::Failure
         } else {
             ExitStatus::Success
@@ -322,6 +336,7 @@ pub fn render_text(report: &DriftReport, migrations_dir: &str) -> String {
             );
         }
     }
+    out.push_str(&format!("  {:<14}{:>8}\n", "ahead", report.counts.ahead));
     out.push_str(&format!(
         "  {:<14}{:>8}\n",
         "diverged", report.counts.diverged
@@ -346,6 +361,30 @@ pub fn render_text(report: &DriftReport, migrations_dir: &str) -> String {
         wrap_into(
             &mut out,
             "next: restore the edited or deleted migration files from version control (the history table records what ran), or repair these tenants by hand; then run drift again.",
+            "  ",
+            "    ",
+        );
+    }
+    if report.counts.ahead > 0 {
+        out.push('\n');
+        wrap_into(
+            &mut out,
+            &format!(
+                "AHEAD: {} already {} migrations newer than {migrations_dir} (a later release reached them):",
+                plural(report.counts.ahead, "tenant"),
+                if report.counts.ahead == 1 {
+                    "has"
+                } else {
+                    "have"
+                }
+            ),
+            "",
+            "  ",
+        );
+        render_groups(&mut out, report, DriftState::Ahead);
+        wrap_into(
+            &mut out,
+            "next: compare against the newer migrations (pull the branch that has them, or pass the newer plan); `apply` of this older plan leaves these tenants alone.",
             "  ",
             "    ",
         );
@@ -454,11 +493,24 @@ mod tests {
 
         let missing = classify(
             "t-missing",
-            Probe::History(vec![applied(1, "a"), applied(9, "x")]),
+            Probe::History(vec![applied(0, "x"), applied(1, "a")]),
             &planned,
         );
         assert_eq!(missing.state, DriftState::Diverged);
         assert!(missing.reason.as_deref().unwrap_or("").contains("missing"));
+
+        let ahead = classify(
+            "t-ahead",
+            Probe::History(vec![
+                applied(1, "a"),
+                applied(2, "b"),
+                applied(3, "c"),
+                applied(9, "x"),
+            ]),
+            &planned,
+        );
+        assert_eq!((ahead.state, ahead.version), (DriftState::Ahead, Some(9)));
+        assert!(ahead.reason.as_deref().unwrap_or("").contains("V9 applied"));
 
         let gone = classify(
             "t-gone",

@@ -245,6 +245,7 @@ async fn live_probe(args: &StatusArgs, plan: &Plan) -> anyhow::Result<serde_json
                             Ok(history) => match pg::compare_history(&history, &planned) {
                                 HistoryComparison::UpToDate { .. } => "up_to_date".to_string(),
                                 HistoryComparison::Pending { .. } => "behind".to_string(),
+                                HistoryComparison::Ahead { .. } => "ahead".to_string(),
                                 HistoryComparison::Diverged { .. } => "diverged".to_string(),
                             },
                         },
@@ -263,7 +264,7 @@ async fn live_probe(args: &StatusArgs, plan: &Plan) -> anyhow::Result<serde_json
     }
     let problems: Vec<serde_json::Value> = results
         .iter()
-        .filter(|(_, verdict)| verdict != "up_to_date" && verdict != "behind")
+        .filter(|(_, verdict)| !matches!(verdict.as_str(), "up_to_date" | "behind" | "ahead"))
         .map(|(tenant, verdict)| serde_json::json!({"tenant": tenant, "state": verdict}))
         .collect();
     Ok(serde_json::json!({"counts": counts, "problems": problems}))

@@ -251,7 +251,8 @@ async fn pipeline(
     // branch point is not held up by our idle session either).
     let mut main_session = Some(session);
     let pending = match comparison {
-        HistoryComparison::UpToDate { .. } => {
+        // A newer release already reached it: nothing of this plan is left to do.
+        HistoryComparison::UpToDate { .. } | HistoryComparison::Ahead { .. } => {
             recorder
                 .record(Event::UpToDate {
                     tenant: tenant_id.into(),

@@ -32,6 +32,12 @@ pub enum HistoryComparison {
         current_version: Option<i32>,
         pending: Vec<i32>,
     },
+    /// Every planned version is applied with the same checksum, and these later versions too
+    /// (ascending, all newer than any planned one): a newer release reached the tenant.
+    Ahead {
+        current_version: Option<i32>,
+        extra: Vec<i32>,
+    },
     /// History and plan disagree: touching the tenant could corrupt it.
     Diverged { reason: String },
 }
@@ -76,11 +82,16 @@ pub fn compare_history(
     applied: &[AppliedMigration],
     planned: &[PlannedVersion],
 ) -> HistoryComparison {
+    let newest_planned = planned.iter().map(|migration| migration.version).max();
+    let mut extra = Vec::new();
     for row in applied {
         match planned
             .iter()
             .find(|migration| migration.version == row.version)
         {
+            None if newest_planned.is_none_or(|newest| row.version > newest) => {
+                extra.push(row.version);
+            }
             None => {
                 return HistoryComparison::Diverged {
                     reason: format!(
@@ -123,7 +134,13 @@ pub fn compare_history(
         }
         pending.push(migration.version);
     }
-    if pending.is_empty() {
+    if !extra.is_empty() {
+        extra.sort_unstable();
+        HistoryComparison::Ahead {
+            current_version,
+            extra,
+        }
+    } else if pending.is_empty() {
         HistoryComparison::UpToDate { current_version }
     } else {
         HistoryComparison::Pending {
@@ -189,6 +206,39 @@ mod tests {
     }
 
     #[test]
+    fn a_tenant_a_newer_release_reached_is_ahead_not_diverged() {
+        let plan = [planned(1, "a"), planned(2, "b")];
+        assert_eq!(
+            compare_history(
+                &[
+                    applied(1, "a"),
+                    applied(2, "b"),
+                    applied(4, "d"),
+                    applied(3, "c")
+                ],
+                &plan
+            ),
+            HistoryComparison::Ahead {
+                current_version: Some(4),
+                extra: vec![3, 4]
+            }
+        );
+        // A newer version with a planned one missing below it is still out of order.
+        let result = compare_history(&[applied(1, "a"), applied(3, "c")], &plan);
+        assert!(
+            matches!(&result, HistoryComparison::Diverged { reason } if reason.contains("V2__m2")),
+            "{result:?}"
+        );
+        // A version inside the planned range with no file is a deleted migration.
+        let plan = [planned(1, "a"), planned(3, "c")];
+        let result = compare_history(&[applied(1, "a"), applied(2, "b"), applied(3, "c")], &plan);
+        assert!(
+            matches!(&result, HistoryComparison::Diverged { reason } if reason.contains("missing")),
+            "{result:?}"
+        );
+    }
+
+    #[test]
     fn edited_migration_diverges() {
         let plan = [planned(1, "a"), planned(2, "b")];
         let result = compare_history(&[applied(1, "zzz")], &plan);
@@ -200,7 +250,7 @@ mod tests {
 
     #[test]
     fn applied_version_missing_from_files_diverges() {
-        let plan = [planned(1, "a")];
+        let plan = [planned(1, "a"), planned(8, "h")];
         let result = compare_history(&[applied(1, "a"), applied(7, "x")], &plan);
         assert!(
             matches!(&result, HistoryComparison::Diverged { reason } if reason.contains("V7__m7") && reason.contains("missing")),
