@@ -163,12 +163,13 @@ pub struct ApplyArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("selection").required(true).args(["tenants", "wave", "failed"]))]
 pub struct RollbackArgs {
     /// The plan file whose journal holds the restore points.
     pub plan: PathBuf,
 
-    /// Tenants (Neon project ids) to roll back.
-    #[arg(long = "tenant", value_name = "ID", required_unless_present_any = ["wave", "failed"])]
+    /// Tenants (Neon project ids, as `status` and the apply report list them) to roll back.
+    #[arg(long = "tenant", value_name = "ID")]
     pub tenants: Vec<String>,
 
     /// Roll back every applied tenant of this wave.

@@ -62,7 +62,12 @@ pub fn select(
                     wave.tenants.binary_search(id).is_ok() || wave.tenants.contains(id)
                 }) {
                     Some(wave) => chosen.push((id.clone(), wave.name.clone())),
-                    None => return Err(format!("tenant {id} is not in plan {}", plan.plan_id)),
+                    None => {
+                        return Err(format!(
+                            "tenant {id} is not in plan {}: --tenant takes the Neon project id (the plan's waves list them, and so do the apply report and `status`), not the project name",
+                            plan.plan_id
+                        ));
+                    }
                 }
             }
             chosen

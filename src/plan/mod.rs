@@ -143,8 +143,8 @@ mod tests {
     fn api_call_estimate() {
         let branch = plan(Validation::Branch, RestorePointKind::BranchPoint, 100);
         let summary = summary::summarize(&branch, "p.plan.yaml", 600);
-        assert_eq!(summary.api_calls.total, 100 + 500);
-        assert_eq!(summary.estimated_api_minutes, 1.0);
+        assert_eq!(summary.api_calls.total, 100 + 700);
+        assert!((summary.estimated_api_minutes - 800.0 / 600.0).abs() < 1e-9);
         let backup = plan(Validation::None, RestorePointKind::BackupBranch, 100);
         let summary = summary::summarize(&backup, "p.plan.yaml", 100);
         assert_eq!(summary.api_calls.total, 100 + 200);
