@@ -149,7 +149,7 @@ async fn a_wave_over_budget_halts_and_later_waves_stay_untouched() {
     let report = json(&output);
     assert_eq!(report["waves"][0]["name"], "canary");
     assert_eq!(report["waves"][0]["halted"], true, "{report:#}");
-    assert_eq!(report["waves"][1]["skipped"], 9, "{report:#}");
+    assert_eq!(report["waves"][1]["not_started"], 9, "{report:#}");
     assert_eq!(report["outcome"], "halted");
     // Budget 0, concurrency 1: the first failure halts, no new canary tenant starts.
     assert_eq!(report["waves"][0]["failed"], 1, "{report:#}");

@@ -413,6 +413,13 @@ async fn ctrl_c_lets_in_flight_tenants_finish_and_exits_130() {
     assert!(untouched > 0);
     let status = json(&fleet.run(&["status", &plan, "--output", "json"]));
     assert_eq!(status["last_run_outcome"], "interrupted", "{status:#}");
+    let status_text = fleet.run(&["status", &plan]);
+    assert!(
+        String::from_utf8_lossy(&status_text.stdout)
+            .contains("was interrupted: `apply` resumes it"),
+        "{}",
+        text(&status_text)
+    );
     assert_eq!(
         status["totals"]["applied"].as_u64(),
         Some(finished.len() as u64)

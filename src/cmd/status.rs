@@ -138,7 +138,11 @@ fn print_text(
         );
     }
     if let Some(wave) = running {
-        println!("wave {wave} is running (or its run was killed: `apply` resumes it)");
+        if state.last_run_outcome.as_deref() == Some("interrupted") {
+            println!("wave {wave} was interrupted: `apply` resumes it");
+        } else {
+            println!("wave {wave} is running (or its run was killed: `apply` resumes it)");
+        }
     }
     if let Some(wave) = halted {
         println!("wave {wave} is HALTED: later waves wait until its failures are resolved");

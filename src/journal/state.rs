@@ -184,6 +184,8 @@ impl JournalState {
             Event::RunStarted { plan_id, .. } => {
                 self.plan_id = Some(plan_id.clone());
                 self.runs += 1;
+                // The outcome belongs to the run that finished; a new run has none yet.
+                self.last_run_outcome = None;
             }
             Event::RunFinished { outcome, .. } => self.last_run_outcome = Some(outcome.clone()),
             Event::WaveStarted { wave } => {

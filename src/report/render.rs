@@ -20,13 +20,13 @@ pub fn summary_text(summary: &Summary, groups: &[FailureGroup]) -> String {
         .clamp(5, 14);
     let _ = writeln!(
         out,
-        "{:<name_width$} {:<11} {:>7} {:>7} {:>7} {:>6} {:>6} {:>7}",
-        "wave", "status", "tenants", "applied", "current", "failed", "diverg", "skipped"
+        "{:<name_width$} {:<11} {:>7} {:>7} {:>7} {:>6} {:>8} {:>11}",
+        "wave", "status", "tenants", "applied", "current", "failed", "diverged", "not started"
     );
     let line = |out: &mut String, name: &str, status: &str, counts: &super::Counts| {
         let _ = writeln!(
             out,
-            "{:<name_width$} {:<11} {:>7} {:>7} {:>7} {:>6} {:>6} {:>7}",
+            "{:<name_width$} {:<11} {:>7} {:>7} {:>7} {:>6} {:>8} {:>11}",
             truncate(name, name_width),
             status,
             counts.tenants,
@@ -34,7 +34,7 @@ pub fn summary_text(summary: &Summary, groups: &[FailureGroup]) -> String {
             counts.up_to_date,
             counts.failed,
             counts.diverged,
-            counts.skipped
+            counts.not_started
         );
     };
     for wave in &summary.waves {

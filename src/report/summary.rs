@@ -13,7 +13,7 @@ pub struct Counts {
     pub failed: usize,
     pub diverged: usize,
     /// Not started: in a halted or not-started wave, or left when the run stopped.
-    pub skipped: usize,
+    pub not_started: usize,
     /// Started and not finished (a killed or interrupted run); a resume re-probes them.
     pub in_flight: usize,
     pub rolled_back: usize,
@@ -24,7 +24,7 @@ impl Counts {
     fn add(&mut self, status: TenantStatus) {
         self.tenants += 1;
         match status {
-            TenantStatus::NotStarted => self.skipped += 1,
+            TenantStatus::NotStarted => self.not_started += 1,
             TenantStatus::InFlight => self.in_flight += 1,
             TenantStatus::Applied => self.applied += 1,
             TenantStatus::UpToDate => self.up_to_date += 1,
@@ -41,7 +41,7 @@ impl Counts {
         self.up_to_date += other.up_to_date;
         self.failed += other.failed;
         self.diverged += other.diverged;
-        self.skipped += other.skipped;
+        self.not_started += other.not_started;
         self.in_flight += other.in_flight;
         self.rolled_back += other.rolled_back;
         self.rollback_failed += other.rollback_failed;
