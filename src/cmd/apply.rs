@@ -128,8 +128,11 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
                 outcome_line(&result.outcome, &plan_display, &journal_path)
             );
             println!(
-                "Neon API: {} requests, {} retried, {} rate-limited",
-                api_stats.requests, api_stats.retries, api_stats.rate_limited
+                "Neon API: {} request{}, {} retried, {} rate-limited",
+                api_stats.requests,
+                if api_stats.requests == 1 { "" } else { "s" },
+                api_stats.retries,
+                api_stats.rate_limited
             );
         }
     }

@@ -189,10 +189,14 @@ async fn demo_on_fleet(
     println!();
     println!("Demo finished in {}.", seconds(started));
     let status = if verdict.is_empty() {
-        println!(
-            "Every tenant is migrated except the {} with bad data, caught on their\nvalidation branches before their main was touched.",
-            bad.len()
-        );
+        if bad.is_empty() {
+            println!("Every tenant is migrated.");
+        } else {
+            println!(
+                "Every tenant is migrated except the {} with bad data, caught on their\nvalidation branches before their main was touched.",
+                bad.len()
+            );
+        }
         ExitStatus::Success
     } else {
         println!("The rollout did not go as the demo expects:");
