@@ -57,8 +57,9 @@ pub enum PgClusterError {
 pub struct PgClusterConfig {
     /// Keep the cluster here (reused when it already holds one); `None` = a temporary directory.
     pub data_dir: Option<PathBuf>,
-    /// Trade durability for speed: fsync, synchronous_commit and full_page_writes off, bigger
-    /// shared_buffers. Callers that measure should print [`PgCluster::settings_summary`].
+    /// Trade durability for speed: fsync, synchronous_commit, full_page_writes and autovacuum
+    /// off, bigger shared_buffers. Callers that measure should print
+    /// [`PgCluster::settings_summary`].
     pub tuned_for_benchmark: bool,
     /// Enough for a fleet of tenants each holding a few connections.
     pub max_connections: u32,
@@ -393,6 +394,10 @@ fn server_settings(
             ("synchronous_commit", "off".to_string()),
             ("full_page_writes", "off".to_string()),
             ("shared_buffers", "1GB".to_string()),
+            // With a database per tenant, the launcher starts a worker in another database
+            // every naptime / databases (every 60 ms for 1,000 tenants): a process start as
+            // costly as a tenant's connection, at random moments of every measured mode.
+            ("autovacuum", "off".to_string()),
         ]);
     }
     settings

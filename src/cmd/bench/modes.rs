@@ -133,7 +133,7 @@ impl Default for Methods {
             connections: "server log with log_connections=on: `connection authorized` lines of sessions named schemafleet*, between the start and the end of the mode's child process",
             peak_rss: "VmHWM of the child process that ran only this mode (bench --internal)",
             api_calls: "the Neon client's request counter (every attempt, operation polls and the preflight included); the emulator's own count is emulator_requests_per_tenant",
-            reset: "one fleet for the run (the rate-limited run has its own); between modes every tenant's release is undone as superuser (history table dropped, schema back to the seed) and its history row count checked first",
+            reset: "one fleet for the run (the rate-limited run has its own); between modes every tenant's release is undone as superuser (history table dropped, schema back to the seed) and its history row count checked first; then a CHECKPOINT (also after seeding) so no mode pays for the previous one's dirty pages",
         }
     }
 }
