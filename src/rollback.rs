@@ -292,13 +292,7 @@ pub async fn later_releases(
     plan: &Plan,
     candidate: &Candidate,
 ) -> Result<Vec<i32>, String> {
-    let uri = client
-        .connection_uri(
-            &candidate.tenant,
-            None,
-            &plan.policy.database,
-            &plan.policy.role,
-        )
+    let uri = main_uri(client, plan, candidate)
         .await
         .map_err(|error| format!("looking up main's URI: {error}"))?;
     let connection = pg::connect(&uri, Duration::from_secs(30))
@@ -321,6 +315,22 @@ pub async fn later_releases(
     ))
 }
 
+/// The connection URI of the tenant's main, with the plan's database and role.
+async fn main_uri(
+    client: &NeonClient,
+    plan: &Plan,
+    candidate: &Candidate,
+) -> Result<crate::secret::SecretUri, crate::neon::NeonError> {
+    client
+        .connection_uri(
+            &candidate.tenant,
+            None,
+            &plan.policy.database,
+            &plan.policy.role,
+        )
+        .await
+}
+
 /// `V5, V6, V9`.
 pub fn version_list(versions: &[i32]) -> String {
     versions
@@ -336,17 +346,9 @@ async fn verify_history(
     plan: &Plan,
     candidate: &Candidate,
 ) -> Result<(), String> {
-    let uri = client
-        .connection_uri(
-            &candidate.tenant,
-            None,
-            &plan.policy.database,
-            &plan.policy.role,
-        )
-        .await
-        .map_err(|error| {
-            format!("restored, but looking up main's URI to verify failed: {error}")
-        })?;
+    let uri = main_uri(client, plan, candidate).await.map_err(|error| {
+        format!("restored, but looking up main's URI to verify failed: {error}")
+    })?;
     // The compute reconnects to the restored timeline; give it a few tries.
     let mut last_error = String::new();
     for attempt in 0..5u64 {
