@@ -346,30 +346,20 @@ pub fn render_text(report: &DriftReport, migrations_dir: &str) -> String {
         "unreachable", report.counts.unreachable
     ));
 
-    if report.counts.diverged > 0 {
-        out.push('\n');
-        wrap_into(
-            &mut out,
-            &format!(
+    let sections = [
+        (
+            DriftState::Diverged,
+            report.counts.diverged,
+            format!(
                 "DIVERGED: {} whose history disagrees with {migrations_dir} (`apply` will not touch them):",
                 plural(report.counts.diverged, "tenant")
             ),
-            "",
-            "  ",
-        );
-        render_groups(&mut out, report, DriftState::Diverged);
-        wrap_into(
-            &mut out,
             "next: restore the edited or deleted migration files from version control (the history table records what ran), or repair these tenants by hand; then run drift again.",
-            "  ",
-            "    ",
-        );
-    }
-    if report.counts.ahead > 0 {
-        out.push('\n');
-        wrap_into(
-            &mut out,
-            &format!(
+        ),
+        (
+            DriftState::Ahead,
+            report.counts.ahead,
+            format!(
                 "AHEAD: {} already {} migrations newer than {migrations_dir} (a later release reached them):",
                 plural(report.counts.ahead, "tenant"),
                 if report.counts.ahead == 1 {
@@ -378,35 +368,26 @@ pub fn render_text(report: &DriftReport, migrations_dir: &str) -> String {
                     "have"
                 }
             ),
-            "",
-            "  ",
-        );
-        render_groups(&mut out, report, DriftState::Ahead);
-        wrap_into(
-            &mut out,
             "next: compare against the newer migrations (pull the branch that has them, or pass the newer plan); `apply` of this older plan leaves these tenants alone.",
-            "  ",
-            "    ",
-        );
-    }
-    if report.counts.unreachable > 0 {
-        out.push('\n');
-        wrap_into(
-            &mut out,
-            &format!(
+        ),
+        (
+            DriftState::Unreachable,
+            report.counts.unreachable,
+            format!(
                 "UNREACHABLE: {} could not be probed (drift not ruled out):",
                 plural(report.counts.unreachable, "tenant")
             ),
-            "",
-            "  ",
-        );
-        render_groups(&mut out, report, DriftState::Unreachable);
-        wrap_into(
-            &mut out,
             "next: check NEON_API_KEY, the tenant ids and the database and role; a suspended compute can take seconds to wake, so run drift again first.",
-            "  ",
-            "    ",
-        );
+        ),
+    ];
+    for (state, count, heading, next) in sections {
+        if count == 0 {
+            continue;
+        }
+        out.push('\n');
+        wrap_into(&mut out, &heading, "", "  ");
+        render_groups(&mut out, report, state);
+        wrap_into(&mut out, next, "  ", "    ");
     }
     out
 }
