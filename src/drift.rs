@@ -411,22 +411,7 @@ fn render_groups(out: &mut String, report: &DriftReport, state: DriftState) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn planned(version: i32, checksum: &str) -> PlannedVersion {
-        PlannedVersion {
-            version,
-            name: format!("m{version}"),
-            checksum: checksum.into(),
-        }
-    }
-
-    fn applied(version: i32, checksum: &str) -> AppliedMigration {
-        AppliedMigration {
-            version,
-            name: format!("m{version}"),
-            checksum: checksum.into(),
-        }
-    }
+    use crate::pg::history::fixtures::{applied, planned};
 
     fn files() -> Vec<PlannedVersion> {
         vec![planned(1, "a"), planned(2, "b"), planned(3, "c")]

@@ -150,11 +150,12 @@ pub fn compare_history(
     }
 }
 
+/// History rows and planned versions named `m{version}`, for tests here and in `drift`.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod fixtures {
+    use super::{AppliedMigration, PlannedVersion};
 
-    fn planned(version: i32, checksum: &str) -> PlannedVersion {
+    pub(crate) fn planned(version: i32, checksum: &str) -> PlannedVersion {
         PlannedVersion {
             version,
             name: format!("m{version}"),
@@ -162,13 +163,19 @@ mod tests {
         }
     }
 
-    fn applied(version: i32, checksum: &str) -> AppliedMigration {
+    pub(crate) fn applied(version: i32, checksum: &str) -> AppliedMigration {
         AppliedMigration {
             version,
             name: format!("m{version}"),
             checksum: checksum.into(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{applied, planned};
+    use super::*;
 
     #[test]
     fn fresh_tenant_has_everything_pending() {
