@@ -20,7 +20,8 @@ fn client(fleet: &TestFleet) -> NeonClient {
 
 /// A wave is applied, the application writes to main afterwards, `rollback --wave` brings every
 /// tenant's schema and data back exactly to the pre-migration state, the post-migration state
-/// with the later rows is kept under the preserved branch, and a later `apply` migrates again.
+/// with the later rows is kept under the preserved branch, and a later `apply` of the plan
+/// migrates them again only with `--include-rolled-back`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_of_a_wave_restores_exactly_and_keeps_the_newer_state() {
     let fleet = TestFleet::start(4).await;
@@ -119,8 +120,29 @@ async fn rollback_of_a_wave_restores_exactly_and_keeps_the_newer_state() {
     let status = json(&output);
     assert_eq!(status["totals"]["rolled_back"], 4, "{status:#}");
 
-    // Rolled back tenants are migrated again by a later apply.
+    // A later apply of the same plan leaves them back and names them...
     let output = fleet.run(&["apply", plan_arg, "--output", "json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let report = json(&output);
+    assert_eq!(report["totals"]["applied"], 0, "{report:#}");
+    assert_eq!(
+        report["held_back"].as_array().map(Vec::len),
+        Some(4),
+        "{report:#}"
+    );
+    assert!(
+        history(fleet.tenants[0].connection_uri.expose())
+            .await
+            .is_empty()
+    );
+    // ... until asked for.
+    let output = fleet.run(&[
+        "apply",
+        plan_arg,
+        "--include-rolled-back",
+        "--output",
+        "json",
+    ]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     assert_eq!(json(&output)["totals"]["applied"], 4);
     for tenant in &fleet.tenants {

@@ -163,6 +163,7 @@ async fn demo_on_fleet(
         journal: None,
         until_wave: None,
         retry_failed: false,
+        include_rolled_back: None,
         skip_bake: true,
         max_connections: 64,
         output: OutputFormat::Text,

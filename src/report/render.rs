@@ -17,16 +17,22 @@ pub fn summary_text(summary: &Summary, groups: &[FailureGroup]) -> String {
         .map(|wave| wave.name.len())
         .max()
         .unwrap_or(4)
-        .clamp(5, 14);
+        .clamp(5, 11);
+    // The last two headers take two lines, so a rolled-back column fits in 78 columns.
     let _ = writeln!(
         out,
-        "{:<name_width$} {:<11} {:>7} {:>7} {:>7} {:>6} {:>8} {:>11}",
-        "wave", "status", "tenants", "applied", "current", "failed", "diverged", "not started"
+        "{:<name_width$} {:<11} {:>7} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6}",
+        "", "", "", "", "", "", "", "not", "rolled"
+    );
+    let _ = writeln!(
+        out,
+        "{:<name_width$} {:<11} {:>7} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6}",
+        "wave", "status", "tenants", "applied", "current", "failed", "diverged", "started", "back"
     );
     let line = |out: &mut String, name: &str, status: &str, counts: &super::Counts| {
         let _ = writeln!(
             out,
-            "{:<name_width$} {:<11} {:>7} {:>7} {:>7} {:>6} {:>8} {:>11}",
+            "{:<name_width$} {:<11} {:>7} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6}",
             truncate(name, name_width),
             status,
             counts.tenants,
@@ -34,7 +40,8 @@ pub fn summary_text(summary: &Summary, groups: &[FailureGroup]) -> String {
             counts.up_to_date,
             counts.failed,
             counts.diverged,
-            counts.not_started
+            counts.not_started,
+            counts.rolled_back
         );
     };
     for wave in &summary.waves {
@@ -49,13 +56,7 @@ pub fn summary_text(summary: &Summary, groups: &[FailureGroup]) -> String {
             totals.in_flight
         );
     }
-    if totals.rolled_back > 0 || totals.rollback_failed > 0 {
-        let _ = writeln!(
-            out,
-            "rolled back: {}, rollback failed: {}",
-            totals.rolled_back, totals.rollback_failed
-        );
-    }
+    held_back_text(&mut out, summary);
     if !groups.is_empty() {
         let n_failed: usize = groups.iter().map(|group| group.count).sum();
         let _ = writeln!(
@@ -96,6 +97,42 @@ pub fn summary_text(summary: &Summary, groups: &[FailureGroup]) -> String {
         }
     }
     out
+}
+
+/// Names the tenants this plan rolled back, which `apply` leaves alone until asked.
+fn held_back_text(out: &mut String, summary: &Summary) {
+    if summary.held_back.is_empty() {
+        return;
+    }
+    const SHOWN: usize = 20;
+    let n_held = summary.held_back.len();
+    let mut names = summary
+        .held_back
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if n_held > SHOWN {
+        names.push_str(&format!(
+            " (+{} more; --output json lists them all)",
+            n_held - SHOWN
+        ));
+    }
+    let failed = summary.totals.rollback_failed;
+    let failed_note = if failed > 0 {
+        format!(" ({failed} of them whose rollback failed)")
+    } else {
+        String::new()
+    };
+    wrap_into(
+        out,
+        &format!(
+            "held back, rolled back by this plan{failed_note}: {names}; `apply` leaves them alone until `--include-rolled-back` (all, or =ID,ID)"
+        ),
+        "",
+        "  ",
+    );
 }
 
 fn truncate(text: &str, width: usize) -> String {
