@@ -444,6 +444,39 @@ impl NeonClient {
         }
     }
 
+    /// Sets a branch's `expires_at` (RFC 3339, at most 30 days ahead on Neon) and waits for its
+    /// operations. Setting the same expiry twice is harmless, so an unknown outcome is resent.
+    pub async fn set_branch_expiry(
+        &self,
+        project_id: &str,
+        branch_id: &str,
+        expires_at: &str,
+    ) -> Result<(), NeonError> {
+        let body = serde_json::json!({"branch": {"expires_at": expires_at}});
+        let mut unknown_outcomes: u32 = 0;
+        loop {
+            let call = ApiCall::new(
+                Method::PATCH,
+                &["projects", project_id, "branches", branch_id],
+            )
+            .body(body.clone());
+            let error = match self.call(&call).await {
+                Ok(answer) => {
+                    let updated: BranchOperationsResponse = self.decode(&call, &answer)?;
+                    return self
+                        .wait_for_operations(project_id, &updated.operations)
+                        .await;
+                }
+                Err(error) if error.is_outcome_unknown() => error,
+                Err(error) => return Err(error),
+            };
+            unknown_outcomes += 1;
+            self.pause_before_resend(&call, &error, unknown_outcomes)
+                .await
+                .map_err(|()| error)?;
+        }
+    }
+
     /// Waits for its operations; 204/404 count as already deleted.
     pub async fn delete_branch(&self, project_id: &str, branch_id: &str) -> Result<(), NeonError> {
         let mut unknown_outcomes: u32 = 0;
