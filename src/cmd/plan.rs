@@ -4,7 +4,7 @@
 //! and errors go to stderr. Exit 0 written or matching, 1 the plan no longer matches the
 //! migrations, 2 bad input.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -18,7 +18,7 @@ use crate::secret::SecretString;
 
 pub async fn run(args: PlanArgs) -> anyhow::Result<ExitStatus> {
     if let Some(plan_path) = &args.check {
-        return check(plan_path, args.output);
+        return check(plan_path, args.migrations.as_deref(), args.output);
     }
     let policy_path = args
         .policy
@@ -33,7 +33,11 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<ExitStatus> {
 }
 
 async fn plan(args: &PlanArgs, policy_path: &Path) -> anyhow::Result<PlanOutcome> {
-    let inputs = read_inputs(policy_path, &args.migrations)?;
+    let migrations = args
+        .migrations
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("migrations"));
+    let inputs = read_inputs(policy_path, &migrations)?;
     let api_key = args
         .api
         .api_key
@@ -65,9 +69,18 @@ struct CheckReport {
     differences: Vec<String>,
 }
 
-fn check(plan_path: &Path, output: OutputFormat) -> anyhow::Result<ExitStatus> {
+/// `--migrations` wins over the plan's recorded directory, as for `apply` and `drift`: an old
+/// plan is checked against its release's checkout.
+fn check(
+    plan_path: &Path,
+    migrations: Option<&Path>,
+    output: OutputFormat,
+) -> anyhow::Result<ExitStatus> {
     let plan = load_plan(plan_path)?;
-    let migrations_dir = resolve_from_plan(plan_path, &plan.migrations.dir);
+    let migrations_dir = migrations.map_or_else(
+        || resolve_from_plan(plan_path, &plan.migrations.dir),
+        Path::to_path_buf,
+    );
     let set = migrations::load(&migrations_dir)?;
     let result = check_migrations(&plan, &set);
     let report = CheckReport {
