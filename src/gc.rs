@@ -157,6 +157,24 @@ pub fn decide(
     })
 }
 
+/// The verdicts every branch gets before its purpose matters: a default or protected branch is
+/// kept, an expired one goes (Neon would delete it anyway).
+fn settled_by_kind_or_expiry(branch: &Branch, now: OffsetDateTime) -> Option<(bool, String)> {
+    if branch.default {
+        return Some((
+            false,
+            "the project's default branch: never deleted".to_string(),
+        ));
+    }
+    if branch.protected {
+        return Some((false, "protected branch: never deleted".to_string()));
+    }
+    let text = branch.expires_at.as_deref()?;
+    crate::clock::parse_rfc3339(text)
+        .is_some_and(|at| at <= now)
+        .then(|| (true, format!("expired at {text}")))
+}
+
 /// A preserved branch holds writes made after a restore point, which only the operator can
 /// judge: it goes when expired (an expiry set by `rollback --preserve-for`) or when asked for
 /// by age, never by `--all` or a journal.
@@ -166,19 +184,8 @@ fn preserved_verdict(
     now: OffsetDateTime,
     options: GcOptions,
 ) -> (bool, String) {
-    if branch.default {
-        return (
-            false,
-            "the project's default branch: never deleted".to_string(),
-        );
-    }
-    if branch.protected {
-        return (false, "protected branch: never deleted".to_string());
-    }
-    if let Some(text) = branch.expires_at.as_deref()
-        && crate::clock::parse_rfc3339(text).is_some_and(|at| at <= now)
-    {
-        return (true, format!("preserved by a rollback, expired at {text}"));
+    if let Some(settled) = settled_by_kind_or_expiry(branch, now) {
+        return settled;
     }
     let age = age_seconds.map_or_else(
         || "of unknown age".to_string(),
@@ -235,21 +242,10 @@ fn verdict(
     rollout: Option<Rollout<'_>>,
     options: GcOptions,
 ) -> (bool, String) {
-    if branch.default {
-        return (
-            false,
-            "the project's default branch: never deleted".to_string(),
-        );
-    }
-    if branch.protected {
-        return (false, "protected branch: never deleted".to_string());
+    if let Some(settled) = settled_by_kind_or_expiry(branch, now) {
+        return settled;
     }
     let expires_at = branch.expires_at.as_deref();
-    if let Some(text) = expires_at
-        && crate::clock::parse_rfc3339(text).is_some_and(|at| at <= now)
-    {
-        return (true, format!("expired at {text}"));
-    }
     let not_expired = match expires_at {
         Some(text) => format!("expires at {text}"),
         None => "no expiry".to_string(),

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use schemafleet::neon::{ClientConfig, NeonClient};
 use schemafleet::secret::SecretString;
@@ -40,18 +40,16 @@ fn release(fleet: &TestFleet, name: &str, through: i32, extra: &[(&str, &str)]) 
     dir
 }
 
-fn plan_release(fleet: &TestFleet, migrations: &Path, out: &str) -> String {
-    let output = fleet.run(&[
-        "plan",
-        "--policy",
-        "policy.yaml",
-        "--migrations",
-        migrations.to_str().expect("utf-8"),
-        "--out",
-        out,
-    ]);
-    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
-    out.to_string()
+/// The `status PLAN --live` entry that calls `tenant`'s journal entry stale, if any.
+fn stale_entry(fleet: &TestFleet, plan: &str, tenant: &str) -> Option<serde_json::Value> {
+    let output = fleet.run(&["status", plan, "--live", "--output", "json"]);
+    let status = json(&output);
+    status["live"]["stale"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no stale entries: {status:#}"))
+        .iter()
+        .find(|entry| entry["tenant"] == tenant)
+        .cloned()
 }
 
 async fn versions(uri: &str) -> Vec<i32> {
@@ -104,14 +102,14 @@ async fn three_releases_rolled_back_tenants_stay_back_and_rollback_never_moves_f
     let r3_dir = release(&fleet, "r3", 4, &[v5, v6]);
 
     // Release 1 everywhere.
-    let r1 = plan_release(&fleet, &r1_dir, "r1.plan.yaml");
+    let r1 = fleet.plan_at(&r1_dir, "r1.plan.yaml");
     let output = fleet.run(&["apply", &r1]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
 
     // Release 2: V5 fails on two tenants' data, validated on their branches.
     give_upper_case_email(fixed.connection_uri.expose()).await;
     give_upper_case_email(late.connection_uri.expose()).await;
-    let r2 = plan_release(&fleet, &r2_dir, "r2.plan.yaml");
+    let r2 = fleet.plan_at(&r2_dir, "r2.plan.yaml");
     let output = fleet.run(&["apply", &r2]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     assert_eq!(
@@ -211,16 +209,10 @@ async fn three_releases_rolled_back_tenants_stay_back_and_rollback_never_moves_f
     );
     assert!(versions(steady.connection_uri.expose()).await.is_empty());
     // Release 2's journal still says applied; main's history says otherwise, and --live says so.
-    let output = fleet.run(&["status", &r2, "--live", "--output", "json"]);
-    let status = json(&output);
-    let stale = status["live"]["stale"].as_array().expect("stale entries");
+    let stale = stale_entry(&fleet, &r2, &steady.project_id).expect("stale in r2");
     assert!(
-        stale
-            .iter()
-            .any(|entry| entry["tenant"] == steady.project_id.as_str()
-                && entry["journal"] == "applied"
-                && entry["live"] == "behind"),
-        "{status:#}"
+        stale["journal"] == "applied" && stale["live"] == "behind",
+        "{stale:#}"
     );
 
     // Asked for by name, the canary gets release 2 again.
@@ -236,7 +228,7 @@ async fn three_releases_rolled_back_tenants_stay_back_and_rollback_never_moves_f
 
     // Release 3 after the last data fix: a new plan treats every tenant that is behind alike.
     fix_email(late.connection_uri.expose()).await;
-    let r3 = plan_release(&fleet, &r3_dir, "r3.plan.yaml");
+    let r3 = fleet.plan_at(&r3_dir, "r3.plan.yaml");
     let output = fleet.run(&["apply", &r3]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     for tenant in &fleet.tenants {
@@ -255,16 +247,10 @@ async fn three_releases_rolled_back_tenants_stay_back_and_rollback_never_moves_f
         "{}",
         text(&output)
     );
-    let output = fleet.run(&["status", &r1, "--live", "--output", "json"]);
-    let status = json(&output);
-    let stale = status["live"]["stale"].as_array().expect("stale entries");
+    let stale = stale_entry(&fleet, &r1, &steady.project_id).expect("stale in r1");
     assert!(
-        stale
-            .iter()
-            .any(|entry| entry["tenant"] == steady.project_id.as_str()
-                && entry["journal"] == "rolled_back"
-                && entry["current_version"] == 6),
-        "{status:#}"
+        stale["journal"] == "rolled_back" && stale["current_version"] == 6,
+        "{stale:#}"
     );
     let output = fleet.run(&["status", &r2, "--live"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -273,18 +259,12 @@ async fn three_releases_rolled_back_tenants_stay_back_and_rollback_never_moves_f
         "{}",
         text(&output)
     );
-    let output = fleet.run(&["status", &r2, "--live", "--output", "json"]);
-    let status = json(&output);
+    let stale = stale_entry(&fleet, &r2, &late.project_id).expect("stale in r2");
     assert!(
-        status["live"]["stale"]
-            .as_array()
-            .expect("stale entries")
-            .iter()
-            .any(|entry| entry["tenant"] == late.project_id.as_str()
-                && entry["reason"].as_str().is_some_and(
-                    |reason| reason.contains("the journal says failed, but main is at V6 now")
-                )),
-        "{status:#}"
+        stale["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("the journal says failed, but main is at V6 now")),
+        "{stale:#}"
     );
 
     // Release 1's rollback of the tenant it rolled back before is refused from main's history.

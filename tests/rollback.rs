@@ -201,19 +201,8 @@ async fn rollback_from_a_backup_branch_restores_one_tenant_exactly() {
         "ALTER TABLE accounts ADD COLUMN note text;\n",
     )
     .expect("write V5");
-    let later_plan = fleet.path("later.plan.yaml");
-    let later_plan_arg = later_plan.to_str().expect("utf-8");
-    let output = fleet.run(&[
-        "plan",
-        "--policy",
-        "policy.yaml",
-        "--migrations",
-        later.to_str().expect("utf-8"),
-        "--out",
-        later_plan_arg,
-    ]);
-    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
-    let output = fleet.run(&["apply", later_plan_arg]);
+    let later_plan_arg = fleet.plan_at(&later, "later.plan.yaml");
+    let output = fleet.run(&["apply", &later_plan_arg]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     let migrated = fingerprint(target.connection_uri.expose()).await;
 

@@ -75,6 +75,13 @@ impl TestFleet {
     /// `plan` with the repository's migrations; panics with the output when it fails.
     pub fn plan(&self, migrations: &Path) -> PathBuf {
         let out = self.path("policy.plan.yaml");
+        self.plan_at(migrations, out.to_str().expect("utf-8 path"));
+        out
+    }
+
+    /// `plan` of `policy.yaml` with `migrations` into `out` (a release's own plan); returns
+    /// `out`, panics with the output when planning fails.
+    pub fn plan_at(&self, migrations: &Path, out: &str) -> String {
         let output = self.run(&[
             "plan",
             "--policy",
@@ -82,10 +89,10 @@ impl TestFleet {
             "--migrations",
             migrations.to_str().expect("utf-8 path"),
             "--out",
-            out.to_str().expect("utf-8 path"),
+            out,
         ]);
         assert!(output.status.success(), "plan failed: {}", text(&output));
-        out
+        out.to_string()
     }
 
     pub fn tenant(&self, name: &str) -> &SeededTenant {
