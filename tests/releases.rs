@@ -6,19 +6,7 @@ mod support;
 
 use std::path::PathBuf;
 
-use schemafleet::neon::{ClientConfig, NeonClient};
-use schemafleet::secret::SecretString;
 use support::{TestFleet, connect, history, json, repo_migrations, text};
-
-fn client(fleet: &TestFleet) -> NeonClient {
-    let mut config = ClientConfig::new(
-        fleet.fleet.api_url(),
-        SecretString::new(fleet.fleet.api_key().expose()),
-        100_000,
-    );
-    config.poll_interval = std::time::Duration::from_millis(20);
-    NeonClient::new(config).expect("a client")
-}
 
 /// A release's checkout: the repository's migrations up to `through` (V1–V4), then `extra`.
 fn release(fleet: &TestFleet, name: &str, through: i32, extra: &[(&str, &str)]) -> PathBuf {
@@ -130,7 +118,7 @@ async fn three_releases_rolled_back_tenants_stay_back_and_rollback_never_moves_f
     ]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     assert_eq!(versions(canary.connection_uri.expose()).await, [1, 2, 3]);
-    let neon = client(&fleet);
+    let neon = fleet.neon_client();
     let preserved = |branches: &[schemafleet::neon::Branch]| {
         branches
             .iter()

@@ -2,21 +2,9 @@
 
 mod support;
 
-use schemafleet::neon::{ClientConfig, NeonClient};
-use schemafleet::secret::SecretString;
 use support::{
     TestFleet, add_legacy_status, connect, fingerprint, history, json, repo_migrations, text,
 };
-
-fn client(fleet: &TestFleet) -> NeonClient {
-    let mut config = ClientConfig::new(
-        fleet.fleet.api_url(),
-        SecretString::new(fleet.fleet.api_key().expose()),
-        100_000,
-    );
-    config.poll_interval = std::time::Duration::from_millis(20);
-    NeonClient::new(config).expect("a client")
-}
 
 /// A wave is applied, the application writes to main afterwards, `rollback --wave` brings every
 /// tenant's schema and data back exactly to the pre-migration state, the post-migration state
@@ -87,7 +75,7 @@ async fn rollback_of_a_wave_restores_exactly_and_keeps_the_newer_state() {
     let output = fleet.run(&["rollback", plan_arg, "--wave", "all", "--yes"]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
 
-    let neon = client(&fleet);
+    let neon = fleet.neon_client();
     for tenant in &fleet.tenants {
         let restored = fingerprint(tenant.connection_uri.expose()).await;
         assert_eq!(
@@ -176,7 +164,7 @@ async fn rollback_from_a_backup_branch_restores_one_tenant_exactly() {
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     assert_eq!(history(target.connection_uri.expose()).await.len(), 4);
 
-    let neon = client(&fleet);
+    let neon = fleet.neon_client();
     let backups = |branches: &[schemafleet::neon::Branch]| {
         branches
             .iter()

@@ -95,6 +95,17 @@ impl TestFleet {
         out.to_string()
     }
 
+    /// A Neon API client of this fleet that polls operations quickly.
+    pub fn neon_client(&self) -> schemafleet::neon::NeonClient {
+        let mut config = schemafleet::neon::ClientConfig::new(
+            self.fleet.api_url(),
+            schemafleet::secret::SecretString::new(self.fleet.api_key().expose()),
+            100_000,
+        );
+        config.poll_interval = std::time::Duration::from_millis(20);
+        schemafleet::neon::NeonClient::new(config).expect("a client")
+    }
+
     pub fn tenant(&self, name: &str) -> &SeededTenant {
         self.tenants
             .iter()
