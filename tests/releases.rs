@@ -203,6 +203,22 @@ async fn three_releases_rolled_back_tenants_stay_back_and_rollback_never_moves_f
         "{stale:#}"
     );
 
+    // Bad input names what is wrong and changes nothing.
+    let output = fleet.run(&["apply", &r2, "--include-rolled-back=tenant-nope"]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("tenant tenant-nope is not in plan"),
+        "{}",
+        text(&output)
+    );
+    let output = fleet.run(&["rollback", &r2, "--wave", "canary", "--preserve-for", "31d"]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--preserve-for 31d: Neon accepts"),
+        "{}",
+        text(&output)
+    );
+
     // Asked for by name, the canary gets release 2 again.
     let include = format!("--include-rolled-back={}", canary.project_id);
     let output = fleet.run(&["apply", &r2, &include, "--output", "json"]);
