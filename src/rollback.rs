@@ -315,13 +315,13 @@ impl MainCheck {
                 version_list(versions)
             )),
             MainCheck::WouldMoveForward { current, at_point } => {
-                let relation = if current.is_none_or(|current| current < *at_point) {
-                    "behind"
+                let (relation, effect) = if current.is_none_or(|current| current < *at_point) {
+                    ("behind", "move it forward to")
                 } else {
-                    "elsewhere than"
+                    ("elsewhere than", "put it back at")
                 };
                 Some(format!(
-                    "main is at {} now, {relation} the restore point's V{at_point} (another plan's rollback moved it since): restoring would move it forward to V{at_point}; nothing was changed",
+                    "main is at {} now, {relation} the restore point's V{at_point} (another plan's rollback moved it since): restoring would {effect} V{at_point}; nothing was changed",
                     describe(*current)
                 ))
             }
