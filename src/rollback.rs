@@ -50,17 +50,24 @@ pub struct Candidate {
 pub struct Refusal {
     pub tenant: String,
     pub reason: String,
-    /// Set when this plan's journal says it already rolled the tenant back: the reason is then
-    /// re-told from main's history ([`already_rolled_back_reason`]), since a later plan may
-    /// have migrated the tenant again.
-    pub rolled_back: Option<RolledBackBefore>,
 }
 
-/// What this plan's journal remembers of a tenant it rolled back.
+/// What this plan's journal remembers of a tenant it rolled back: main's version at the restore
+/// point it was rolled back to. A refusal of such a tenant is re-told from main's history
+/// ([`already_rolled_back_reason`]), since a later plan may have migrated it again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RolledBackBefore {
-    /// main's version at the restore point it was rolled back to.
     pub version_at_point: Option<i32>,
+}
+
+impl RolledBackBefore {
+    /// `Some` when the journal says this plan rolled the tenant back.
+    pub fn of(state: &JournalState, tenant: &str) -> Option<RolledBackBefore> {
+        let tenant = state.tenant(tenant)?;
+        (tenant.status == TenantStatus::RolledBack).then_some(RolledBackBefore {
+            version_at_point: tenant.version_at_restore_point,
+        })
+    }
 }
 
 /// Pick the tenants to roll back. Pure: plan and journal in, candidates and refusals out.
@@ -143,9 +150,6 @@ pub fn select(
             }),
             None => {
                 let status = tenant_state.map_or(TenantStatus::NotStarted, |state| state.status);
-                let rolled_back = (status == TenantStatus::RolledBack).then(|| RolledBackBefore {
-                    version_at_point: tenant_state.and_then(|state| state.version_at_restore_point),
-                });
                 let reason = match status {
                     TenantStatus::NotStarted | TenantStatus::UpToDate | TenantStatus::Diverged => {
                         format!(
@@ -162,11 +166,7 @@ pub fn select(
                         plan.policy.restore_point
                     ),
                 };
-                refusals.push(Refusal {
-                    tenant,
-                    reason,
-                    rolled_back,
-                });
+                refusals.push(Refusal { tenant, reason });
             }
         }
     }

@@ -62,7 +62,7 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
     // what another plan's apply or rollback did since.
     let (candidates, collateral) = match &client {
         Some(client) => {
-            retell_rolled_back(client, &plan, &mut refusals, args.concurrency).await;
+            retell_rolled_back(client, &plan, &read.state, &mut refusals, args.concurrency).await;
             check_mains(client, &plan, candidates, &mut refusals, &args).await
         }
         None => (candidates, Vec::new()),
@@ -219,12 +219,13 @@ fn preserve_until(preserve_for: Option<&str>) -> anyhow::Result<Option<String>> 
 async fn retell_rolled_back(
     client: &crate::neon::NeonClient,
     plan: &crate::plan::model::Plan,
+    state: &crate::journal::JournalState,
     refusals: &mut [rollback::Refusal],
     concurrency: usize,
 ) {
     let retold: Vec<Option<String>> = futures::stream::iter(refusals.iter())
         .map(|refusal| async move {
-            let before = refusal.rolled_back?;
+            let before = rollback::RolledBackBefore::of(state, &refusal.tenant)?;
             Some(
                 match rollback::main_versions(client, plan, &refusal.tenant).await {
                     Ok(current) => rollback::already_rolled_back_reason(before, &current),
@@ -270,7 +271,6 @@ async fn check_mains(
         let refuse = |reason: String| rollback::Refusal {
             tenant: candidate.tenant.clone(),
             reason,
-            rolled_back: None,
         };
         match current {
             Ok(current) => {
