@@ -13,15 +13,7 @@ use schemafleet::emulator::{ApiKeySource, LocalFleet, LocalFleetConfig};
 use serde_json::json;
 
 use common::Api;
-use support::{TestFleet, connect, text};
-
-/// A directory the `postgres` user can enter (the server runs as it when the tests run as root).
-fn reachable_tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .permissions(std::fs::Permissions::from_mode(0o755))
-        .tempdir()
-        .expect("a temporary directory")
-}
+use support::{TestFleet, connect, reachable_tempdir, text};
 
 fn with_data_dir(path: &Path) -> LocalFleetConfig {
     LocalFleetConfig {
