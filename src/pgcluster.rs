@@ -112,15 +112,11 @@ pub struct PgCluster {
 /// directory (`pgdata/`), the server log and the unix socket.
 struct OwnedServer {
     root: PathBuf,
+    /// `root/pgdata`.
+    pgdata: PathBuf,
     remove_root: bool,
     run_as_postgres: bool,
     stopped: bool,
-}
-
-impl OwnedServer {
-    fn pgdata(&self) -> PathBuf {
-        self.root.join(PGDATA)
-    }
 }
 
 impl std::fmt::Debug for PgCluster {
@@ -144,12 +140,13 @@ impl PgCluster {
         // From here on, dropping `owned` stops the server and removes a directory we created
         // until the cluster in it is initialised (a kept one is kept from then on).
         let mut owned = OwnedServer {
+            pgdata: root.join(PGDATA),
             root: root.clone(),
             remove_root: created,
             run_as_postgres,
             stopped: true,
         };
-        let data_dir = owned.pgdata();
+        let data_dir = owned.pgdata.clone();
         let password = random_password();
         let already_initialised = data_dir.join("PG_VERSION").exists();
         if !already_initialised {
@@ -285,6 +282,11 @@ impl PgCluster {
         self.bin_dir.as_deref()
     }
 
+    /// The cluster's data directory, for a cluster we started.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.owned.as_ref().map(|owned| owned.pgdata.as_path())
+    }
+
     /// The directory holding the server's unix socket (trust auth), for a cluster we started.
     pub fn socket_dir(&self) -> Option<&Path> {
         self.owned.as_ref().map(|owned| owned.root.as_path())
@@ -307,7 +309,7 @@ impl PgCluster {
                     &[
                         "-w".as_ref(),
                         "-D".as_ref(),
-                        owned.pgdata().as_os_str(),
+                        owned.pgdata.as_os_str(),
                         "stop".as_ref(),
                         "-m".as_ref(),
                         "fast".as_ref(),
@@ -319,7 +321,7 @@ impl PgCluster {
             None => Ok(String::new()),
         };
         // A server that is already gone (killed, or its data directory removed) counts as stopped.
-        let already_gone = !owned.pgdata().join("postmaster.pid").exists();
+        let already_gone = !owned.pgdata.join("postmaster.pid").exists();
         if result.is_ok() || already_gone {
             owned.stopped = true;
         }
@@ -344,7 +346,7 @@ impl Drop for OwnedServer {
             command
                 .arg("-w")
                 .arg("-D")
-                .arg(self.pgdata())
+                .arg(&self.pgdata)
                 .args(["stop", "-m", "fast"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
@@ -651,8 +653,9 @@ async fn prepare_kept_dir(
                 return Ok((path.to_path_buf(), false));
             }
             let what = if path.join("PG_VERSION").exists() {
-                "holds a PostgreSQL cluster the emulator did not create, and the emulator never \
-                 takes one over: pass a new path, or serve from a running server with --attach URL"
+                "holds a PostgreSQL cluster without the emulator's marker file (someone else's, or \
+                 an older emulator's), and the emulator never takes one over: pass a new path, or \
+                 serve from a running server with --attach URL"
             } else {
                 "exists but was not created by the emulator (it has no schemafleet-emulator file), \
                  so it is left alone: pass a path that does not exist yet (the emulator creates \

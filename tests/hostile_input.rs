@@ -53,7 +53,7 @@ async fn data_dirs_the_emulator_did_not_create_are_refused_unchanged() {
         (&with_file, "was not created by the emulator"),
         (
             &cluster,
-            "holds a PostgreSQL cluster the emulator did not create",
+            "holds a PostgreSQL cluster without the emulator's marker",
         ),
         (&plain_file, "is not a directory"),
     ];
