@@ -47,7 +47,10 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
         Ok(client) => match super::api::preflight(&client, &args.api.api_url).await {
             Ok(()) => Some(client),
             Err(error) if args.dry_run => {
-                eprintln!("note: cannot read main's history to check the restores: {error:#}");
+                eprintln!(
+                    "note: cannot read main's history to check the restores: {}",
+                    crate::terminal::escape_controls(&format!("{error:#}"))
+                );
                 None
             }
             Err(error) => return Err(error),
@@ -68,7 +71,11 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
         None => (candidates, Vec::new()),
     };
     for refusal in &refusals {
-        eprintln!("refused: {}: {}", refusal.tenant, refusal.reason);
+        eprintln!(
+            "refused: {}: {}",
+            refusal.tenant,
+            crate::terminal::escape_controls(&refusal.reason)
+        );
     }
     if candidates.is_empty() {
         eprintln!("nothing to roll back");
@@ -127,8 +134,9 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
                     // The restore itself succeeded; only the preserved branch's expiry is
                     // missing, which `gc --preserved` can make up for.
                     eprintln!(
-                        "warning: {}: rolled back, but the preserved branch has no expiry: {error}",
-                        candidate.tenant
+                        "warning: {}: rolled back, but the preserved branch has no expiry: {}",
+                        candidate.tenant,
+                        crate::terminal::escape_controls(&error)
                     );
                 }
                 (candidate.tenant.clone(), result)
@@ -147,7 +155,10 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
             Ok(()) => eprintln!("rolled back: {tenant}"),
             Err(reason) => {
                 n_failed += 1;
-                eprintln!("FAILED: {tenant}: {reason}");
+                eprintln!(
+                    "FAILED: {tenant}: {}",
+                    crate::terminal::escape_controls(&reason.to_string())
+                );
             }
         }
         let preserved = candidates

@@ -96,7 +96,7 @@ pub fn summary_text(summary: &Summary, groups: &[FailureGroup]) -> String {
             );
         }
     }
-    out
+    crate::terminal::escape_controls(&out)
 }
 
 /// Names the tenants this plan rolled back, which `apply` leaves alone until asked.
