@@ -337,19 +337,8 @@ pub struct EmulatorArgs {
     #[arg(long, default_value = "127.0.0.1:0")]
     pub proxy_listen: String,
 
-    /// Round-trip time charged by the proxy per client-visible round trip, in milliseconds
-    /// (Neon in-region: 1-5; from a CI runner in another region: 20-80).
-    #[arg(long, default_value_t = 0)]
-    pub pg_rtt_ms: u64,
-
-    /// Up to this many more milliseconds per round trip, at random.
-    #[arg(long, default_value_t = 0)]
-    pub pg_rtt_jitter_ms: u64,
-
-    /// What the connection that wakes a suspended endpoint waits, in milliseconds (Neon: "a
-    /// few hundred").
-    #[arg(long, default_value_t = 0)]
-    pub cold_start_ms: u64,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
 
     /// Suspend an endpoint this long after its last connection closed: `300s`, `5m` (Neon's
     /// default), `500ms`; `off` never suspends.
@@ -363,6 +352,24 @@ pub struct EmulatorArgs {
     /// SQL run once in a template database that every seeded tenant's main is copied from.
     #[arg(long)]
     pub seed_sql: Option<PathBuf>,
+}
+
+/// The emulator's compute layer: latency through its proxy and cold starts.
+#[derive(Debug, Args)]
+pub struct ComputeArgs {
+    /// Round-trip time charged by the proxy per client-visible round trip, in milliseconds
+    /// (Neon in-region: 1-5; from a CI runner in another region: 20-80).
+    #[arg(long, default_value_t = 0)]
+    pub pg_rtt_ms: u64,
+
+    /// Up to this many more milliseconds per round trip, at random.
+    #[arg(long, default_value_t = 0)]
+    pub pg_rtt_jitter_ms: u64,
+
+    /// What the connection that wakes a suspended endpoint waits, in milliseconds (Neon: "a
+    /// few hundred").
+    #[arg(long, default_value_t = 0)]
+    pub cold_start_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -407,18 +414,10 @@ pub struct BenchArgs {
     )]
     pub modes: Vec<String>,
 
-    /// Round-trip time the emulator's proxy charges per client-visible round trip, in ms.
-    #[arg(long, default_value_t = 0)]
-    pub pg_rtt_ms: u64,
-
-    /// Up to this many more milliseconds per round trip, at random.
-    #[arg(long, default_value_t = 0)]
-    pub pg_rtt_jitter_ms: u64,
-
-    /// What the connection that wakes a suspended tenant waits, in ms (every tenant is
-    /// suspended before each mode).
-    #[arg(long, default_value_t = 0)]
-    pub cold_start_ms: u64,
+    /// The network and computes behind the emulator's proxy (every tenant is suspended before
+    /// each mode).
+    #[command(flatten)]
+    pub compute: ComputeArgs,
 
     /// Added to every Neon API request, in ms (the emulator's `--latency-ms`).
     #[arg(long, default_value_t = 0)]

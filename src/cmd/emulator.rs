@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::cli::EmulatorArgs;
+use crate::cli::{ComputeArgs, EmulatorArgs};
 use crate::emulator::{ComputeConfig, LocalFleet, LocalFleetConfig, parse_suspend_after};
 use crate::exit::ExitStatus;
 use crate::secret::SecretUri;
@@ -57,13 +57,7 @@ pub async fn run(args: EmulatorArgs) -> anyhow::Result<ExitStatus> {
         history_retention_seconds: args.history_retention_seconds,
         failed_operation_rate: args.failed_operation_rate,
         proxy_listen,
-        compute: ComputeConfig {
-            round_trip: Duration::from_millis(args.pg_rtt_ms),
-            round_trip_jitter: Duration::from_millis(args.pg_rtt_jitter_ms),
-            cold_start: Duration::from_millis(args.cold_start_ms),
-            suspend_after: parse_suspend_after(&args.suspend_after)
-                .map_err(|error| anyhow::anyhow!("--suspend-after: {error}"))?,
-        },
+        compute: compute_config(&args.compute, &args.suspend_after)?,
     };
     let fleet = LocalFleet::start(config).await?;
     if let (Some(sql), true) = (&seed_sql, args.tenants > 0) {
@@ -95,4 +89,15 @@ pub async fn run(args: EmulatorArgs) -> anyhow::Result<ExitStatus> {
     eprintln!("stopping the emulator and its PostgreSQL cluster");
     fleet.stop().await?;
     Ok(ExitStatus::Success)
+}
+
+/// The compute layer's knobs from the command line (`--suspend-after` as `300s`, `5m`, `off`).
+pub fn compute_config(args: &ComputeArgs, suspend_after: &str) -> anyhow::Result<ComputeConfig> {
+    Ok(ComputeConfig {
+        round_trip: Duration::from_millis(args.pg_rtt_ms),
+        round_trip_jitter: Duration::from_millis(args.pg_rtt_jitter_ms),
+        cold_start: Duration::from_millis(args.cold_start_ms),
+        suspend_after: parse_suspend_after(suspend_after)
+            .map_err(|error| anyhow::anyhow!("--suspend-after: {error}"))?,
+    })
 }

@@ -517,24 +517,26 @@ async fn start_endpoint(
     State(context): State<Shared>,
     Path((project_id, endpoint_id)): Path<(String, String)>,
 ) -> Response {
-    let emulator = context.emulator.clone();
-    let result = run_detached(async move {
-        emulator
-            .change_endpoint_state(&project_id, &endpoint_id, true)
-            .await
-    })
-    .await;
-    respond(StatusCode::OK, result)
+    change_endpoint_state(context, project_id, endpoint_id, true).await
 }
 
 async fn suspend_endpoint(
     State(context): State<Shared>,
     Path((project_id, endpoint_id)): Path<(String, String)>,
 ) -> Response {
+    change_endpoint_state(context, project_id, endpoint_id, false).await
+}
+
+async fn change_endpoint_state(
+    context: Shared,
+    project_id: String,
+    endpoint_id: String,
+    start: bool,
+) -> Response {
     let emulator = context.emulator.clone();
     let result = run_detached(async move {
         emulator
-            .change_endpoint_state(&project_id, &endpoint_id, false)
+            .change_endpoint_state(&project_id, &endpoint_id, start)
             .await
     })
     .await;

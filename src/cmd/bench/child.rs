@@ -69,6 +69,20 @@ pub struct ChildReport {
     pub first_error: Option<String>,
 }
 
+impl ChildReport {
+    /// A per-tenant loop's report (raw, sequential): failed when any tenant failed.
+    fn of_outcome(outcome: super::raw::RawOutcome, wall_s: f64) -> ChildReport {
+        ChildReport {
+            wall_s,
+            peak_rss_kb: peak_rss_kb(),
+            exit_code: u8::from(outcome.failed > 0),
+            succeeded: outcome.succeeded,
+            failed: outcome.failed,
+            first_error: outcome.first_error,
+        }
+    }
+}
+
 pub async fn run() -> anyhow::Result<ExitStatus> {
     let mut input = String::new();
     std::io::stdin()
@@ -96,15 +110,10 @@ async fn run_job(job: Job) -> anyhow::Result<ChildReport> {
             let tenants: Vec<SecretUri> = tenant_uris.into_iter().map(SecretUri::new).collect();
             let started = Instant::now();
             let outcome = super::raw::run(&tenants, &batch, concurrency, probe_connection).await;
-            let wall_s = started.elapsed().as_secs_f64();
-            Ok(ChildReport {
-                wall_s,
-                peak_rss_kb: peak_rss_kb(),
-                exit_code: u8::from(outcome.failed > 0),
-                succeeded: outcome.succeeded,
-                failed: outcome.failed,
-                first_error: outcome.first_error,
-            })
+            Ok(ChildReport::of_outcome(
+                outcome,
+                started.elapsed().as_secs_f64(),
+            ))
         }
         Job::Apply {
             plan,
@@ -166,15 +175,10 @@ async fn run_job(job: Job) -> anyhow::Result<ChildReport> {
             })?;
             let started = Instant::now();
             let outcome = super::sequential::run(&client, &project_ids, &set.to_refinery()).await;
-            let wall_s = started.elapsed().as_secs_f64();
-            Ok(ChildReport {
-                wall_s,
-                peak_rss_kb: peak_rss_kb(),
-                exit_code: u8::from(outcome.failed > 0),
-                succeeded: outcome.succeeded,
-                failed: outcome.failed,
-                first_error: outcome.first_error,
-            })
+            Ok(ChildReport::of_outcome(
+                outcome,
+                started.elapsed().as_secs_f64(),
+            ))
         }
         Job::Plan {
             policy,

@@ -212,9 +212,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitStatus> {
         ));
         output.line(&format!(
             "# regime: pg_rtt_ms={} pg_rtt_jitter_ms={} cold_start_ms={} api_latency_ms={} suspend_after={}; every tenant is suspended before each mode",
-            args.pg_rtt_ms,
-            args.pg_rtt_jitter_ms,
-            args.cold_start_ms,
+            args.compute.pg_rtt_ms,
+            args.compute.pg_rtt_jitter_ms,
+            args.compute.cold_start_ms,
             args.api_latency_ms,
             args.suspend_after,
         ));
@@ -892,13 +892,7 @@ waves:
 
 /// The regime the fleet's endpoints run in, from the bench's flags.
 fn compute_config(args: &BenchArgs) -> anyhow::Result<crate::emulator::ComputeConfig> {
-    Ok(crate::emulator::ComputeConfig {
-        round_trip: Duration::from_millis(args.pg_rtt_ms),
-        round_trip_jitter: Duration::from_millis(args.pg_rtt_jitter_ms),
-        cold_start: Duration::from_millis(args.cold_start_ms),
-        suspend_after: crate::emulator::parse_suspend_after(&args.suspend_after)
-            .map_err(|error| anyhow::anyhow!("--suspend-after: {error}"))?,
-    })
+    crate::cmd::emulator::compute_config(&args.compute, &args.suspend_after)
 }
 
 /// Run `job` in a child process of this binary; its stdout before the marker line, and the report.
