@@ -28,35 +28,33 @@ fi
 : "${NEON_API_KEY:?export NEON_API_KEY from schemafleet emulator's output}"
 
 failures=0
+last_output=""
 run() {
     local name="$1"
     shift
-    local output
-    if output="$("$neonctl" --api-host "$NEON_API_URL" --api-key "$NEON_API_KEY" --no-analytics "$@" 2>&1)"; then
+    if last_output="$("$neonctl" --api-host "$NEON_API_URL" --api-key "$NEON_API_KEY" --no-analytics "$@" 2>&1)"; then
         echo "ok    $name"
-        printf '%s\n' "$output"
     else
-        echo "FAIL  $name: $output"
+        echo "FAIL  $name: $(printf '%s' "$last_output" | tail -n 3)"
         failures=$((failures + 1))
         return 1
     fi
 }
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 
-run "projects list" projects list --output json >/dev/null
-project_id="$("$neonctl" --api-host "$NEON_API_URL" --api-key "$NEON_API_KEY" --no-analytics \
-    projects create --name neonctl-check --output json 2>/dev/null | json 'd["project"]["id"]')"
-if [[ -z "$project_id" ]]; then
-    echo "FAIL  projects create"
+run "projects list" projects list --output json
+if run "projects create" projects create --name neonctl-check --output json; then
+    project_id="$(printf '%s' "$last_output" | json 'd["project"]["id"]')"
+else
     exit 1
 fi
-echo "ok    projects create ($project_id)"
-run "projects get" projects get "$project_id" --output json >/dev/null
-run "branches list" branches list --project-id "$project_id" --output json >/dev/null
-run "branches create" branches create --project-id "$project_id" --name dev --output json >/dev/null
-run "branches restore" branches restore dev main --project-id "$project_id" --output json >/dev/null
-run "operations list" operations list --project-id "$project_id" --output json >/dev/null
-if uri="$(run "connection-string" connection-string main --project-id "$project_id" | tail -n 1)"; then
+run "projects get" projects get "$project_id" --output json
+run "branches list" branches list --project-id "$project_id" --output json
+run "branches create" branches create --project-id "$project_id" --name dev --output json
+run "branches restore" branches restore dev main --project-id "$project_id" --output json
+run "operations list" operations list --project-id "$project_id" --output json
+if run "connection-string" connection-string main --project-id "$project_id"; then
+    uri="$(printf '%s' "$last_output" | tail -n 1)"
     echo "      $uri" | sed -E 's#(://[^:]+:)[^@]*@#\1***@#'
     if psql "$uri" -XAtc 'SELECT 1' >/dev/null 2>&1; then
         echo "ok    psql with neonctl's connection string"
@@ -64,6 +62,6 @@ if uri="$(run "connection-string" connection-string main --project-id "$project_
         echo "known difference: neonctl's URI asks for TLS (and names no endpoint); the emulator's proxy speaks plain PostgreSQL only"
     fi
 fi
-run "branches delete" branches delete dev --project-id "$project_id" --output json >/dev/null
-run "projects delete" projects delete "$project_id" --output json >/dev/null
+run "branches delete" branches delete dev --project-id "$project_id" --output json
+run "projects delete" projects delete "$project_id" --output json
 exit $((failures > 0))
