@@ -10,6 +10,8 @@
 //! - `physical`: databases and roles in the backing cluster; `store`: the emulator's own state,
 //!   persisted in that cluster; `state`/`model`: records and their JSON rendering.
 //! - `seed`: fast fleet creation from one template; `reaper`: expiry and history clean-up.
+//! - `proxy`: the PostgreSQL wire-protocol proxy every connection URI points at; `compute`:
+//!   endpoints' lifecycle (cold starts, scale to zero), round-trip time and counters.
 //!
 //! **Invariant:** each branch is exactly one physical database named after its branch id; each
 //! project has its own login role that owns its branches' objects; the API reports that role as
