@@ -357,6 +357,18 @@ pub struct EmulatorArgs {
     #[arg(long, default_value_t = 0.0)]
     pub failed_operation_rate: f64,
 
+    /// Address of the PostgreSQL proxy every connection URI points at (port 0 picks one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub proxy_listen: String,
+
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+
+    /// Suspend an endpoint this long after its last connection closed: `300s`, `5m` (Neon's
+    /// default), `500ms`; `off` never suspends.
+    #[arg(long, default_value = "off")]
+    pub suspend_after: String,
+
     /// Have this many tenant projects (`tenant-0001` …): on a restart, only the missing ones
     /// are created.
     #[arg(long, default_value_t = 0)]
@@ -365,6 +377,24 @@ pub struct EmulatorArgs {
     /// SQL run once in a template database that every seeded tenant's main is copied from.
     #[arg(long)]
     pub seed_sql: Option<PathBuf>,
+}
+
+/// The emulator's compute layer: latency through its proxy and cold starts.
+#[derive(Debug, Args)]
+pub struct ComputeArgs {
+    /// Round-trip time charged by the proxy per client-visible round trip, in milliseconds
+    /// (Neon in-region: 1-5; from a CI runner in another region: 20-80).
+    #[arg(long, default_value_t = 0)]
+    pub pg_rtt_ms: u64,
+
+    /// Up to this many more milliseconds per round trip, at random.
+    #[arg(long, default_value_t = 0)]
+    pub pg_rtt_jitter_ms: u64,
+
+    /// What the connection that wakes a suspended endpoint waits, in milliseconds (Neon: "a
+    /// few hundred").
+    #[arg(long, default_value_t = 0)]
+    pub cold_start_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -399,14 +429,28 @@ pub struct BenchArgs {
     #[arg(long, default_values_t = [16])]
     pub concurrency: Vec<usize>,
 
-    /// Modes to run: raw, apply, validated, noop, plan; also raw-probe (raw plus a separate
-    /// probe connection per tenant, as the executor opens).
+    /// Modes to run: raw, sequential, apply, validated, noop, plan; also raw-probe (raw plus a
+    /// separate probe connection per tenant, as the executor opens). `sequential` is Neon's
+    /// guide: one tenant at a time, its URI from the API, refinery's Runner with its defaults.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "raw,apply,validated,noop,plan"
+        default_value = "raw,sequential,apply,validated,noop,plan"
     )]
     pub modes: Vec<String>,
+
+    /// The network and computes behind the emulator's proxy (every tenant is suspended before
+    /// each mode).
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+
+    /// Added to every Neon API request, in ms (the emulator's `--latency-ms`).
+    #[arg(long, default_value_t = 0)]
+    pub api_latency_ms: u64,
+
+    /// Endpoints suspend this long after their last connection (Neon's default: 5m).
+    #[arg(long, default_value = "5m")]
+    pub suspend_after: String,
 
     /// Tenants planned by the `plan` mode.
     #[arg(long, default_value_t = 300_000)]

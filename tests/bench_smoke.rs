@@ -35,7 +35,11 @@ fn bench_runs_every_small_mode_and_prints_sane_lines() {
             "--concurrency",
             "2",
             "--modes",
-            "raw,apply,validated,noop,plan",
+            "raw,sequential,apply,validated,noop,plan",
+            "--pg-rtt-ms",
+            "2",
+            "--cold-start-ms",
+            "20",
             "--plan-tenants",
             "1000",
             "--workdir",
@@ -66,6 +70,29 @@ fn bench_runs_every_small_mode_and_prints_sane_lines() {
     }
     let raw = fields(&stdout, "mode=raw ");
     assert_eq!(number(&raw, "connections_per_tenant"), 1.0, "{raw:?}");
+    // Every tenant starts suspended: one wake each, a handful of round trips (startup, SCRAM,
+    // the batch) through the proxy.
+    assert_eq!(number(&raw, "cold_starts_per_tenant"), 1.0, "{raw:?}");
+    let raw_round_trips = number(&raw, "round_trips_per_tenant");
+    assert!((3.0..10.0).contains(&raw_round_trips), "{raw:?}");
+    assert!(number(&raw, "compute_s_per_tenant") > 0.0, "{raw:?}");
+    // Neon's guide: one tenant at a time, one URI lookup each, refinery's own round trips.
+    let sequential = fields(&stdout, "mode=sequential ");
+    assert_eq!(sequential["concurrency"], "1", "{sequential:?}");
+    assert_eq!(
+        number(&sequential, "api_calls_per_tenant"),
+        1.0,
+        "{sequential:?}"
+    );
+    assert_eq!(
+        number(&sequential, "cold_starts_per_tenant"),
+        1.0,
+        "{sequential:?}"
+    );
+    assert!(
+        number(&sequential, "round_trips_per_tenant") > raw_round_trips,
+        "{sequential:?}"
+    );
     assert_eq!(number(&raw, "api_calls_per_tenant"), 0.0, "{raw:?}");
     let apply = fields(&stdout, "mode=apply ");
     // Without validation the probe's connection is reused for the apply; a connection-URI
@@ -100,6 +127,7 @@ fn bench_runs_every_small_mode_and_prints_sane_lines() {
     let apply_vs_raw = number(&ratios, "apply_vs_raw");
     assert!(apply_vs_raw > 0.0 && apply_vs_raw < 10.0, "{ratios:?}");
     assert!(number(&ratios, "validated_vs_raw") > 0.0, "{ratios:?}");
+    assert!(number(&ratios, "apply_vs_sequential") > 0.0, "{ratios:?}");
 
     // Validation: a branch created and deleted per tenant, and the time measured step by step.
     let validated = fields(&stdout, "mode=validated ");

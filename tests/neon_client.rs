@@ -325,10 +325,10 @@ async fn restore_brings_main_back_and_keeps_the_newer_state_under_the_preserved_
         .into_iter()
         .find(|branch| branch.name == "main_before_rollback")
         .expect("the pre-restore state is kept under the preserved name");
-    let preserved_uri = client
-        .connection_uri(project_id, Some(&preserved.id), DATABASE, ROLE)
-        .await
-        .unwrap();
+    // As on Neon, the preserved branch has no compute of its own: read it behind the API.
+    let preserved_uri = fleet
+        .branch_superuser_uri(project_id, &preserved.id)
+        .expect("the preserved branch has a database");
     assert_eq!(item_ids(&preserved_uri).await, [1, 2, 3]);
     fleet.stop().await.unwrap();
 }

@@ -92,9 +92,10 @@ async fn rollback_of_a_wave_restores_exactly_and_keeps_the_newer_state() {
             .iter()
             .find(|branch| branch.name.starts_with("pre-rollback-"))
             .unwrap_or_else(|| panic!("{}: no preserved branch among {branches:?}", tenant.name));
+        // As on Neon, the preserved branch has no compute of its own: read it behind the API.
         let preserved_uri = fleet
             .fleet
-            .branch_connection_uri(&tenant.project_id, &preserved.id)
+            .branch_superuser_uri(&tenant.project_id, &preserved.id)
             .expect("the preserved branch has a database");
         assert_eq!(
             fingerprint(preserved_uri.expose()).await,

@@ -9,6 +9,7 @@
 //! - `fleet`: one local fleet: start, seed, count connections in the server log, reset.
 //! - `child`: the child side: one mode, timed, then its peak RSS.
 //! - `raw`: the floor: connect, one transaction with the release and its history rows, disconnect.
+//! - `sequential`: Neon's guide: one tenant at a time, URI from the API, refinery's defaults.
 //! - `modes`: the parent side of each mode: files, child process, counters.
 //! - `report`: results, text lines, the JSON document, the validated-time breakdown.
 //!
@@ -23,6 +24,7 @@ mod fleet;
 mod modes;
 mod raw;
 mod report;
+mod sequential;
 
 use crate::cli::BenchArgs;
 use crate::exit::ExitStatus;

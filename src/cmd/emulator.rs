@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::cli::EmulatorArgs;
-use crate::emulator::{ApiKeySource, LocalFleet, LocalFleetConfig};
+use crate::cli::{ComputeArgs, EmulatorArgs};
+use crate::emulator::{
+    ApiKeySource, ComputeConfig, LocalFleet, LocalFleetConfig, parse_suspend_after,
+};
 use crate::exit::ExitStatus;
 use crate::secret::SecretUri;
 
@@ -18,6 +20,12 @@ pub async fn run(args: EmulatorArgs) -> anyhow::Result<ExitStatus> {
         format!(
             "--listen {:?} is not an address such as 127.0.0.1:0",
             args.listen
+        )
+    })?;
+    let proxy_listen: SocketAddr = args.proxy_listen.parse().with_context(|| {
+        format!(
+            "--proxy-listen {:?} is not an address such as 127.0.0.1:0",
+            args.proxy_listen
         )
     })?;
     if !(0.0..=1.0).contains(&args.fault_rate) {
@@ -50,6 +58,8 @@ pub async fn run(args: EmulatorArgs) -> anyhow::Result<ExitStatus> {
         tuned_for_benchmark: false,
         history_retention_seconds: args.history_retention_seconds,
         failed_operation_rate: args.failed_operation_rate,
+        proxy_listen,
+        compute: compute_config(&args.compute, &args.suspend_after)?,
     };
     let fleet = LocalFleet::start(config).await?;
     let existing = fleet.count_tenants("tenant");
@@ -87,10 +97,25 @@ pub async fn run(args: EmulatorArgs) -> anyhow::Result<ExitStatus> {
     println!("NEON_API_URL={}", fleet.api_url());
     println!("NEON_API_KEY={}", fleet.api_key().expose());
     println!("DATABASE_URL={}", fleet.database_url().expose());
-    eprintln!("serving the Neon API emulator; press Ctrl-C to stop");
+    eprintln!(
+        "serving the Neon API emulator; PostgreSQL proxy on {}; press Ctrl-C to stop",
+        fleet.proxy_address()
+    );
 
     signals.recv().await;
+    eprintln!("{}", fleet.compute_stats().summary());
     eprintln!("stopping the emulator and its PostgreSQL cluster");
     fleet.stop().await?;
     Ok(ExitStatus::Success)
+}
+
+/// The compute layer's knobs from the command line (`--suspend-after` as `300s`, `5m`, `off`).
+pub fn compute_config(args: &ComputeArgs, suspend_after: &str) -> anyhow::Result<ComputeConfig> {
+    Ok(ComputeConfig {
+        round_trip: Duration::from_millis(args.pg_rtt_ms),
+        round_trip_jitter: Duration::from_millis(args.pg_rtt_jitter_ms),
+        cold_start: Duration::from_millis(args.cold_start_ms),
+        suspend_after: parse_suspend_after(suspend_after)
+            .map_err(|error| anyhow::anyhow!("--suspend-after: {error}"))?,
+    })
 }

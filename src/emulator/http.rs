@@ -75,7 +75,16 @@ pub fn router(context: Shared) -> Router {
             "/projects/{project_id}/branches/{branch_id}/roles/{role_name}/reveal_password",
             get(reveal_role_password),
         )
+        .route("/projects/shared", get(list_shared_projects))
         .route("/projects/{project_id}/endpoints", get(project_endpoints))
+        .route(
+            "/projects/{project_id}/endpoints/{endpoint_id}/start",
+            post(start_endpoint),
+        )
+        .route(
+            "/projects/{project_id}/endpoints/{endpoint_id}/suspend",
+            post(suspend_endpoint),
+        )
         .route("/projects/{project_id}/operations", get(list_operations))
         .route(
             "/projects/{project_id}/operations/{operation_id}",
@@ -85,6 +94,7 @@ pub fn router(context: Shared) -> Router {
         .fallback(not_found);
     Router::new()
         .nest("/api/v2", api)
+        .route("/emulator/stats", get(emulator_stats))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(context.clone(), gate))
         .with_state(context)
@@ -498,6 +508,55 @@ async fn connection_uri(
         StatusCode::OK,
         context.emulator.connection_uri(&project_id, &query),
     )
+}
+
+async fn list_shared_projects(State(context): State<Shared>) -> Response {
+    respond(StatusCode::OK, Ok(context.emulator.list_shared_projects()))
+}
+
+async fn start_endpoint(
+    State(context): State<Shared>,
+    Path((project_id, endpoint_id)): Path<(String, String)>,
+) -> Response {
+    change_endpoint_state(context, project_id, endpoint_id, true).await
+}
+
+async fn suspend_endpoint(
+    State(context): State<Shared>,
+    Path((project_id, endpoint_id)): Path<(String, String)>,
+) -> Response {
+    change_endpoint_state(context, project_id, endpoint_id, false).await
+}
+
+async fn change_endpoint_state(
+    context: Shared,
+    project_id: String,
+    endpoint_id: String,
+    start: bool,
+) -> Response {
+    let emulator = context.emulator.clone();
+    let result = run_detached(async move {
+        emulator
+            .change_endpoint_state(&project_id, &endpoint_id, start)
+            .await
+    })
+    .await;
+    respond(StatusCode::OK, result)
+}
+
+/// Emulator-only, outside `/api/v2`: the API's request counters and the compute layer's
+/// connections, round trips, cold starts and compute seconds (per endpoint and in total).
+async fn emulator_stats(State(context): State<Shared>) -> Response {
+    let api = context.stats.snapshot();
+    let body = serde_json::json!({
+        "api": {
+            "requests": api.requests,
+            "rate_limited": api.rate_limited,
+            "injected_faults": api.injected_faults,
+        },
+        "compute": context.emulator.computes.stats(),
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
 }
 
 /// At most this many client connections are served at once; more wait in the listen queue.

@@ -10,6 +10,8 @@
 //! - `physical`: databases and roles in the backing cluster; `store`: the emulator's own state,
 //!   persisted in that cluster; `state`/`model`: records and their JSON rendering.
 //! - `seed`: fast fleet creation from one template; `reaper`: expiry and history clean-up.
+//! - `proxy`: the PostgreSQL wire-protocol proxy every connection URI points at; `compute`:
+//!   endpoints' lifecycle (cold starts, scale to zero), round-trip time and counters.
 //!
 //! **Invariant:** each branch is exactly one physical database named after its branch id; each
 //! project has its own login role that owns its branches' objects; the API reports that role as
@@ -17,12 +19,14 @@
 //! **Invariant:** the emulator's state lives in the backing cluster (database `neon_emulator`), so
 //! restarting over the same data directory serves the same fleet.
 
+mod compute;
 mod error;
 mod faults;
 mod http;
 mod ids;
 mod model;
 mod physical;
+mod proxy;
 mod reaper;
 mod seed;
 mod service;
@@ -39,8 +43,10 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 use tokio::task::JoinHandle;
 
+pub use compute::{ComputeConfig, ComputeStats, EndpointStats, parse_suspend_after};
 pub use faults::EmulatorStats;
 pub use physical::CopyStrategy;
+pub use proxy::{MISSING_ENDPOINT_MESSAGE, UNKNOWN_ENDPOINT_MESSAGE};
 pub use seed::SeededTenant;
 
 use crate::pgcluster::{PgCluster, PgClusterConfig};
@@ -76,6 +82,10 @@ pub struct LocalFleetConfig {
     /// Fraction of operations that report `failed` for a while (Neon's control plane retries
     /// them) before they run again and finish.
     pub failed_operation_rate: f64,
+    /// Where the PostgreSQL proxy listens; every connection URI the emulator hands out names it.
+    pub proxy_listen: SocketAddr,
+    /// Round-trip time, cold starts and scale to zero of the endpoints behind the proxy.
+    pub compute: ComputeConfig,
 }
 
 impl LocalFleetConfig {
@@ -93,6 +103,8 @@ impl LocalFleetConfig {
             tuned_for_benchmark: false,
             history_retention_seconds: model::DEFAULT_HISTORY_RETENTION_SECONDS,
             failed_operation_rate: 0.0,
+            proxy_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            compute: ComputeConfig::off(),
         }
     }
 }
@@ -124,6 +136,8 @@ pub struct LocalFleet {
     shutdown: StdMutex<Option<tokio::sync::oneshot::Sender<()>>>,
     server_task: Option<JoinHandle<()>>,
     reaper_task: Option<JoinHandle<()>>,
+    proxy_task: Option<JoinHandle<()>>,
+    proxy_address: SocketAddr,
 }
 
 impl std::fmt::Debug for LocalFleet {
@@ -168,6 +182,10 @@ impl LocalFleet {
         let store = store::Store::open(physical.clone())
             .await
             .context("cannot open the emulator's state in the backing cluster")?;
+        let proxy_listener = tokio::net::TcpListener::bind(config.proxy_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} for the proxy", config.proxy_listen))?;
+        let proxy_address = proxy_listener.local_addr()?;
         let mut initial_state = state::State::default();
         for document in store
             .load()
@@ -181,9 +199,10 @@ impl LocalFleet {
             store,
             physical,
             target: model::ConnectionTarget {
-                host: cluster.host().to_string(),
-                port: cluster.port(),
+                host: proxy_address.ip().to_string(),
+                port: proxy_address.port(),
             },
+            computes: Arc::new(compute::Computes::new(config.compute.clone())),
             op_delay: config.op_delay,
             default_history_retention_seconds: config.history_retention_seconds,
             failed_operation_rate: config.failed_operation_rate.clamp(0.0, 1.0),
@@ -234,6 +253,14 @@ impl LocalFleet {
             }
         });
         let reaper_task = tokio::spawn(reaper::run(emulator.clone()));
+        let proxy_task = tokio::spawn(proxy::serve(
+            proxy_listener,
+            emulator.clone(),
+            proxy::Backend {
+                host: cluster.host().to_string(),
+                port: cluster.port(),
+            },
+        ));
         Ok(LocalFleet {
             database_url: cluster.superuser_url().clone(),
             cluster: Some(cluster),
@@ -245,6 +272,8 @@ impl LocalFleet {
             shutdown: StdMutex::new(Some(shutdown_sender)),
             server_task: Some(server_task),
             reaper_task: Some(reaper_task),
+            proxy_task: Some(proxy_task),
+            proxy_address,
         })
     }
 
@@ -299,6 +328,33 @@ impl LocalFleet {
         self.context.stats.snapshot()
     }
 
+    /// Connections, round trips, cold starts and compute seconds of every endpoint so far.
+    pub fn compute_stats(&self) -> ComputeStats {
+        self.emulator.computes.stats()
+    }
+
+    /// The PostgreSQL proxy's address (what every connection URI names).
+    pub fn proxy_address(&self) -> SocketAddr {
+        self.proxy_address
+    }
+
+    /// Suspend every endpoint now, as a fleet left alone for a while is; returns how many were
+    /// running.
+    pub fn suspend_all_endpoints(&self) -> usize {
+        let endpoints: Vec<model::EndpointRecord> = {
+            let state = self.emulator.lock_state();
+            state
+                .projects
+                .values()
+                .flat_map(|entry| entry.document.endpoints.iter().cloned())
+                .collect()
+        };
+        endpoints
+            .iter()
+            .filter(|endpoint| self.emulator.computes.suspend(endpoint))
+            .count()
+    }
+
     /// The tenant's own connection URI of a branch (the one the API hands out), if it exists.
     pub fn branch_connection_uri(&self, project_id: &str, branch_id: &str) -> Option<SecretUri> {
         let state = self.emulator.lock_state();
@@ -307,6 +363,7 @@ impl LocalFleet {
         Some(SecretUri::new(model::connection_uri(
             &document.project,
             branch,
+            document.connection_endpoint_id(branch_id),
             &self.emulator.target,
         )))
     }
@@ -332,6 +389,9 @@ impl LocalFleet {
         if let Some(task) = self.reaper_task.take() {
             task.abort();
         }
+        if let Some(task) = self.proxy_task.take() {
+            task.abort();
+        }
         if let Some(task) = self.server_task.take() {
             // Graceful shutdown waits for open keep-alive connections; do not wait forever.
             if tokio::time::timeout(Duration::from_secs(5), task)
@@ -353,10 +413,14 @@ impl LocalFleet {
 
 impl Drop for LocalFleet {
     fn drop(&mut self) {
-        if let Some(task) = self.reaper_task.take() {
-            task.abort();
-        }
-        if let Some(task) = self.server_task.take() {
+        for task in [
+            self.reaper_task.take(),
+            self.proxy_task.take(),
+            self.server_task.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
             task.abort();
         }
         // The cluster's own drop stops PostgreSQL and removes a temporary directory.

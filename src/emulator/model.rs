@@ -395,13 +395,19 @@ pub fn render_database(project: &ProjectRecord, branch: &BranchRecord) -> Value 
 }
 
 /// The URI a tenant connects with: the physical role and database of the branch.
+/// A URI through the emulator's proxy (`target`), naming the endpoint as Neon's proxy accepts
+/// it from clients without SNI; a branch without an endpoint gets none, and the proxy refuses it.
 pub fn connection_uri(
     project: &ProjectRecord,
     branch: &BranchRecord,
+    endpoint_id: Option<&str>,
     target: &ConnectionTarget,
 ) -> String {
+    let endpoint_option = endpoint_id
+        .map(|endpoint_id| format!("&options=endpoint%3D{endpoint_id}"))
+        .unwrap_or_default();
     format!(
-        "postgresql://{}:{}@{}:{}/{}?sslmode=disable",
+        "postgresql://{}:{}@{}:{}/{}?sslmode=disable{endpoint_option}",
         project.physical_role,
         project.role_password,
         target.host,
@@ -413,10 +419,11 @@ pub fn connection_uri(
 pub fn render_connection_details(
     project: &ProjectRecord,
     branch: &BranchRecord,
+    endpoint_id: Option<&str>,
     target: &ConnectionTarget,
 ) -> Value {
     json!({
-        "connection_uri": connection_uri(project, branch, target),
+        "connection_uri": connection_uri(project, branch, endpoint_id, target),
         "connection_parameters": {
             "database": branch.physical_database,
             "password": project.role_password,

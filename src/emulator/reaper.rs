@@ -41,6 +41,9 @@ pub async fn reap_once(emulator: &Emulator) -> Result<(), super::error::ApiError
             .collect();
         for branch_id in &expired {
             emulator.drop_branch_storage(document, branch_id).await?;
+            for endpoint in document.endpoints_of(branch_id) {
+                emulator.computes.retire(endpoint);
+            }
             document.branches.retain(|branch| &branch.id != branch_id);
             document
                 .endpoints

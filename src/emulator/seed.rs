@@ -144,6 +144,7 @@ async fn seed_from_template(
                         connection_uri: SecretUri::new(model::connection_uri(
                             &document.project,
                             branch,
+                            document.connection_endpoint_id(&branch.id),
                             &emulator.target,
                         )),
                     })

@@ -7,12 +7,13 @@
 //! **Invariant:** every physical database is named after the id of the branch it backs
 //! ([`ids::branch_database_name`]), so a restored branch keeps its connection details.
 
-use std::sync::Mutex as StdMutex;
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::sync::OwnedMutexGuard;
 
+use super::compute::Computes;
 use super::error::ApiError;
 use super::ids;
 use super::model::{
@@ -34,7 +35,10 @@ pub struct Emulator {
     pub(crate) state: StdMutex<State>,
     pub(crate) store: Store,
     pub(crate) physical: Physical,
+    /// The proxy's address, which every connection URI names.
     pub(crate) target: ConnectionTarget,
+    /// Every endpoint's compute: lifecycle, latency, counters.
+    pub(crate) computes: Arc<Computes>,
     pub(crate) op_delay: Duration,
     /// For projects created without `history_retention_seconds`.
     pub(crate) default_history_retention_seconds: i64,
@@ -98,6 +102,13 @@ impl Emulator {
             .get(project_id)
             .map(|entry| entry.document.clone())
             .ok_or_else(|| ApiError::project_not_found(project_id))
+    }
+
+    /// An endpoint object with its compute's state (`current_state`, `last_active`, …).
+    fn render_endpoint(&self, endpoint: &EndpointRecord, now: Millis) -> Value {
+        let mut value = model::render_endpoint(endpoint, &self.target, now);
+        self.computes.view(endpoint).render_into(&mut value);
+        value
     }
 
     pub(crate) fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -209,11 +220,12 @@ impl Emulator {
         let endpoints: Vec<Value> = document
             .endpoints
             .iter()
-            .map(|endpoint| model::render_endpoint(endpoint, &self.target, now))
+            .map(|endpoint| self.render_endpoint(endpoint, now))
             .collect();
+        let endpoint_id = document.connection_endpoint_id(&branch.id);
         Ok(json!({
             "project": model::render_project(project),
-            "connection_uris": [model::render_connection_details(project, branch, &self.target)],
+            "connection_uris": [model::render_connection_details(project, branch, endpoint_id, &self.target)],
             "roles": [model::render_role(project, branch, true)],
             "databases": [model::render_database(project, branch)],
             "operations": Self::render_operations(&operations, now),
@@ -440,6 +452,12 @@ impl Emulator {
         Ok(body)
     }
 
+    /// `GET /projects/shared`: projects other accounts shared with this one; there are none
+    /// here (neonctl's `projects list` asks for them next to the account's own).
+    pub fn list_shared_projects(&self) -> Value {
+        json!({"projects": [], "unavailable_project_ids": []})
+    }
+
     pub fn get_project(&self, project_id: &str) -> Result<Value, ApiError> {
         let document = self.document(project_id)?;
         Ok(json!({"project": model::render_project(&document.project)}))
@@ -466,6 +484,9 @@ impl Emulator {
             .drop_role(&document.project.physical_role)
             .await
             .map_err(internal)?;
+        for endpoint in &document.endpoints {
+            self.computes.retire(endpoint);
+        }
         self.lock_state().projects.remove(project_id);
         self.store
             .delete(project_id)
@@ -677,7 +698,13 @@ impl Emulator {
                 branch.id
             )));
         }
-        Ok(json!({"uri": model::connection_uri(&document.project, branch, &self.target)}))
+        let endpoint_id = query
+            .endpoint_id
+            .as_deref()
+            .or_else(|| document.connection_endpoint_id(&branch.id));
+        Ok(
+            json!({"uri": model::connection_uri(&document.project, branch, endpoint_id, &self.target)}),
+        )
     }
 
     pub fn branch_endpoints(&self, project_id: &str, branch_id: &str) -> Result<Value, ApiError> {
@@ -689,7 +716,7 @@ impl Emulator {
         let endpoints: Vec<Value> = document
             .endpoints_of(branch_id)
             .into_iter()
-            .map(|endpoint| model::render_endpoint(endpoint, &self.target, now))
+            .map(|endpoint| self.render_endpoint(endpoint, now))
             .collect();
         Ok(json!({"endpoints": endpoints}))
     }
@@ -700,9 +727,58 @@ impl Emulator {
         let endpoints: Vec<Value> = document
             .endpoints
             .iter()
-            .map(|endpoint| model::render_endpoint(endpoint, &self.target, now))
+            .map(|endpoint| self.render_endpoint(endpoint, now))
             .collect();
         Ok(json!({"endpoints": endpoints}))
+    }
+
+    /// `POST …/endpoints/{id}/start` (`start: true`) or `…/suspend`: the compute layer moves the
+    /// endpoint, and the change is recorded as Neon's `start_compute` / `suspend_compute`.
+    pub async fn change_endpoint_state(
+        &self,
+        project_id: &str,
+        endpoint_id: &str,
+        start: bool,
+    ) -> Result<Value, ApiError> {
+        let mut mutation = self.begin_mutation(project_id)?;
+        let endpoint = mutation
+            .document
+            .endpoints
+            .iter()
+            .find(|endpoint| endpoint.id == endpoint_id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("endpoint {endpoint_id} not found")))?;
+        let now = now_ms();
+        let (changed, action, finish) = if start {
+            let cold_start_ms = self.computes.config.cold_start.as_millis() as Millis;
+            (
+                self.computes.start(&endpoint),
+                "start_compute",
+                now + cold_start_ms,
+            )
+        } else {
+            (self.computes.suspend(&endpoint), "suspend_compute", now)
+        };
+        let operations: Vec<OperationRecord> = changed
+            .then(|| {
+                self.operation(
+                    project_id,
+                    Some(&endpoint.branch_id),
+                    Some(&endpoint.id),
+                    action,
+                    now,
+                    finish,
+                )
+            })
+            .into_iter()
+            .collect();
+        mutation.document.add_operations(&operations);
+        let body = json!({
+            "endpoint": self.render_endpoint(&endpoint, now),
+            "operations": Self::render_operations(&operations, now),
+        });
+        self.commit(mutation).await?;
+        Ok(body)
     }
 
     pub fn branch_databases(&self, project_id: &str, branch_id: &str) -> Result<Value, ApiError> {
@@ -927,16 +1003,21 @@ impl Emulator {
         }
 
         let document = &mutation.document;
+        let endpoint_id = endpoints
+            .iter()
+            .find(|endpoint| endpoint.read_write)
+            .or(endpoints.first())
+            .map(|endpoint| endpoint.id.as_str());
         let body = json!({
             "branch": model::render_branch(&branch, now),
             "endpoints": endpoints
                 .iter()
-                .map(|endpoint| model::render_endpoint(endpoint, &self.target, now))
+                .map(|endpoint| self.render_endpoint(endpoint, now))
                 .collect::<Vec<_>>(),
             "operations": Self::render_operations(&operations, now),
             "roles": [model::render_role(&document.project, &branch, false)],
             "databases": [model::render_database(&document.project, &branch)],
-            "connection_uris": [model::render_connection_details(&document.project, &branch, &self.target)],
+            "connection_uris": [model::render_connection_details(&document.project, &branch, endpoint_id, &self.target)],
         });
         mutation.document.branches.push(branch);
         mutation.document.endpoints.extend(endpoints);
@@ -998,6 +1079,9 @@ impl Emulator {
             half,
             finish,
         ));
+        for endpoint in mutation.document.endpoints_of(branch_id) {
+            self.computes.retire(endpoint);
+        }
         mutation
             .document
             .endpoints

@@ -57,6 +57,16 @@ impl ProjectDocument {
             .any(|operation| operation.is_running(now))
     }
 
+    /// The endpoint a branch's connection URI names: its read-write one, else any.
+    pub fn connection_endpoint_id(&self, branch_id: &str) -> Option<&str> {
+        let endpoints = self.endpoints_of(branch_id);
+        endpoints
+            .iter()
+            .find(|endpoint| endpoint.read_write)
+            .or(endpoints.first())
+            .map(|endpoint| endpoint.id.as_str())
+    }
+
     pub fn endpoints_of(&self, branch_id: &str) -> Vec<&EndpointRecord> {
         self.endpoints
             .iter()

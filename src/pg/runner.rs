@@ -20,6 +20,22 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 use super::HISTORY_TABLE;
 use super::error::DbFailure;
 
+/// What Neon's guide and most teams run: refinery's [`Runner`] with its defaults (one
+/// transaction per migration, refinery's own transaction handling) on a connection of its own.
+/// The benchmark's `sequential` baseline; returns how many migrations it applied.
+pub async fn run_refinery_defaults(
+    uri: &crate::secret::SecretUri,
+    migrations: &[Migration],
+    connect_timeout: Duration,
+) -> Result<usize, DbFailure> {
+    let mut client = super::connect(uri, connect_timeout).await?;
+    let report = Runner::new(migrations)
+        .run_async(&mut client)
+        .await
+        .map_err(|error| DbFailure::new(None, format!("refinery: {error}")))?;
+    Ok(report.applied_migrations().len())
+}
+
 /// The marker sqlx uses too: a migration whose first line is this runs outside a transaction.
 pub const NO_TRANSACTION_MARKER: &str = "-- no-transaction";
 

@@ -39,6 +39,14 @@ pub enum Job {
         api_rate_limit_per_min: u32,
         operation_poll_ms: u64,
     },
+    /// Neon's guide, one tenant at a time: its URI from the API, refinery's `Runner` with its
+    /// defaults, disconnect.
+    Sequential {
+        api_url: String,
+        api_key: String,
+        migrations_dir: PathBuf,
+        project_ids: Vec<String>,
+    },
     /// The `schemafleet plan` pipeline from a tenants file.
     Plan {
         policy: PathBuf,
@@ -59,6 +67,20 @@ pub struct ChildReport {
     pub succeeded: usize,
     pub failed: usize,
     pub first_error: Option<String>,
+}
+
+impl ChildReport {
+    /// A per-tenant loop's report (raw, sequential): failed when any tenant failed.
+    fn of_outcome(outcome: super::raw::RawOutcome, wall_s: f64) -> ChildReport {
+        ChildReport {
+            wall_s,
+            peak_rss_kb: peak_rss_kb(),
+            exit_code: u8::from(outcome.failed > 0),
+            succeeded: outcome.succeeded,
+            failed: outcome.failed,
+            first_error: outcome.first_error,
+        }
+    }
 }
 
 pub async fn run() -> anyhow::Result<ExitStatus> {
@@ -88,15 +110,10 @@ async fn run_job(job: Job) -> anyhow::Result<ChildReport> {
             let tenants: Vec<SecretUri> = tenant_uris.into_iter().map(SecretUri::new).collect();
             let started = Instant::now();
             let outcome = super::raw::run(&tenants, &batch, concurrency, probe_connection).await;
-            let wall_s = started.elapsed().as_secs_f64();
-            Ok(ChildReport {
-                wall_s,
-                peak_rss_kb: peak_rss_kb(),
-                exit_code: u8::from(outcome.failed > 0),
-                succeeded: outcome.succeeded,
-                failed: outcome.failed,
-                first_error: outcome.first_error,
-            })
+            Ok(ChildReport::of_outcome(
+                outcome,
+                started.elapsed().as_secs_f64(),
+            ))
         }
         Job::Apply {
             plan,
@@ -142,6 +159,27 @@ async fn run_job(job: Job) -> anyhow::Result<ChildReport> {
                 failed: 0,
                 first_error,
             })
+        }
+        Job::Sequential {
+            api_url,
+            api_key,
+            migrations_dir,
+            project_ids,
+        } => {
+            let set = crate::migrations::load(&migrations_dir)
+                .with_context(|| format!("loading {}", migrations_dir.display()))?;
+            let client = crate::cmd::api::client(&ApiArgs {
+                api_url,
+                api_key: Some(api_key),
+                api_rate_limit_per_min: 1_000_000,
+                operation_poll_ms: 100,
+            })?;
+            let started = Instant::now();
+            let outcome = super::sequential::run(&client, &project_ids, &set.to_refinery()).await;
+            Ok(ChildReport::of_outcome(
+                outcome,
+                started.elapsed().as_secs_f64(),
+            ))
         }
         Job::Plan {
             policy,

@@ -14,7 +14,9 @@ use anyhow::{Context, bail};
 use futures::StreamExt;
 
 use super::assets;
-use crate::emulator::{EmulatorStats, LocalFleet, LocalFleetConfig, SeededTenant};
+use crate::emulator::{
+    ComputeConfig, ComputeStats, EmulatorStats, LocalFleet, LocalFleetConfig, SeededTenant,
+};
 use crate::secret::SecretUri;
 
 /// How the fleet is started.
@@ -25,6 +27,10 @@ pub struct FleetOptions {
     pub rate_limit_per_min: Option<u32>,
     /// Prefix of the tenants' names (tenants files and plans show it).
     pub name_prefix: String,
+    /// Added to every API request (the emulator's `--latency-ms`).
+    pub api_latency: Duration,
+    /// Round-trip time, cold starts and scale to zero behind the emulator's proxy.
+    pub compute: ComputeConfig,
 }
 
 pub struct BenchFleet {
@@ -56,6 +62,8 @@ impl BenchFleet {
         config.history_retention_seconds = 0;
         config.op_delay = options.op_delay;
         config.rate_limit_per_min = options.rate_limit_per_min;
+        config.latency = options.api_latency;
+        config.compute = options.compute.clone();
         let fleet = match LocalFleet::start(config).await {
             Ok(fleet) => fleet,
             Err(error) => {
@@ -151,6 +159,17 @@ impl BenchFleet {
 
     pub fn emulator_stats(&self) -> EmulatorStats {
         self.fleet().stats()
+    }
+
+    /// Suspend every tenant's endpoints, as a fleet mostly is before a rollout, and return the
+    /// compute counters from there.
+    pub fn suspend_all(&self) -> ComputeStats {
+        self.fleet().suspend_all_endpoints();
+        self.fleet().compute_stats()
+    }
+
+    pub fn compute_stats(&self) -> ComputeStats {
+        self.fleet().compute_stats()
     }
 
     fn server_log(&self) -> PathBuf {

@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use super::assets;
 use super::child::{CHILD_MARKER, ChildReport, Job};
 use super::fleet::{BenchFleet, FleetOptions};
-use super::report::{self, Breakdown, ModeResult, RateLimitedRun, Ratios};
+use super::report::{self, Breakdown, ComputeUse, ModeResult, RateLimitedRun, Ratios};
 use crate::cli::BenchArgs;
 use crate::exit::ExitStatus;
 
@@ -32,6 +32,7 @@ const RATE_LIMITED_RUN_S: f64 = 40.0;
 struct Selection {
     raw: bool,
     raw_probe: bool,
+    sequential: bool,
     apply: bool,
     validated: bool,
     noop: bool,
@@ -45,12 +46,13 @@ impl Selection {
             match mode.trim() {
                 "raw" => selection.raw = true,
                 "raw-probe" => selection.raw_probe = true,
+                "sequential" => selection.sequential = true,
                 "apply" => selection.apply = true,
                 "validated" => selection.validated = true,
                 "noop" => selection.noop = true,
                 "plan" => selection.plan = true,
                 other => bail!(
-                    "--modes: unknown mode `{other}`; the modes are raw, apply, validated, noop, plan (and raw-probe)"
+                    "--modes: unknown mode `{other}`; the modes are raw, sequential, apply, validated, noop, plan (and raw-probe)"
                 ),
             }
         }
@@ -58,7 +60,7 @@ impl Selection {
     }
 
     fn needs_fleet(self) -> bool {
-        self.raw || self.raw_probe || self.apply || self.validated || self.noop
+        self.raw || self.raw_probe || self.sequential || self.apply || self.validated || self.noop
     }
 }
 
@@ -197,6 +199,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitStatus> {
             op_delay: Duration::from_millis(args.op_delay_ms),
             rate_limit_per_min: None,
             name_prefix: "bench".into(),
+            api_latency: Duration::from_millis(args.api_latency_ms),
+            compute: compute_config(&args)?,
         })
         .await?;
         document.local_fleet.cluster_settings = fleet.cluster_settings();
@@ -205,6 +209,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitStatus> {
         output.line(&format!(
             "# local fleet: emulator over a throwaway PostgreSQL tuned for benchmarking ({}); op_delay_ms={} operation_poll_ms={}",
             document.local_fleet.cluster_settings, args.op_delay_ms, args.operation_poll_ms
+        ));
+        output.line(&format!(
+            "# regime: pg_rtt_ms={} pg_rtt_jitter_ms={} cold_start_ms={} api_latency_ms={} suspend_after={}; every tenant is suspended before each mode",
+            args.compute.pg_rtt_ms,
+            args.compute.pg_rtt_jitter_ms,
+            args.compute.cold_start_ms,
+            args.api_latency_ms,
+            args.suspend_after,
         ));
         output.line(&format!("# connections: {}", methods.connections));
         output.line(&format!("# peak_rss_mb: {}", methods.peak_rss));
@@ -215,10 +227,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitStatus> {
             args.tenants, fleet.seed_s
         ));
         let mut result: anyhow::Result<()> = Ok(());
-        for &concurrency in &args.concurrency {
+        for (concurrency_idx, &concurrency) in args.concurrency.iter().enumerate() {
             let context = FleetRun {
                 args: &args,
-                selection,
+                // One tenant at a time whatever the concurrency: measured once.
+                selection: Selection {
+                    sequential: selection.sequential && concurrency_idx == 0,
+                    ..selection
+                },
                 fleet: &fleet,
                 concurrency,
                 workdir: &workdir,
@@ -259,9 +275,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitStatus> {
         let ratios = Ratios {
             concurrency,
             apply_vs_raw: report::ratio(&document.results, "apply", concurrency),
+            apply_vs_sequential: report::ratio_to_sequential(
+                &document.results,
+                "apply",
+                concurrency,
+            ),
             validated_vs_raw: report::ratio(&document.results, "validated", concurrency),
         };
-        if ratios.apply_vs_raw.is_some() || ratios.validated_vs_raw.is_some() {
+        if ratios.apply_vs_raw.is_some()
+            || ratios.apply_vs_sequential.is_some()
+            || ratios.validated_vs_raw.is_some()
+        {
             document.ratios.push(ratios);
         }
     }
@@ -339,6 +363,13 @@ impl FleetRun<'_> {
         if self.selection.raw_probe {
             progress(&format!("raw-probe at concurrency {}", self.concurrency));
             let mut result = self.raw(true).await?;
+            result.verified_complete = Some(self.fleet.reset(release_len).await?);
+            record(document, result);
+        }
+
+        if self.selection.sequential {
+            progress("sequential (one tenant at a time)");
+            let mut result = self.sequential().await?;
             result.verified_complete = Some(self.fleet.reset(release_len).await?);
             record(document, result);
         }
@@ -470,10 +501,13 @@ impl FleetRun<'_> {
                 .collect(),
         };
         let offset = self.fleet.log_offset()?;
+        let compute_before = self.fleet.suspend_all();
         let (_, child) = run_child(&job).await?;
+        let compute_after = self.fleet.compute_stats();
         let connections = self.fleet.connections_since(offset)?;
         let tenants = self.fleet.tenants.len();
         Ok(ModeResult {
+            compute: ComputeUse::between(&compute_before, &compute_after, tenants),
             mode: if probe_connection { "raw-probe" } else { "raw" }.into(),
             tenants,
             concurrency: self.concurrency,
@@ -489,6 +523,49 @@ impl FleetRun<'_> {
             failed: child.failed,
             verified_complete: None,
             note: child.first_error,
+            timings: Vec::new(),
+        })
+    }
+
+    async fn sequential(&self) -> anyhow::Result<ModeResult> {
+        let job = Job::Sequential {
+            api_url: self.fleet.api_url().to_string(),
+            api_key: self.fleet.api_key().to_string(),
+            migrations_dir: self.migrations_dir.to_path_buf(),
+            project_ids: self
+                .fleet
+                .tenants
+                .iter()
+                .map(|tenant| tenant.project_id.clone())
+                .collect(),
+        };
+        let offset = self.fleet.log_offset()?;
+        let emulator_before = self.fleet.emulator_stats();
+        let compute_before = self.fleet.suspend_all();
+        let (_, child) = run_child(&job).await?;
+        let compute_after = self.fleet.compute_stats();
+        let emulator_after = self.fleet.emulator_stats();
+        let connections = self.fleet.connections_since(offset)?;
+        let tenants = self.fleet.tenants.len();
+        let requests = emulator_after.requests - emulator_before.requests;
+        Ok(ModeResult {
+            mode: "sequential".into(),
+            tenants,
+            concurrency: 1,
+            wall_s: child.wall_s,
+            tenants_per_s: per_second(tenants, child.wall_s),
+            peak_rss_mb: child.peak_rss_kb as f64 / 1024.0,
+            // One GET connection_uri per tenant; the emulator's count is the client's here.
+            api_calls_per_tenant: per_tenant(requests, tenants),
+            mutating_calls_per_tenant: 0.0,
+            emulator_requests_per_tenant: per_tenant(requests, tenants),
+            rate_limited: 0,
+            connections_per_tenant: per_tenant(connections as u64, tenants),
+            succeeded: child.succeeded,
+            failed: child.failed,
+            verified_complete: None,
+            note: child.first_error,
+            compute: ComputeUse::between(&compute_before, &compute_after, tenants),
             timings: Vec::new(),
         })
     }
@@ -548,7 +625,9 @@ async fn measure_apply(fleet: &BenchFleet, run: ApplyRun<'_>) -> anyhow::Result<
     };
     let offset = fleet.log_offset()?;
     let emulator_before = fleet.emulator_stats();
+    let compute_before = fleet.suspend_all();
     let (apply_stdout, child) = run_child(&job).await?;
+    let compute_after = fleet.compute_stats();
     let connections = fleet.connections_since(offset)?;
     let emulator_after = fleet.emulator_stats();
     let tenants = fleet.tenants.len();
@@ -603,6 +682,7 @@ async fn measure_apply(fleet: &BenchFleet, run: ApplyRun<'_>) -> anyhow::Result<
         failed: tenants.saturating_sub(succeeded),
         verified_complete: None,
         note,
+        compute: ComputeUse::between(&compute_before, &compute_after, tenants),
         timings: serde_json::from_value(document["timings"].clone()).unwrap_or_default(),
     })
 }
@@ -638,6 +718,8 @@ async fn rate_limited_run(
         op_delay: Duration::from_millis(args.op_delay_ms),
         rate_limit_per_min: Some(limit),
         name_prefix: "ratelimited".into(),
+        api_latency: Duration::from_millis(args.api_latency_ms),
+        compute: compute_config(args)?,
     })
     .await?;
     let result = async {
@@ -745,6 +827,7 @@ async fn plan_mode(
         note: child.first_error.or_else(|| {
             Some("plans from a file: no fleet, no API, no connections by construction".into())
         }),
+        compute: ComputeUse::default(),
         timings: Vec::new(),
     })
 }
@@ -805,6 +888,11 @@ waves:
     max_failures: {tenants}
 "
     )
+}
+
+/// The regime the fleet's endpoints run in, from the bench's flags.
+fn compute_config(args: &BenchArgs) -> anyhow::Result<crate::emulator::ComputeConfig> {
+    crate::cmd::emulator::compute_config(&args.compute, &args.suspend_after)
 }
 
 /// Run `job` in a child process of this binary; its stdout before the marker line, and the report.

@@ -34,15 +34,29 @@ pub struct ModeResult {
     /// (None when the mode leaves nothing to check).
     pub verified_complete: Option<usize>,
     pub note: Option<String>,
+    /// What the mode cost the endpoints behind the emulator's proxy.
+    #[serde(flatten)]
+    pub compute: ComputeUse,
     /// The executor's step timings (`apply` modes only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub timings: Vec<StepTiming>,
 }
 
+/// The proxy's and the computes' counters over one mode, per tenant (main and branches).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ComputeUse {
+    /// Client-visible round trips through the proxy (each one paid the round-trip time).
+    pub round_trips_per_tenant: f64,
+    /// Suspended endpoints the mode woke (every tenant is suspended before a mode starts).
+    pub cold_starts_per_tenant: f64,
+    /// Seconds computes ran during the mode (from each wake to its suspension or the mode's end).
+    pub compute_s_per_tenant: f64,
+}
+
 impl ModeResult {
     pub fn line(&self) -> String {
         format!(
-            "mode={} tenants={} concurrency={} wall_s={:.3} tenants_per_s={:.2} peak_rss_mb={:.1} api_calls_per_tenant={:.2} connections_per_tenant={:.2}",
+            "mode={} tenants={} concurrency={} wall_s={:.3} tenants_per_s={:.2} peak_rss_mb={:.1} api_calls_per_tenant={:.2} connections_per_tenant={:.2} round_trips_per_tenant={:.1} cold_starts_per_tenant={:.2} compute_s_per_tenant={:.2}",
             self.mode,
             self.tenants,
             self.concurrency,
@@ -50,8 +64,37 @@ impl ModeResult {
             self.tenants_per_s,
             self.peak_rss_mb,
             self.api_calls_per_tenant,
-            self.connections_per_tenant
+            self.connections_per_tenant,
+            self.compute.round_trips_per_tenant,
+            self.compute.cold_starts_per_tenant,
+            self.compute.compute_s_per_tenant
         )
+    }
+}
+
+impl ComputeUse {
+    /// The counters' growth from `before` (taken with every endpoint suspended) to `after`.
+    pub fn between(
+        before: &crate::emulator::ComputeStats,
+        after: &crate::emulator::ComputeStats,
+        tenants: usize,
+    ) -> ComputeUse {
+        let per_tenant = |value: f64| {
+            if tenants == 0 {
+                0.0
+            } else {
+                value / tenants as f64
+            }
+        };
+        ComputeUse {
+            round_trips_per_tenant: per_tenant(
+                after.round_trips.saturating_sub(before.round_trips) as f64,
+            ),
+            cold_starts_per_tenant: per_tenant(
+                after.cold_starts.saturating_sub(before.cold_starts) as f64,
+            ),
+            compute_s_per_tenant: per_tenant((after.compute_s - before.compute_s).max(0.0)),
+        }
     }
 }
 
@@ -67,10 +110,26 @@ pub fn ratio(results: &[ModeResult], mode: &str, concurrency: usize) -> Option<f
     Some(throughput(mode)? / raw)
 }
 
+/// Throughput of `mode` at `concurrency` over the `sequential` baseline's (one tenant at a
+/// time, so measured once whatever the concurrencies).
+pub fn ratio_to_sequential(results: &[ModeResult], mode: &str, concurrency: usize) -> Option<f64> {
+    let sequential = results
+        .iter()
+        .find(|result| result.mode == "sequential")
+        .map(|result| result.tenants_per_s)
+        .filter(|throughput| *throughput > 0.0)?;
+    let throughput = results
+        .iter()
+        .find(|result| result.mode == mode && result.concurrency == concurrency)?
+        .tenants_per_s;
+    Some(throughput / sequential)
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Ratios {
     pub concurrency: usize,
     pub apply_vs_raw: Option<f64>,
+    pub apply_vs_sequential: Option<f64>,
     pub validated_vs_raw: Option<f64>,
 }
 
@@ -79,8 +138,9 @@ impl Ratios {
         let show =
             |value: Option<f64>| value.map_or_else(|| "n/a".to_string(), |v| format!("{v:.3}"));
         format!(
-            "apply_vs_raw={} validated_vs_raw={} concurrency={}",
+            "apply_vs_raw={} apply_vs_sequential={} validated_vs_raw={} concurrency={}",
             show(self.apply_vs_raw),
+            show(self.apply_vs_sequential),
             show(self.validated_vs_raw),
             self.concurrency
         )
@@ -206,6 +266,7 @@ mod tests {
             failed: 0,
             verified_complete: None,
             note: None,
+            compute: ComputeUse::default(),
             timings: Vec::new(),
         }
     }
@@ -217,23 +278,27 @@ mod tests {
             result("apply", 16, 72.0),
             result("raw", 32, 90.0),
             result("validated", 32, 9.0),
+            result("sequential", 1, 8.0),
         ];
+        assert_eq!(ratio_to_sequential(&results, "apply", 16), Some(9.0));
+        assert_eq!(ratio_to_sequential(&results, "apply", 32), None);
         assert_eq!(ratio(&results, "apply", 16), Some(0.9));
         assert_eq!(ratio(&results, "validated", 32), Some(0.1));
         assert_eq!(ratio(&results, "validated", 16), None);
         let line = Ratios {
             concurrency: 16,
             apply_vs_raw: Some(0.9),
+            apply_vs_sequential: Some(9.0),
             validated_vs_raw: None,
         }
         .line();
         assert_eq!(
             line,
-            "apply_vs_raw=0.900 validated_vs_raw=n/a concurrency=16"
+            "apply_vs_raw=0.900 apply_vs_sequential=9.000 validated_vs_raw=n/a concurrency=16"
         );
         assert_eq!(
             results[0].line(),
-            "mode=raw tenants=10 concurrency=16 wall_s=1.000 tenants_per_s=80.00 peak_rss_mb=12.0 api_calls_per_tenant=1.00 connections_per_tenant=2.00"
+            "mode=raw tenants=10 concurrency=16 wall_s=1.000 tenants_per_s=80.00 peak_rss_mb=12.0 api_calls_per_tenant=1.00 connections_per_tenant=2.00 round_trips_per_tenant=0.0 cold_starts_per_tenant=0.00 compute_s_per_tenant=0.00"
         );
     }
 
