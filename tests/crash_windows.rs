@@ -384,15 +384,18 @@ async fn a_lock_timeout_retry_rebuilds_the_invalid_index_a_concurrent_build_left
         "invalid-index",
     );
     let observer = connect(&locked_uri).await;
+    // The index is invalid all through a concurrent build; the attempt has failed once it is
+    // invalid and no build is running (the runner sleeps before its lock-timeout retry).
     wait_for_async(
-        "the first attempt to leave an invalid index",
+        "the first attempt to time out and leave an invalid index",
         Duration::from_secs(60),
         || {
             let observer = &observer;
             async move {
                 observer
                     .query_one(
-                        "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 'orders_account_id_idx' AND NOT i.indisvalid)",
+                        "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 'orders_account_id_idx' AND NOT i.indisvalid) \
+                         AND NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'schemafleet' AND state = 'active' AND query ILIKE '%CREATE INDEX%')",
                         &[],
                     )
                     .await
@@ -412,6 +415,11 @@ async fn a_lock_timeout_retry_rebuilds_the_invalid_index_a_concurrent_build_left
     assert_eq!(status.code(), Some(0), "{}", spawned.stderr());
     let report: Value = serde_json::from_str(&spawned.stdout()).expect("JSON report");
     assert_eq!(report["totals"]["applied"], 2, "{report:#}");
+    assert!(
+        spawned.stderr().contains("orders_account_id_idx"),
+        "the retry names the invalid index it dropped: {}",
+        spawned.stderr()
+    );
     for tenant in &fleet.tenants {
         let client = connect(tenant.connection_uri.expose()).await;
         let indexes: Vec<(String, bool)> = client
