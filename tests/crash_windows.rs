@@ -511,3 +511,77 @@ async fn killed_after_a_wave_finished_the_resume_still_bakes() {
     }
     fleet.fleet.stop().await.expect("stop");
 }
+
+/// Finding 3, the other half: once main holds part of this plan the first restore point is
+/// kept, and a retry checks Neon can still restore it before changing main further. Here the
+/// project keeps one second of history, so by the retry the branch point has left the window:
+/// the tenant fails with that reason and main stays as the first attempt left it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_refuses_to_go_on_with_a_restore_point_outside_the_history_window() {
+    let config = schemafleet::emulator::LocalFleetConfig {
+        history_retention_seconds: 1,
+        ..schemafleet::emulator::LocalFleetConfig::for_tests()
+    };
+    let fleet = TestFleet::start_with(config, 1).await;
+    fleet.write_policy(&one_wave(1));
+    let tenant = fleet.tenant("tenant-0001");
+    let uri = tenant.connection_uri.expose();
+    let migrations = fleet.path("migrations");
+    std::fs::create_dir_all(&migrations).expect("migrations dir");
+    std::fs::write(
+        migrations.join("V1__create_notes.sql"),
+        "CREATE TABLE notes (id bigint PRIMARY KEY);\n",
+    )
+    .expect("V1");
+    std::fs::write(
+        migrations.join("V2__blocked_on_main.sql"),
+        format!(
+            "-- no-transaction\nDO $$ BEGIN\n  IF current_database() = '{}' AND EXISTS (SELECT 1 FROM accounts WHERE email = 'block@example.com') THEN\n    RAISE EXCEPTION 'blocked on main';\n  END IF;\nEND $$;\n",
+            database_of(uri)
+        ),
+    )
+    .expect("V2");
+    let plan = fleet.plan(&migrations);
+    let plan = plan.to_str().expect("utf-8").to_string();
+    let main = connect(uri).await;
+    main.batch_execute("INSERT INTO accounts (email) VALUES ('block@example.com')")
+        .await
+        .expect("insert the blocking row");
+
+    let started = std::time::Instant::now();
+    let output = fleet.run(&["apply", &plan, "--output", "json"]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert_eq!(
+        failure_of(&json(&output), &tenant.project_id)["applied_on_main"],
+        serde_json::json!([1])
+    );
+    main.batch_execute("DELETE FROM accounts WHERE email = 'block@example.com'")
+        .await
+        .expect("unblock");
+    // Whole seconds are compared: two of them past a one-second window.
+    if let Some(left) = Duration::from_millis(2100).checked_sub(started.elapsed()) {
+        std::thread::sleep(left);
+    }
+    let output = fleet.run(&["apply", &plan, "--retry-failed", "--output", "json"]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let report = json(&output);
+    let failure = failure_of(&report, &tenant.project_id);
+    assert_eq!(failure["phase"], "branch", "{failure:#}");
+    assert!(
+        failure["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("keeps 1s of history")),
+        "{failure:#}"
+    );
+    assert_eq!(failure["applied_on_main"], serde_json::json!([1]));
+    assert_eq!(
+        history(uri)
+            .await
+            .iter()
+            .map(|row| row.0)
+            .collect::<Vec<_>>(),
+        vec![1],
+        "main must not be migrated further without a way back"
+    );
+    fleet.fleet.stop().await.expect("stop");
+}

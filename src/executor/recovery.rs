@@ -79,7 +79,7 @@ pub fn outside_history_window(
     let age = (now - point_at).whole_seconds();
     (age > window).then(|| {
         format!(
-            "the restore point is {age}s old but the project keeps {window}s of history: Neon could not restore it, so main is not migrated further; roll back what this plan applied while a restore can still reach it, or raise the project's history retention"
+            "the restore point is {age}s old but the project keeps {window}s of history: Neon can no longer restore main to before this plan, so this plan does not migrate it further; main holds part of the plan (applied_on_main): finish it by hand, or restore it from a backup of your own"
         )
     })
 }
