@@ -13,8 +13,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use fault_support::{
-    Spawned, assert_repo_migrations_once, journal_records, one_wave, policy_with_waves, wait_for,
-    wait_for_async,
+    Spawned, assert_repo_migrations_once, database_of, failure_of, journal_records,
+    main_only_policy, migrations_dir, one_wave, policy_with_waves, wait_for, wait_for_async,
 };
 use support::{TestFleet, connect, history, json, repo_migrations, text};
 
@@ -46,22 +46,22 @@ fn status_restore_point<'s>(status: &'s Value, tenant: &str) -> &'s Value {
         .unwrap_or_else(|| panic!("no restore point for {tenant}: {status:#}"))
 }
 
-fn failure_of<'r>(report: &'r Value, tenant: &str) -> &'r Value {
-    report["failures"]
-        .as_array()
-        .expect("failures")
-        .iter()
-        .find(|failure| failure["tenant"] == tenant)
-        .unwrap_or_else(|| panic!("no failure entry for {tenant}: {report:#}"))
+/// SQL that fails on the tenant's main (`uri`), and not on its validation branch (a database
+/// of another name), while a row with email `block@example.com` is there.
+fn blocked_on_main(uri: &str) -> String {
+    format!(
+        "DO $$ BEGIN\n  IF current_database() = '{}' AND EXISTS (SELECT 1 FROM accounts WHERE email = 'block@example.com') THEN\n    RAISE EXCEPTION 'blocked on main';\n  END IF;\nEND $$;\n",
+        database_of(uri)
+    )
 }
 
-/// The database name in a connection URI's path.
-fn database_of(uri: &str) -> String {
-    url::Url::parse(uri)
-        .expect("a URI")
-        .path()
-        .trim_start_matches('/')
-        .to_string()
+/// Insert the row [`blocked_on_main`] fails on; the session stays open for the test's writes.
+async fn block_main(uri: &str) -> tokio_postgres::Client {
+    let main = connect(uri).await;
+    main.batch_execute("INSERT INTO accounts (email) VALUES ('block@example.com')")
+        .await
+        .expect("insert the blocking row");
+    main
 }
 
 async fn has_table(uri: &str, table: &str) -> bool {
@@ -158,20 +158,22 @@ async fn killed_after_the_commit_the_resume_reports_applied_and_rollback_wave_re
 async fn a_second_failure_keeps_what_the_first_committed_for_rollback_failed() {
     let fleet = TestFleet::start(2).await;
     fleet.write_policy(
-        "validation: none\nrestore_point: backup_branch\nlock_timeout: 2s\nstatement_timeout: 30s\nbranch_ttl: 1h\nsalt: faults\nwaves:\n  - name: all\n    percent: 100\n    concurrency: 2\n    max_failures: 100\n",
+        &main_only_policy("2s", "30s", 2)
+            .replace("restore_point: none", "restore_point: backup_branch"),
     );
-    let migrations = fleet.path("migrations");
-    std::fs::create_dir_all(&migrations).expect("migrations dir");
-    std::fs::write(
-        migrations.join("V1__create_notes.sql"),
-        "CREATE TABLE notes (id bigint PRIMARY KEY);\n",
-    )
-    .expect("V1");
-    std::fs::write(
-        migrations.join("V2__accounts_email_short.sql"),
-        "-- no-transaction\nALTER TABLE accounts ADD CONSTRAINT email_short CHECK (length(email) < 40);\n",
-    )
-    .expect("V2");
+    let migrations = migrations_dir(
+        &fleet,
+        &[
+            (
+                "V1__create_notes.sql",
+                "CREATE TABLE notes (id bigint PRIMARY KEY);\n",
+            ),
+            (
+                "V2__accounts_email_short.sql",
+                "-- no-transaction\nALTER TABLE accounts ADD CONSTRAINT email_short CHECK (length(email) < 40);\n",
+            ),
+        ],
+    );
     let plan = fleet.plan(&migrations);
     let plan = plan.to_str().expect("utf-8").to_string();
     let bad = fleet.tenant("tenant-0002");
@@ -277,24 +279,19 @@ async fn a_retry_after_an_attempt_that_changed_nothing_takes_a_fresh_restore_poi
     fleet.write_policy(&one_wave(1));
     let tenant = fleet.tenant("tenant-0001");
     let uri = tenant.connection_uri.expose();
-    // Fails on main (not on its validation branch, a database of another name) while the
-    // blocking row is there.
-    let migrations = fleet.path("migrations");
-    std::fs::create_dir_all(&migrations).expect("migrations dir");
-    std::fs::write(
-        migrations.join("V1__create_notes.sql"),
-        format!(
-            "DO $$ BEGIN\n  IF current_database() = '{}' AND EXISTS (SELECT 1 FROM accounts WHERE email = 'block@example.com') THEN\n    RAISE EXCEPTION 'blocked on main';\n  END IF;\nEND $$;\nCREATE TABLE notes (id bigint PRIMARY KEY);\n",
-            database_of(uri)
-        ),
-    )
-    .expect("V1");
+    let migrations = migrations_dir(
+        &fleet,
+        &[(
+            "V1__create_notes.sql",
+            &format!(
+                "{}CREATE TABLE notes (id bigint PRIMARY KEY);\n",
+                blocked_on_main(uri)
+            ),
+        )],
+    );
     let plan = fleet.plan(&migrations);
     let plan = plan.to_str().expect("utf-8").to_string();
-    let main = connect(uri).await;
-    main.batch_execute("INSERT INTO accounts (email) VALUES ('block@example.com')")
-        .await
-        .expect("insert the blocking row");
+    let main = block_main(uri).await;
 
     let output = fleet.run(&["apply", &plan, "--output", "json"]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
@@ -357,16 +354,14 @@ async fn a_retry_after_an_attempt_that_changed_nothing_takes_a_fresh_restore_poi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_timeout_retry_rebuilds_the_invalid_index_a_concurrent_build_left() {
     let fleet = TestFleet::start(2).await;
-    fleet.write_policy(
-        "validation: none\nrestore_point: none\nlock_timeout: 300ms\nstatement_timeout: 1m\nbranch_ttl: 1h\nsalt: faults\nwaves:\n  - name: all\n    percent: 100\n    concurrency: 2\n    max_failures: 100\n",
+    fleet.write_policy(&main_only_policy("300ms", "1m", 2));
+    let concurrent_index =
+        std::fs::read_to_string(repo_migrations().join("V3__index_orders_account.sql"))
+            .expect("the concurrent index migration");
+    let migrations = migrations_dir(
+        &fleet,
+        &[("V1__index_orders_account.sql", &concurrent_index)],
     );
-    let migrations = fleet.path("migrations");
-    std::fs::create_dir_all(&migrations).expect("migrations dir");
-    std::fs::copy(
-        repo_migrations().join("V3__index_orders_account.sql"),
-        migrations.join("V1__index_orders_account.sql"),
-    )
-    .expect("the concurrent index migration");
     let plan = fleet.plan(&migrations);
     let locked = fleet.tenant("tenant-0002");
     let locked_uri = locked.connection_uri.expose().to_string();
@@ -526,27 +521,22 @@ async fn a_retry_refuses_to_go_on_with_a_restore_point_outside_the_history_windo
     fleet.write_policy(&one_wave(1));
     let tenant = fleet.tenant("tenant-0001");
     let uri = tenant.connection_uri.expose();
-    let migrations = fleet.path("migrations");
-    std::fs::create_dir_all(&migrations).expect("migrations dir");
-    std::fs::write(
-        migrations.join("V1__create_notes.sql"),
-        "CREATE TABLE notes (id bigint PRIMARY KEY);\n",
-    )
-    .expect("V1");
-    std::fs::write(
-        migrations.join("V2__blocked_on_main.sql"),
-        format!(
-            "-- no-transaction\nDO $$ BEGIN\n  IF current_database() = '{}' AND EXISTS (SELECT 1 FROM accounts WHERE email = 'block@example.com') THEN\n    RAISE EXCEPTION 'blocked on main';\n  END IF;\nEND $$;\n",
-            database_of(uri)
-        ),
-    )
-    .expect("V2");
+    let migrations = migrations_dir(
+        &fleet,
+        &[
+            (
+                "V1__create_notes.sql",
+                "CREATE TABLE notes (id bigint PRIMARY KEY);\n",
+            ),
+            (
+                "V2__blocked_on_main.sql",
+                &format!("-- no-transaction\n{}", blocked_on_main(uri)),
+            ),
+        ],
+    );
     let plan = fleet.plan(&migrations);
     let plan = plan.to_str().expect("utf-8").to_string();
-    let main = connect(uri).await;
-    main.batch_execute("INSERT INTO accounts (email) VALUES ('block@example.com')")
-        .await
-        .expect("insert the blocking row");
+    let main = block_main(uri).await;
 
     let started = std::time::Instant::now();
     let output = fleet.run(&["apply", &plan, "--output", "json"]);
