@@ -575,3 +575,210 @@ async fn a_retry_refuses_to_go_on_with_a_restore_point_outside_the_history_windo
     );
     fleet.fleet.stop().await.expect("stop");
 }
+
+/// A TCP proxy in front of PostgreSQL that, once, swallows the answer to the COMMIT of a
+/// transaction that wrote a history row and closes the connection: the COMMIT went through,
+/// its answer never arrived (a lost reply, exactly). Returns its address and whether it did.
+async fn commit_answer_dropper(
+    upstream: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // CommandComplete "COMMIT": 'C', length 11, the tag and its NUL.
+    const COMMIT_COMPLETE: &[u8] = b"C\0\0\0\x0bCOMMIT\0";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the proxy");
+    let address = listener.local_addr().expect("proxy address");
+    let fired = Arc::new(AtomicBool::new(false));
+    let dropped = fired.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let fired = fired.clone();
+            tokio::spawn(async move {
+                let server = tokio::net::TcpStream::connect(upstream)
+                    .await
+                    .expect("connect upstream");
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let wrote_history = Arc::new(AtomicBool::new(false));
+                let armed = wrote_history.clone();
+                let upstream_task = tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    loop {
+                        let read = match client_read.read(&mut buffer).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(read) => read,
+                        };
+                        let chunk = &buffer[..read];
+                        if String::from_utf8_lossy(chunk)
+                            .contains("INSERT INTO refinery_schema_history")
+                        {
+                            armed.store(true, Ordering::SeqCst);
+                        }
+                        if server_write.write_all(chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut buffer = vec![0u8; 64 * 1024];
+                loop {
+                    let read = match server_read.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(read) => read,
+                    };
+                    let chunk = &buffer[..read];
+                    if wrote_history.load(Ordering::SeqCst)
+                        && chunk
+                            .windows(COMMIT_COMPLETE.len())
+                            .any(|window| window == COMMIT_COMPLETE)
+                        && !fired.swap(true, Ordering::SeqCst)
+                    {
+                        // Both directions close: the server has committed, the client never
+                        // hears of it.
+                        break;
+                    }
+                    if client_write.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                upstream_task.abort();
+            });
+        }
+    });
+    (address, dropped)
+}
+
+/// The Neon API, passed through, except that main's connection URI of `tenant` points at
+/// `database_proxy`.
+async fn api_redirecting_main(
+    upstream: String,
+    tenant: String,
+    database_proxy: std::net::SocketAddr,
+) -> String {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+
+    let forward = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+        let upstream = upstream.clone();
+        let tenant = tenant.clone();
+        async move {
+            let path = uri.path_and_query().map_or("/", |path| path.as_str());
+            let mut request = reqwest::Client::new()
+                .request(method, format!("{upstream}{path}"))
+                .body(body);
+            for name in ["authorization", "content-type"] {
+                if let Some(value) = headers.get(name) {
+                    request = request.header(name, value);
+                }
+            }
+            let response = request.send().await.expect("the emulator answers");
+            let status = StatusCode::from_u16(response.status().as_u16()).expect("a status");
+            let mut body = response.bytes().await.expect("a body").to_vec();
+            let is_main_uri = uri.path() == format!("/projects/{tenant}/connection_uri")
+                && !uri.query().unwrap_or_default().contains("branch_id");
+            if is_main_uri && status.is_success() {
+                let mut answer: Value = serde_json::from_slice(&body).expect("JSON");
+                let mut url = url::Url::parse(answer["uri"].as_str().expect("uri")).expect("a URI");
+                url.set_port(Some(database_proxy.port())).expect("a port");
+                answer["uri"] = Value::String(url.to_string());
+                body = serde_json::to_vec(&answer).expect("JSON");
+            }
+            (
+                status,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+        }
+    };
+    let router = axum::Router::new().fallback(forward);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the API proxy");
+    let address = listener.local_addr().expect("API proxy address");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{address}")
+}
+
+/// Finding 1, the in-run window: the COMMIT of main's one transaction goes through but its
+/// answer is lost with the connection. The reconnect finds nothing pending; the history rows
+/// written after `apply_started` are credited to this run, so the tenant is `applied` with its
+/// versions (not `up_to_date`), and `rollback --wave` restores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_answer_was_lost_is_credited_after_the_reconnect() {
+    let fleet = TestFleet::start(1).await;
+    fleet.write_policy(
+        &main_only_policy("2s", "30s", 1)
+            .replace("restore_point: none", "restore_point: backup_branch"),
+    );
+    let migrations = migrations_dir(
+        &fleet,
+        &[
+            (
+                "V1__add_note.sql",
+                "ALTER TABLE accounts ADD COLUMN note text;\n",
+            ),
+            (
+                "V2__create_notes.sql",
+                "CREATE TABLE notes (id bigint PRIMARY KEY);\n",
+            ),
+        ],
+    );
+    let plan = fleet.plan(&migrations);
+    let plan = plan.to_str().expect("utf-8").to_string();
+    let tenant = fleet.tenant("tenant-0001");
+    let uri = tenant.connection_uri.expose();
+    let database = url::Url::parse(uri).expect("a URI");
+    let upstream =
+        std::net::SocketAddr::from(([127, 0, 0, 1], database.port().expect("the cluster's port")));
+    let (database_proxy, dropped) = commit_answer_dropper(upstream).await;
+    let api = api_redirecting_main(
+        fleet.fleet.api_url().to_string(),
+        tenant.project_id.clone(),
+        database_proxy,
+    )
+    .await;
+
+    let output = fault_support::run_with_env(
+        &fleet,
+        &["apply", &plan, "--output", "json"],
+        &[("NEON_API_URL", Some(&api))],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(
+        dropped.load(std::sync::atomic::Ordering::SeqCst),
+        "the COMMIT's answer was never intercepted"
+    );
+    let report = json(&output);
+    assert_eq!(report["totals"]["applied"], 1, "{report:#}");
+    assert_eq!(report["totals"]["up_to_date"], 0, "{report:#}");
+    let records = journal_records(&fleet.path("policy.journal.jsonl"));
+    let applied = records
+        .iter()
+        .find(|record| record["event"] == "applied")
+        .expect("an applied record");
+    assert_eq!(
+        applied["versions"],
+        serde_json::json!([1, 2]),
+        "{records:#?}"
+    );
+    assert_eq!(
+        history(uri)
+            .await
+            .iter()
+            .map(|row| row.0)
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+
+    let output = fleet.run(&["rollback", &plan, "--wave", "all", "--yes"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(history(uri).await.is_empty());
+    assert!(!has_table(uri, "notes").await);
+    fleet.fleet.stop().await.expect("stop");
+}
