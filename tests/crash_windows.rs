@@ -782,3 +782,216 @@ async fn a_commit_whose_answer_was_lost_is_credited_after_the_reconnect() {
     assert!(!has_table(uri, "notes").await);
     fleet.fleet.stop().await.expect("stop");
 }
+
+/// Send one request on to the emulator; status and body of its answer.
+async fn forward_upstream(
+    upstream: &str,
+    method: axum::http::Method,
+    path: &str,
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> (axum::http::StatusCode, Vec<u8>) {
+    let mut request = reqwest::Client::new()
+        .request(method, format!("{upstream}{path}"))
+        .body(body);
+    for name in ["authorization", "content-type"] {
+        if let Some(value) = headers.get(name) {
+            request = request.header(name, value);
+        }
+    }
+    let response = request.send().await.expect("the emulator answers");
+    let status = axum::http::StatusCode::from_u16(response.status().as_u16()).expect("a status");
+    (status, response.bytes().await.expect("a body").to_vec())
+}
+
+/// Neon as its reads lag its writes: the first create (or restore) is applied and answered
+/// 500, and for the next `stale_reads` reads of the branch list (or of the restored branch)
+/// the API still answers what it held before that mutation. Counts the mutations sent.
+struct LaggingApi {
+    upstream: String,
+    stale_reads: u32,
+    mutations: std::sync::atomic::AtomicU32,
+    /// The pre-mutation answer and how many more reads get it.
+    stale: std::sync::Mutex<Option<(String, Vec<u8>, u32)>>,
+}
+
+async fn lagging_api(upstream: String, stale_reads: u32) -> (String, std::sync::Arc<LaggingApi>) {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    use std::sync::atomic::Ordering;
+
+    let lag = std::sync::Arc::new(LaggingApi {
+        upstream,
+        stale_reads,
+        mutations: Default::default(),
+        stale: Default::default(),
+    });
+    let state = lag.clone();
+    let handle = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+        let lag = state.clone();
+        async move {
+            let path = uri
+                .path_and_query()
+                .map_or("/", |path| path.as_str())
+                .to_string();
+            let json = [(axum::http::header::CONTENT_TYPE, "application/json")];
+            let is_create = method == Method::POST && uri.path().ends_with("/branches");
+            let is_restore = method == Method::POST && uri.path().ends_with("/restore");
+            if is_create || is_restore {
+                let first = lag.mutations.fetch_add(1, Ordering::SeqCst) == 0;
+                if first {
+                    // What reads keep answering for a while: the list before the create, or
+                    // the branch before its restore.
+                    let read_path = if is_create {
+                        uri.path().to_string()
+                    } else {
+                        uri.path().trim_end_matches("/restore").to_string()
+                    };
+                    let (_, before) = forward_upstream(
+                        &lag.upstream,
+                        Method::GET,
+                        &read_path,
+                        &headers,
+                        Bytes::new(),
+                    )
+                    .await;
+                    *lag.stale.lock().expect("lock") = Some((read_path, before, lag.stale_reads));
+                }
+                let (status, body) =
+                    forward_upstream(&lag.upstream, method, &path, &headers, body).await;
+                if first {
+                    let lost = br#"{"code":"","message":"the answer was lost"}"#.to_vec();
+                    return (StatusCode::INTERNAL_SERVER_ERROR, json, lost);
+                }
+                return (status, json, body);
+            }
+            if method == Method::GET {
+                let mut stale = lag.stale.lock().expect("lock");
+                if let Some((read_path, before, left)) = stale.as_mut()
+                    && *read_path == uri.path()
+                    && *left > 0
+                {
+                    *left -= 1;
+                    return (StatusCode::OK, json, before.clone());
+                }
+            }
+            let (status, body) =
+                forward_upstream(&lag.upstream, method, &path, &headers, body).await;
+            (status, json, body)
+        }
+    };
+    let router = axum::Router::new().fallback(handle);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the lagging API");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (format!("http://{address}"), lag)
+}
+
+fn client_of(api_url: &str, fleet: &TestFleet) -> schemafleet::neon::NeonClient {
+    let mut config = schemafleet::neon::ClientConfig::new(
+        api_url,
+        schemafleet::secret::SecretString::new(fleet.fleet.api_key().expose()),
+        100_000,
+    );
+    config.poll_interval = Duration::from_millis(20);
+    config.backoff_base = Duration::from_millis(20);
+    schemafleet::neon::NeonClient::new(config).expect("a client")
+}
+
+/// Also-check: a create whose answer is lost while the branch list lags. The resent POST is
+/// refused (the name is taken: the first one took effect); the client reads until the branch
+/// shows and adopts it, instead of failing the tenant or creating a second branch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_create_answer_under_lagging_reads_adopts_the_one_branch() {
+    let fleet = TestFleet::start(1).await;
+    let project = fleet.tenant("tenant-0001").project_id.clone();
+    let (api_url, lag) = lagging_api(fleet.fleet.api_url().to_string(), 3).await;
+    let client = client_of(&api_url, &fleet);
+    let request = schemafleet::neon::CreateBranch {
+        name: "schemafleet-validate-lagging".into(),
+        parent_id: None,
+        expires_at: None,
+    };
+    let created = client
+        .create_branch(&project, &request)
+        .await
+        .expect("the create is adopted");
+    assert_eq!(created.branch.name, request.name);
+    assert_eq!(
+        lag.mutations.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one resend, refused by name"
+    );
+    let direct = client_of(fleet.fleet.api_url(), &fleet);
+    let named: Vec<String> = direct
+        .list_branches(&project)
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|branch| branch.name == request.name)
+        .map(|branch| branch.id)
+        .collect();
+    assert_eq!(
+        named,
+        vec![created.branch.id],
+        "exactly one branch of that name"
+    );
+    fleet.fleet.stop().await.expect("stop");
+}
+
+/// Also-check: a restore whose answer is lost while reads of the branch lag (`last_reset_at`
+/// has not moved yet). The branch preserved under `preserve_under_name` shows the restore
+/// took effect, so it is not sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_restore_answer_under_lagging_reads_is_not_sent_again() {
+    let fleet = TestFleet::start(1).await;
+    let project = fleet.tenant("tenant-0001").project_id.clone();
+    let direct = client_of(fleet.fleet.api_url(), &fleet);
+    let main = direct.default_branch(&project).await.expect("main");
+    let backup = direct
+        .create_branch(
+            &project,
+            &schemafleet::neon::CreateBranch {
+                name: "backup".into(),
+                parent_id: None,
+                expires_at: None,
+            },
+        )
+        .await
+        .expect("a backup branch");
+    let (api_url, lag) = lagging_api(fleet.fleet.api_url().to_string(), 20).await;
+    let client = client_of(&api_url, &fleet);
+    let request = schemafleet::neon::RestoreBranch {
+        source_branch_id: backup.branch.id.clone(),
+        source_lsn: None,
+        source_timestamp: None,
+        preserve_under_name: Some("pre-rollback-lagging".into()),
+    };
+    client
+        .restore_branch(&project, &main.id, &request)
+        .await
+        .expect("the restore is recognised as done");
+    assert_eq!(
+        lag.mutations.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the restore was sent again"
+    );
+    let names: Vec<String> = direct
+        .list_branches(&project)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|branch| branch.name)
+        .collect();
+    assert_eq!(
+        names
+            .iter()
+            .filter(|name| *name == "pre-rollback-lagging")
+            .count(),
+        1,
+        "{names:?}"
+    );
+    fleet.fleet.stop().await.expect("stop");
+}
