@@ -18,6 +18,14 @@ use fault_support::{
 };
 use support::{TestFleet, connect, history, json, repo_migrations, text};
 
+const CREATE_NOTES: &str = "CREATE TABLE notes (id bigint PRIMARY KEY);\n";
+
+/// No validation branch; a backup branch as the restore point.
+fn backup_branch_policy(concurrency: usize) -> String {
+    main_only_policy("2s", "30s", concurrency)
+        .replace("restore_point: none", "restore_point: backup_branch")
+}
+
 /// Cut the journal just before its first record matching `cut_here`: what a SIGKILL right
 /// before that record's append leaves on disk. Returns the records cut.
 fn cut_journal_before(journal: &Path, mut cut_here: impl FnMut(&Value) -> bool) -> Vec<Value> {
@@ -157,17 +165,11 @@ async fn killed_after_the_commit_the_resume_reports_applied_and_rollback_wave_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_failure_keeps_what_the_first_committed_for_rollback_failed() {
     let fleet = TestFleet::start(2).await;
-    fleet.write_policy(
-        &main_only_policy("2s", "30s", 2)
-            .replace("restore_point: none", "restore_point: backup_branch"),
-    );
+    fleet.write_policy(&backup_branch_policy(2));
     let migrations = migrations_dir(
         &fleet,
         &[
-            (
-                "V1__create_notes.sql",
-                "CREATE TABLE notes (id bigint PRIMARY KEY);\n",
-            ),
+            ("V1__create_notes.sql", CREATE_NOTES),
             (
                 "V2__accounts_email_short.sql",
                 "-- no-transaction\nALTER TABLE accounts ADD CONSTRAINT email_short CHECK (length(email) < 40);\n",
@@ -283,10 +285,7 @@ async fn a_retry_after_an_attempt_that_changed_nothing_takes_a_fresh_restore_poi
         &fleet,
         &[(
             "V1__create_notes.sql",
-            &format!(
-                "{}CREATE TABLE notes (id bigint PRIMARY KEY);\n",
-                blocked_on_main(uri)
-            ),
+            &format!("{}{CREATE_NOTES}", blocked_on_main(uri)),
         )],
     );
     let plan = fleet.plan(&migrations);
@@ -524,10 +523,7 @@ async fn a_retry_refuses_to_go_on_with_a_restore_point_outside_the_history_windo
     let migrations = migrations_dir(
         &fleet,
         &[
-            (
-                "V1__create_notes.sql",
-                "CREATE TABLE notes (id bigint PRIMARY KEY);\n",
-            ),
+            ("V1__create_notes.sql", CREATE_NOTES),
             (
                 "V2__blocked_on_main.sql",
                 &format!("-- no-transaction\n{}", blocked_on_main(uri)),
@@ -662,24 +658,15 @@ async fn api_redirecting_main(
     database_proxy: std::net::SocketAddr,
 ) -> String {
     use axum::body::Bytes;
-    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    use axum::http::{HeaderMap, Method, Uri};
 
     let forward = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
         let upstream = upstream.clone();
         let tenant = tenant.clone();
         async move {
             let path = uri.path_and_query().map_or("/", |path| path.as_str());
-            let mut request = reqwest::Client::new()
-                .request(method, format!("{upstream}{path}"))
-                .body(body);
-            for name in ["authorization", "content-type"] {
-                if let Some(value) = headers.get(name) {
-                    request = request.header(name, value);
-                }
-            }
-            let response = request.send().await.expect("the emulator answers");
-            let status = StatusCode::from_u16(response.status().as_u16()).expect("a status");
-            let mut body = response.bytes().await.expect("a body").to_vec();
+            let (status, mut body) =
+                forward_upstream(&upstream, method, path, &headers, body).await;
             let is_main_uri = uri.path() == format!("/projects/{tenant}/connection_uri")
                 && !uri.query().unwrap_or_default().contains("branch_id");
             if is_main_uri && status.is_success() {
@@ -712,10 +699,7 @@ async fn api_redirecting_main(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_whose_answer_was_lost_is_credited_after_the_reconnect() {
     let fleet = TestFleet::start(1).await;
-    fleet.write_policy(
-        &main_only_policy("2s", "30s", 1)
-            .replace("restore_point: none", "restore_point: backup_branch"),
-    );
+    fleet.write_policy(&backup_branch_policy(1));
     let migrations = migrations_dir(
         &fleet,
         &[
@@ -723,10 +707,7 @@ async fn a_commit_whose_answer_was_lost_is_credited_after_the_reconnect() {
                 "V1__add_note.sql",
                 "ALTER TABLE accounts ADD COLUMN note text;\n",
             ),
-            (
-                "V2__create_notes.sql",
-                "CREATE TABLE notes (id bigint PRIMARY KEY);\n",
-            ),
+            ("V2__create_notes.sql", CREATE_NOTES),
         ],
     );
     let plan = fleet.plan(&migrations);
