@@ -118,12 +118,10 @@ pub fn select(
                     .map(move |tenant| (tenant.clone(), wave.name.clone()))
             })
             .filter(|(tenant, _)| {
+                // What every attempt committed, not only the last one: a retry that failed
+                // before touching main must not hide what the first attempt left there.
                 state.tenant(tenant).is_some_and(|state| {
-                    state.status == TenantStatus::Failed
-                        && state
-                            .failure
-                            .as_ref()
-                            .is_some_and(|failure| !failure.applied_on_main.is_empty())
+                    state.status == TenantStatus::Failed && !state.applied_versions.is_empty()
                 })
             })
             .collect(),
@@ -173,11 +171,14 @@ pub fn select(
     Ok((candidates, refusals))
 }
 
+/// Whether main may have changed since the restore point, whatever the tenant's last outcome:
+/// an `up_to_date` after an `apply_started` (a journal of an earlier version, where the re-probe
+/// of a tenant killed after its COMMIT recorded it so) still had this plan's apply reach main.
 fn changed_main(state: Option<&TenantState>) -> bool {
     state.is_some_and(|state| {
         state.status == TenantStatus::Applied
             || state.status == TenantStatus::RollbackFailed
-            || (state.status == TenantStatus::InFlight && state.apply_started.is_some())
+            || state.apply_started.is_some()
             || !state.applied_versions.is_empty()
     })
 }
@@ -485,6 +486,54 @@ fn describe(version: Option<i32>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::Record;
+
+    fn replay(events: Vec<Event>) -> JournalState {
+        let records: Vec<Record> = events
+            .into_iter()
+            .enumerate()
+            .map(|(idx, event)| Record {
+                v: crate::journal::record::RECORD_VERSION,
+                seq: idx as u64 + 1,
+                at: format!("2026-11-26T10:00:{idx:02}Z"),
+                event,
+            })
+            .collect();
+        JournalState::replay(&records)
+    }
+
+    #[test]
+    fn main_changed_since_the_restore_point_whatever_the_last_outcome() {
+        let started = Event::ApplyStarted {
+            tenant: "t1".into(),
+            wave: "w".into(),
+            versions: vec![1],
+        };
+        // A journal of an earlier version: killed after the COMMIT, the resume said up_to_date.
+        let state = replay(vec![
+            started.clone(),
+            Event::UpToDate {
+                tenant: "t1".into(),
+                wave: "w".into(),
+            },
+        ]);
+        assert!(changed_main(state.tenant("t1")));
+        // A later attempt that changed nothing does not hide an earlier one's commits.
+        let failed = |applied_on_main: Vec<i32>| Event::Failed {
+            tenant: "t1".into(),
+            wave: "w".into(),
+            phase: crate::journal::Phase::Apply,
+            error: crate::pg::DbFailure::new(None, "boom"),
+            applied_on_main,
+        };
+        let state = replay(vec![started, failed(vec![1]), failed(Vec::new())]);
+        assert!(changed_main(state.tenant("t1")));
+        let state = replay(vec![Event::UpToDate {
+            tenant: "t1".into(),
+            wave: "w".into(),
+        }]);
+        assert!(!changed_main(state.tenant("t1")));
+    }
 
     #[test]
     fn only_later_versions_outside_the_plan_are_collateral() {

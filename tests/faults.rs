@@ -14,46 +14,10 @@ use schemafleet::emulator::LocalFleetConfig;
 use serde_json::Value;
 
 use fault_support::{
-    Api, Spawned, assert_repo_migrations_once, history_rows, journal_records, one_wave,
-    wait_for_async,
+    Api, Spawned, assert_repo_migrations_once, database_of, failure_of, history_rows,
+    journal_records, main_only_policy, migrations_dir, one_wave, wait_for_async,
 };
 use support::{TestFleet, connect, fingerprint, history, json, repo_migrations, text};
-
-/// A policy without validation branches, for faults that concern main only.
-fn main_only_policy(lock_timeout: &str, statement_timeout: &str, concurrency: usize) -> String {
-    format!(
-        "validation: none\nrestore_point: none\nlock_timeout: {lock_timeout}\nstatement_timeout: {statement_timeout}\nbranch_ttl: 1h\nsalt: faults\nwaves:\n  - name: all\n    percent: 100\n    concurrency: {concurrency}\n    max_failures: 100\n"
-    )
-}
-
-/// A migrations directory holding only `files` (name, SQL).
-fn migrations_dir(fleet: &TestFleet, files: &[(&str, &str)]) -> std::path::PathBuf {
-    let dir = fleet.path("migrations");
-    std::fs::create_dir_all(&dir).expect("create migrations dir");
-    for (name, sql) in files {
-        std::fs::write(dir.join(name), sql).expect("write migration");
-    }
-    dir
-}
-
-/// The report's failure entry of `project_id`.
-fn failure_of<'r>(report: &'r Value, project_id: &str) -> &'r Value {
-    report["failures"]
-        .as_array()
-        .expect("failures")
-        .iter()
-        .find(|failure| failure["tenant"] == project_id)
-        .unwrap_or_else(|| panic!("no failure entry for {project_id}: {report:#}"))
-}
-
-/// The database name in a connection URI's path.
-fn database_of(uri: &str) -> String {
-    url::Url::parse(uri)
-        .expect("a URI")
-        .path()
-        .trim_start_matches('/')
-        .to_string()
-}
 
 async fn assert_no_validation_branch_left(fleet: &TestFleet) {
     let api = Api::new(fleet);

@@ -35,8 +35,15 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
     } else {
         Selection::Tenants(args.tenants.clone())
     };
-    // Read without the lock first: a dry run must work while an apply holds the journal.
-    let read = Journal::read(&journal_path)?;
+    // A dry run reads without the lock: it must work while an apply holds the journal. A real
+    // rollback locks the journal before it selects, so no apply can move a tenant between the
+    // list the operator confirms and the restore.
+    let (locked, read) = if args.dry_run {
+        (None, Journal::read(&journal_path)?)
+    } else {
+        let (journal, read) = Journal::open(&journal_path, &plan.plan_id)?;
+        (Some(journal), read)
+    };
     let stamp = crate::clock::compact_stamp();
     let preserve_until = preserve_until(args.preserve_for.as_deref())?;
     let (candidates, mut refusals) =
@@ -110,7 +117,8 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
     }
 
     let client = client.context("the Neon API client is missing after its preflight")?;
-    let (journal, read) = Journal::open(&journal_path, &plan.plan_id)?;
+    let journal =
+        locked.context("the journal is locked for every rollback that is not a dry run")?;
     let recorder = Arc::new(Recorder::new(journal.clone(), read.state));
     let plan = Arc::new(plan);
     let preserve_until = preserve_until.as_deref();

@@ -4,6 +4,8 @@
 //! - [`tenant`]: one tenant's pipeline: probe, validate on a branch, restore point, apply to main.
 //! - [`waves`]: the wave loop: bounded concurrency, failure budget, bake, `--until-wave`, resume.
 //! - [`timings`]: where a run's time went, step by step (the `timings` of `apply --output json`).
+//! - [`recovery`]: what a retry or resume takes over from the journal (what an interrupted
+//!   apply committed, whether the restore point still serves), decided against main's history.
 //! - [`reporter`]: the trait progress displays implement; the executor never draws anything.
 //!
 //! **Invariant:** a tenant whose probe or validation fails is never touched on main.
@@ -14,6 +16,7 @@
 //! **Invariant:** when a wave's failures exceed its budget no new tenant of it starts and no later
 //! wave starts.
 
+pub mod recovery;
 pub mod reporter;
 pub mod shutdown;
 pub mod tenant;

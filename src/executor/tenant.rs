@@ -9,13 +9,14 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ApplyConfig;
+use super::recovery;
 use super::timings::{StepTimings, TimedStep};
 use crate::journal::{
     Event, Journal, JournalError, JournalState, Phase, RestorePoint, TenantState,
 };
 use crate::neon::{CreateBranch, NeonClient, NeonError};
 use crate::pg::runner::{self, Timeouts};
-use crate::pg::{self, DbFailure, HistoryComparison, PlannedVersion};
+use crate::pg::{self, AppliedMigration, DbFailure, HistoryComparison, PlannedVersion};
 use crate::plan::model::{Plan, RestorePointKind, Validation};
 use crate::secret::SecretUri;
 
@@ -242,10 +243,16 @@ async fn pipeline(
             return Ok(Err(api_failure(Phase::Probe, what, &error)));
         }
     };
-    let (comparison, session) = match probe(context, &main_uri).await {
+    let (comparison, history, session) = match probe(context, &main_uri).await {
         Ok(probed) => probed,
         Err(failure) => return Ok(Err((Phase::Probe, failure))),
     };
+    let recovered = recovery::committed_since_apply_started(prior, &history);
+    if let Some(outcome) =
+        record_recovered(context, tenant_id, wave, prior, &comparison, &recovered).await?
+    {
+        return Ok(Ok(outcome));
+    }
     // Kept open for the apply when no branch is made in between: one connection per tenant.
     // Branching closes it first, so the copy of main sees no session of ours (and Neon's
     // branch point is not held up by our idle session either).
@@ -288,7 +295,11 @@ async fn pipeline(
     };
 
     // 2. Validate on a throwaway branch, unless an earlier run already validated these versions.
-    let mut restore_point = prior.and_then(|state| state.restore_point.as_deref().cloned());
+    let applied_on_main = prior.map_or(&[][..], |state| state.applied_versions.as_slice());
+    let kept_point = recovery::keeps_restore_point(applied_on_main, &recovered);
+    let mut restore_point = prior
+        .filter(|_| kept_point)
+        .and_then(|state| state.restore_point.as_deref().cloned());
     let wants_validation = match policy.validation {
         Validation::Branch => true,
         Validation::None => false,
@@ -355,8 +366,120 @@ async fn pipeline(
         }
     }
 
+    // A point kept from an earlier attempt must still be one Neon can restore.
+    if let (Some(point), Some(state)) = (&restore_point, prior)
+        && kept_point
+        && let Err(failure) = check_kept_restore_point(context, tenant_id, point, state).await
+    {
+        return Ok(Err(failure));
+    }
+
     // 4. Apply to main under the advisory lock.
     apply_to_main(context, tenant_id, wave, &main_uri, &pending, main_session).await
+}
+
+/// Journal what the re-probe credits to an earlier run's unfinished apply (`recovered`):
+/// `applied` when nothing is left to do (the outcome is returned), else `apply_recovered`
+/// and the apply goes on with what is pending.
+async fn record_recovered(
+    context: &TenantContext,
+    tenant_id: &str,
+    wave: &str,
+    prior: Option<&TenantState>,
+    comparison: &HistoryComparison,
+    recovered: &[i32],
+) -> Result<Option<TenantOutcome>, JournalError> {
+    if recovered.is_empty() {
+        return Ok(None);
+    }
+    tracing::info!(tenant = tenant_id, versions = ?recovered, "main holds versions an interrupted apply of this plan committed");
+    match comparison {
+        HistoryComparison::UpToDate { .. } | HistoryComparison::Ahead { .. } => {
+            context
+                .recorder
+                .record(Event::Applied {
+                    tenant: tenant_id.into(),
+                    wave: wave.into(),
+                    versions: recovered.to_vec(),
+                    lock_retries: 0,
+                })
+                .await?;
+            Ok(Some(TenantOutcome::Applied {
+                versions: recovered.to_vec(),
+            }))
+        }
+        HistoryComparison::Pending { .. } => {
+            let known = prior.map_or(&[][..], |state| state.applied_versions.as_slice());
+            if !recovered.iter().all(|version| known.contains(version)) {
+                context
+                    .recorder
+                    .record(Event::ApplyRecovered {
+                        tenant: tenant_id.into(),
+                        wave: wave.into(),
+                        versions: recovered.to_vec(),
+                    })
+                    .await?;
+            }
+            Ok(None)
+        }
+        HistoryComparison::Diverged { .. } => Ok(None),
+    }
+}
+
+/// A restore point kept from an earlier attempt (main already holds versions of this plan):
+/// before main changes further, check Neon can still restore it. A branch point must be
+/// inside the project's history window; a backup branch must still exist (they expire).
+async fn check_kept_restore_point(
+    context: &TenantContext,
+    tenant_id: &str,
+    point: &RestorePoint,
+    state: &TenantState,
+) -> Step<()> {
+    match point {
+        RestorePoint::BranchPoint { timestamp, .. } => {
+            let project = context
+                .client
+                .get_project(tenant_id)
+                .await
+                .map_err(|error| {
+                    api_failure(
+                        Phase::Branch,
+                        "reading the project to check the restore point",
+                        &error,
+                    )
+                })?;
+            let point_at = timestamp.as_deref().or(state.restore_point_at.as_deref());
+            match recovery::outside_history_window(
+                point_at,
+                project.history_retention_seconds,
+                time::OffsetDateTime::now_utc(),
+            ) {
+                Some(reason) => Err((Phase::Branch, DbFailure::new(None, reason))),
+                None => Ok(()),
+            }
+        }
+        RestorePoint::BackupBranch {
+            backup_branch_id,
+            backup_branch_name,
+            ..
+        } => match context.client.get_branch(tenant_id, backup_branch_id).await {
+            Ok(_) => Ok(()),
+            Err(error) if error.status() == Some(404) => Err((
+                Phase::Branch,
+                DbFailure::new(
+                    None,
+                    format!(
+                        "the restore point, backup branch {backup_branch_name} ({backup_branch_id}), is gone (expired or deleted): main is not migrated further without a way back"
+                    ),
+                ),
+            )),
+            Err(error) => Err(api_failure(
+                Phase::Branch,
+                "reading the backup branch to check the restore point",
+                &error,
+            )),
+        },
+    }
 }
 
 fn timeouts(plan: &Plan) -> Timeouts {
@@ -375,7 +498,7 @@ struct MainSession {
 async fn probe(
     context: &TenantContext,
     uri: &SecretUri,
-) -> Result<(HistoryComparison, MainSession), DbFailure> {
+) -> Result<(HistoryComparison, Vec<AppliedMigration>, MainSession), DbFailure> {
     let permit = context
         .connections
         .clone()
@@ -395,6 +518,7 @@ async fn probe(
     let comparison = pg::compare_history(&history, &context.planned);
     Ok((
         comparison,
+        history,
         MainSession {
             client,
             _permit: permit,
@@ -720,6 +844,20 @@ async fn apply_to_main(
                 })
                 .await?;
             started = true;
+        } else {
+            // Reconnected after a lost connection: a COMMIT whose answer was lost did commit.
+            match committed_before_reconnect(recorder, tenant_id, &client, &applied).await {
+                Ok(committed) => applied.extend(committed),
+                Err(failure)
+                    if failure.is_connection_loss()
+                        && connection_attempt <= context.config.max_connection_retries =>
+                {
+                    continue;
+                }
+                Err(failure) => {
+                    return fail_apply(recorder, tenant_id, wave, failure, applied).await;
+                }
+            }
         }
         let result = recorder
             .timings()
@@ -772,6 +910,22 @@ async fn apply_to_main(
             }
         }
     }
+}
+
+/// Versions of this apply that main's history shows committed and `applied` does not hold
+/// yet: their COMMIT went through although its answer never arrived. The history row's time
+/// against the `apply_started` record tells them from another runner's.
+async fn committed_before_reconnect(
+    recorder: &Recorder,
+    tenant_id: &str,
+    client: &tokio_postgres::Client,
+    applied: &[i32],
+) -> Result<Vec<i32>, DbFailure> {
+    let history = pg::read_history(client).await?;
+    let mut committed =
+        recovery::committed_since_apply_started(recorder.tenant(tenant_id).as_ref(), &history);
+    committed.retain(|version| !applied.contains(version));
+    Ok(committed)
 }
 
 async fn fail_apply(

@@ -166,10 +166,14 @@ async fn run_waves(
         if shutdown.is_stopping() && !halted {
             return Ok(RunOutcome::Interrupted);
         }
+        let is_last = wave_idx + 1 == plan.waves.len();
+        let bake_until = (!halted && !is_last && wave.bake_s > 0)
+            .then(|| crate::clock::rfc3339_seconds_from_now(Duration::from_secs(wave.bake_s)));
         recorder
             .record(Event::WaveFinished {
                 wave: wave.name.clone(),
                 halted,
+                bake_until,
             })
             .await?;
         reporter.wave_finished(&wave.name, halted);
@@ -177,16 +181,6 @@ async fn run_waves(
             return Ok(RunOutcome::Halted {
                 wave: wave.name.clone(),
             });
-        }
-        let is_last = wave_idx + 1 == plan.waves.len();
-        if !is_last && wave.bake_s > 0 {
-            let until = crate::clock::rfc3339_seconds_from_now(Duration::from_secs(wave.bake_s));
-            recorder
-                .record(Event::BakeStarted {
-                    wave: wave.name.clone(),
-                    until,
-                })
-                .await?;
         }
         if config.until_wave.as_deref() == Some(wave.name.as_str()) {
             return Ok(RunOutcome::StoppedAfter {
@@ -264,6 +258,7 @@ async fn run_wave(
         wave.tenants.len() - todo.len(),
     );
     let mut halted = wave.budget_exceeded(n_failed);
+    let mut n_panicked = 0;
     let mut queue = todo.into_iter();
     let mut in_flight: JoinSet<Result<(String, TenantOutcome), JournalError>> = JoinSet::new();
     let concurrency = wave.concurrency.max(1);
@@ -287,9 +282,16 @@ async fn run_wave(
                 let (tenant, outcome) = match joined {
                     Ok(result) => result?,
                     Err(join_error) => {
-                        // A panicking tenant task is a bug; the tenant stays in flight in the
-                        // journal and is re-probed on the next run.
+                        // A panicking tenant task is a bug. Its tenant stays in flight in the
+                        // journal (its `apply_started` intact, so the re-probe can tell what
+                        // this plan committed); it counts against the budget, and its wave is
+                        // journaled halted, never done, while a tenant of it is unfinished.
                         tracing::error!(error = %join_error, "a tenant task panicked");
+                        n_failed += 1;
+                        n_panicked += 1;
+                        if !halted && wave.budget_exceeded(n_failed) {
+                            halted = true;
+                        }
                         continue;
                     }
                 };
@@ -315,7 +317,13 @@ async fn run_wave(
             }
         }
     }
-    Ok(halted)
+    if n_panicked > 0 {
+        reporter.note(&format!(
+            "wave {}: {n_panicked} tenant task(s) panicked (a bug; the log has it); the wave is halted, and `--retry-failed` re-probes them",
+            wave.name
+        ));
+    }
+    Ok(halted || n_panicked > 0)
 }
 
 #[cfg(test)]

@@ -111,6 +111,7 @@ impl Journal {
             source,
         };
         use std::os::unix::fs::OpenOptionsExt;
+        let existed = path.exists();
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -126,6 +127,9 @@ impl Journal {
                     io_error(source)
                 }
             })?;
+        if !existed {
+            sync_parent_directory(path).map_err(io_error)?;
+        }
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -222,6 +226,16 @@ impl Journal {
             }),
         }
     }
+}
+
+/// Make a new file's directory entry durable: `fsync` of the file covers its data, not its
+/// name, so after a power loss a journal whose records were all acknowledged could be gone.
+fn sync_parent_directory(path: &Path) -> io::Result<()> {
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    File::open(parent)?.sync_all()
 }
 
 fn check_plan(path: &Path, state: &JournalState, plan_id: &str) -> Result<(), JournalError> {
@@ -477,6 +491,7 @@ mod tests {
             .append(Event::WaveFinished {
                 wave: "canary".into(),
                 halted: false,
+                bake_until: None,
             })
             .await
             .expect("append");

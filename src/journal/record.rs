@@ -96,8 +96,13 @@ pub enum Event {
     WaveFinished {
         wave: String,
         halted: bool,
+        /// The next wave may not start before this time (RFC 3339). Carried by the record that
+        /// ends the wave, so a crash cannot leave a finished wave without its bake (issue 19).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bake_until: Option<String>,
     },
-    /// The next wave may not start before `until` (RFC 3339).
+    /// The next wave may not start before `until` (RFC 3339). Written by earlier versions after
+    /// `wave_finished`; replayed, no longer written.
     BakeStarted {
         wave: String,
         until: String,
@@ -165,6 +170,14 @@ pub enum Event {
         versions: Vec<i32>,
         lock_retries: u32,
     },
+    /// The re-probe of a tenant whose apply started and never finished found these versions
+    /// committed on main after `apply_started`: this plan applied them (the run died, or the
+    /// COMMIT's answer was lost, before `applied` was written). The apply continues.
+    ApplyRecovered {
+        tenant: String,
+        wave: String,
+        versions: Vec<i32>,
+    },
     Failed {
         tenant: String,
         wave: String,
@@ -204,6 +217,7 @@ impl Event {
             | Event::RestorePointRecorded { tenant, .. }
             | Event::ApplyStarted { tenant, .. }
             | Event::Applied { tenant, .. }
+            | Event::ApplyRecovered { tenant, .. }
             | Event::Failed { tenant, .. }
             | Event::RollbackStarted { tenant, .. }
             | Event::RolledBack { tenant, .. }

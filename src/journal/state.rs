@@ -68,8 +68,12 @@ pub struct TenantState {
     pub pending: Vec<i32>,
     /// Versions validated on a branch since the tenant was last rolled back or failed.
     pub validated: Option<Vec<i32>>,
-    /// Versions whose apply to main started and did not finish.
+    /// Versions whose apply to main started and did not finish (kept by `up_to_date`: main
+    /// may have changed since the restore point all the same).
     pub apply_started: Option<Vec<i32>>,
+    /// When `apply_started` was written: history rows of those versions applied later are
+    /// this plan's own.
+    pub apply_started_at: Option<String>,
     /// Kept until a rollback uses it: a retried tenant keeps its original pre-migration point.
     pub restore_point: Option<Box<RestorePoint>>,
     pub restore_point_at: Option<String>,
@@ -79,6 +83,9 @@ pub struct TenantState {
     pub open_branches: BTreeMap<String, (String, String)>,
     /// Branches requested whose creation was never confirmed: name -> purpose.
     pub requested_branches: BTreeMap<String, String>,
+    /// Versions this plan committed on main, accumulated over every attempt (`applied`,
+    /// `apply_recovered`, each `failed`'s `applied_on_main`) until a rollback clears them: a
+    /// later attempt that changes nothing must not hide what an earlier one committed.
     pub applied_versions: Vec<i32>,
     pub failure: Option<Box<TenantFailure>>,
     pub diverged_reason: Option<String>,
@@ -88,6 +95,15 @@ pub struct TenantState {
 }
 
 impl TenantState {
+    /// Versions this plan committed on main, over every attempt, until a rollback.
+    fn add_applied(&mut self, versions: &[i32]) {
+        for version in versions {
+            if !self.applied_versions.contains(version) {
+                self.applied_versions.push(*version);
+            }
+        }
+    }
+
     fn new(wave: &str) -> TenantState {
         TenantState {
             wave: wave.to_string(),
@@ -97,6 +113,7 @@ impl TenantState {
             pending: Vec::new(),
             validated: None,
             apply_started: None,
+            apply_started_at: None,
             restore_point: None,
             restore_point_at: None,
             version_at_restore_point: None,
@@ -191,12 +208,20 @@ impl JournalState {
             Event::WaveStarted { wave } => {
                 self.wave_mut(wave).status = WaveStatus::Running;
             }
-            Event::WaveFinished { wave, halted } => {
-                self.wave_mut(wave).status = if *halted {
+            Event::WaveFinished {
+                wave,
+                halted,
+                bake_until,
+            } => {
+                let wave_state = self.wave_mut(wave);
+                wave_state.status = if *halted {
                     WaveStatus::Halted
                 } else {
                     WaveStatus::Done
                 };
+                if bake_until.is_some() {
+                    wave_state.bake_until = bake_until.clone();
+                }
             }
             Event::BakeStarted { wave, until } => {
                 self.wave_mut(wave).bake_until = Some(until.clone());
@@ -305,6 +330,7 @@ impl JournalState {
                 state.status = TenantStatus::InFlight;
                 state.phase = Some(Phase::Apply);
                 state.apply_started = Some(versions.clone());
+                state.apply_started_at = Some(at.clone());
             }
             Event::Applied {
                 tenant,
@@ -316,12 +342,18 @@ impl JournalState {
                 state.status = TenantStatus::Applied;
                 state.phase = None;
                 state.apply_started = None;
+                state.apply_started_at = None;
                 state.pending.clear();
-                for version in versions {
-                    if !state.applied_versions.contains(version) {
-                        state.applied_versions.push(*version);
-                    }
-                }
+                state.add_applied(versions);
+            }
+            Event::ApplyRecovered {
+                tenant,
+                wave,
+                versions,
+            } => {
+                let state = self.tenant_mut(tenant, wave, &at);
+                state.status = TenantStatus::InFlight;
+                state.add_applied(versions);
             }
             Event::Failed {
                 tenant,
@@ -334,12 +366,9 @@ impl JournalState {
                 state.status = TenantStatus::Failed;
                 state.phase = None;
                 state.apply_started = None;
+                state.apply_started_at = None;
                 state.validated = None;
-                for version in applied_on_main {
-                    if !state.applied_versions.contains(version) {
-                        state.applied_versions.push(*version);
-                    }
-                }
+                state.add_applied(applied_on_main);
                 state.failure = Some(Box::new(TenantFailure {
                     phase: *phase,
                     error: error.clone(),
@@ -365,6 +394,8 @@ impl JournalState {
                     state.restore_point = None;
                     state.restore_point_at = None;
                     state.validated = None;
+                    state.apply_started = None;
+                    state.apply_started_at = None;
                     state.applied_versions.clear();
                     state.rollback_error = None;
                     state.updated_at = at;
@@ -593,6 +624,94 @@ mod tests {
             state.tenant("t1").map(|t| t.requested_branches.len()),
             Some(0)
         );
+    }
+
+    #[test]
+    fn what_every_attempt_committed_accumulates_until_a_rollback() {
+        let mut records = tenant_event_sequence();
+        let failed = |seq, applied_on_main: Vec<i32>| {
+            record(
+                seq,
+                Event::Failed {
+                    tenant: "t1".into(),
+                    wave: "canary".into(),
+                    phase: Phase::Apply,
+                    error: DbFailure::new(Some("23514"), "check violated"),
+                    applied_on_main,
+                },
+            )
+        };
+        records.push(failed(9, vec![1]));
+        records.push(failed(10, Vec::new()));
+        let state = JournalState::replay(&records);
+        let tenant = state.tenant("t1").expect("t1");
+        assert_eq!(tenant.applied_versions, vec![1]);
+        assert_eq!(
+            tenant.failure.as_ref().map(|f| f.applied_on_main.clone()),
+            Some(Vec::new())
+        );
+        records.push(record(
+            11,
+            Event::ApplyRecovered {
+                tenant: "t1".into(),
+                wave: "canary".into(),
+                versions: vec![2],
+            },
+        ));
+        let state = JournalState::replay(&records);
+        let tenant = state.tenant("t1").expect("t1");
+        assert_eq!(tenant.applied_versions, vec![1, 2]);
+        assert_eq!(tenant.status, TenantStatus::InFlight);
+    }
+
+    #[test]
+    fn the_bake_rides_on_wave_finished_and_old_bake_started_still_replays() {
+        let records = vec![
+            record(
+                1,
+                Event::WaveFinished {
+                    wave: "canary".into(),
+                    halted: false,
+                    bake_until: Some("2026-11-26T11:00:00Z".into()),
+                },
+            ),
+            record(
+                2,
+                Event::WaveFinished {
+                    wave: "early".into(),
+                    halted: false,
+                    bake_until: None,
+                },
+            ),
+            record(
+                3,
+                Event::BakeStarted {
+                    wave: "early".into(),
+                    until: "2026-11-26T12:00:00Z".into(),
+                },
+            ),
+        ];
+        let state = JournalState::replay(&records);
+        assert_eq!(
+            state.waves["canary"].bake_until.as_deref(),
+            Some("2026-11-26T11:00:00Z")
+        );
+        assert_eq!(
+            state.waves["early"].bake_until.as_deref(),
+            Some("2026-11-26T12:00:00Z")
+        );
+        // An old record without the field reads as no bake.
+        let old: Record = serde_json::from_str(
+            r#"{"v":1,"seq":4,"at":"x","event":"wave_finished","wave":"w","halted":false}"#,
+        )
+        .expect("an old wave_finished");
+        assert!(matches!(
+            old.event,
+            Event::WaveFinished {
+                bake_until: None,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -421,7 +421,15 @@ impl NeonClient {
                 Err(error) => return Err(error),
             };
 
-            let branches = self.list_branches(project_id).await?;
+            let mut branches = self.list_branches(project_id).await?;
+            if error.status() == Some(409) && unknown_outcomes > 0 {
+                // Our earlier POST, whose answer was lost, took the name: Neon refuses a second
+                // branch of one name, so it exists even if the list (its reads lag) hides it.
+                // Read again until it shows; never POST a third time.
+                branches = self
+                    .list_until_named(project_id, &request.name, branches, deadline)
+                    .await?;
+            }
             if let Some(existing) = branches.iter().find(|branch| branch.name == request.name) {
                 let requested_parent = match &request.parent_id {
                     Some(parent_id) => Some(parent_id.clone()),
@@ -498,6 +506,26 @@ impl NeonClient {
                 .await
                 .map_err(|()| error)?;
         }
+    }
+
+    /// The project's branches, re-read until one is named `name` or `deadline` passes (then the
+    /// last list is returned as it is).
+    async fn list_until_named(
+        &self,
+        project_id: &str,
+        name: &str,
+        mut branches: Vec<Branch>,
+        deadline: Instant,
+    ) -> Result<Vec<Branch>, NeonError> {
+        while !branches.iter().any(|branch| branch.name == name) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            tokio::time::sleep(self.jittered_poll_interval().min(deadline - now)).await;
+            branches = self.list_branches(project_id).await?;
+        }
+        Ok(branches)
     }
 
     /// Waits for its operations; 204/404 count as already deleted.
@@ -578,10 +606,26 @@ impl NeonClient {
                         .await;
                 }
                 Err(error) if error.is_outcome_unknown() => error,
+                // A resend refused because `preserve_under_name` is taken: by the first POST,
+                // whose answer was lost while the reads lagged. It did take effect.
+                Err(error)
+                    if error.status() == Some(409)
+                        && unknown_outcomes > 0
+                        && request.preserve_under_name.is_some() =>
+                {
+                    tracing::info!(
+                        project_id,
+                        branch_id,
+                        "the first restore took effect (its preserved branch holds the name)"
+                    );
+                    return self.settle_branch(project_id, branch_id, deadline).await;
+                }
                 Err(error) => return Err(error),
             };
-            let now = self.get_branch(project_id, branch_id).await?;
-            if now.last_reset_at.is_some() && now.last_reset_at != before.last_reset_at {
+            if self
+                .restore_took_effect(project_id, branch_id, &before, request)
+                .await?
+            {
                 tracing::info!(project_id, branch_id, cause = %error, "the restore took effect despite the failed answer");
                 return self.settle_branch(project_id, branch_id, deadline).await;
             }
@@ -590,6 +634,26 @@ impl NeonClient {
                 .await
                 .map_err(|()| error)?;
         }
+    }
+
+    /// Whether a restore whose answer was lost took effect: the branch's `last_reset_at` moved,
+    /// or (when that read lags) the branch it preserves the old state under exists.
+    async fn restore_took_effect(
+        &self,
+        project_id: &str,
+        branch_id: &str,
+        before: &Branch,
+        request: &RestoreBranch,
+    ) -> Result<bool, NeonError> {
+        let now = self.get_branch(project_id, branch_id).await?;
+        if now.last_reset_at.is_some() && now.last_reset_at != before.last_reset_at {
+            return Ok(true);
+        }
+        let Some(preserved) = &request.preserve_under_name else {
+            return Ok(false);
+        };
+        let branches = self.list_branches(project_id).await?;
+        Ok(branches.iter().any(|branch| &branch.name == preserved))
     }
 
     /// Direct (never pooled) URI; branch_id None = the default branch.

@@ -12,6 +12,8 @@ pub struct AppliedMigration {
     pub name: String,
     /// refinery's checksum, a u64 stored as decimal text.
     pub checksum: String,
+    /// When the runner wrote the row (RFC 3339, the runner's own clock), as stored.
+    pub applied_on: String,
 }
 
 /// What the plan says a version must look like in the history table.
@@ -45,7 +47,8 @@ pub enum HistoryComparison {
 /// Read the history rows in version order. A missing table means nothing was ever applied
 /// (refinery itself errors with 42P01 there, see crates-and-refinery.md §2.6).
 pub async fn read_history(client: &Client) -> Result<Vec<AppliedMigration>, DbFailure> {
-    let query = format!("SELECT version, name, checksum FROM {HISTORY_TABLE} ORDER BY version");
+    let query =
+        format!("SELECT version, name, checksum, applied_on FROM {HISTORY_TABLE} ORDER BY version");
     // The simple protocol: one round trip, where a prepared query costs two.
     match client.simple_query(&query).await {
         Ok(messages) => messages
@@ -65,6 +68,7 @@ pub async fn read_history(client: &Client) -> Result<Vec<AppliedMigration>, DbFa
                     })?,
                     name: row.get(1).unwrap_or_default().to_string(),
                     checksum: row.get(2).unwrap_or_default().to_string(),
+                    applied_on: row.get(3).unwrap_or_default().to_string(),
                 })
             })
             .collect(),
@@ -168,6 +172,7 @@ pub(crate) mod fixtures {
             version,
             name: format!("m{version}"),
             checksum: checksum.into(),
+            applied_on: "2026-11-26T10:00:00Z".into(),
         }
     }
 }

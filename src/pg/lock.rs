@@ -10,8 +10,9 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::error::DbFailure;
 
-/// Advisory lock key: the first 8 bytes of SHA-256("schemafleet"), fixed forever so that two
-/// versions of the tool exclude each other too.
+/// Advisory lock key: an arbitrary constant (it is not derived from anything; an earlier
+/// comment called it the first bytes of SHA-256("schemafleet"), which begins 0x2350351b), fixed
+/// forever so that two versions of the tool exclude each other too.
 pub const LOCK_KEY: i64 = 0x5c8f_1e7a_3b2d_6c41;
 
 /// Try to take the lock until `wait` has passed, polling; `Ok(false)` if another runner holds it.

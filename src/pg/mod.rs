@@ -13,6 +13,7 @@
 pub mod connect;
 pub mod error;
 pub mod history;
+pub mod invalid_index;
 pub mod lock;
 pub mod runner;
 

@@ -19,6 +19,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::HISTORY_TABLE;
 use super::error::DbFailure;
+use super::invalid_index;
 
 /// What Neon's guide and most teams run: refinery's [`Runner`] with its defaults (one
 /// transaction per migration, refinery's own transaction handling) on a connection of its own.
@@ -181,7 +182,15 @@ impl AsyncTransaction for Guarded<'_> {
         if queries.first().is_some_and(|sql| is_no_transaction(sql)) {
             // Session-level settings: there is no transaction for SET LOCAL to live in.
             self.client.batch_execute(&settings).await?;
-            for query in &queries {
+            // An earlier attempt's interrupted concurrent build must not pass for this one.
+            let indexes = invalid_index::concurrent_index_names(queries[0]);
+            invalid_index::drop_invalid(self.client, &indexes).await?;
+            let (migration, bookkeeping) = queries.split_at(1);
+            self.client.simple_query(migration[0]).await?;
+            if let Some(check) = invalid_index::assert_valid_sql(&indexes) {
+                self.client.batch_execute(&check).await?;
+            }
+            for query in bookkeeping {
                 self.client.simple_query(query).await?;
             }
             return Ok(queries.len());

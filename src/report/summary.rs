@@ -67,7 +67,8 @@ pub struct FailureEntry {
     pub error: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sqlstate: Option<String>,
-    /// Versions committed on main before the failure: main changed when not empty.
+    /// Versions this plan committed on main, over every attempt (a retry that changed nothing
+    /// does not hide the first attempt's): main changed when not empty.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub applied_on_main: Vec<i32>,
 }
@@ -117,7 +118,7 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
                             phase: failure.phase.as_str().to_string(),
                             error: failure.error.message.clone(),
                             sqlstate: failure.error.sqlstate.clone(),
-                            applied_on_main: failure.applied_on_main.clone(),
+                            applied_on_main: tenant.applied_versions.clone(),
                         });
                     }
                 }

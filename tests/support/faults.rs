@@ -25,6 +25,13 @@ pub fn policy_with_waves(waves: &str) -> String {
     )
 }
 
+/// A policy without validation branches, for faults that concern main only.
+pub fn main_only_policy(lock_timeout: &str, statement_timeout: &str, concurrency: usize) -> String {
+    format!(
+        "validation: none\nrestore_point: none\nlock_timeout: {lock_timeout}\nstatement_timeout: {statement_timeout}\nbranch_ttl: 1h\nsalt: faults\nwaves:\n  - name: all\n    percent: 100\n    concurrency: {concurrency}\n    max_failures: 100\n"
+    )
+}
+
 /// One wave holding the whole fleet.
 pub fn one_wave(concurrency: usize) -> String {
     policy_with_waves(&format!(
@@ -353,6 +360,35 @@ pub async fn schema_state(uri: &str) -> String {
         out.push_str(&format!("history {version} {name} {checksum} x{count}\n"));
     }
     out
+}
+
+/// A migrations directory holding only `files` (name, SQL).
+pub fn migrations_dir(fleet: &TestFleet, files: &[(&str, &str)]) -> PathBuf {
+    let dir = fleet.path("migrations");
+    std::fs::create_dir_all(&dir).expect("create migrations dir");
+    for (name, sql) in files {
+        std::fs::write(dir.join(name), sql).expect("write migration");
+    }
+    dir
+}
+
+/// The report's (or `status`'s) failure entry of `project_id`.
+pub fn failure_of<'r>(report: &'r Value, project_id: &str) -> &'r Value {
+    report["failures"]
+        .as_array()
+        .expect("failures")
+        .iter()
+        .find(|failure| failure["tenant"] == project_id)
+        .unwrap_or_else(|| panic!("no failure entry for {project_id}: {report:#}"))
+}
+
+/// The database name in a connection URI's path.
+pub fn database_of(uri: &str) -> String {
+    url::Url::parse(uri)
+        .expect("a URI")
+        .path()
+        .trim_start_matches('/')
+        .to_string()
 }
 
 /// Copy the repository's migrations into `dir` (created), for tests that add or edit one.
