@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::journal::{JournalState, TenantStatus, WaveStatus};
+use crate::journal::{JournalState, TenantState, TenantStatus, WaveStatus};
 use crate::plan::model::Plan;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -70,6 +70,13 @@ pub struct FailureEntry {
     /// Versions committed on main before the failure: main changed when not empty.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub applied_on_main: Vec<i32>,
+    /// The migration that failed (`V3__name`), when the failure is one migration's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migration: Option<String>,
+    /// main's version as far as the journal knows: its probed version, or the last version
+    /// committed since (a failure after some migrations committed leaves it in between).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub main_version: Option<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -80,6 +87,16 @@ pub struct Summary {
     pub failures: Vec<FailureEntry>,
     /// Tenants holding a restore point in the journal.
     pub restore_points: usize,
+}
+
+/// main's version after what the journal saw: the probe's, or the highest committed since.
+fn main_version(tenant: &TenantState) -> Option<i32> {
+    tenant
+        .applied_versions
+        .iter()
+        .copied()
+        .max()
+        .max(tenant.current_version)
 }
 
 /// Count every planned tenant by its journal state, wave by wave, in plan order.
@@ -108,6 +125,8 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
                             error: failure.error.message.clone(),
                             sqlstate: failure.error.sqlstate.clone(),
                             applied_on_main: failure.applied_on_main.clone(),
+                            migration: failure.error.migration.clone(),
+                            main_version: main_version(tenant),
                         });
                     }
                 }
@@ -118,6 +137,8 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
                     error: tenant.diverged_reason.clone().unwrap_or_default(),
                     sqlstate: None,
                     applied_on_main: Vec::new(),
+                    migration: None,
+                    main_version: tenant.current_version,
                 }),
                 TenantStatus::RollbackFailed => failures.push(FailureEntry {
                     tenant: tenant_id.clone(),
@@ -126,6 +147,8 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
                     error: tenant.rollback_error.clone().unwrap_or_default(),
                     sqlstate: None,
                     applied_on_main: tenant.applied_versions.clone(),
+                    migration: None,
+                    main_version: None,
                 }),
                 _ => {}
             }

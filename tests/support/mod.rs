@@ -24,11 +24,20 @@ impl TestFleet {
     }
 
     pub async fn start_with(config: LocalFleetConfig, n_tenants: usize) -> TestFleet {
+        TestFleet::start_seeded(config, n_tenants, SEED_SQL).await
+    }
+
+    /// A fleet whose tenants' mains hold `seed_sql` instead of the demo schema.
+    pub async fn start_seeded(
+        config: LocalFleetConfig,
+        n_tenants: usize,
+        seed_sql: &str,
+    ) -> TestFleet {
         let fleet = LocalFleet::start(config)
             .await
             .expect("the local fleet starts");
         let tenants = fleet
-            .seed(n_tenants, SEED_SQL, "tenant")
+            .seed(n_tenants, seed_sql, "tenant")
             .await
             .expect("seeding works");
         let dir = tempfile::tempdir().expect("a temporary directory");
