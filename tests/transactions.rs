@@ -39,11 +39,9 @@ const ENUM_RELEASE: [(&str, &str); 3] = [
 const ONE_WAVE: &str =
     "waves:\n  - name: all\n    percent: 100\n    concurrency: 3\n    max_failures: 3\n";
 
-/// By default the release applies on every tenant, branch and main; with `per_release` every
-/// validation branch refuses it with 55P04, main stays untouched, and the hint blames the
-/// release rather than the tenants' data.
+/// By default the release applies on every tenant, branch and main.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_enum_label_added_then_used_applies_per_migration_and_fails_per_release() {
+async fn an_enum_label_added_then_used_applies_per_migration() {
     let fleet = TestFleet::start(3).await;
     let migrations = write_migrations(&fleet.path("migrations"), &ENUM_RELEASE);
     fleet.write_policy(&format!("validation: branch\nsalt: test\n{ONE_WAVE}"));
@@ -74,40 +72,29 @@ async fn an_enum_label_added_then_used_applies_per_migration_and_fails_per_relea
         assert!(row.get::<_, String>(1).starts_with("'shipped'"), "{row:?}");
     }
 
-    // The same release, all or nothing, on fresh tenants: refused on every branch.
-    let grouped = fleet
-        .fleet
-        .seed(3, support::SEED_SQL, "grouped")
-        .await
-        .expect("seeding works");
-    let mut csv = String::from("id,name\n");
-    for tenant in &grouped {
-        csv.push_str(&format!("{},{}\n", tenant.project_id, tenant.name));
-    }
-    std::fs::write(fleet.path("grouped.csv"), csv).expect("tenants file");
-    std::fs::write(
-        fleet.path("grouped.yaml"),
-        format!(
-            "fleet:\n  source: file\n  file: grouped.csv\ndatabase: neondb\nrole: neondb_owner\nvalidation: branch\ntransaction: per_release\nsalt: test\n{ONE_WAVE}"
-        ),
-    )
-    .expect("policy");
-    let output = fleet.run(&[
-        "plan",
-        "--policy",
-        "grouped.yaml",
-        "--migrations",
-        migrations.to_str().expect("utf-8"),
-        "--out",
-        "grouped.plan.yaml",
-    ]);
-    assert!(output.status.success(), "{}", text(&output));
+    fleet.fleet.stop().await.expect("stop");
+}
+
+/// The same release all or nothing: every validation branch refuses it with 55P04, main stays
+/// untouched, and the hint blames the release rather than the tenants' data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enum_label_added_then_used_fails_per_release_on_every_branch() {
+    let fleet = TestFleet::start(3).await;
+    let migrations = write_migrations(&fleet.path("migrations"), &ENUM_RELEASE);
+    fleet.write_policy(&format!(
+        "validation: branch\ntransaction: per_release\nsalt: test\n{ONE_WAVE}"
+    ));
+    let (plan, summary) = fleet.plan_with_summary(&migrations);
     assert!(
-        String::from_utf8_lossy(&output.stdout).contains("`transaction: per_release`"),
-        "the summary names the mode: {}",
-        text(&output)
+        summary.contains("`transaction: per_release`"),
+        "the summary names the mode: {summary}"
     );
-    let output = fleet.run(&["apply", "grouped.plan.yaml", "--output", "json"]);
+    let plan_text = std::fs::read_to_string(&plan).expect("plan");
+    assert!(
+        plan_text.contains("transaction: per_release"),
+        "{plan_text}"
+    );
+    let output = fleet.run(&["apply", plan.to_str().expect("utf-8"), "--output", "json"]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     let report = json(&output);
     assert_eq!(report["totals"]["failed"], 3, "{report:#}");
@@ -123,7 +110,7 @@ async fn an_enum_label_added_then_used_applies_per_migration_and_fails_per_relea
     assert!(next.contains("every tenant that ran it (3)"), "{next}");
     assert!(next.contains("per_migration"), "{next}");
     assert!(!next.contains("fails on these tenants' data"), "{next}");
-    for tenant in &grouped {
+    for tenant in &fleet.tenants {
         assert!(
             history(tenant.connection_uri.expose()).await.is_empty(),
             "{}: main must be untouched",

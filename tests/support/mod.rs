@@ -83,6 +83,11 @@ impl TestFleet {
 
     /// `plan` with the repository's migrations; panics with the output when it fails.
     pub fn plan(&self, migrations: &Path) -> PathBuf {
+        self.plan_with_summary(migrations).0
+    }
+
+    /// [`TestFleet::plan`], and the summary it printed.
+    pub fn plan_with_summary(&self, migrations: &Path) -> (PathBuf, String) {
         let out = self.path("policy.plan.yaml");
         let output = self.run(&[
             "plan",
@@ -94,7 +99,7 @@ impl TestFleet {
             out.to_str().expect("utf-8 path"),
         ]);
         assert!(output.status.success(), "plan failed: {}", text(&output));
-        out
+        (out, String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     pub fn tenant(&self, name: &str) -> &SeededTenant {
