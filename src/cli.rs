@@ -294,12 +294,14 @@ pub struct EmulatorArgs {
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: String,
 
-    /// Data directory of the backing PostgreSQL cluster (kept across restarts when given).
+    /// Directory the emulator creates for its PostgreSQL cluster and reuses on a restart (the
+    /// same tenants and API key); an existing directory it did not create is refused.
     #[arg(long, conflicts_with = "attach")]
     pub data_dir: Option<PathBuf>,
 
-    /// Use an existing PostgreSQL server (superuser URL) instead of starting one.
-    #[arg(long)]
+    /// Use an existing PostgreSQL server (superuser URL) instead of starting one; prefer the
+    /// environment variable, which `ps` does not show.
+    #[arg(long, env = "EMULATOR_ATTACH_URL", hide_env_values = true)]
     pub attach: Option<String>,
 
     /// API key clients must present (default: a random one, printed on start).
@@ -333,7 +335,8 @@ pub struct EmulatorArgs {
     #[arg(long, default_value_t = 0.0)]
     pub failed_operation_rate: f64,
 
-    /// Create this many tenant projects on start.
+    /// Have this many tenant projects (`tenant-0001` …): on a restart, only the missing ones
+    /// are created.
     #[arg(long, default_value_t = 0)]
     pub tenants: usize,
 

@@ -337,5 +337,6 @@ fn render_text(
             "      ",
         );
     }
-    out
+    // Branch names, reasons and errors carry foreign text.
+    crate::terminal::escape_controls(&out)
 }

@@ -26,7 +26,11 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<ExitStatus> {
         .context("--policy is required unless --check is given")?;
     let outcome = plan(&args, policy_path).await?;
     match args.output {
-        OutputFormat::Text => print!("{}", outcome.summary),
+        // Tenant names come from the Neon API or a tenants file.
+        OutputFormat::Text => print!(
+            "{}",
+            crate::terminal::escape_controls(&outcome.summary.to_string())
+        ),
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&outcome.summary)?),
     }
     Ok(ExitStatus::Success)

@@ -46,7 +46,10 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
         Ok(client) => match super::api::preflight(&client, &args.api.api_url).await {
             Ok(()) => Some(client),
             Err(error) if args.dry_run => {
-                eprintln!("note: cannot check main for later releases: {error:#}");
+                eprintln!(
+                    "note: cannot check main for later releases: {}",
+                    crate::terminal::escape_controls(&format!("{error:#}"))
+                );
                 None
             }
             Err(error) => return Err(error),
@@ -64,7 +67,11 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
         _ => (candidates, Vec::new()),
     };
     for refusal in &refusals {
-        eprintln!("refused: {}: {}", refusal.tenant, refusal.reason);
+        eprintln!(
+            "refused: {}: {}",
+            refusal.tenant,
+            crate::terminal::escape_controls(&refusal.reason)
+        );
     }
     if candidates.is_empty() {
         eprintln!("nothing to roll back");
@@ -123,7 +130,10 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
             Ok(()) => eprintln!("rolled back: {tenant}"),
             Err(reason) => {
                 n_failed += 1;
-                eprintln!("FAILED: {tenant}: {reason}");
+                eprintln!(
+                    "FAILED: {tenant}: {}",
+                    crate::terminal::escape_controls(&reason.to_string())
+                );
             }
         }
         let preserved = candidates

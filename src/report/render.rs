@@ -110,7 +110,7 @@ pub fn summary_text(summary: &Summary, groups: &[FailureGroup]) -> String {
             );
         }
     }
-    out
+    crate::terminal::escape_controls(&out)
 }
 
 fn truncate(text: &str, width: usize) -> String {

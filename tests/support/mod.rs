@@ -203,3 +203,13 @@ pub async fn add_legacy_status(uri: &str) {
         .await
         .expect("insert a legacy row");
 }
+
+/// A temporary directory the `postgres` user can enter (the server runs as it when the tests
+/// run as root, and the emulator refuses a `--data-dir` whose parent it cannot reach).
+pub fn reachable_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o755))
+        .tempdir()
+        .expect("a temporary directory")
+}
