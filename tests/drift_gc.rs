@@ -12,7 +12,7 @@ use common::start_fleet;
 use schemafleet::emulator::{LocalFleet, SeededTenant};
 use schemafleet::journal::{Event, Journal, RestorePoint};
 use schemafleet::neon::{ClientConfig, CreateBranch, NeonClient};
-use schemafleet::pg::runner::{LockRetry, Timeouts, apply_pending};
+use schemafleet::pg::runner::{LockRetry, Timeouts, TransactionMode, apply_pending};
 use serde_json::Value;
 
 const SEED_SQL: &str = "CREATE TABLE accounts (id int PRIMARY KEY, name text NOT NULL);";
@@ -101,6 +101,7 @@ async fn migrate(tenant: &SeededTenant, dir: &Path, count: usize) {
     let report = apply_pending(
         &mut client,
         &migrations,
+        TransactionMode::PerMigration,
         Timeouts {
             lock_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(30),

@@ -313,13 +313,17 @@ async fn a_statement_timeout_fails_the_tenant_and_leaves_main_unchanged() {
     fleet.fleet.stop().await.expect("stop");
 }
 
-/// Two migrations go to main in one pipelined transaction. The second fails on one tenant's
-/// data: the error is the second's own (SQLSTATE and message), and the first migration's table
-/// and history row are gone with it, while the other tenants get both.
+/// With `transaction: per_release`, two migrations go to main in one pipelined transaction.
+/// The second fails on one tenant's data: the error is the second's own (SQLSTATE and message),
+/// and the first migration's table and history row are gone with it, while the other tenants
+/// get both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_second_migration_takes_the_first_with_it() {
+async fn per_release_a_failing_second_migration_takes_the_first_with_it() {
     let fleet = TestFleet::start(2).await;
-    fleet.write_policy(&main_only_policy("2s", "30s", 2));
+    fleet.write_policy(&format!(
+        "transaction: per_release\n{}",
+        main_only_policy("2s", "30s", 2)
+    ));
     let migrations = migrations_dir(
         &fleet,
         &[
@@ -356,6 +360,11 @@ async fn a_failing_second_migration_takes_the_first_with_it() {
             .is_some_and(|error| error.contains("email_short")),
         "{failure:#}"
     );
+    assert_eq!(
+        failure["migration"], "V2__accounts_email_short",
+        "{failure:#}"
+    );
+    assert!(failure.get("applied_on_main").is_none(), "{failure:#}");
     let client = connect(bad.connection_uri.expose()).await;
     let notes = client
         .query_one("SELECT to_regclass('notes') IS NULL", &[])

@@ -104,7 +104,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
 
     let summary = report::summarize(&plan, &result.state);
     let plan_display = args.plan.display().to_string();
-    let groups = report::group_failures(&summary.failures, &plan_display);
+    let groups = report::group_failures(&summary, &plan_display);
     let api_stats = client.stats();
     match args.output {
         OutputFormat::Json => {

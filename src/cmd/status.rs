@@ -32,7 +32,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
     }
     let summary = report::summarize(&plan, &read.state);
     let plan_display = args.plan.display().to_string();
-    let groups = report::group_failures(&summary.failures, &plan_display);
+    let groups = report::group_failures(&summary, &plan_display);
     let restore_points = restore_points(&plan, &read.state);
     let live = if args.live {
         Some(live_probe(&args, &plan, &read.state).await?)

@@ -648,6 +648,7 @@ async fn migrate_branch(
     runner::apply_pending(
         &mut client,
         &context.migrations,
+        context.plan.policy.transaction,
         timeouts(&context.plan),
         context.config.lock_retry,
     )
@@ -866,6 +867,7 @@ async fn apply_to_main(
                 runner::apply_pending(
                     &mut client,
                     &context.migrations,
+                    context.plan.policy.transaction,
                     timeouts(&context.plan),
                     context.config.lock_retry,
                 ),

@@ -16,6 +16,9 @@ pub struct DbFailure {
     pub sqlstate: Option<String>,
     /// The server's message (plus detail), or the client-side cause; secrets redacted.
     pub message: String,
+    /// The migration that failed (`V3__name`), when the failure is one migration's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<String>,
 }
 
 impl DbFailure {
@@ -34,6 +37,7 @@ impl DbFailure {
                 return DbFailure {
                     sqlstate: Some(db_error.code().code().to_string()),
                     message: bounded(crate::secret::redact_uri(&prefix(context, &message))),
+                    migration: None,
                 };
             }
             chain.push(cause.to_string());
@@ -46,6 +50,7 @@ impl DbFailure {
                 context,
                 &chain.join(": "),
             ))),
+            migration: None,
         }
     }
 
@@ -53,6 +58,7 @@ impl DbFailure {
         DbFailure {
             sqlstate: sqlstate.map(str::to_string),
             message: bounded(crate::secret::redact_uri(&message.into())),
+            migration: None,
         }
     }
 

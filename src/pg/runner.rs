@@ -1,10 +1,16 @@
-//! refinery, run safely: lock and statement timeouts, no-transaction migrations, lock retries.
+//! refinery, run safely: lock and statement timeouts, no-transaction migrations, lock retries,
+//! and the policy's transaction mode.
 //!
 //! [`Guarded`] replaces refinery's transaction policy while keeping its verification and its
-//! history format (crates-and-refinery.md §2.9). refinery calls `execute([sql, history insert])`
-//! once per migration when not grouped; that call shape is why refinery is pinned exactly.
+//! history format (crates-and-refinery.md §2.9). refinery is always run `grouped`, so it hands
+//! over every pending migration at once as `[sql, history insert]` pairs; [`Guarded`] then
+//! decides the transactions. That call shape is why refinery is pinned exactly.
 //!
-//! **Invariant:** a transactional migration and its history row commit together or not at all.
+//! **Invariant:** a transactional migration and its history row commit together or not at all,
+//! and no migration runs after one that failed. In `per_migration` mode (the default, and
+//! refinery's, sqlx's and `psql -1 -f`'s semantics) each migration commits on its own, so a
+//! later migration can use what an earlier one committed (a new enum label); the transactions
+//! are still sent back to back in one round trip. In `per_release` mode they commit as one.
 //! A `-- no-transaction` migration runs alone, outside a transaction, and must be idempotent
 //! (a crash between it and its history row leaves it applied but unrecorded; the re-run repeats it).
 
@@ -37,6 +43,8 @@ pub async fn run_refinery_defaults(
     Ok(report.applied_migrations().len())
 }
 
+pub use crate::plan::model::TransactionMode;
+
 /// The marker sqlx uses too: a migration whose first line is this runs outside a transaction.
 pub const NO_TRANSACTION_MARKER: &str = "-- no-transaction";
 
@@ -68,77 +76,72 @@ pub struct ApplyFailure {
     /// Versions that did commit before the failure: main has changed when this is not empty.
     pub applied: Vec<i32>,
     pub lock_retries: u32,
+    /// Names the failing migration (`failure.migration`) when one failed.
     pub failure: DbFailure,
 }
 
-/// Apply every pending migration of `migrations` on `client`, retrying lock timeouts with
-/// jitter up to `retry`.
-///
-/// When no migration is `-- no-transaction`, all pending ones and their history rows go in
-/// one transaction: a tenant is never left half-migrated, and it costs one commit instead of
-/// one per migration (the benchmark's raw floor does the same). Otherwise each migration gets
-/// its own transaction, and no-transaction ones run alone.
+/// Apply every pending migration of `migrations` on `client` in `mode`, retrying lock
+/// timeouts with jitter up to `retry`. A retry re-reads the history, so it continues from the
+/// migration that lost the lock race.
 pub async fn apply_pending(
     client: &mut Client,
     migrations: &[Migration],
+    mode: TransactionMode,
     timeouts: Timeouts,
     retry: LockRetry,
 ) -> Result<ApplyReport, ApplyFailure> {
     let mut applied = Vec::new();
     let mut lock_retries = 0;
-    let grouped = !migrations
-        .iter()
-        .any(|migration| migration.sql().is_some_and(is_no_transaction));
     loop {
         let mut runner = Runner::new(migrations)
-            .set_grouped(grouped)
+            .set_grouped(true)
             .set_abort_divergent(true)
             .set_abort_missing(true)
             .set_target(Target::Latest);
         runner.set_migration_table_name(HISTORY_TABLE);
         let mut guarded = Guarded {
             client: &mut *client,
+            migrations,
+            mode,
             timeouts,
+            committed: Vec::new(),
+            failed_migration: None,
         };
-        match runner.run_async(&mut guarded).await {
-            Ok(report) => {
-                applied.extend(
-                    report
-                        .applied_migrations()
-                        .iter()
-                        .map(|migration| migration.version()),
-                );
+        let result = runner.run_async(&mut guarded).await;
+        // Ours, not refinery's report: a grouped run's error carries none, and ours knows
+        // which of the pipelined transactions committed.
+        applied.extend(guarded.committed.iter().copied());
+        let failed_migration = guarded.failed_migration.take();
+        let error = match result {
+            Ok(_) => {
                 return Ok(ApplyReport {
                     applied,
                     lock_retries,
                 });
             }
-            Err(error) => {
-                if let Some(report) = error.report() {
-                    applied.extend(
-                        report
-                            .applied_migrations()
-                            .iter()
-                            .map(|migration| migration.version()),
-                    );
-                }
+            Err(error) => error,
+        };
+        let mut failure = match &failed_migration {
+            Some(label) => DbFailure::from_error(label, &error),
+            None => {
                 let context = match error.kind() {
                     refinery::error::Kind::Connection(message, _) => message.clone(),
                     _ => String::new(),
                 };
-                let failure = DbFailure::from_error(&context, &error);
-                if failure.is_lock_contention() && lock_retries + 1 < retry.max_attempts {
-                    lock_retries += 1;
-                    tokio::time::sleep(jittered(retry.base_delay, lock_retries)).await;
-                    continue;
-                }
-                return Err(ApplyFailure {
-                    applied,
-                    lock_retries,
-                    failure,
-                });
+                DbFailure::from_error(&context, &error)
             }
+        };
+        failure.migration = failed_migration;
+        if failure.is_lock_contention() && lock_retries + 1 < retry.max_attempts {
+            lock_retries += 1;
+            tokio::time::sleep(jittered(retry.base_delay, lock_retries)).await;
+            continue;
         }
+        return Err(ApplyFailure {
+            applied,
+            lock_retries,
+            failure,
+        });
     }
 }
 
@@ -160,10 +163,161 @@ fn millis(duration: Duration) -> u128 {
     duration.as_millis().max(1)
 }
 
-/// A refinery connection whose transactions carry our timeouts and honour no-transaction files.
+/// A refinery connection whose transactions follow the policy's mode, carry our timeouts and
+/// honour no-transaction files.
 struct Guarded<'c> {
     client: &'c mut Client,
+    migrations: &'c [Migration],
+    mode: TransactionMode,
     timeouts: Timeouts,
+    /// Versions this run committed, ascending.
+    committed: Vec<i32>,
+    /// `V3__name` of the migration that failed, when one did.
+    failed_migration: Option<String>,
+}
+
+/// One pending migration as refinery hands it over: its SQL and its history row's insert.
+struct PendingStep<'q> {
+    version: i32,
+    /// `V3__name`, for errors.
+    label: String,
+    no_transaction: bool,
+    sql: &'q str,
+    insert: &'q str,
+}
+
+/// Statements each migration takes in a per-migration pipeline: head, SQL, history row, COMMIT.
+const STATEMENTS_PER_STEP: usize = 4;
+
+impl Guarded<'_> {
+    fn settings(&self, scope: &str) -> String {
+        format!(
+            "SET {scope}lock_timeout = {}; SET {scope}statement_timeout = {}",
+            millis(self.timeouts.lock_timeout),
+            millis(self.timeouts.statement_timeout)
+        )
+    }
+
+    /// Pair refinery's `[sql, insert, sql, insert, …]` with the migrations they come from.
+    fn steps<'q>(&self, queries: &[&'q str]) -> Vec<PendingStep<'q>> {
+        queries
+            .chunks(2)
+            .enumerate()
+            .map(|(step_idx, pair)| {
+                let sql = pair[0];
+                let insert = pair.get(1).copied().unwrap_or_default();
+                let version = history_version(insert).unwrap_or(-1);
+                let label = self
+                    .migrations
+                    .iter()
+                    .find(|migration| migration.version() == version)
+                    .map_or_else(
+                        || format!("pending migration #{}", step_idx + 1),
+                        ToString::to_string,
+                    );
+                PendingStep {
+                    version,
+                    label,
+                    no_transaction: is_no_transaction(sql),
+                    sql,
+                    insert,
+                }
+            })
+            .collect()
+    }
+
+    /// Every step and its history row in one transaction (`per_release`).
+    async fn run_as_one(&mut self, steps: &[PendingStep<'_>]) -> Result<(), tokio_postgres::Error> {
+        let begin = format!("BEGIN; {}", self.settings("LOCAL "));
+        let mut statements = Vec::with_capacity(steps.len() * 2 + 2);
+        statements.push(begin.as_str());
+        for step in steps {
+            statements.push(step.sql);
+            statements.push(step.insert);
+        }
+        statements.push("COMMIT");
+        match pipelined(self.client, &statements).await {
+            Ok(()) => {
+                self.committed.extend(steps.iter().map(|step| step.version));
+                Ok(())
+            }
+            Err((statement_idx, error)) => {
+                // The BEGIN or the COMMIT failing names no migration.
+                self.failed_migration = statement_idx
+                    .checked_sub(1)
+                    .and_then(|idx| steps.get(idx / 2))
+                    .map(|step| step.label.clone());
+                Err(error)
+            }
+        }
+    }
+
+    /// One transaction per step, all sent back to back: one round trip for the lot. Each
+    /// transaction after the first opens with a guard that fails unless the one before it
+    /// committed its history row, so after a failure nothing later runs (their statements
+    /// fail as "transaction aborted" and their COMMITs roll back).
+    async fn run_each(&mut self, steps: &[PendingStep<'_>]) -> Result<(), tokio_postgres::Error> {
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let settings = self.settings("LOCAL ");
+        let heads: Vec<String> = steps
+            .iter()
+            .enumerate()
+            .map(|(step_idx, _)| match step_idx.checked_sub(1) {
+                None => format!("BEGIN; {settings}"),
+                Some(previous_idx) => format!(
+                    "BEGIN; {settings}; {}",
+                    committed_guard(steps[previous_idx].version)
+                ),
+            })
+            .collect();
+        let mut statements = Vec::with_capacity(steps.len() * STATEMENTS_PER_STEP);
+        for (step, head) in steps.iter().zip(&heads) {
+            statements.extend([head.as_str(), step.sql, step.insert, "COMMIT"]);
+        }
+        match pipelined(self.client, &statements).await {
+            Ok(()) => {
+                self.committed.extend(steps.iter().map(|step| step.version));
+                Ok(())
+            }
+            Err((statement_idx, error)) => {
+                let failed_idx = statement_idx / STATEMENTS_PER_STEP;
+                self.committed
+                    .extend(steps[..failed_idx].iter().map(|step| step.version));
+                self.failed_migration = Some(steps[failed_idx].label.clone());
+                Err(error)
+            }
+        }
+    }
+
+    /// A `-- no-transaction` step: alone, outside a transaction, then its history row.
+    async fn run_alone(&mut self, step: &PendingStep<'_>) -> Result<(), tokio_postgres::Error> {
+        // Session-level settings: there is no transaction for SET LOCAL to live in.
+        let settings = self.settings("");
+        let result = async {
+            self.client.batch_execute(&settings).await?;
+            // An earlier attempt's interrupted concurrent build must not pass for this one.
+            let indexes = invalid_index::concurrent_index_names(step.sql);
+            invalid_index::drop_invalid(self.client, &indexes).await?;
+            self.client.simple_query(step.sql).await?;
+            if let Some(check) = invalid_index::assert_valid_sql(&indexes) {
+                self.client.batch_execute(&check).await?;
+            }
+            self.client.simple_query(step.insert).await
+        }
+        .await;
+        match result {
+            Ok(_) => {
+                self.committed.push(step.version);
+                Ok(())
+            }
+            Err(error) => {
+                self.failed_migration = Some(step.label.clone());
+                Err(error)
+            }
+        }
+    }
 }
 
 impl AsyncTransaction for Guarded<'_> {
@@ -174,50 +328,73 @@ impl AsyncTransaction for Guarded<'_> {
         queries: T,
     ) -> Result<usize, Self::Error> {
         let queries: Vec<&str> = queries.collect();
-        let settings = format!(
-            "SET lock_timeout = {}; SET statement_timeout = {}",
-            millis(self.timeouts.lock_timeout),
-            millis(self.timeouts.statement_timeout)
-        );
-        if queries.first().is_some_and(|sql| is_no_transaction(sql)) {
-            // Session-level settings: there is no transaction for SET LOCAL to live in.
-            self.client.batch_execute(&settings).await?;
-            // An earlier attempt's interrupted concurrent build must not pass for this one.
-            let indexes = invalid_index::concurrent_index_names(queries[0]);
-            invalid_index::drop_invalid(self.client, &indexes).await?;
-            let (migration, bookkeeping) = queries.split_at(1);
-            self.client.simple_query(migration[0]).await?;
-            if let Some(check) = invalid_index::assert_valid_sql(&indexes) {
-                self.client.batch_execute(&check).await?;
-            }
-            for query in bookkeeping {
-                self.client.simple_query(query).await?;
-            }
+        if queries.len() == 1 {
+            // refinery's `CREATE TABLE IF NOT EXISTS` for the history table, before it reads it.
+            let begin = format!("BEGIN; {}", self.settings("LOCAL "));
+            pipelined(self.client, &[begin.as_str(), queries[0], "COMMIT"])
+                .await
+                .map_err(|(_, error)| error)?;
+            return Ok(1);
+        }
+        // Otherwise the grouped pending migrations (none when up to date: nothing to send).
+        let steps = self.steps(&queries);
+        let any_no_transaction = steps.iter().any(|step| step.no_transaction);
+        if self.mode == TransactionMode::PerRelease && !any_no_transaction {
+            self.run_as_one(&steps).await?;
             return Ok(queries.len());
         }
-        let begin = format!("BEGIN; {}", settings.replace("SET ", "SET LOCAL "));
-        let mut statements = Vec::with_capacity(queries.len() + 2);
-        statements.push(begin.as_str());
-        statements.extend(queries.iter().copied());
-        statements.push("COMMIT");
-        pipelined(self.client, &statements).await?;
+        // Transactional runs between no-transaction steps are pipelined; each such run is
+        // awaited before a no-transaction step starts, so a failure stops everything after it.
+        let mut run_start = 0;
+        for (step_idx, step) in steps.iter().enumerate() {
+            if step.no_transaction {
+                self.run_each(&steps[run_start..step_idx]).await?;
+                self.run_alone(step).await?;
+                run_start = step_idx + 1;
+            }
+        }
+        self.run_each(&steps[run_start..]).await?;
         Ok(queries.len())
     }
 }
 
+/// The version in refinery's history insert, `INSERT INTO t (version, …) VALUES (3, '…', …)`
+/// (refinery is pinned; its format is fixed).
+fn history_version(insert: &str) -> Option<i32> {
+    let (_, values) = insert.split_once("VALUES (")?;
+    let (version, _) = values.split_once(',')?;
+    version.trim().parse().ok()
+}
+
+/// A statement that fails unless `version`'s history row is committed.
+fn committed_guard(version: i32) -> String {
+    format!(
+        "DO $guard$ BEGIN IF NOT EXISTS (SELECT FROM {HISTORY_TABLE} WHERE version = {version}) \
+         THEN RAISE EXCEPTION 'V{version} did not commit, so the migrations after it do not run'; \
+         END IF; END $guard$"
+    )
+}
+
 /// Send `statements` back to back and await the answers together: one round trip instead of
 /// one per statement, which at fleet concurrency is server CPU the raw floor does not spend.
-/// Each stays its own simple query, so the first error names the statement that failed.
+/// Each stays its own simple query, so the first error names the statement that failed;
+/// `Err` carries that statement's index.
 ///
-/// A failed statement leaves the transaction aborted; the pipelined `COMMIT` then rolls it
+/// A failed statement leaves its transaction aborted; the pipelined `COMMIT` then rolls it
 /// back (PostgreSQL answers `ROLLBACK`), and the connection is dropped on error anyway. If the
 /// client dies half way, the server rolls back the open transaction when the session ends.
-async fn pipelined(client: &Client, statements: &[&str]) -> Result<(), tokio_postgres::Error> {
+async fn pipelined(
+    client: &Client,
+    statements: &[&str],
+) -> Result<(), (usize, tokio_postgres::Error)> {
     // tokio-postgres writes each request when its future is first polled; join_all polls them
     // in order, so they reach the server in order.
     let answers =
         futures::future::join_all(statements.iter().map(|sql| client.batch_execute(sql))).await;
-    answers.into_iter().collect()
+    for (statement_idx, answer) in answers.into_iter().enumerate() {
+        answer.map_err(|error| (statement_idx, error))?;
+    }
+    Ok(())
 }
 
 impl AsyncQuery<Vec<Migration>> for Guarded<'_> {
@@ -245,3 +422,32 @@ impl AsyncQuery<Vec<Migration>> for Guarded<'_> {
 }
 
 impl AsyncMigrate for Guarded<'_> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_version_of_refinery_s_history_insert() {
+        let mut migration = Migration::unapplied("V12__add_index", "SELECT 1").expect("a name");
+        migration.set_applied();
+        let insert = format!(
+            "INSERT INTO {HISTORY_TABLE} (version, name, applied_on, checksum) VALUES ({}, '{}', '2026-01-01T00:00:00Z', '{}')",
+            migration.version(),
+            migration.name(),
+            migration.checksum()
+        );
+        assert_eq!(history_version(&insert), Some(12));
+        assert_eq!(history_version("SELECT 1"), None);
+    }
+
+    #[test]
+    fn the_guard_checks_the_previous_history_row() {
+        let guard = committed_guard(7);
+        assert!(guard.starts_with("DO $guard$"), "{guard}");
+        assert!(
+            guard.contains(&format!("FROM {HISTORY_TABLE} WHERE version = 7")),
+            "{guard}"
+        );
+    }
+}

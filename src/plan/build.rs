@@ -186,6 +186,7 @@ pub fn build_plan(
             role: policy.role.clone(),
             validation: policy.validation,
             restore_point: policy.restore_point,
+            transaction: policy.transaction,
             lock_timeout_ms: duration_ms(policy.lock_timeout),
             statement_timeout_ms: duration_ms(policy.statement_timeout),
             branch_ttl_s: policy.branch_ttl.as_secs(),

@@ -232,6 +232,7 @@ mod round_trip_tests {
                 role: "owner".into(),
                 validation: Validation::SamplePercent(12.5),
                 restore_point: RestorePointKind::BackupBranch,
+                transaction: TransactionMode::PerMigration,
                 lock_timeout_ms: 2000,
                 statement_timeout_ms: 600_000,
                 branch_ttl_s: 7200,

@@ -74,6 +74,7 @@ mod tests {
                 role: "r".into(),
                 validation,
                 restore_point,
+                transaction: TransactionMode::PerMigration,
                 lock_timeout_ms: 1,
                 statement_timeout_ms: 1,
                 branch_ttl_s: 1,
@@ -137,6 +138,22 @@ mod tests {
         assert!(sampled_for_validation(&branch, "p-1"));
         let off = plan(Validation::None, RestorePointKind::BackupBranch, 0);
         assert!(!sampled_for_validation(&off, "p-1"));
+    }
+
+    #[test]
+    fn the_transaction_mode_is_part_of_the_plan_id_and_summary() {
+        let per_migration = plan(Validation::Branch, RestorePointKind::BranchPoint, 3);
+        let mut per_release = per_migration.clone();
+        per_release.policy.transaction = TransactionMode::PerRelease;
+        assert_ne!(
+            id::compute_plan_id(&per_migration),
+            id::compute_plan_id(&per_release)
+        );
+        let summary = summary::summarize(&per_release, "p.plan.yaml", 600);
+        assert!(
+            summary.to_string().contains("`transaction: per_release`"),
+            "{summary}"
+        );
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct PlannedPolicy {
     pub role: String,
     pub validation: Validation,
     pub restore_point: RestorePointKind,
+    /// How a tenant's pending migrations are grouped into transactions.
+    pub transaction: TransactionMode,
     pub lock_timeout_ms: u64,
     pub statement_timeout_ms: u64,
     pub branch_ttl_s: u64,
@@ -124,6 +126,31 @@ pub enum RestorePointKind {
     BackupBranch,
     /// No restore point: rollback is refused for this plan.
     None,
+}
+
+/// How a tenant's pending migrations are grouped into transactions, on the validation branch
+/// and on main alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransactionMode {
+    /// One transaction per migration, each with its history row: how migration authors run
+    /// their files (refinery's, sqlx's and `psql -1 -f`'s semantics). A failure leaves the
+    /// migrations before it committed.
+    #[default]
+    PerMigration,
+    /// All of a tenant's pending migrations in one transaction: never half-migrated, but a
+    /// migration cannot use what an earlier one of the release must commit first (an enum
+    /// label added with `ALTER TYPE … ADD VALUE`).
+    PerRelease,
+}
+
+impl TransactionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransactionMode::PerMigration => "per_migration",
+            TransactionMode::PerRelease => "per_release",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

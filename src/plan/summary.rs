@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::model::{Plan, RestorePointKind, Validation};
+use super::model::{Plan, RestorePointKind, TransactionMode, Validation};
 use super::sampled_for_validation;
 
 /// API calls per tenant for its connection URI.
@@ -32,6 +32,8 @@ pub struct PlanSummary {
     /// they were migrated.
     pub unavailable: Vec<String>,
     pub migrations: Vec<SummaryMigration>,
+    /// `per_migration` or `per_release`: how each tenant's migrations commit.
+    pub transaction: TransactionMode,
     pub waves: Vec<SummaryWave>,
     pub validated_tenants: usize,
     pub api_calls: ApiCallEstimate,
@@ -120,6 +122,7 @@ pub fn summarize(plan: &Plan, plan_path: &str, api_rate_limit_per_min: u32) -> P
                 no_transaction: migration.no_transaction,
             })
             .collect(),
+        transaction: plan.policy.transaction,
         waves: plan
             .waves
             .iter()
@@ -155,7 +158,16 @@ impl fmt::Display for PlanSummary {
             self.excluded,
             self.unavailable.len()
         )?;
-        writeln!(f, "migrations ({}):", self.migrations.len())?;
+        let transactions = match self.transaction {
+            TransactionMode::PerMigration => "one transaction per migration",
+            TransactionMode::PerRelease => "one transaction per tenant for the release",
+        };
+        writeln!(
+            f,
+            "migrations ({}, {transactions}, `transaction: {}`):",
+            self.migrations.len(),
+            self.transaction.as_str()
+        )?;
         for migration in &self.migrations {
             let marker = if migration.no_transaction {
                 "  (no transaction)"

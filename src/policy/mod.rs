@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::fleet::{FleetFilters, Tenant};
 use crate::migrations::sha256_hex;
-use crate::plan::model::{RestorePointKind, Validation};
+use crate::plan::model::{RestorePointKind, TransactionMode, Validation};
 
 pub mod locate;
 mod raw;
@@ -42,6 +42,7 @@ pub struct Policy {
     pub role: String,
     pub validation: Validation,
     pub restore_point: RestorePointKind,
+    pub transaction: TransactionMode,
     pub lock_timeout: Duration,
     pub statement_timeout: Duration,
     pub branch_ttl: Duration,
@@ -381,6 +382,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
         role: raw.role.0,
         validation,
         restore_point,
+        transaction: raw.transaction.unwrap_or_default(),
         lock_timeout: raw
             .lock_timeout
             .map_or(DEFAULT_LOCK_TIMEOUT, |value| value.0),
@@ -484,6 +486,30 @@ waves:
         );
         assert_eq!(policy.waves[2].percent, Some(100.0));
         assert_eq!(policy.waves[2].max_failure_percent, Some(1.0));
+    }
+
+    #[test]
+    fn transaction_mode_defaults_to_per_migration() {
+        assert_eq!(
+            check(GOOD).unwrap().transaction,
+            TransactionMode::PerMigration
+        );
+        let with = |mode: &str| {
+            GOOD.replace(
+                "lock_timeout: 2s",
+                &format!("transaction: {mode}\nlock_timeout: 2s"),
+            )
+        };
+        assert_eq!(
+            check(&with("per_release")).unwrap().transaction,
+            TransactionMode::PerRelease
+        );
+        let error = check(&with("per_statement")).unwrap_err().to_string();
+        assert!(
+            error
+                .contains("plans/rollout.yaml:10:14: transaction: unknown variant `per_statement`"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
-use crate::plan::model::RestorePointKind;
+use crate::plan::model::{RestorePointKind, TransactionMode};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +22,8 @@ pub(crate) struct RawPolicy {
     pub validation: Option<RawValidation>,
     #[serde(default)]
     pub restore_point: Option<RestorePointKind>,
+    #[serde(default)]
+    pub transaction: Option<TransactionMode>,
     #[serde(default)]
     pub lock_timeout: Option<DurationValue>,
     #[serde(default)]

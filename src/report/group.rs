@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::summary::FailureEntry;
+use super::summary::{FailureEntry, Summary};
 
 /// One distinct cause across tenants.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -19,13 +19,40 @@ pub struct FailureGroup {
     pub tenants: Vec<String>,
     /// What the operator should do next.
     pub next_step: String,
+    /// A few of the tenants whose main committed some migrations before failing, sorted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub partly_migrated: Vec<PartlyMigrated>,
+}
+
+/// A tenant left between versions: the migrations before the failing one committed on main.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PartlyMigrated {
+    pub tenant: String,
+    /// main's version now.
+    pub main_version: Option<i32>,
+    /// The versions this release committed there.
+    pub applied_on_main: Vec<i32>,
 }
 
 /// How many tenant ids a group lists.
 const LISTED_TENANTS: usize = 5;
 
-/// Group failures by (phase, SQLSTATE, normalised message), largest group first.
-pub fn group_failures(failures: &[FailureEntry], plan_path: &str) -> Vec<FailureGroup> {
+/// What the other tenants say about a cause: did the migration pass elsewhere?
+#[derive(Debug, Clone, Copy)]
+struct Elsewhere {
+    /// Tenants that applied the release.
+    passed: usize,
+    /// Tenants that failed in `validate` or `apply` with another cause.
+    failed_otherwise: usize,
+}
+
+/// Group the summary's failures by (phase, SQLSTATE, normalised message), largest group first.
+pub fn group_failures(summary: &Summary, plan_path: &str) -> Vec<FailureGroup> {
+    let failures = &summary.failures;
+    let n_migration_failures = failures
+        .iter()
+        .filter(|failure| is_migration_phase(&failure.phase))
+        .count();
     let mut groups: BTreeMap<(String, Option<String>, String), Vec<&FailureEntry>> =
         BTreeMap::new();
     for failure in failures {
@@ -45,9 +72,29 @@ pub fn group_failures(failures: &[FailureEntry], plan_path: &str) -> Vec<Failure
             let main_changed = members
                 .iter()
                 .any(|member| !member.applied_on_main.is_empty());
+            let elsewhere = Elsewhere {
+                passed: summary.totals.applied,
+                failed_otherwise: n_migration_failures.saturating_sub(count),
+            };
             let next_step = next_step(&phase, sqlstate.as_deref(), &cause, main_changed, plan_path);
+            let next_step = match migration_verdict(&phase, count, elsewhere) {
+                Some(verdict) => format!("{verdict} {next_step}"),
+                None => next_step,
+            };
             tenants.truncate(LISTED_TENANTS);
+            let mut partly_migrated: Vec<PartlyMigrated> = members
+                .iter()
+                .filter(|member| member.phase == "apply" && !member.applied_on_main.is_empty())
+                .map(|member| PartlyMigrated {
+                    tenant: member.tenant.clone(),
+                    main_version: member.main_version,
+                    applied_on_main: member.applied_on_main.clone(),
+                })
+                .collect();
+            partly_migrated.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+            partly_migrated.truncate(LISTED_TENANTS);
             FailureGroup {
+                partly_migrated,
                 phase,
                 sqlstate,
                 cause,
@@ -59,6 +106,35 @@ pub fn group_failures(failures: &[FailureEntry], plan_path: &str) -> Vec<Failure
         .collect();
     grouped.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.cause.cmp(&b.cause)));
     grouped
+}
+
+fn is_migration_phase(phase: &str) -> bool {
+    matches!(phase, "validate" | "apply")
+}
+
+/// Whether a migration failure is the tenants' (it passed elsewhere) or the migration's (it
+/// failed the same way on every tenant that ran it), when the rest of the rollout says so.
+fn migration_verdict(phase: &str, count: usize, elsewhere: Elsewhere) -> Option<String> {
+    if !is_migration_phase(phase) {
+        return None;
+    }
+    if elsewhere.passed > 0 {
+        let plural = if elsewhere.passed == 1 { "" } else { "s" };
+        return Some(format!(
+            "It passed on {} other tenant{plural}, so it fails on these tenants' data or schema.",
+            elsewhere.passed
+        ));
+    }
+    if elsewhere.failed_otherwise > 0 {
+        return None;
+    }
+    Some(if count == 1 {
+        "No tenant has passed it yet: check the migration itself first.".to_string()
+    } else {
+        format!(
+            "It failed the same way on every tenant that ran it ({count}) and passed on none: the migration or the release is wrong, not these tenants' data; fix it and re-plan."
+        )
+    })
 }
 
 /// Fold away what differs between tenants failing for the same reason.
@@ -91,12 +167,38 @@ fn next_step(
     plan_path: &str,
 ) -> String {
     let retry = format!("schemafleet apply {plan_path} --retry-failed");
+    let step = specific_step(phase, sqlstate, cause, main_changed, plan_path, &retry);
+    if phase == "apply" && main_changed {
+        format!(
+            "main is partly migrated: the migrations before the failing one committed (see applied_on_main); {step}"
+        )
+    } else {
+        step
+    }
+}
+
+fn specific_step(
+    phase: &str,
+    sqlstate: Option<&str>,
+    cause: &str,
+    main_changed: bool,
+    plan_path: &str,
+    retry: &str,
+) -> String {
     match (phase, sqlstate) {
         ("diverged", _) => format!(
             "history on these tenants differs from the migrations on disk; run `schemafleet drift --plan {plan_path}` and restore the edited or missing files (never edit an applied migration)"
         ),
+        ("validate" | "apply", Some("55P04")) => format!(
+            "{}a migration uses an enum label added earlier in the same transaction, which PostgreSQL allows only once the label is committed: with `transaction: per_release` in the policy, use `per_migration` (the default) and re-plan; within one file, split it in two. Then run `{retry}`",
+            if phase == "validate" {
+                "main was not touched. "
+            } else {
+                ""
+            }
+        ),
         ("validate", _) => format!(
-            "main was not touched. The migration fails on these tenants' data or schema: fix the data or the migration (then re-plan), or fix the tenants and run `{retry}`"
+            "main was not touched. Fix the data or the migration (then re-plan), or fix the tenants and run `{retry}`"
         ),
         ("apply", Some("55P03" | "40P01")) => format!(
             "application sessions held locks longer than lock_timeout through every retry; run `{retry}` off-peak, or raise lock_timeout in the policy and re-plan"
@@ -105,7 +207,7 @@ fn next_step(
             "a statement ran into statement_timeout; raise statement_timeout in the policy (re-plan) or make the migration cheaper, then `{retry}`"
         ),
         ("apply", _) if main_changed => format!(
-            "main is partly migrated (see applied versions); `schemafleet rollback {plan_path} --failed` restores it, or fix the cause and run `{retry}`"
+            "fix the cause and run `{retry}` to continue from the failing migration, or `schemafleet rollback {plan_path} --failed` to restore main to before the release"
         ),
         ("apply", _) => format!("main was not changed; fix the cause and run `{retry}`"),
         ("probe", _) if cause.contains("not found") => {
@@ -136,7 +238,68 @@ mod tests {
             error: error.into(),
             sqlstate: sqlstate.map(str::to_string),
             applied_on_main: Vec::new(),
+            migration: None,
+            main_version: None,
         }
+    }
+
+    fn summary(failures: Vec<FailureEntry>, n_applied: usize) -> Summary {
+        Summary {
+            plan_id: "p".into(),
+            waves: Vec::new(),
+            totals: super::super::Counts {
+                applied: n_applied,
+                failed: failures.len(),
+                ..Default::default()
+            },
+            failures,
+            restore_points: 0,
+            held_back: Vec::new(),
+        }
+    }
+
+    const ENUM_ERROR: &str =
+        "V3__use_label: unsafe use of new value \"shipped\" of enum type order_status";
+
+    #[test]
+    fn a_cause_every_tenant_failed_with_is_the_migration_s() {
+        let failures = (1..=3)
+            .map(|n| failure(&format!("t-{n}"), "validate", Some("55P04"), ENUM_ERROR))
+            .collect();
+        let groups = group_failures(&summary(failures, 0), "p.yaml");
+        assert_eq!(groups.len(), 1);
+        let next = &groups[0].next_step;
+        assert!(next.contains("every tenant that ran it (3)"), "{next}");
+        assert!(next.contains("per_migration"), "{next}");
+        assert!(next.contains("main was not touched"), "{next}");
+        assert!(!next.contains("fails on these tenants' data"), "{next}");
+    }
+
+    #[test]
+    fn a_cause_other_tenants_passed_is_these_tenants_data() {
+        let failures = vec![failure(
+            "t-1",
+            "validate",
+            Some("23514"),
+            "V3__check: check constraint \"c\" is violated by some row",
+        )];
+        let groups = group_failures(&summary(failures, 4), "p.yaml");
+        let next = &groups[0].next_step;
+        assert!(next.contains("passed on 4 other tenants"), "{next}");
+        assert!(next.contains("these tenants' data"), "{next}");
+    }
+
+    #[test]
+    fn a_partly_migrated_main_says_so_and_how_to_continue() {
+        let mut partial = failure("t-1", "apply", Some("23502"), "V3__x: null value");
+        partial.applied_on_main = vec![1, 2];
+        let groups = group_failures(&summary(vec![partial], 1), "p.yaml");
+        let next = &groups[0].next_step;
+        assert!(next.starts_with("It passed on 1 other tenant,"), "{next}");
+        assert!(next.contains("main is partly migrated"), "{next}");
+        assert!(next.contains("--retry-failed` to continue"), "{next}");
+        assert!(next.contains("rollback p.yaml --failed"), "{next}");
+        assert!(!next.contains("not changed"), "{next}");
     }
 
     #[test]
@@ -173,7 +336,7 @@ mod tests {
                 "connect: connection refused to 127.0.0.1:54399 for t-5",
             ),
         ];
-        let groups = group_failures(&failures, "p.yaml");
+        let groups = group_failures(&summary(failures, 0), "p.yaml");
         assert_eq!(groups.len(), 3, "{groups:#?}");
         assert_eq!(groups[0].count, 2);
         assert_eq!(groups[1].count, 2);

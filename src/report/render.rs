@@ -88,6 +88,21 @@ pub fn summary_text(summary: &Summary, groups: &[FailureGroup]) -> String {
                 "      ",
                 "      ",
             );
+            for partly in &group.partly_migrated {
+                let at = partly
+                    .main_version
+                    .map_or_else(|| "?".to_string(), |version| format!("V{version}"));
+                wrap_into(
+                    &mut out,
+                    &format!(
+                        "main of {} is at {at}: {} committed before the failure",
+                        partly.tenant,
+                        crate::drift::format_versions(&partly.applied_on_main)
+                    ),
+                    "      ",
+                    "        ",
+                );
+            }
             wrap_into(
                 &mut out,
                 &format!("next: {}", group.next_step),

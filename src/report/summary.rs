@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::journal::{JournalState, TenantStatus, WaveStatus};
+use crate::journal::{JournalState, TenantState, TenantStatus, WaveStatus};
 use crate::plan::model::Plan;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -71,6 +71,13 @@ pub struct FailureEntry {
     /// does not hide the first attempt's): main changed when not empty.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub applied_on_main: Vec<i32>,
+    /// The migration that failed (`V3__name`), when the failure is one migration's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migration: Option<String>,
+    /// main's version as far as the journal knows: its probed version, or the last version
+    /// committed since (a failure after some migrations committed leaves it in between).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub main_version: Option<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -84,6 +91,16 @@ pub struct Summary {
     /// Tenants this plan rolled back (or tried to): `apply` leaves them alone unless
     /// `--include-rolled-back` names them, so every report lists them by id.
     pub held_back: Vec<String>,
+}
+
+/// main's version after what the journal saw: the probe's, or the highest committed since.
+fn main_version(tenant: &TenantState) -> Option<i32> {
+    tenant
+        .applied_versions
+        .iter()
+        .copied()
+        .max()
+        .max(tenant.current_version)
 }
 
 /// Count every planned tenant by its journal state, wave by wave, in plan order.
@@ -119,6 +136,8 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
                             error: failure.error.message.clone(),
                             sqlstate: failure.error.sqlstate.clone(),
                             applied_on_main: tenant.applied_versions.clone(),
+                            migration: failure.error.migration.clone(),
+                            main_version: main_version(tenant),
                         });
                     }
                 }
@@ -129,6 +148,8 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
                     error: tenant.diverged_reason.clone().unwrap_or_default(),
                     sqlstate: None,
                     applied_on_main: Vec::new(),
+                    migration: None,
+                    main_version: tenant.current_version,
                 }),
                 TenantStatus::RollbackFailed => failures.push(FailureEntry {
                     tenant: tenant_id.clone(),
@@ -137,6 +158,8 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
                     error: tenant.rollback_error.clone().unwrap_or_default(),
                     sqlstate: None,
                     applied_on_main: tenant.applied_versions.clone(),
+                    migration: None,
+                    main_version: None,
                 }),
                 _ => {}
             }

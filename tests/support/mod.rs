@@ -24,11 +24,20 @@ impl TestFleet {
     }
 
     pub async fn start_with(config: LocalFleetConfig, n_tenants: usize) -> TestFleet {
+        TestFleet::start_seeded(config, n_tenants, SEED_SQL).await
+    }
+
+    /// A fleet whose tenants' mains hold `seed_sql` instead of the demo schema.
+    pub async fn start_seeded(
+        config: LocalFleetConfig,
+        n_tenants: usize,
+        seed_sql: &str,
+    ) -> TestFleet {
         let fleet = LocalFleet::start(config)
             .await
             .expect("the local fleet starts");
         let tenants = fleet
-            .seed(n_tenants, SEED_SQL, "tenant")
+            .seed(n_tenants, seed_sql, "tenant")
             .await
             .expect("seeding works");
         let dir = tempfile::tempdir().expect("a temporary directory");
@@ -74,24 +83,20 @@ impl TestFleet {
 
     /// `plan` with the repository's migrations; panics with the output when it fails.
     pub fn plan(&self, migrations: &Path) -> PathBuf {
+        self.plan_with_summary(migrations).0
+    }
+
+    /// [`TestFleet::plan`], and the summary it printed.
+    pub fn plan_with_summary(&self, migrations: &Path) -> (PathBuf, String) {
         let out = self.path("policy.plan.yaml");
-        self.plan_at(migrations, out.to_str().expect("utf-8 path"));
-        out
+        let summary = self.plan_printing(migrations, out.to_str().expect("utf-8 path"));
+        (out, summary)
     }
 
     /// `plan` of `policy.yaml` with `migrations` into `out` (a release's own plan); returns
     /// `out`, panics with the output when planning fails.
     pub fn plan_at(&self, migrations: &Path, out: &str) -> String {
-        let output = self.run(&[
-            "plan",
-            "--policy",
-            "policy.yaml",
-            "--migrations",
-            migrations.to_str().expect("utf-8 path"),
-            "--out",
-            out,
-        ]);
-        assert!(output.status.success(), "plan failed: {}", text(&output));
+        self.plan_printing(migrations, out);
         out.to_string()
     }
 
@@ -104,6 +109,21 @@ impl TestFleet {
         );
         config.poll_interval = std::time::Duration::from_millis(20);
         schemafleet::neon::NeonClient::new(config).expect("a client")
+    }
+
+    /// `plan` into `out`; returns what it printed, panics with the output when it fails.
+    fn plan_printing(&self, migrations: &Path, out: &str) -> String {
+        let output = self.run(&[
+            "plan",
+            "--policy",
+            "policy.yaml",
+            "--migrations",
+            migrations.to_str().expect("utf-8 path"),
+            "--out",
+            out,
+        ]);
+        assert!(output.status.success(), "plan failed: {}", text(&output));
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
     pub fn tenant(&self, name: &str) -> &SeededTenant {
