@@ -37,8 +37,9 @@ pub enum Command {
     /// Lists which tenants are at which version, which are behind (pending versions), which
     /// diverge (a migration file edited or deleted after it ran) and which could not be probed.
     ///
-    /// Exit codes: 0 no tenant diverges; 1 some tenant diverges or is unreachable (drift cannot
-    /// be ruled out); 2 bad input (plan, policy, migrations, API key).
+    /// Exit codes: 0 no tenant diverges, is ahead or is unreachable; 1 some tenant diverges, is
+    /// ahead (a newer release reached it) or is unreachable (drift cannot be ruled out); 2 bad
+    /// input (plan, policy, migrations, API key).
     Drift(DriftArgs),
     /// Delete branches schemafleet created that are expired or whose rollout has finished.
     ///
@@ -110,10 +111,18 @@ pub struct PlanArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
 
-    /// Check that an existing plan still matches the migrations on disk; writes nothing.
-    #[arg(long, value_name = "PLAN", conflicts_with_all = ["out", "tenants"])]
+    /// Check that an existing plan still matches the migrations on disk and its policy (found
+    /// beside the plan or at the path it records, or given with --policy); writes nothing.
+    /// Exit 1 when something changed, saying what.
+    #[arg(long, value_name = "PLAN", conflicts_with = "out")]
     pub check: Option<PathBuf>,
 
+    /// With --check: also list the fleet (the Neon API, or --tenants / the policy's file) and
+    /// report tenants that are new, gone or would move to another wave.
+    #[arg(long, requires = "check")]
+    pub fleet: bool,
+
+    /// Text for people, or one JSON document on stdout.
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
 
@@ -150,6 +159,7 @@ pub struct ApplyArgs {
     #[arg(long, default_value_t = 64)]
     pub max_connections: usize,
 
+    /// Text for people, or one JSON document on stdout.
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
 
@@ -168,8 +178,9 @@ pub struct RollbackArgs {
     /// The plan file whose journal holds the restore points.
     pub plan: PathBuf,
 
-    /// Tenants (Neon project ids, as `status` and the apply report list them) to roll back.
-    #[arg(long = "tenant", value_name = "ID")]
+    /// A tenant to roll back, by Neon project id or project name (as the plan, `status` and the
+    /// apply report list them); repeatable. A name several projects share is refused.
+    #[arg(long = "tenant", value_name = "ID_OR_NAME")]
     pub tenants: Vec<String>,
 
     /// Roll back every applied tenant of this wave.
@@ -188,7 +199,7 @@ pub struct RollbackArgs {
     #[arg(long)]
     pub yes: bool,
 
-    /// Print the API calls it would make, change nothing.
+    /// List the tenants and the restore calls it would make; change nothing.
     #[arg(long)]
     pub dry_run: bool,
 
@@ -197,9 +208,11 @@ pub struct RollbackArgs {
     #[arg(long)]
     pub undo_later_releases: bool,
 
+    /// Tenants restored at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
 
+    /// Text for people, or one JSON document on stdout.
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
 
@@ -209,6 +222,7 @@ pub struct RollbackArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    /// The plan file whose journal to read.
     pub plan: PathBuf,
 
     /// Journal file (default: beside the plan).
@@ -219,9 +233,11 @@ pub struct StatusArgs {
     #[arg(long)]
     pub live: bool,
 
+    /// Tenants probed at once with --live.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
 
+    /// Text for people, or one JSON document on stdout.
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
 
@@ -230,9 +246,10 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("fleet").required(true).args(["plan", "policy"]))]
 pub struct DriftArgs {
-    /// Check the tenants of this plan (default: the fleet of --policy).
-    #[arg(long, required_unless_present = "policy")]
+    /// Check the tenants of this plan.
+    #[arg(long)]
     pub plan: Option<PathBuf>,
 
     /// Discover the fleet from this policy.
@@ -251,6 +268,7 @@ pub struct DriftArgs {
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
 
+    /// Text for people, or one JSON document on stdout.
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
 
@@ -281,6 +299,7 @@ pub struct GcArgs {
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
 
+    /// Text for people, or one JSON document on stdout.
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
 
@@ -352,6 +371,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "plans/rollout.yaml")]
     pub policy: PathBuf,
 
+    /// Directory of versioned migrations (V<n>__<name>.sql) to roll out.
     #[arg(long, default_value = "migrations")]
     pub migrations: PathBuf,
 
@@ -408,9 +428,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub workdir: Option<PathBuf>,
 
-    /// Print one JSON document instead of lines.
-    #[arg(long)]
-    pub json: bool,
+    /// Text for people, or one JSON document on stdout.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
 
     /// Run one measured mode from a job read on stdin (the benchmark's own child process).
     #[arg(long, hide = true)]

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use crate::cli::{OutputFormat, RollbackArgs};
 use crate::executor::tenant::Recorder;
 use crate::exit::ExitStatus;
-use crate::journal::{Journal, default_journal_path};
+use crate::journal::{Journal, LockHolder, default_journal_path};
 use crate::rollback::{self, Candidate, Selection};
 
 /// One tenant's rollback: the inner result is the tenant's fate, the outer the journal's.
@@ -37,6 +37,13 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
     };
     // Read without the lock first: a dry run must work while an apply holds the journal.
     let read = Journal::read(&journal_path)?;
+    // A real rollback cannot run beside an apply: say so before listing what it would do.
+    if !args.dry_run && Journal::lock_holder(&journal_path, &read)? != LockHolder::Nobody {
+        return Err(crate::journal::JournalError::Locked {
+            path: journal_path.clone(),
+        }
+        .into());
+    }
     let stamp = crate::clock::compact_stamp();
     let (candidates, mut refusals) =
         rollback::select(&plan, &read.state, &selection, &stamp).map_err(anyhow::Error::msg)?;
@@ -64,7 +71,11 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
         _ => (candidates, Vec::new()),
     };
     for refusal in &refusals {
-        eprintln!("refused: {}: {}", refusal.tenant, refusal.reason);
+        eprintln!(
+            "refused: {}: {}",
+            plan.tenant_label(&refusal.tenant),
+            refusal.reason
+        );
     }
     if candidates.is_empty() {
         eprintln!("nothing to roll back");
@@ -74,20 +85,9 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
             ExitStatus::Failure
         });
     }
-    describe(&candidates, &collateral);
+    describe(&plan, &candidates, &collateral);
     if args.dry_run {
-        for candidate in &candidates {
-            let (main_branch_id, request) = rollback::restore_request(candidate);
-            let body = serde_json::json!({
-                "source_branch_id": request.source_branch_id,
-                "source_lsn": request.source_lsn,
-                "preserve_under_name": request.preserve_under_name,
-            });
-            println!(
-                "POST /projects/{}/branches/{main_branch_id}/restore {body}",
-                candidate.tenant
-            );
-        }
+        print_dry_run(&plan, &candidates, &refusals, &collateral, args.output)?;
         return Ok(ExitStatus::Success);
     }
     if !args.yes && !confirm(candidates.len())? {
@@ -119,23 +119,24 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
     for (tenant, result) in results {
         let outcome = result
             .with_context(|| format!("the journal {} cannot be written", journal_path.display()))?;
+        let label = plan.tenant_label(&tenant);
         match &outcome {
-            Ok(()) => eprintln!("rolled back: {tenant}"),
+            Ok(()) => eprintln!("rolled back: {label}"),
             Err(reason) => {
                 n_failed += 1;
-                eprintln!("FAILED: {tenant}: {reason}");
+                eprintln!("FAILED: {label}: {reason}");
             }
         }
         let preserved = candidates
             .iter()
             .find(|candidate| candidate.tenant == tenant)
             .map(|candidate| candidate.preserve_under_name.clone());
-        report.push(serde_json::json!({"tenant": tenant, "ok": outcome.is_ok(), "error": outcome.err(), "preserved_branch": preserved}));
+        report.push(serde_json::json!({"tenant": tenant, "tenant_name": tenant_name(&plan, &tenant), "ok": outcome.is_ok(), "error": outcome.err(), "preserved_branch": preserved}));
     }
     if args.output == OutputFormat::Json {
         let refused: Vec<serde_json::Value> = refusals
             .iter()
-            .map(|refusal| serde_json::json!({"tenant": refusal.tenant, "reason": refusal.reason}))
+            .map(|refusal| serde_json::json!({"tenant": refusal.tenant, "tenant_name": tenant_name(&plan, &refusal.tenant), "reason": refusal.reason}))
             .collect();
         println!(
             "{}",
@@ -147,10 +148,14 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
         let total = report.len() + refusals.len();
         let rolled_back = total - n_failed;
         if rolled_back == 0 {
-            println!("0 of {total} tenants rolled back (the reasons are above)");
+            println!(
+                "0 of {} rolled back (the reasons are above)",
+                crate::report::render::plural(total, "tenant")
+            );
         } else {
             println!(
-                "{rolled_back} of {total} tenants rolled back; `schemafleet status {}` shows them, a later `apply` migrates them again",
+                "{rolled_back} of {} rolled back; `schemafleet status {}` shows them, a later `apply` migrates them again",
+                crate::report::render::plural(total, "tenant"),
                 args.plan.display()
             );
         }
@@ -207,19 +212,102 @@ async fn check_later_releases(
     (kept, collateral)
 }
 
-fn describe(candidates: &[Candidate], collateral: &[(String, Vec<i32>)]) {
+/// The project's name, or "" when it has none of its own.
+fn tenant_name<'p>(plan: &'p crate::plan::model::Plan, tenant_id: &str) -> &'p str {
+    plan.tenant(tenant_id)
+        .map_or("", |(tenant, _)| tenant.name.as_str())
+}
+
+/// `--dry-run`: the restore calls, as text or one JSON document on stdout.
+fn print_dry_run(
+    plan: &crate::plan::model::Plan,
+    candidates: &[Candidate],
+    refusals: &[rollback::Refusal],
+    collateral: &[(String, Vec<i32>)],
+    output: OutputFormat,
+) -> anyhow::Result<()> {
+    let mut tenants = Vec::with_capacity(candidates.len());
+    for candidate in candidates {
+        let (main_branch_id, request) = rollback::restore_request(candidate);
+        let path = format!(
+            "/projects/{}/branches/{main_branch_id}/restore",
+            candidate.tenant
+        );
+        match output {
+            OutputFormat::Text => {
+                println!("POST {path}");
+                println!(
+                    "  source_branch_id: {}, source_lsn: {}",
+                    request.source_branch_id,
+                    request.source_lsn.as_deref().unwrap_or("(its head)")
+                );
+                println!(
+                    "  preserve_under_name: {}",
+                    request.preserve_under_name.as_deref().unwrap_or("")
+                );
+            }
+            OutputFormat::Json => tenants.push(serde_json::json!({
+                "tenant": candidate.tenant,
+                "tenant_name": tenant_name(plan, &candidate.tenant),
+                "wave": candidate.wave,
+                "restore_point_at": candidate.point_at,
+                "preserved_branch": candidate.preserve_under_name,
+                "undoes_later_releases": collateral
+                    .iter()
+                    .find(|(tenant, _)| *tenant == candidate.tenant)
+                    .map(|(_, versions)| versions.clone())
+                    .unwrap_or_default(),
+                "request": {
+                    "method": "POST",
+                    "path": path,
+                    "body": {
+                        "source_branch_id": request.source_branch_id,
+                        "source_lsn": request.source_lsn,
+                        "preserve_under_name": request.preserve_under_name,
+                    },
+                },
+            })),
+        }
+    }
+    if output == OutputFormat::Json {
+        let refused: Vec<serde_json::Value> = refusals
+            .iter()
+            .map(|refusal| serde_json::json!({"tenant": refusal.tenant, "tenant_name": tenant_name(plan, &refusal.tenant), "reason": refusal.reason}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "plan_id": plan.plan_id,
+                "dry_run": true,
+                "tenants": tenants,
+                "refused": refused,
+            }))?
+        );
+    }
+    Ok(())
+}
+
+fn describe(
+    plan: &crate::plan::model::Plan,
+    candidates: &[Candidate],
+    collateral: &[(String, Vec<i32>)],
+) {
     eprintln!(
-        "will restore {} tenant{}:",
-        candidates.len(),
-        if candidates.len() == 1 { "" } else { "s" }
+        "will restore {}:",
+        crate::report::render::plural(candidates.len(), "tenant")
     );
     for candidate in candidates {
         let age = rollback::age_seconds(candidate)
             .map(|seconds| format!("{} ago", human_duration(seconds)))
             .unwrap_or_else(|| "age unknown".to_string());
         eprintln!(
-            "  {} (wave {}): back to its restore point from {age}; writes since then move to branch {}",
-            candidate.tenant, candidate.wave, candidate.preserve_under_name
+            "  {}, wave {}: back to its restore point from {age};",
+            plan.tenant_label(&candidate.tenant),
+            candidate.wave
+        );
+        eprintln!(
+            "    writes since then move to branch {}",
+            candidate.preserve_under_name
         );
         if let Some((_, versions)) = collateral
             .iter()
@@ -244,10 +332,16 @@ fn human_duration(seconds: i64) -> String {
 fn confirm(n_tenants: usize) -> anyhow::Result<bool> {
     if !std::io::stdin().is_terminal() {
         bail!(
-            "refusing to roll back {n_tenants} tenants without confirmation: stdin is not a terminal; pass --yes (or --dry-run to see the calls)"
+            "refusing to roll back {} without confirmation: stdin is not a terminal; pass --yes (or --dry-run to see the calls)",
+            crate::report::render::plural(n_tenants, "tenant")
         );
     }
-    eprint!("restore {n_tenants} tenant main branches? type 'yes' to continue: ");
+    let branches = if n_tenants == 1 {
+        "main branch"
+    } else {
+        "main branches"
+    };
+    eprint!("restore {n_tenants} tenant {branches}? type 'yes' to continue: ");
     std::io::stderr().flush()?;
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;

@@ -98,7 +98,9 @@ mod tests {
                 max_failures: None,
                 max_failure_percent: None,
                 bake_s: 0,
-                tenants: (0..n_tenants).map(|idx| format!("p-{idx}")).collect(),
+                tenants: (0..n_tenants)
+                    .map(|idx| PlannedTenant::from_id(format!("p-{idx}")))
+                    .collect(),
             }],
         }
     }
