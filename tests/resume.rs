@@ -413,10 +413,19 @@ async fn ctrl_c_lets_in_flight_tenants_finish_and_exits_130() {
     assert!(untouched > 0);
     let status = json(&fleet.run(&["status", &plan, "--output", "json"]));
     assert_eq!(status["last_run_outcome"], "interrupted", "{status:#}");
+    // No run works on the interrupted wave any more: it is `stopped`, not `running`.
+    let wave_statuses: Vec<&str> = status["waves"]
+        .as_array()
+        .expect("waves")
+        .iter()
+        .filter_map(|wave| wave["status"].as_str())
+        .collect();
+    assert!(wave_statuses.contains(&"stopped"), "{status:#}");
+    assert!(!wave_statuses.contains(&"running"), "{status:#}");
     let status_text = fleet.run(&["status", &plan]);
     assert!(
         String::from_utf8_lossy(&status_text.stdout)
-            .contains("was interrupted: `apply` resumes it"),
+            .contains("stopped unfinished (its run was interrupted): `apply` resumes it"),
         "{}",
         text(&status_text)
     );
