@@ -65,7 +65,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 "journal": journal_path,
                 "journal_exists": journal_path.exists(),
                 "runs": read.state.runs,
-                "last_run_outcome": read.state.last_run_outcome,
+                "outcome": read.state.last_run_outcome,
                 "apply_running_pid": apply_pid,
                 "journal_locked": lock_holder != LockHolder::Nobody,
                 "running_wave": running.as_ref().filter(|_| lock_holder != LockHolder::Nobody),

@@ -30,13 +30,13 @@ pub fn summary_text_during(
         .clamp(5, 14);
     let _ = writeln!(
         out,
-        "{:<name_width$} {:<11} {:>7} {:>7} {:>7} {:>6} {:>8} {:>11}",
-        "wave", "status", "tenants", "applied", "current", "failed", "diverged", "not started"
+        "{:<name_width$} {:<11} {:>7} {:>7} {:>10} {:>6} {:>8} {:>11}",
+        "wave", "status", "tenants", "applied", "up to date", "failed", "diverged", "not started"
     );
     let line = |out: &mut String, name: &str, status: &str, counts: &super::Counts| {
         let _ = writeln!(
             out,
-            "{:<name_width$} {:<11} {:>7} {:>7} {:>7} {:>6} {:>8} {:>11}",
+            "{:<name_width$} {:<11} {:>7} {:>7} {:>10} {:>6} {:>8} {:>11}",
             truncate(name, name_width),
             status,
             counts.tenants,
