@@ -94,9 +94,11 @@ pub struct ApiArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("input").required(true).multiple(true).args(["policy", "check"]))]
 pub struct PlanArgs {
-    /// The rollout policy (YAML).
-    #[arg(long, required_unless_present = "check")]
+    /// The rollout policy (YAML); with --check, where the plan's policy is when it is not
+    /// beside the plan.
+    #[arg(long)]
     pub policy: Option<PathBuf>,
 
     /// Directory of versioned migrations (V<n>__<name>.sql).

@@ -727,6 +727,52 @@ async fn status_and_rollback_see_a_running_apply_through_the_journal_lock() {
     }
 }
 
+/// `--help` describes every option and argument of every command, and `drift` without a fleet
+/// names both ways to give one. See issue 18, point 8.
+#[test]
+fn every_option_and_argument_has_help() {
+    let workspace = Workspace::new(1);
+    for command in [
+        "plan", "apply", "rollback", "status", "drift", "gc", "emulator", "demo", "bench",
+    ] {
+        let run = workspace.run(&[command, "--help"]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let lines: Vec<&str> = run.stdout.lines().collect();
+        for (idx, line) in lines.iter().enumerate() {
+            let trimmed = line.trim_start();
+            let is_item = line.starts_with("  ")
+                && !line.starts_with("        ")
+                && (trimmed.starts_with('-') || trimmed.starts_with('<'));
+            // Short help puts the description on the option's line, after two spaces.
+            let described_inline = trimmed
+                .split_once("  ")
+                .is_some_and(|(_, rest)| !rest.trim().is_empty());
+            if is_item && !described_inline {
+                let next = lines.get(idx + 1).copied().unwrap_or("");
+                assert!(
+                    next.starts_with("          ") && !next.trim().is_empty(),
+                    "{command} --help: `{}` has no description:\n{}",
+                    trimmed,
+                    run.stdout
+                );
+            }
+        }
+    }
+    let run = workspace.run(&["drift"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("--plan <PLAN>|--policy <POLICY>"),
+        "{}",
+        run.stderr
+    );
+    let run = workspace.run(&["drift", "--help"]);
+    assert!(
+        run.stdout.contains("is\n          ahead") || run.stdout.contains("is ahead"),
+        "{}",
+        run.stdout
+    );
+}
+
 /// Re-planning a grown fleet keeps every tenant already planned in its wave.
 #[test]
 fn a_grown_fleet_keeps_planned_tenants_in_their_waves() {
@@ -776,15 +822,31 @@ async fn discovers_the_fleet_through_the_neon_api() {
     let api_url = fleet.api_url().to_string();
     let api_key = fleet.api_key().expose().to_string();
     // The binary blocks; the emulator keeps serving on the runtime's other worker.
-    let (run, workspace) = tokio::task::spawn_blocking(move || {
+    let (run, without_v2, workspace) = tokio::task::spawn_blocking(move || {
+        // A URL without `/api/v2` gets the hint apply and drift give, not a bare 404.
+        let without_v2 = workspace.run_with_env(
+            &["plan", "--policy", "plans/rollout.yaml"],
+            &[
+                ("NEON_API_URL", api_url.trim_end_matches("/api/v2")),
+                ("NEON_API_KEY", &api_key),
+            ],
+        );
         let run = workspace.run_with_env(
             &["plan", "--policy", "plans/rollout.yaml"],
             &[("NEON_API_URL", &api_url), ("NEON_API_KEY", &api_key)],
         );
-        (run, workspace)
+        (run, without_v2, workspace)
     })
     .await
     .unwrap();
+    assert_eq!(without_v2.code, 2, "{}", without_v2.stderr);
+    assert!(
+        without_v2
+            .stderr
+            .contains("does not look like the Neon API v2 base URL"),
+        "{}",
+        without_v2.stderr
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
         run.stdout
