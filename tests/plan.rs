@@ -267,6 +267,15 @@ fn tenants_and_out_flags() {
     assert!(!workspace.plan_file().exists());
     let plan = load_plan(&workspace.path("out.plan.yaml")).unwrap();
     assert_eq!(plan.tenant_count(), 3);
+    // On three tenants a later wave is empty: the warning says why in terms of this fleet and
+    // does not talk of canaries for a wave that is not the first.
+    let flowing = run.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flowing.contains("of this 3-tenant fleet"), "{}", run.stdout);
+    assert!(flowing.contains("to give it some"), "{}", run.stdout);
+    assert!(!flowing.contains("to have a canary"), "{}", run.stdout);
+    for line in run.stdout.lines() {
+        assert!(line.chars().count() <= 100, "too wide: {line}");
+    }
     assert_eq!(plan.migrations.dir, "migrations");
     assert!(
         plan.fleet.source.ends_with("other.yaml"),
