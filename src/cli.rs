@@ -70,6 +70,9 @@ pub enum OutputFormat {
 }
 
 /// How to reach the Neon API.
+///
+/// Commands that take these spell out their usage line (`override_usage`): clap would list an
+/// option it got from the environment (`NEON_API_KEY`, …) in it as if it were required.
 #[derive(Debug, Clone, Args)]
 pub struct ApiArgs {
     /// Neon API base URL.
@@ -95,6 +98,7 @@ pub struct ApiArgs {
 
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("input").required(true).multiple(true).args(["policy", "check"]))]
+#[command(override_usage = "schemafleet plan [OPTIONS] <--policy <POLICY>|--check <PLAN>>")]
 pub struct PlanArgs {
     /// The rollout policy (YAML); with --check, where the plan's policy is when it is not
     /// beside the plan.
@@ -133,6 +137,7 @@ pub struct PlanArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(override_usage = "schemafleet apply [OPTIONS] <PLAN>")]
 pub struct ApplyArgs {
     /// The plan file written by `schemafleet plan`.
     pub plan: PathBuf,
@@ -176,6 +181,9 @@ pub struct ApplyArgs {
 
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("selection").required(true).args(["tenants", "wave", "failed"]))]
+#[command(
+    override_usage = "schemafleet rollback [OPTIONS] <--tenant <ID_OR_NAME>|--wave <WAVE>|--failed> <PLAN>"
+)]
 pub struct RollbackArgs {
     /// The plan file whose journal holds the restore points.
     pub plan: PathBuf,
@@ -223,6 +231,7 @@ pub struct RollbackArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(override_usage = "schemafleet status [OPTIONS] <PLAN>")]
 pub struct StatusArgs {
     /// The plan file whose journal to read.
     pub plan: PathBuf,
@@ -249,6 +258,7 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("fleet").required(true).args(["plan", "policy"]))]
+#[command(override_usage = "schemafleet drift [OPTIONS] <--plan <PLAN>|--policy <POLICY>>")]
 pub struct DriftArgs {
     /// Check the tenants of this plan.
     #[arg(long)]
@@ -279,6 +289,7 @@ pub struct DriftArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(override_usage = "schemafleet gc [OPTIONS]")]
 pub struct GcArgs {
     /// Only the tenants of this plan (default: every project the key can list).
     #[arg(long)]
@@ -310,6 +321,7 @@ pub struct GcArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(override_usage = "schemafleet emulator [OPTIONS]")]
 pub struct EmulatorArgs {
     /// Address to serve the API on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:0")]

@@ -767,6 +767,26 @@ fn every_option_and_argument_has_help() {
             }
         }
     }
+    // Options set in the environment are not shown as required in usage lines.
+    let run = workspace.run_with_env(
+        &["rollback", "p.plan.yaml"],
+        &[
+            ("NEON_API_KEY", "k"),
+            ("NEON_API_URL", "http://127.0.0.1:9/api/v2"),
+        ],
+    );
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr
+            .contains("Usage: schemafleet rollback [OPTIONS] <--tenant"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("--api-key <API_KEY>"),
+        "{}",
+        run.stderr
+    );
     let run = workspace.run(&["drift"]);
     assert_eq!(run.code, 2);
     assert!(
