@@ -746,6 +746,15 @@ fn every_option_and_argument_has_help() {
     ] {
         let run = workspace.run(&[command, "--help"]);
         assert_eq!(run.code, 0, "{}", run.stderr);
+        // Every command that prints results has `--output json` (bench's `--json` is gone).
+        if !matches!(command, "emulator" | "demo") {
+            assert!(
+                run.stdout.contains("--output <OUTPUT>"),
+                "{command}: {}",
+                run.stdout
+            );
+        }
+        assert!(!run.stdout.contains("--json"), "{command}: {}", run.stdout);
         let lines: Vec<&str> = run.stdout.lines().collect();
         for (idx, line) in lines.iter().enumerate() {
             let trimmed = line.trim_start();
