@@ -43,8 +43,10 @@ pub enum Command {
     Drift(DriftArgs),
     /// Delete branches schemafleet created that are expired or whose rollout has finished.
     ///
-    /// Only branches named `schemafleet-validate-*` or `schemafleet-backup-*` are candidates;
-    /// default and protected branches are never deleted. With --plan, the plan's journal tells
+    /// Only branches named `schemafleet-validate-*`, `schemafleet-backup-*` or `pre-rollback-*`
+    /// are candidates; default and protected branches are never deleted. Preserved
+    /// (`pre-rollback-*`) branches are listed with their age and go only when expired or with
+    /// `--preserved --older-than`. With --plan, the plan's journal tells
     /// which tenants are finished: their validation branches go, and backup branches go unless
     /// they are the tenant's current restore point. Without --plan, only expired branches go
     /// (or every schemafleet branch with --all).
@@ -105,9 +107,10 @@ pub struct PlanArgs {
     #[arg(long)]
     pub policy: Option<PathBuf>,
 
-    /// Directory of versioned migrations (V<n>__<name>.sql).
-    #[arg(long, default_value = "migrations")]
-    pub migrations: PathBuf,
+    /// Directory of versioned migrations (V<n>__<name>.sql); default `migrations`, and with
+    /// --check the directory the plan recorded (relative to the plan).
+    #[arg(long)]
+    pub migrations: Option<PathBuf>,
 
     /// Tenants file (CSV or YAML) overriding the policy's fleet.
     #[arg(long)]
@@ -157,6 +160,11 @@ pub struct ApplyArgs {
     /// Try tenants that failed in an earlier run again (and un-halt their waves).
     #[arg(long)]
     pub retry_failed: bool,
+
+    /// Migrate again the tenants this plan rolled back: all of them, or only those given as
+    /// `--include-rolled-back=ID,ID`. Without it they stay back and the report names them.
+    #[arg(long, value_name = "ID", num_args = 0..=1, require_equals = true, value_delimiter = ',')]
+    pub include_rolled_back: Option<Vec<String>>,
 
     /// Do not wait for a wave's bake time before starting the next wave.
     #[arg(long)]
@@ -217,6 +225,11 @@ pub struct RollbackArgs {
     /// restore point; they are undone too (without this, such a tenant is refused).
     #[arg(long)]
     pub undo_later_releases: bool,
+
+    /// Give each branch that keeps main's pre-restore state (`pre-rollback-*`) an expiry this far
+    /// ahead (e.g. 7d; at most 30d). Without it they stay until `gc --preserved --older-than`.
+    #[arg(long, value_name = "DURATION")]
+    pub preserve_for: Option<String>,
 
     /// Tenants restored at once.
     #[arg(long, default_value_t = 4)]
@@ -300,9 +313,18 @@ pub struct GcArgs {
     pub journal: Option<PathBuf>,
 
     /// Delete every schemafleet branch that is not a default or protected branch, including
-    /// branches of unfinished rollouts and current restore points.
+    /// branches of unfinished rollouts and current restore points (not preserved branches).
     #[arg(long)]
     pub all: bool,
+
+    /// Also delete the branches rollbacks preserved (`pre-rollback-*`: main before the restore,
+    /// with the writes made after the restore point) that are at least --older-than old.
+    #[arg(long, requires = "older_than")]
+    pub preserved: bool,
+
+    /// With --preserved: the age (e.g. 30d) from which a preserved branch goes.
+    #[arg(long, value_name = "DURATION", requires = "preserved")]
+    pub older_than: Option<String>,
 
     /// List what would be deleted and why; delete nothing.
     #[arg(long)]
@@ -327,12 +349,14 @@ pub struct EmulatorArgs {
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: String,
 
-    /// Data directory of the backing PostgreSQL cluster (kept across restarts when given).
+    /// Directory the emulator creates for its PostgreSQL cluster and reuses on a restart (the
+    /// same tenants and API key); an existing directory it did not create is refused.
     #[arg(long, conflicts_with = "attach")]
     pub data_dir: Option<PathBuf>,
 
-    /// Use an existing PostgreSQL server (superuser URL) instead of starting one.
-    #[arg(long)]
+    /// Use an existing PostgreSQL server (superuser URL) instead of starting one; prefer the
+    /// environment variable, which `ps` does not show.
+    #[arg(long, env = "EMULATOR_ATTACH_URL", hide_env_values = true)]
     pub attach: Option<String>,
 
     /// API key clients must present (default: a random one, printed on start).
@@ -366,7 +390,8 @@ pub struct EmulatorArgs {
     #[arg(long, default_value_t = 0.0)]
     pub failed_operation_rate: f64,
 
-    /// Create this many tenant projects on start.
+    /// Have this many tenant projects (`tenant-0001` …): on a restart, only the missing ones
+    /// are created.
     #[arg(long, default_value_t = 0)]
     pub tenants: usize,
 

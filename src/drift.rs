@@ -402,7 +402,7 @@ pub fn render_text(report: &DriftReport, migrations_dir: &str) -> String {
         render_groups(&mut out, report, state);
         wrap_into(&mut out, next, "  ", "    ");
     }
-    out
+    crate::terminal::escape_controls(&out)
 }
 
 fn render_groups(out: &mut String, report: &DriftReport, state: DriftState) {

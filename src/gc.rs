@@ -7,6 +7,10 @@
 //!
 //! **Invariant:** a branch whose name does not start with `schemafleet-validate-` or
 //! `schemafleet-backup-` is never a candidate, and a default or protected branch is always kept.
+//! **Invariant:** a branch a rollback preserved (`pre-rollback-*`: main's state before the
+//! restore, with writes made after the restore point) is deleted only when expired or when the
+//! operator asked for preserved branches older than an age (`--preserved --older-than`); `--all`
+//! does not reach it.
 //! **Invariant:** without `--all`, a backup branch that is a tenant's current restore point and
 //! a branch of a tenant still in flight are kept unless expired (Neon deletes expired branches
 //! by itself anyway).
@@ -19,6 +23,9 @@ use crate::neon::Branch;
 
 pub const VALIDATE_PREFIX: &str = "schemafleet-validate-";
 pub const BACKUP_PREFIX: &str = "schemafleet-backup-";
+/// `rollback` names the branch a restore preserves the old main under
+/// `pre-rollback-{plan_id[..8]}-{stamp}`.
+pub const PRESERVED_PREFIX: &str = "pre-rollback-";
 
 /// Characters of the plan id the executor puts into branch names.
 pub const PLAN_PREFIX_LEN: usize = 12;
@@ -28,6 +35,8 @@ pub const PLAN_PREFIX_LEN: usize = 12;
 pub enum BranchPurpose {
     Validate,
     Backup,
+    /// Kept by a rollback: main as it was before the restore.
+    Preserved,
 }
 
 /// The parts of a schemafleet branch name gc acts on.
@@ -45,6 +54,15 @@ pub fn parse_branch_name(name: &str) -> Option<SchemafleetBranchName> {
         (BranchPurpose::Validate, rest)
     } else if let Some(rest) = name.strip_prefix(BACKUP_PREFIX) {
         (BranchPurpose::Backup, rest)
+    } else if let Some(rest) = name.strip_prefix(PRESERVED_PREFIX) {
+        let plan_prefix = rest
+            .rsplit_once('-')
+            .map(|(prefix, _stamp)| prefix.to_string())
+            .filter(|prefix| !prefix.is_empty());
+        return Some(SchemafleetBranchName {
+            purpose: BranchPurpose::Preserved,
+            plan_prefix,
+        });
     } else {
         return None;
     };
@@ -83,13 +101,19 @@ pub struct Decision {
     pub purpose: BranchPurpose,
     pub delete: bool,
     pub reason: String,
+    /// Seconds since the branch was created, when Neon says when that was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_seconds: Option<i64>,
 }
 
 /// Options that widen what gc deletes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GcOptions {
-    /// Delete every schemafleet branch that is not a default or protected branch.
+    /// Delete every validation and backup branch that is not a default or protected branch.
     pub all: bool,
+    /// Delete branches rollbacks preserved once they are at least this old (`--preserved
+    /// --older-than`).
+    pub preserved_older_than: Option<std::time::Duration>,
 }
 
 /// Decisions for the schemafleet branches among `branches` (other branches are not listed).
@@ -115,7 +139,13 @@ pub fn decide(
     options: GcOptions,
 ) -> Option<Decision> {
     let name = parse_branch_name(&branch.name)?;
-    let (delete, reason) = verdict(project_id, branch, &name, now, rollout, options);
+    let age_seconds = crate::clock::parse_rfc3339(&branch.created_at)
+        .map(|created_at| (now - created_at).whole_seconds().max(0));
+    let (delete, reason) = if name.purpose == BranchPurpose::Preserved {
+        preserved_verdict(branch, age_seconds, now, options)
+    } else {
+        verdict(project_id, branch, &name, now, rollout, options)
+    };
     Some(Decision {
         project_id: project_id.to_string(),
         branch_id: branch.id.clone(),
@@ -123,7 +153,85 @@ pub fn decide(
         purpose: name.purpose,
         delete,
         reason,
+        age_seconds,
     })
+}
+
+/// The verdicts every branch gets before its purpose matters: a default or protected branch is
+/// kept, an expired one goes (Neon would delete it anyway).
+fn settled_by_kind_or_expiry(branch: &Branch, now: OffsetDateTime) -> Option<(bool, String)> {
+    if branch.default {
+        return Some((
+            false,
+            "the project's default branch: never deleted".to_string(),
+        ));
+    }
+    if branch.protected {
+        return Some((false, "protected branch: never deleted".to_string()));
+    }
+    let text = branch.expires_at.as_deref()?;
+    crate::clock::parse_rfc3339(text)
+        .is_some_and(|at| at <= now)
+        .then(|| (true, format!("expired at {text}")))
+}
+
+/// A preserved branch holds writes made after a restore point, which only the operator can
+/// judge: it goes when expired (an expiry set by `rollback --preserve-for`) or when asked for
+/// by age, never by `--all` or a journal.
+fn preserved_verdict(
+    branch: &Branch,
+    age_seconds: Option<i64>,
+    now: OffsetDateTime,
+    options: GcOptions,
+) -> (bool, String) {
+    if let Some(settled) = settled_by_kind_or_expiry(branch, now) {
+        return settled;
+    }
+    let age = age_seconds.map_or_else(
+        || "of unknown age".to_string(),
+        |seconds| format!("{} old", human_age(seconds)),
+    );
+    let holds = "main's state before a rollback, with writes made after its restore point";
+    match options.preserved_older_than {
+        Some(limit) => {
+            let limit_text = human_age(limit.as_secs() as i64);
+            if age_seconds.is_some_and(|seconds| seconds >= limit.as_secs() as i64) {
+                (
+                    true,
+                    format!("preserved by a rollback, {age}: at least --older-than {limit_text}"),
+                )
+            } else {
+                (
+                    false,
+                    format!(
+                        "preserved by a rollback, {age}: younger than --older-than {limit_text} ({holds})"
+                    ),
+                )
+            }
+        }
+        None => {
+            let expiry = branch
+                .expires_at
+                .as_deref()
+                .map_or_else(String::new, |text| format!(", expires at {text}"));
+            (
+                false,
+                format!(
+                    "preserved by a rollback, {age}{expiry}: {holds}; `gc --preserved --older-than 30d` deletes those once nobody needs them"
+                ),
+            )
+        }
+    }
+}
+
+/// `45s`, `12m`, `5h`, `3d`: the largest whole unit.
+pub fn human_age(seconds: i64) -> String {
+    match seconds {
+        seconds if seconds < 120 => format!("{seconds}s"),
+        seconds if seconds < 7_200 => format!("{}m", seconds / 60),
+        seconds if seconds < 172_800 => format!("{}h", seconds / 3_600),
+        seconds => format!("{}d", seconds / 86_400),
+    }
 }
 
 fn verdict(
@@ -134,21 +242,10 @@ fn verdict(
     rollout: Option<Rollout<'_>>,
     options: GcOptions,
 ) -> (bool, String) {
-    if branch.default {
-        return (
-            false,
-            "the project's default branch: never deleted".to_string(),
-        );
-    }
-    if branch.protected {
-        return (false, "protected branch: never deleted".to_string());
+    if let Some(settled) = settled_by_kind_or_expiry(branch, now) {
+        return settled;
     }
     let expires_at = branch.expires_at.as_deref();
-    if let Some(text) = expires_at
-        && crate::clock::parse_rfc3339(text).is_some_and(|at| at <= now)
-    {
-        return (true, format!("expired at {text}"));
-    }
     let not_expired = match expires_at {
         Some(text) => format!("expires at {text}"),
         None => "no expiry".to_string(),
@@ -192,6 +289,13 @@ fn verdict(
         );
     }
     match name.purpose {
+        // [`decide`] judges these by age before any journal is consulted.
+        BranchPurpose::Preserved => (
+            false,
+            format!(
+                "{not_expired}; preserved by a rollback: only `--preserved --older-than` deletes it"
+            ),
+        ),
         BranchPurpose::Validate => (
             true,
             format!(
@@ -341,7 +445,16 @@ mod tests {
             plan_id: PLAN_ID,
             state,
         });
-        decide(project_id, branch, now(), rollout, GcOptions { all })
+        decide(
+            project_id,
+            branch,
+            now(),
+            rollout,
+            GcOptions {
+                all,
+                preserved_older_than: None,
+            },
+        )
     }
 
     #[test]
@@ -356,6 +469,9 @@ mod tests {
         assert_eq!(odd.plan_prefix, None);
         assert_eq!(parse_branch_name("main"), None);
         assert_eq!(parse_branch_name("schemafleet-preserved-x-y-z"), None);
+        let preserved = parse_branch_name("pre-rollback-0123abcd-20260501t110000z").unwrap();
+        assert_eq!(preserved.purpose, BranchPurpose::Preserved);
+        assert_eq!(preserved.plan_prefix.as_deref(), Some("0123abcd"));
         assert_eq!(parse_branch_name("my-schemafleet-validate-a-b-c"), None);
     }
 
@@ -364,7 +480,11 @@ mod tests {
         let dev = branch("br-dev", "dev", Some("2026-01-01T00:00:00Z"));
         assert_eq!(decide_one("p", &dev, None, true), None);
         let branches = vec![dev, branch("br-v", &validate_name("0123456789ab"), None)];
-        let decisions = select("p", &branches, now(), None, GcOptions { all: true });
+        let options = GcOptions {
+            all: true,
+            preserved_older_than: None,
+        };
+        let decisions = select("p", &branches, now(), None, options);
         assert_eq!(decisions.len(), 1);
         assert_eq!(decisions[0].branch_id, "br-v");
     }
@@ -457,5 +577,48 @@ mod tests {
             !decision.delete && decision.reason.contains("plan 999999999999"),
             "{decision:?}"
         );
+    }
+
+    #[test]
+    fn preserved_branches_are_listed_with_age_and_go_only_by_age_or_expiry() {
+        let mut old = branch("br-old", "pre-rollback-0123abcd-20260401t120000z", None);
+        old.created_at = "2026-04-01T12:00:00Z".into();
+        let mut young = branch("br-young", "pre-rollback-0123abcd-20260430t120000z", None);
+        young.created_at = "2026-04-30T12:00:00Z".into();
+        let by_age = |older_than_days: Option<u64>, all: bool| GcOptions {
+            all,
+            preserved_older_than: older_than_days
+                .map(|days| std::time::Duration::from_secs(days * 86_400)),
+        };
+        // Listed, never deleted by default or by --all.
+        for options in [by_age(None, false), by_age(None, true)] {
+            let decision = decide("p-1", &old, now(), None, options).unwrap();
+            assert!(!decision.delete, "{decision:?}");
+            assert_eq!(decision.purpose, BranchPurpose::Preserved);
+            assert_eq!(decision.age_seconds, Some(30 * 86_400));
+            assert!(decision.reason.contains("30d old"), "{decision:?}");
+            assert!(
+                decision.reason.contains("--preserved --older-than"),
+                "{decision:?}"
+            );
+        }
+        // By age.
+        let decision = decide("p-1", &old, now(), None, by_age(Some(30), false)).unwrap();
+        assert!(decision.delete, "{decision:?}");
+        let decision = decide("p-1", &young, now(), None, by_age(Some(30), false)).unwrap();
+        assert!(
+            !decision.delete && decision.reason.contains("younger"),
+            "{decision:?}"
+        );
+        // An expiry set at rollback time is honoured without flags.
+        let mut expired = young.clone();
+        expired.expires_at = Some("2026-05-01T11:00:00Z".into());
+        let decision = decide("p-1", &expired, now(), None, by_age(None, false)).unwrap();
+        assert!(
+            decision.delete && decision.reason.contains("expired"),
+            "{decision:?}"
+        );
+        assert_eq!(human_age(90), "90s");
+        assert_eq!(human_age(3 * 3_600), "3h");
     }
 }

@@ -23,3 +23,4 @@ pub mod progress;
 pub mod report;
 pub mod rollback;
 pub mod secret;
+pub mod terminal;

@@ -11,6 +11,12 @@
 //! **Invariant:** a cluster we started is stopped (`pg_ctl stop -m fast`) by [`PgCluster::stop`]
 //! or, best-effort, on drop; a temporary data directory is removed with it.
 //! **Invariant:** an attached cluster is never stopped or modified by this module.
+//! **Invariant:** an existing directory is used only when it holds our marker file
+//! ([`DATA_DIR_MARKER`]); anything else is refused before it is changed in any way (no chown,
+//! no chmod, no server started in it). A directory we create holds the marker, the cluster in
+//! `pgdata/`, the server log and the unix socket; a kept one is never removed by us.
+//! **Invariant:** no path reaches `pg_ctl`'s shell command unless it holds only plain
+//! characters (see `check_path_characters`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -50,7 +56,22 @@ pub enum PgClusterError {
     Attach(String),
     #[error("cannot set the superuser password of the cluster in {path}: {message}")]
     Password { path: PathBuf, message: String },
+    /// A directory we were given but will not use; nothing in it was changed.
+    #[error("{path}: {reason}")]
+    Refused { path: PathBuf, reason: String },
 }
+
+/// The file that marks a directory as created by us: the only kind of existing directory a
+/// cluster is started in, so we never take over a directory or another cluster we were pointed
+/// at by mistake.
+pub const DATA_DIR_MARKER: &str = "schemafleet-emulator";
+
+/// The cluster's own data directory inside ours.
+const PGDATA: &str = "pgdata";
+
+const MARKER_TEXT: &str = "This directory was created by schemafleet's emulator (`--data-dir`). It \
+holds the emulator's PostgreSQL cluster (pgdata/) and its log.\nThe emulator reuses a directory \
+only when this file is in it.\n";
 
 /// How to start a cluster. Fields are public so callers build it explicitly (no `Default`).
 #[derive(Debug, Clone)]
@@ -87,9 +108,13 @@ pub struct PgCluster {
     settings_summary: String,
 }
 
+/// A server we started. Its directory (`root`) holds the marker file, the cluster's data
+/// directory (`pgdata/`), the server log and the unix socket.
 struct OwnedServer {
-    data_dir: PathBuf,
-    remove_data_dir: bool,
+    root: PathBuf,
+    /// `root/pgdata`.
+    pgdata: PathBuf,
+    remove_root: bool,
     run_as_postgres: bool,
     stopped: bool,
 }
@@ -98,10 +123,7 @@ impl std::fmt::Debug for PgCluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgCluster")
             .field("superuser_url", &self.superuser_url)
-            .field(
-                "data_dir",
-                &self.owned.as_ref().map(|owned| &owned.data_dir),
-            )
+            .field("data_dir", &self.owned.as_ref().map(|owned| &owned.root))
             .finish()
     }
 }
@@ -111,38 +133,42 @@ impl PgCluster {
     pub async fn start(config: PgClusterConfig) -> Result<PgCluster, PgClusterError> {
         let bin_dir = find_bin_dir()?;
         let run_as_postgres = running_as_root();
-        let (data_dir, remove_data_dir) = match &config.data_dir {
-            Some(path) => (absolute(path)?, false),
-            None => (temporary_dir_path(), true),
+        let (root, created) = match &config.data_dir {
+            Some(path) => prepare_kept_dir(&absolute(path)?, run_as_postgres).await?,
+            None => (create_temporary_dir(run_as_postgres)?, true),
         };
-        std::fs::create_dir_all(&data_dir).map_err(|source| PgClusterError::DataDir {
-            path: data_dir.clone(),
-            source,
-        })?;
-        // From here on, dropping `owned` stops the server and removes a temporary directory.
+        // From here on, dropping `owned` stops the server and removes a directory we created
+        // until the cluster in it is initialised (a kept one is kept from then on).
         let mut owned = OwnedServer {
-            data_dir: data_dir.clone(),
-            remove_data_dir,
+            pgdata: root.join(PGDATA),
+            root: root.clone(),
+            remove_root: created,
             run_as_postgres,
             stopped: true,
         };
-        if run_as_postgres {
-            chown_to_postgres(&data_dir)?;
-        }
+        let data_dir = owned.pgdata.clone();
         let password = random_password();
         let already_initialised = data_dir.join("PG_VERSION").exists();
         if !already_initialised {
-            init_cluster(&bin_dir, &data_dir, &password, run_as_postgres).await?;
+            // A leftover of an initdb killed half-way, inside our own directory.
+            if data_dir.exists() {
+                std::fs::remove_dir_all(&data_dir).map_err(|source| PgClusterError::DataDir {
+                    path: data_dir.clone(),
+                    source,
+                })?;
+            }
+            init_cluster(&bin_dir, &root, &data_dir, &password, run_as_postgres).await?;
         }
+        owned.remove_root = config.data_dir.is_none();
 
         let port = free_port()?;
-        let settings = server_settings(&config, port, &data_dir);
+        let settings = server_settings(&config, port, &root);
         let options = settings
             .iter()
             .map(|(key, value)| format!("-c {key}={value}"))
             .collect::<Vec<_>>()
             .join(" ");
-        let log_file = data_dir.join("server.log");
+        let log_file = root.join("server.log");
         let pg_ctl = bin_dir.join("pg_ctl");
         run_server_binary(
             &pg_ctl,
@@ -166,7 +192,7 @@ impl PgCluster {
 
         if already_initialised {
             // The old password is not kept anywhere; set a fresh one over the trusted socket.
-            set_superuser_password(&data_dir, port, &password).await?;
+            set_superuser_password(&root, port, &password).await?;
         }
 
         let superuser_url = SecretUri::new(format!(
@@ -256,14 +282,14 @@ impl PgCluster {
         self.bin_dir.as_deref()
     }
 
-    /// The data directory of a cluster we started.
+    /// The cluster's data directory, for a cluster we started.
     pub fn data_dir(&self) -> Option<&Path> {
-        self.owned.as_ref().map(|owned| owned.data_dir.as_path())
+        self.owned.as_ref().map(|owned| owned.pgdata.as_path())
     }
 
     /// The directory holding the server's unix socket (trust auth), for a cluster we started.
     pub fn socket_dir(&self) -> Option<&Path> {
-        self.data_dir()
+        self.owned.as_ref().map(|owned| owned.root.as_path())
     }
 
     /// The server settings we chose, e.g. `fsync=off synchronous_commit=off ...`, for reports.
@@ -283,7 +309,7 @@ impl PgCluster {
                     &[
                         "-w".as_ref(),
                         "-D".as_ref(),
-                        owned.data_dir.as_os_str(),
+                        owned.pgdata.as_os_str(),
                         "stop".as_ref(),
                         "-m".as_ref(),
                         "fast".as_ref(),
@@ -295,7 +321,7 @@ impl PgCluster {
             None => Ok(String::new()),
         };
         // A server that is already gone (killed, or its data directory removed) counts as stopped.
-        let already_gone = !owned.data_dir.join("postmaster.pid").exists();
+        let already_gone = !owned.pgdata.join("postmaster.pid").exists();
         if result.is_ok() || already_gone {
             owned.stopped = true;
         }
@@ -320,14 +346,14 @@ impl Drop for OwnedServer {
             command
                 .arg("-w")
                 .arg("-D")
-                .arg(&self.data_dir)
+                .arg(&self.pgdata)
                 .args(["stop", "-m", "fast"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
             let _ = command.status();
         }
-        if self.remove_data_dir {
-            let _ = std::fs::remove_dir_all(&self.data_dir);
+        if self.remove_root {
+            let _ = std::fs::remove_dir_all(&self.root);
         }
     }
 }
@@ -374,14 +400,15 @@ pub fn find_bin_dir() -> Result<PathBuf, PgClusterError> {
 fn server_settings(
     config: &PgClusterConfig,
     port: u16,
-    data_dir: &Path,
+    socket_dir: &Path,
 ) -> Vec<(&'static str, String)> {
     let mut settings = vec![
         ("port", port.to_string()),
         ("listen_addresses", "127.0.0.1".to_string()),
         (
             "unix_socket_directories",
-            format!("'{}'", data_dir.display()),
+            // Safe to quote: the path holds no quote (see check_path_characters).
+            format!("'{}'", socket_dir.display()),
         ),
         ("max_connections", config.max_connections.to_string()),
         // Tests and local fleets never need crash safety, and fsync dominates CREATE DATABASE.
@@ -405,12 +432,13 @@ fn server_settings(
 
 async fn init_cluster(
     bin_dir: &Path,
+    root: &Path,
     data_dir: &Path,
     password: &str,
     run_as_postgres: bool,
 ) -> Result<(), PgClusterError> {
-    // The pwfile lives beside the data directory only for the duration of initdb.
-    let pwfile = data_dir.with_extension(format!("pw-{}", random_suffix()));
+    // The pwfile lives in our own directory (which `postgres` can read) only during initdb.
+    let pwfile = root.join(format!("pw-{}", random_suffix()));
     write_private_file(&pwfile, password, run_as_postgres)?;
     let result = run_server_binary(
         &bin_dir.join("initdb"),
@@ -436,17 +464,17 @@ async fn init_cluster(
 }
 
 async fn set_superuser_password(
-    data_dir: &Path,
+    socket_dir: &Path,
     port: u16,
     password: &str,
 ) -> Result<(), PgClusterError> {
     let to_error = |message: String| PgClusterError::Password {
-        path: data_dir.to_path_buf(),
+        path: socket_dir.to_path_buf(),
         message,
     };
     let mut config = tokio_postgres::Config::new();
     config
-        .host_path(data_dir)
+        .host_path(socket_dir)
         .port(port)
         .user("postgres")
         .dbname("postgres");
@@ -455,8 +483,10 @@ async fn set_superuser_password(
         .await
         .map_err(|error| to_error(error.to_string()))?;
     let connection_task = tokio::spawn(connection);
-    // The password is alphanumeric (see random_password), so quoting it literally is safe.
-    let statement = format!("ALTER ROLE postgres PASSWORD '{password}'");
+    // A SCRAM verifier, not the password: the statement may reach a log. Its base64 alphabet
+    // holds no quote, so quoting it literally is safe.
+    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    let statement = format!("ALTER ROLE postgres PASSWORD '{verifier}'");
     let result = client.batch_execute(&statement).await;
     drop(client);
     let _ = connection_task.await;
@@ -573,6 +603,139 @@ fn postgres_ids() -> Option<(u32, u32)> {
     })
 }
 
+/// Characters a server path may hold: `pg_ctl` runs the server through `/bin/sh` with the data
+/// directory in double quotes and our settings (the socket directory in single quotes), so `$`,
+/// backquotes, quotes, backslashes and the like would be interpreted; commas split
+/// `unix_socket_directories`.
+fn check_path_characters(path: &Path) -> Result<(), PgClusterError> {
+    let text = path.to_str().ok_or_else(|| PgClusterError::Refused {
+        path: path.to_path_buf(),
+        reason: "the path is not valid UTF-8; pick a plain path".to_string(),
+    })?;
+    match text
+        .chars()
+        .find(|c| !(c.is_alphanumeric() || "/._-+@:~ ".contains(*c)))
+    {
+        Some(bad) => Err(PgClusterError::Refused {
+            path: path.to_path_buf(),
+            reason: format!(
+                "the path holds {bad:?}, which the server's start command would interpret; use \
+                 letters, digits, spaces and / . _ - + @ : ~ only"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Check a `--data-dir` before touching anything: reuse it only when we created it (the marker
+/// file), else create it when it does not exist yet and `postgres` can reach its parent.
+/// Returns the directory and whether we created it now.
+async fn prepare_kept_dir(
+    path: &Path,
+    run_as_postgres: bool,
+) -> Result<(PathBuf, bool), PgClusterError> {
+    check_path_characters(path)?;
+    let refuse = |reason: String| PgClusterError::Refused {
+        path: path.to_path_buf(),
+        reason,
+    };
+    match std::fs::metadata(path) {
+        Ok(metadata) if !metadata.is_dir() => {
+            return Err(refuse(
+                "exists and is not a directory; pass a path that does not exist yet (the \
+                 emulator creates it) or omit --data-dir for a temporary cluster"
+                    .to_string(),
+            ));
+        }
+        Ok(_) => {
+            let marker = std::fs::symlink_metadata(path.join(DATA_DIR_MARKER));
+            if marker.is_ok_and(|marker| marker.is_file()) {
+                return Ok((path.to_path_buf(), false));
+            }
+            let what = if path.join("PG_VERSION").exists() {
+                "holds a PostgreSQL cluster without the emulator's marker file (someone else's, or \
+                 an older emulator's), and the emulator never takes one over: pass a new path, or \
+                 serve from a running server with --attach URL"
+            } else {
+                "exists but was not created by the emulator (it has no schemafleet-emulator file), \
+                 so it is left alone: pass a path that does not exist yet (the emulator creates \
+                 it) or omit --data-dir for a temporary cluster"
+            };
+            return Err(refuse(what.to_string()));
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(refuse(format!("cannot be read: {error}"))),
+    }
+    let parent = path
+        .parent()
+        .filter(|parent| parent.is_dir())
+        .ok_or_else(|| {
+            refuse(
+                "its parent directory does not exist; create the parent first or pick another path"
+                    .to_string(),
+            )
+        })?;
+    if run_as_postgres && !postgres_can_enter(parent).await {
+        return Err(refuse(format!(
+            "the server runs as the `postgres` user, which cannot reach {}; pick a path under a \
+             directory it can enter (such as /var/tmp), or omit --data-dir for a temporary cluster",
+            parent.display()
+        )));
+    }
+    create_our_dir(path, run_as_postgres)?;
+    Ok((path.to_path_buf(), true))
+}
+
+/// A fresh directory for a throwaway cluster, under `SCHEMAFLEET_PG_TMPDIR` or `/dev/shm`.
+fn create_temporary_dir(run_as_postgres: bool) -> Result<PathBuf, PgClusterError> {
+    let path = temporary_dir_path();
+    check_path_characters(&path)?;
+    create_our_dir(&path, run_as_postgres)?;
+    Ok(path)
+}
+
+/// Create `path` (not its parents) private to the server's user, with the marker in it.
+fn create_our_dir(path: &Path, run_as_postgres: bool) -> Result<(), PgClusterError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let to_error = |source| PgClusterError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .map_err(to_error)?;
+    let marker = path.join(DATA_DIR_MARKER);
+    let written = std::fs::write(&marker, MARKER_TEXT)
+        .map_err(to_error)
+        .and_then(|()| {
+            if run_as_postgres {
+                chown_to_postgres(path)?;
+                chown_to_postgres(&marker)?;
+            }
+            Ok(())
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(path);
+    }
+    written
+}
+
+/// Whether the `postgres` user can enter `dir` (every directory above it included), asked of
+/// the kernel as that user, so ACLs and groups count.
+async fn postgres_can_enter(dir: &Path) -> bool {
+    tokio::process::Command::new("runuser")
+        .args(["-u", "postgres", "--", "test", "-x"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .current_dir("/")
+        .status()
+        .await
+        .is_ok_and(|status| status.success())
+}
+
 fn chown_to_postgres(path: &Path) -> Result<(), PgClusterError> {
     let (uid, gid) = postgres_ids().ok_or_else(|| PgClusterError::DataDir {
         path: path.to_path_buf(),
@@ -585,9 +748,7 @@ fn chown_to_postgres(path: &Path) -> Result<(), PgClusterError> {
         path: path.to_path_buf(),
         source,
     };
-    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(to_error)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(to_error)
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(to_error)
 }
 
 fn write_private_file(path: &Path, text: &str, chown: bool) -> Result<(), PgClusterError> {

@@ -114,6 +114,7 @@ impl Reporter for ProgressReporter {
     }
 
     fn note(&self, text: &str) {
+        let text = &crate::terminal::escape_controls(text);
         // Printed above the bars so they are not torn; plain stderr when hidden.
         if self.multi.is_hidden() {
             eprintln!("{text}");

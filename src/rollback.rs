@@ -10,6 +10,11 @@
 //! **Invariant:** a restore never silently undoes another release: a tenant whose main has
 //! migrations this plan does not contain, applied after the restore point, is refused unless
 //! the operator asks for them to be undone too.
+//! **Invariant:** a restore never moves a tenant forward: a tenant whose main no longer has the
+//! version it had at the restore point (another plan's rollback took it further back, or
+//! elsewhere) is refused, whatever the flags.
+//! **Invariant:** what a refusal says about main is read from main's history, not inferred from
+//! this plan's journal, which another plan's apply or rollback can have made stale.
 
 use std::time::Duration;
 
@@ -45,6 +50,24 @@ pub struct Candidate {
 pub struct Refusal {
     pub tenant: String,
     pub reason: String,
+}
+
+/// What this plan's journal remembers of a tenant it rolled back: main's version at the restore
+/// point it was rolled back to. A refusal of such a tenant is re-told from main's history
+/// ([`already_rolled_back_reason`]), since a later plan may have migrated it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RolledBackBefore {
+    pub version_at_point: Option<i32>,
+}
+
+impl RolledBackBefore {
+    /// `Some` when the journal says this plan rolled the tenant back.
+    pub fn of(state: &JournalState, tenant: &str) -> Option<RolledBackBefore> {
+        let tenant = state.tenant(tenant)?;
+        (tenant.status == TenantStatus::RolledBack).then_some(RolledBackBefore {
+            version_at_point: tenant.version_at_restore_point,
+        })
+    }
 }
 
 /// Pick the tenants to roll back. Pure: plan and journal in, candidates and refusals out.
@@ -280,31 +303,93 @@ pub async fn roll_back_tenant(
     }
 }
 
-/// Versions on main now (`current`) that a restore to a point where main was at
-/// `version_at_point` would undo although the plan (`planned`) does not contain them: later
-/// releases. Pure.
-pub fn collateral_versions(
-    current: &[i32],
-    version_at_point: Option<i32>,
-    planned: &[i32],
-) -> Vec<i32> {
-    let mut versions: Vec<i32> = current
+/// What main's history now means for restoring a tenant to its restore point. Pure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MainCheck {
+    /// The restore undoes this plan and nothing else.
+    Restorable,
+    /// The restore would also undo these versions of later releases (ascending).
+    LaterReleases(Vec<i32>),
+    /// main does not have the version it had at the restore point: restoring would move it
+    /// forward (or sideways), re-creating a state another rollback already left.
+    WouldMoveForward { current: Option<i32>, at_point: i32 },
+}
+
+impl MainCheck {
+    /// The refusal's text, or `None` when the restore may go ahead (with `undo_later`, the
+    /// operator accepted undoing later releases).
+    pub fn refusal(&self, undo_later: bool) -> Option<String> {
+        match self {
+            MainCheck::Restorable => None,
+            MainCheck::LaterReleases(_) if undo_later => None,
+            MainCheck::LaterReleases(versions) => Some(format!(
+                "main also has {} from a later release (not in this plan), which the restore would undo too; roll back the later plan first, or pass --undo-later-releases; nothing was changed",
+                version_list(versions)
+            )),
+            MainCheck::WouldMoveForward { current, at_point } => {
+                let (relation, effect) = if current.is_none_or(|current| current < *at_point) {
+                    ("behind", "move it forward to")
+                } else {
+                    ("elsewhere than", "put it back at")
+                };
+                Some(format!(
+                    "main is at {} now, {relation} the restore point's V{at_point} (another plan's rollback moved it since): restoring would {effect} V{at_point}; nothing was changed",
+                    describe(*current)
+                ))
+            }
+        }
+    }
+}
+
+/// Judge main's versions now (`current`) against the version it had at the restore point and
+/// the plan's versions (`planned`). Pure.
+pub fn check_main(current: &[i32], version_at_point: Option<i32>, planned: &[i32]) -> MainCheck {
+    if let Some(at_point) = version_at_point
+        && !current.contains(&at_point)
+    {
+        return MainCheck::WouldMoveForward {
+            current: current.iter().copied().max(),
+            at_point,
+        };
+    }
+    let mut later: Vec<i32> = current
         .iter()
         .copied()
         .filter(|version| version_at_point.is_none_or(|at| *version > at))
         .filter(|version| !planned.contains(version))
         .collect();
-    versions.sort_unstable();
-    versions
+    later.sort_unstable();
+    if later.is_empty() {
+        MainCheck::Restorable
+    } else {
+        MainCheck::LaterReleases(later)
+    }
 }
 
-/// Read main's history now and return [`collateral_versions`].
-pub async fn later_releases(
+/// Why a tenant this plan already rolled back is refused, told from main's versions now. Pure.
+pub fn already_rolled_back_reason(before: RolledBackBefore, current: &[i32]) -> String {
+    let now = current.iter().copied().max();
+    if now == before.version_at_point {
+        format!(
+            "already rolled back by this plan: main is at {} now, its version before this plan; nothing to restore",
+            describe(now)
+        )
+    } else {
+        format!(
+            "this plan rolled it back to {} earlier, but main is at {} now (another plan or run migrated it since); this plan holds no restore point for that state: roll back the plan that migrated it; nothing was changed",
+            describe(before.version_at_point),
+            describe(now)
+        )
+    }
+}
+
+/// main's applied versions now, read from its history table.
+pub async fn main_versions(
     client: &NeonClient,
     plan: &Plan,
-    candidate: &Candidate,
+    tenant: &str,
 ) -> Result<Vec<i32>, String> {
-    let uri = main_uri(client, plan, candidate)
+    let uri = main_uri(client, plan, tenant)
         .await
         .map_err(|error| format!("looking up main's URI: {error}"))?;
     let connection = pg::connect(&uri, Duration::from_secs(30))
@@ -313,34 +398,49 @@ pub async fn later_releases(
     let history = pg::read_history(&connection)
         .await
         .map_err(|failure| failure.to_string())?;
-    let current: Vec<i32> = history.iter().map(|row| row.version).collect();
-    let planned: Vec<i32> = plan
-        .migrations
+    Ok(history.iter().map(|row| row.version).collect())
+}
+
+/// The plan's versions, for [`check_main`].
+pub fn planned_versions(plan: &Plan) -> Vec<i32> {
+    plan.migrations
         .items
         .iter()
         .map(|migration| migration.version)
-        .collect();
-    Ok(collateral_versions(
-        &current,
-        candidate.expected_version,
-        &planned,
-    ))
+        .collect()
 }
 
 /// The connection URI of the tenant's main, with the plan's database and role.
 async fn main_uri(
     client: &NeonClient,
     plan: &Plan,
-    candidate: &Candidate,
+    tenant: &str,
 ) -> Result<crate::secret::SecretUri, crate::neon::NeonError> {
     client
-        .connection_uri(
-            &candidate.tenant,
-            None,
-            &plan.policy.database,
-            &plan.policy.role,
-        )
+        .connection_uri(tenant, None, &plan.policy.database, &plan.policy.role)
         .await
+}
+
+/// Give the branch a restore preserved the old main under an expiry (`rollback
+/// --preserve-for`): found by its name, which the restore request chose.
+pub async fn expire_preserved(
+    client: &NeonClient,
+    tenant: &str,
+    preserved_name: &str,
+    expires_at: &str,
+) -> Result<(), String> {
+    let branches = client
+        .list_branches(tenant)
+        .await
+        .map_err(|error| format!("listing branches to find {preserved_name}: {error}"))?;
+    let branch = branches
+        .iter()
+        .find(|branch| branch.name == preserved_name)
+        .ok_or_else(|| format!("the preserved branch {preserved_name} is not listed"))?;
+    client
+        .set_branch_expiry(tenant, &branch.id, expires_at)
+        .await
+        .map_err(|error| format!("setting the expiry of {preserved_name}: {error}"))
 }
 
 /// `V5, V6, V9`.
@@ -358,9 +458,11 @@ async fn verify_history(
     plan: &Plan,
     candidate: &Candidate,
 ) -> Result<(), String> {
-    let uri = main_uri(client, plan, candidate).await.map_err(|error| {
-        format!("restored, but looking up main's URI to verify failed: {error}")
-    })?;
+    let uri = main_uri(client, plan, &candidate.tenant)
+        .await
+        .map_err(|error| {
+            format!("restored, but looking up main's URI to verify failed: {error}")
+        })?;
     // The compute reconnects to the restored timeline; give it a few tries.
     let mut last_error = String::new();
     for attempt in 0..5u64 {
@@ -443,15 +545,82 @@ mod tests {
         let planned = [1, 2, 3, 4];
         // Main was at V2 at the restore point, this plan took it to V4, a later one to V6.
         assert_eq!(
-            collateral_versions(&[1, 2, 3, 4, 5, 6], Some(2), &planned),
-            vec![5, 6]
+            check_main(&[1, 2, 3, 4, 5, 6], Some(2), &planned),
+            MainCheck::LaterReleases(vec![5, 6])
         );
         // Nothing beyond this plan: nothing else is undone.
-        assert!(collateral_versions(&[1, 2, 3, 4], Some(2), &planned).is_empty());
+        assert_eq!(
+            check_main(&[1, 2, 3, 4], Some(2), &planned),
+            MainCheck::Restorable
+        );
         // A version from before the restore point stays, in the plan or not.
-        assert!(collateral_versions(&[0, 1, 2, 3, 4], Some(2), &planned).is_empty());
+        assert_eq!(
+            check_main(&[0, 1, 2, 3, 4], Some(2), &planned),
+            MainCheck::Restorable
+        );
         // A fresh tenant: everything outside the plan is collateral.
-        assert_eq!(collateral_versions(&[7, 1], None, &planned), vec![7]);
+        assert_eq!(
+            check_main(&[7, 1], None, &planned),
+            MainCheck::LaterReleases(vec![7])
+        );
         assert_eq!(version_list(&[5, 6]), "V5, V6");
+        let refusal = MainCheck::LaterReleases(vec![5]).refusal(false).unwrap();
+        assert!(refusal.contains("V5") && refusal.contains("--undo-later-releases"));
+        assert_eq!(MainCheck::LaterReleases(vec![5]).refusal(true), None);
+    }
+
+    #[test]
+    fn a_restore_that_would_move_main_forward_is_refused_whatever_the_flags() {
+        let planned = [4, 5];
+        // Release 1's rollback emptied main; release 2's point was taken at V3.
+        let check = check_main(&[], Some(3), &planned);
+        assert_eq!(
+            check,
+            MainCheck::WouldMoveForward {
+                current: None,
+                at_point: 3
+            }
+        );
+        let reason = check
+            .refusal(true)
+            .expect("refused even with --undo-later-releases");
+        assert!(
+            reason.contains("no version") && reason.contains("behind") && reason.contains("V3"),
+            "{reason}"
+        );
+        // Main at V1 only: behind.
+        assert!(
+            check_main(&[1], Some(3), &planned)
+                .refusal(false)
+                .unwrap()
+                .contains("at V1 now, behind the restore point's V3")
+        );
+        // Main has V4 but lost V3: elsewhere.
+        assert!(
+            check_main(&[1, 2, 4], Some(3), &planned)
+                .refusal(false)
+                .unwrap()
+                .contains("elsewhere than")
+        );
+        // A fresh tenant's point (no version) is never forward of anything.
+        assert_eq!(check_main(&[], None, &planned), MainCheck::Restorable);
+    }
+
+    #[test]
+    fn an_already_rolled_back_tenant_is_described_from_main() {
+        let before = RolledBackBefore {
+            version_at_point: Some(3),
+        };
+        let reason = already_rolled_back_reason(before, &[1, 2, 3]);
+        assert!(
+            reason.contains("already rolled back") && reason.contains("V3"),
+            "{reason}"
+        );
+        let reason = already_rolled_back_reason(before, &[1, 2, 3, 4, 5, 6]);
+        assert!(
+            reason.contains("main is at V6 now") && reason.contains("another plan"),
+            "{reason}"
+        );
+        assert!(!reason.contains("already rolled back"), "{reason}");
     }
 }

@@ -2,25 +2,14 @@
 
 mod support;
 
-use schemafleet::neon::{ClientConfig, NeonClient};
-use schemafleet::secret::SecretString;
 use support::{
     TestFleet, add_legacy_status, connect, fingerprint, history, json, repo_migrations, text,
 };
 
-fn client(fleet: &TestFleet) -> NeonClient {
-    let mut config = ClientConfig::new(
-        fleet.fleet.api_url(),
-        SecretString::new(fleet.fleet.api_key().expose()),
-        100_000,
-    );
-    config.poll_interval = std::time::Duration::from_millis(20);
-    NeonClient::new(config).expect("a client")
-}
-
 /// A wave is applied, the application writes to main afterwards, `rollback --wave` brings every
 /// tenant's schema and data back exactly to the pre-migration state, the post-migration state
-/// with the later rows is kept under the preserved branch, and a later `apply` migrates again.
+/// with the later rows is kept under the preserved branch, and a later `apply` of the plan
+/// migrates them again only with `--include-rolled-back`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_of_a_wave_restores_exactly_and_keeps_the_newer_state() {
     let fleet = TestFleet::start(4).await;
@@ -117,7 +106,7 @@ async fn rollback_of_a_wave_restores_exactly_and_keeps_the_newer_state() {
     let output = fleet.run(&["rollback", plan_arg, "--wave", "all", "--yes"]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
 
-    let neon = client(&fleet);
+    let neon = fleet.neon_client();
     for tenant in &fleet.tenants {
         let restored = fingerprint(tenant.connection_uri.expose()).await;
         assert_eq!(
@@ -150,8 +139,29 @@ async fn rollback_of_a_wave_restores_exactly_and_keeps_the_newer_state() {
     let status = json(&output);
     assert_eq!(status["totals"]["rolled_back"], 4, "{status:#}");
 
-    // Rolled back tenants are migrated again by a later apply.
+    // A later apply of the same plan leaves them back and names them...
     let output = fleet.run(&["apply", plan_arg, "--output", "json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let report = json(&output);
+    assert_eq!(report["totals"]["applied"], 0, "{report:#}");
+    assert_eq!(
+        report["held_back"].as_array().map(Vec::len),
+        Some(4),
+        "{report:#}"
+    );
+    assert!(
+        history(fleet.tenants[0].connection_uri.expose())
+            .await
+            .is_empty()
+    );
+    // ... until asked for.
+    let output = fleet.run(&[
+        "apply",
+        plan_arg,
+        "--include-rolled-back",
+        "--output",
+        "json",
+    ]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     assert_eq!(json(&output)["totals"]["applied"], 4);
     for tenant in &fleet.tenants {
@@ -185,7 +195,7 @@ async fn rollback_from_a_backup_branch_restores_one_tenant_exactly() {
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     assert_eq!(history(target.connection_uri.expose()).await.len(), 4);
 
-    let neon = client(&fleet);
+    let neon = fleet.neon_client();
     let backups = |branches: &[schemafleet::neon::Branch]| {
         branches
             .iter()
@@ -210,19 +220,8 @@ async fn rollback_from_a_backup_branch_restores_one_tenant_exactly() {
         "ALTER TABLE accounts ADD COLUMN note text;\n",
     )
     .expect("write V5");
-    let later_plan = fleet.path("later.plan.yaml");
-    let later_plan_arg = later_plan.to_str().expect("utf-8");
-    let output = fleet.run(&[
-        "plan",
-        "--policy",
-        "policy.yaml",
-        "--migrations",
-        later.to_str().expect("utf-8"),
-        "--out",
-        later_plan_arg,
-    ]);
-    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
-    let output = fleet.run(&["apply", later_plan_arg]);
+    let later_plan_arg = fleet.plan_at(&later, "later.plan.yaml");
+    let output = fleet.run(&["apply", &later_plan_arg]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     let migrated = fingerprint(target.connection_uri.expose()).await;
 

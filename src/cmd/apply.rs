@@ -66,6 +66,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
     let mut config = ApplyConfig::standard();
     config.until_wave = args.until_wave.clone();
     config.retry_failed = args.retry_failed;
+    config.include_rolled_back = include_rolled_back(&plan, args.include_rolled_back.as_deref())?;
     config.skip_bake = args.skip_bake;
     config.max_connections = args.max_connections.max(1);
     config.verify_sql = verify_sql;
@@ -115,6 +116,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
                 "totals": summary.totals,
                 "failures": summary.failures,
                 "failure_groups": groups,
+                "held_back": summary.held_back,
                 "api": {"requests": api_stats.requests, "retries": api_stats.retries, "mutations": api_stats.mutations, "rate_limited": api_stats.rate_limited, "rate_limiter_wait_ms": api_stats.rate_limiter_wait_ms},
                 "timings": result.timings,
                 "journal": journal_path,
@@ -142,6 +144,31 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
         }
     }
     Ok(exit_status(&result.outcome, &summary))
+}
+
+/// `--include-rolled-back` alone includes every tenant this plan rolled back; with ids, only
+/// those, each of which must be in the plan.
+fn include_rolled_back(
+    plan: &Plan,
+    given: Option<&[String]>,
+) -> anyhow::Result<executor::IncludeRolledBack> {
+    let Some(ids) = given else {
+        return Ok(executor::IncludeRolledBack::None);
+    };
+    if ids.is_empty() {
+        return Ok(executor::IncludeRolledBack::All);
+    }
+    let mut tenants = std::collections::BTreeSet::new();
+    for id in ids {
+        if plan.tenant(id).is_none() {
+            bail!(
+                "--include-rolled-back={id}: tenant {id} is not in plan {} (give Neon project ids, as the plan and `status` list them)",
+                plan.plan_id
+            );
+        }
+        tenants.insert(id.clone());
+    }
+    Ok(executor::IncludeRolledBack::Tenants(tenants))
 }
 
 fn read_verify(plan: &Plan, plan_dir: &Path) -> anyhow::Result<Option<String>> {

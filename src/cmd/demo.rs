@@ -163,6 +163,7 @@ async fn demo_on_fleet(
         journal: None,
         until_wave: None,
         retry_failed: false,
+        include_rolled_back: None,
         skip_bake: true,
         max_connections: 64,
         output: OutputFormat::Text,
@@ -475,8 +476,10 @@ fn print_next_commands(
     println!("  # restore one tenant's main to its restore point (look first)");
     println!("  schemafleet rollback $plan --tenant {rollback_tenant} --dry-run");
     println!("  schemafleet rollback $plan --tenant {rollback_tenant} --yes");
-    println!("  # resume: finished tenants are skipped, a rolled-back one migrates again");
+    println!("  # resume: finished tenants are skipped, a rolled-back one stays back");
     println!("  schemafleet apply $plan --skip-bake");
+    println!("  # migrate the rolled-back tenant again, as asked");
+    println!("  schemafleet apply $plan --skip-bake --include-rolled-back");
     println!("  # try the failed tenants again (their bad row makes V2 fail again)");
     println!("  schemafleet apply $plan --retry-failed --skip-bake");
     println!("  # every tenant's history against the migrations on disk");

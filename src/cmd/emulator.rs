@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::cli::EmulatorArgs;
-use crate::emulator::{LocalFleet, LocalFleetConfig};
+use crate::emulator::{ApiKeySource, LocalFleet, LocalFleetConfig};
 use crate::exit::ExitStatus;
 use crate::secret::SecretUri;
 
@@ -52,9 +52,25 @@ pub async fn run(args: EmulatorArgs) -> anyhow::Result<ExitStatus> {
         failed_operation_rate: args.failed_operation_rate,
     };
     let fleet = LocalFleet::start(config).await?;
-    if let (Some(sql), true) = (&seed_sql, args.tenants > 0) {
+    let existing = fleet.count_tenants("tenant");
+    if existing > 0 {
+        eprintln!(
+            "this emulator's state already holds {existing} tenant{} (tenant-0001 …): they are \
+             served as they were",
+            if existing == 1 { "" } else { "s" }
+        );
+    }
+    match fleet.api_key_source() {
+        ApiKeySource::Kept => eprintln!("the API key is the one this state already had"),
+        ApiKeySource::Replaced => eprintln!(
+            "the API key changed to the one given: clients of the previous key are refused now"
+        ),
+        ApiKeySource::New | ApiKeySource::Given => {}
+    }
+    let missing = args.tenants.saturating_sub(existing);
+    if let (Some(sql), true) = (&seed_sql, missing > 0) {
         let started = Instant::now();
-        let seeded = fleet.seed(args.tenants, sql, "tenant").await;
+        let seeded = fleet.seed(missing, sql, "tenant").await;
         match seeded {
             Ok(tenants) => eprintln!(
                 "seeded {} in {:.1} s",

@@ -60,7 +60,17 @@ pub async fn run(args: GcArgs) -> anyhow::Result<ExitStatus> {
     };
     super::api::preflight(&client, &args.api.api_url).await?;
     let now = time::OffsetDateTime::now_utc();
-    let options = GcOptions { all: args.all };
+    let preserved_older_than = match &args.older_than {
+        Some(text) => Some(
+            crate::policy::parse_duration(text)
+                .map_err(|error| anyhow::anyhow!("--older-than: {error}"))?,
+        ),
+        None => None,
+    };
+    let options = GcOptions {
+        all: args.all,
+        preserved_older_than,
+    };
     let rollout = plan_context.as_ref().map(|context| Rollout {
         plan_id: &context.plan_id,
         state: &context.state,
@@ -339,5 +349,6 @@ fn render_text(
             "      ",
         );
     }
-    out
+    // Branch names, reasons and errors carry foreign text.
+    crate::terminal::escape_controls(&out)
 }

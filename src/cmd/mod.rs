@@ -41,6 +41,6 @@ pub async fn run(cli: Cli) -> ExitStatus {
 
 /// Print an error with its cause chain, secrets redacted, as the last thing the user reads.
 pub fn print_error(error: &anyhow::Error) {
-    let text = crate::secret::redact_uri(&format!("{error:#}"));
+    let text = crate::terminal::escape_controls(&crate::secret::redact_uri(&format!("{error:#}")));
     eprintln!("error: {text}");
 }

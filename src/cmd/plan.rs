@@ -33,14 +33,22 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<ExitStatus> {
         .context("--policy is required unless --check is given")?;
     let outcome = plan(&args, policy_path).await?;
     match args.output {
-        OutputFormat::Text => print!("{}", outcome.summary),
+        // Tenant names come from the Neon API or a tenants file.
+        OutputFormat::Text => print!(
+            "{}",
+            crate::terminal::escape_controls(&outcome.summary.to_string())
+        ),
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&outcome.summary)?),
     }
     Ok(ExitStatus::Success)
 }
 
 async fn plan(args: &PlanArgs, policy_path: &Path) -> anyhow::Result<PlanOutcome> {
-    let inputs = read_inputs(policy_path, &args.migrations)?;
+    let migrations = args
+        .migrations
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("migrations"));
+    let inputs = read_inputs(policy_path, &migrations)?;
     let neon = neon_access(args, &inputs.policy);
     let fleet = collect_fleet(&inputs.policy, args.tenants.as_deref(), neon.as_ref())
         .await
@@ -95,12 +103,17 @@ struct CheckReport {
     fleet_differences: Option<Vec<String>>,
 }
 
+/// `--migrations` wins over the plan's recorded directory, as for `apply` and `drift`: an old
+/// plan is checked against its release's checkout.
 async fn check(args: &PlanArgs, plan_path: &Path) -> anyhow::Result<ExitStatus> {
     if args.tenants.is_some() && !args.fleet {
         anyhow::bail!("--tenants with --check lists the fleet to compare: add --fleet");
     }
     let plan = load_plan(plan_path)?;
-    let migrations_dir = resolve_from_plan(plan_path, &plan.migrations.dir);
+    let migrations_dir = args.migrations.as_deref().map_or_else(
+        || resolve_from_plan(plan_path, &plan.migrations.dir),
+        Path::to_path_buf,
+    );
     let set = migrations::load(&migrations_dir)?;
     let migration_result = check_migrations(&plan, &set);
     let policy_path = locate_policy(plan_path, &plan, args.policy.as_deref())?;

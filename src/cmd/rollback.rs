@@ -45,6 +45,7 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
         .into());
     }
     let stamp = crate::clock::compact_stamp();
+    let preserve_until = preserve_until(args.preserve_for.as_deref())?;
     let (candidates, mut refusals) =
         rollback::select(&plan, &read.state, &selection, &stamp).map_err(anyhow::Error::msg)?;
     // The API is checked before anything is announced; a dry run without it still prints the
@@ -53,39 +54,48 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
         Ok(client) => match super::api::preflight(&client, &args.api.api_url).await {
             Ok(()) => Some(client),
             Err(error) if args.dry_run => {
-                eprintln!("note: cannot check main for later releases: {error:#}");
+                eprintln!(
+                    "note: cannot read main's history to check the restores: {}",
+                    crate::terminal::escape_controls(&format!("{error:#}"))
+                );
                 None
             }
             Err(error) => return Err(error),
         },
         Err(error) if args.dry_run => {
-            eprintln!("note: cannot check main for later releases: {error:#}");
+            eprintln!("note: cannot read main's history to check the restores: {error:#}");
             None
         }
         Err(error) => return Err(error),
     };
+    // Refusals and checks are told from main's history now: this plan's journal does not see
+    // what another plan's apply or rollback did since.
     let (candidates, collateral) = match &client {
-        Some(client) if !candidates.is_empty() => {
-            check_later_releases(client, &plan, candidates, &mut refusals, &args).await
+        Some(client) => {
+            retell_rolled_back(client, &plan, &read.state, &mut refusals, args.concurrency).await;
+            check_mains(client, &plan, candidates, &mut refusals, &args).await
         }
-        _ => (candidates, Vec::new()),
+        None => (candidates, Vec::new()),
     };
     for refusal in &refusals {
         eprintln!(
             "refused: {}: {}",
             plan.tenant_label(&refusal.tenant),
-            refusal.reason
+            crate::terminal::escape_controls(&refusal.reason)
         );
     }
     if candidates.is_empty() {
         eprintln!("nothing to roll back");
+        if args.output == OutputFormat::Json {
+            print_json(&plan, Vec::new(), &refusals)?;
+        }
         return Ok(if refusals.is_empty() {
             ExitStatus::Success
         } else {
             ExitStatus::Failure
         });
     }
-    describe(&plan, &candidates, &collateral);
+    describe(&plan, &candidates, &collateral, preserve_until.as_deref());
     if args.dry_run {
         print_dry_run(&plan, &candidates, &refusals, &collateral, args.output)?;
         return Ok(ExitStatus::Success);
@@ -99,6 +109,7 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
     let (journal, read) = Journal::open(&journal_path, &plan.plan_id)?;
     let recorder = Arc::new(Recorder::new(journal.clone(), read.state));
     let plan = Arc::new(plan);
+    let preserve_until = preserve_until.as_deref();
     let results: Vec<(String, TenantRollback)> = futures::stream::iter(candidates.clone())
         .map(|candidate| {
             let client = client.clone();
@@ -107,6 +118,23 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
             async move {
                 let result =
                     rollback::roll_back_tenant(&client, &recorder, &plan, &candidate).await;
+                if let (Ok(Ok(())), Some(expires_at)) = (&result, preserve_until)
+                    && let Err(error) = rollback::expire_preserved(
+                        &client,
+                        &candidate.tenant,
+                        &candidate.preserve_under_name,
+                        expires_at,
+                    )
+                    .await
+                {
+                    // The restore itself succeeded; only the preserved branch's expiry is
+                    // missing, which `gc --preserved` can make up for.
+                    eprintln!(
+                        "warning: {}: rolled back, but the preserved branch has no expiry: {}",
+                        candidate.tenant,
+                        crate::terminal::escape_controls(&error)
+                    );
+                }
                 (candidate.tenant.clone(), result)
             }
         })
@@ -124,7 +152,10 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
             Ok(()) => eprintln!("rolled back: {label}"),
             Err(reason) => {
                 n_failed += 1;
-                eprintln!("FAILED: {label}: {reason}");
+                eprintln!(
+                    "FAILED: {label}: {}",
+                    crate::terminal::escape_controls(&reason.to_string())
+                );
             }
         }
         let preserved = candidates
@@ -134,16 +165,7 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
         report.push(serde_json::json!({"tenant": tenant, "tenant_name": tenant_name(&plan, &tenant), "ok": outcome.is_ok(), "error": outcome.err(), "preserved_branch": preserved}));
     }
     if args.output == OutputFormat::Json {
-        let refused: Vec<serde_json::Value> = refusals
-            .iter()
-            .map(|refusal| serde_json::json!({"tenant": refusal.tenant, "tenant_name": tenant_name(&plan, &refusal.tenant), "reason": refusal.reason}))
-            .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"plan_id": plan.plan_id, "tenants": report, "refused": refused})
-            )?
-        );
+        print_json(&plan, report, &refusals)?;
     } else {
         let total = report.len() + refusals.len();
         let rolled_back = total - n_failed;
@@ -154,7 +176,7 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
             );
         } else {
             println!(
-                "{rolled_back} of {} rolled back; `schemafleet status {}` shows them, a later `apply` migrates them again",
+                "{rolled_back} of {} rolled back; `schemafleet status {}` shows them; `apply` of this plan leaves them back until `--include-rolled-back`",
                 crate::report::render::plural(total, "tenant"),
                 args.plan.display()
             );
@@ -167,46 +189,118 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
     })
 }
 
-/// Read every candidate's main history: a tenant that a later release has migrated further is
-/// refused, unless `--undo-later-releases`, in which case what it undoes is listed.
-async fn check_later_releases(
+/// The rollback's JSON document: restored tenants and refusals (also when nothing was rolled
+/// back, so a pipeline always gets one).
+fn print_json(
+    plan: &crate::plan::model::Plan,
+    tenants: Vec<serde_json::Value>,
+    refusals: &[rollback::Refusal],
+) -> anyhow::Result<()> {
+    let refused: Vec<serde_json::Value> = refusals
+        .iter()
+        .map(|refusal| serde_json::json!({"tenant": refusal.tenant, "tenant_name": tenant_name(plan, &refusal.tenant), "reason": refusal.reason}))
+        .collect();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(
+            &serde_json::json!({"plan_id": plan.plan_id, "tenants": tenants, "refused": refused})
+        )?
+    );
+    Ok(())
+}
+
+/// `--preserve-for DURATION`: the expiry (RFC 3339) the preserved branches get; Neon accepts at
+/// most 30 days ahead.
+fn preserve_until(preserve_for: Option<&str>) -> anyhow::Result<Option<String>> {
+    let Some(text) = preserve_for else {
+        return Ok(None);
+    };
+    let duration = crate::policy::parse_duration(text)
+        .map_err(|error| anyhow::anyhow!("--preserve-for: {error}"))?;
+    const MAX: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+    if duration.is_zero() || duration > MAX {
+        bail!(
+            "--preserve-for {text}: Neon accepts a branch expiry from 1s to 30d ahead; leave it out to keep the preserved branches until `gc --preserved --older-than` deletes them"
+        );
+    }
+    Ok(Some(crate::clock::rfc3339_seconds_from_now(duration)))
+}
+
+/// Re-tell the refusal of each tenant this plan's journal says it already rolled back from
+/// main's history now: a later plan may have migrated it again.
+async fn retell_rolled_back(
+    client: &crate::neon::NeonClient,
+    plan: &crate::plan::model::Plan,
+    state: &crate::journal::JournalState,
+    refusals: &mut [rollback::Refusal],
+    concurrency: usize,
+) {
+    let retold: Vec<Option<String>> = futures::stream::iter(refusals.iter())
+        .map(|refusal| async move {
+            let before = rollback::RolledBackBefore::of(state, &refusal.tenant)?;
+            Some(
+                match rollback::main_versions(client, plan, &refusal.tenant).await {
+                    Ok(current) => rollback::already_rolled_back_reason(before, &current),
+                    Err(error) => format!(
+                        "{} (main's history could not be read to confirm it: {error})",
+                        refusal.reason
+                    ),
+                },
+            )
+        })
+        .buffered(concurrency.max(1))
+        .collect()
+        .await;
+    for (refusal, reason) in refusals.iter_mut().zip(retold) {
+        if let Some(reason) = reason {
+            refusal.reason = reason;
+        }
+    }
+}
+
+/// Read every candidate's main history: a tenant whose restore would move main forward is
+/// refused; one that a later release migrated further is refused unless
+/// `--undo-later-releases`, in which case what it undoes is listed.
+async fn check_mains(
     client: &crate::neon::NeonClient,
     plan: &crate::plan::model::Plan,
     candidates: Vec<Candidate>,
     refusals: &mut Vec<rollback::Refusal>,
     args: &RollbackArgs,
 ) -> (Vec<Candidate>, Vec<(String, Vec<i32>)>) {
+    let planned = rollback::planned_versions(plan);
     let checked: Vec<(Candidate, Result<Vec<i32>, String>)> = futures::stream::iter(candidates)
         .map(|candidate| async move {
-            let later = rollback::later_releases(client, plan, &candidate).await;
-            (candidate, later)
+            let current = rollback::main_versions(client, plan, &candidate.tenant).await;
+            (candidate, current)
         })
         .buffered(args.concurrency.max(1))
         .collect()
         .await;
     let mut kept = Vec::new();
     let mut collateral = Vec::new();
-    for (candidate, later) in checked {
-        match later {
-            Ok(versions) if versions.is_empty() => kept.push(candidate),
-            Ok(versions) if args.undo_later_releases => {
-                collateral.push((candidate.tenant.clone(), versions));
+    for (candidate, current) in checked {
+        let refuse = |reason: String| rollback::Refusal {
+            tenant: candidate.tenant.clone(),
+            reason,
+        };
+        match current {
+            Ok(current) => {
+                let check =
+                    rollback::check_main(&current, candidate.expected_version, &planned);
+                if let Some(reason) = check.refusal(args.undo_later_releases) {
+                    refusals.push(refuse(reason));
+                    continue;
+                }
+                if let rollback::MainCheck::LaterReleases(versions) = check {
+                    collateral.push((candidate.tenant.clone(), versions));
+                }
                 kept.push(candidate);
             }
-            Ok(versions) => refusals.push(rollback::Refusal {
-                tenant: candidate.tenant.clone(),
-                reason: format!(
-                    "main also has {} from a later release (not in this plan), which the restore would undo too; roll back the later plan first, or pass --undo-later-releases; nothing was changed",
-                    rollback::version_list(&versions)
-                ),
-            }),
             Err(_) if args.undo_later_releases => kept.push(candidate),
-            Err(error) => refusals.push(rollback::Refusal {
-                tenant: candidate.tenant.clone(),
-                reason: format!(
-                    "cannot read main's history to check for later releases ({error}); pass --undo-later-releases to restore without that check; nothing was changed"
-                ),
-            }),
+            Err(error) => refusals.push(refuse(format!(
+                "cannot read main's history to check it ({error}); pass --undo-later-releases to restore without that check; nothing was changed"
+            ))),
         }
     }
     (kept, collateral)
@@ -291,6 +385,7 @@ fn describe(
     plan: &crate::plan::model::Plan,
     candidates: &[Candidate],
     collateral: &[(String, Vec<i32>)],
+    preserve_until: Option<&str>,
 ) {
     eprintln!(
         "will restore {}:",
@@ -300,13 +395,17 @@ fn describe(
         let age = rollback::age_seconds(candidate)
             .map(|seconds| format!("{} ago", human_duration(seconds)))
             .unwrap_or_else(|| "age unknown".to_string());
+        let keep = preserve_until.map_or_else(
+            || "kept until `gc --preserved` deletes it".to_string(),
+            |until| format!("it expires at {until}"),
+        );
         eprintln!(
             "  {}, wave {}: back to its restore point from {age};",
             plan.tenant_label(&candidate.tenant),
             candidate.wave
         );
         eprintln!(
-            "    writes since then move to branch {}",
+            "    writes since then move to branch {} ({keep})",
             candidate.preserve_under_name
         );
         if let Some((_, versions)) = collateral

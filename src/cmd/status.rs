@@ -10,7 +10,9 @@ use futures::StreamExt;
 
 use crate::cli::{OutputFormat, StatusArgs};
 use crate::exit::ExitStatus;
-use crate::journal::{Journal, JournalState, LockHolder, RestorePoint, default_journal_path};
+use crate::journal::{
+    Journal, JournalState, LockHolder, RestorePoint, TenantStatus, default_journal_path,
+};
 use crate::pg::{self, HistoryComparison};
 use crate::plan::model::Plan;
 use crate::report;
@@ -40,10 +42,13 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
     let groups = report::group_failures(&summary.failures, &plan_display);
     let restore_points = restore_points(&plan, &read.state);
     let live = if args.live {
-        Some(live_probe(&args, &plan).await?)
+        Some(live_probe(&args, &plan, &read.state).await?)
     } else {
         None
     };
+    // Journal-only status is as of this plan's last record: another plan's apply or rollback
+    // since then is invisible to it; main's history (`--live`) is the authority.
+    let as_of = read.records.last().map(|record| record.at.clone());
     let running = summary
         .waves
         .iter()
@@ -76,6 +81,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 "failures": summary.failures,
                 "failure_groups": groups,
                 "restore_points": restore_points,
+                "held_back": summary.held_back,
+                "source": if live.is_some() { "journal+live" } else { "journal" },
+                "as_of": as_of,
                 "torn_tail": read.torn_tail,
                 "live": live,
             });
@@ -93,6 +101,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 running,
                 halted.clone(),
                 read.torn_tail.as_deref(),
+                as_of.as_deref(),
                 lock_holder,
             );
         }
@@ -115,7 +124,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
 
 #[expect(
     clippy::too_many_arguments,
-    reason = "one call site; a struct would only rename the same ten things"
+    reason = "one call site; a struct would only rename the same eleven things"
 )]
 fn print_text(
     plan_path: &Path,
@@ -128,6 +137,7 @@ fn print_text(
     running: Option<String>,
     halted: Option<String>,
     torn_tail: Option<&str>,
+    as_of: Option<&str>,
     lock_holder: LockHolder,
 ) {
     println!("plan {} ({})", summary.plan_id, plan_path.display());
@@ -155,6 +165,20 @@ fn print_text(
             journal_path.display(),
             report::render::plural(state.runs as usize, "run"),
         );
+    }
+    if live.is_none()
+        && let Some(as_of) = as_of
+    {
+        let mut note = String::new();
+        report::render::wrap_into(
+            &mut note,
+            &format!(
+                "as of this plan's last record ({as_of}): another plan's apply or rollback since then is not in it; `--live` reads the tenants"
+            ),
+            "",
+            "  ",
+        );
+        print!("{note}");
     }
     if let Some(wave) = running {
         match lock_holder {
@@ -259,10 +283,55 @@ fn print_live(live: &serde_json::Value) {
             problems.len() - SHOWN
         );
     }
+    let stale = live["stale"].as_array().cloned().unwrap_or_default();
+    if stale.is_empty() {
+        return;
+    }
+    let mut out = String::new();
+    report::render::wrap_into(
+        &mut out,
+        &format!(
+            "stale in this journal ({}): main's history, which is authoritative, says otherwise now:",
+            stale.len()
+        ),
+        "",
+        "  ",
+    );
+    for entry in stale.iter().take(SHOWN) {
+        report::render::wrap_into(
+            &mut out,
+            &format!(
+                "{}: {}",
+                entry["tenant"].as_str().unwrap_or("?"),
+                entry["reason"].as_str().unwrap_or("?")
+            ),
+            "  ",
+            "      ",
+        );
+    }
+    if stale.len() > SHOWN {
+        out.push_str(&format!(
+            "  (+{} more; --output json lists them all)\n",
+            stale.len() - SHOWN
+        ));
+    }
+    print!("{out}");
 }
 
-/// `--live`: probe every planned tenant's history table (bounded concurrency).
-async fn live_probe(args: &StatusArgs, plan: &Plan) -> anyhow::Result<serde_json::Value> {
+/// What main's history says now, next to the version it is at.
+struct LiveVerdict {
+    /// `up_to_date`, `behind`, `ahead`, `diverged`, `unreachable: …`, `unreadable: …`.
+    state: String,
+    current_version: Option<i32>,
+}
+
+/// `--live`: probe every planned tenant's history table (bounded concurrency), and name the
+/// tenants whose journal entry main's history now contradicts (stale: main is authoritative).
+async fn live_probe(
+    args: &StatusArgs,
+    plan: &Plan,
+    state: &JournalState,
+) -> anyhow::Result<serde_json::Value> {
     let client = super::api::client(&args.api)?;
     // A wrong key or URL is one clear error, not one "unreachable" per tenant.
     super::api::preflight(&client, &args.api.api_url).await?;
@@ -272,7 +341,7 @@ async fn live_probe(args: &StatusArgs, plan: &Plan) -> anyhow::Result<serde_json
         .iter()
         .flat_map(|wave| wave.tenant_ids().map(str::to_string))
         .collect();
-    let results: Vec<(String, String)> = futures::stream::iter(tenants)
+    let mut results: Vec<(String, LiveVerdict)> = futures::stream::iter(tenants)
         .map(|tenant| {
             let client = client.clone();
             let planned = planned.clone();
@@ -282,17 +351,24 @@ async fn live_probe(args: &StatusArgs, plan: &Plan) -> anyhow::Result<serde_json
                     .connection_uri(&tenant, None, &policy.database, &policy.role)
                     .await
                 {
-                    Err(error) => format!("unreachable: {error}"),
+                    Err(error) => unknown(format!("unreachable: {error}")),
                     Ok(uri) => match pg::connect(&uri, std::time::Duration::from_secs(30)).await {
-                        Err(failure) => format!("unreachable: {failure}"),
+                        Err(failure) => unknown(format!("unreachable: {failure}")),
                         Ok(connection) => match pg::read_history(&connection).await {
-                            Err(failure) => format!("unreadable: {failure}"),
-                            Ok(history) => match pg::compare_history(&history, &planned) {
-                                HistoryComparison::UpToDate { .. } => "up_to_date".to_string(),
-                                HistoryComparison::Pending { .. } => "behind".to_string(),
-                                HistoryComparison::Ahead { .. } => "ahead".to_string(),
-                                HistoryComparison::Diverged { .. } => "diverged".to_string(),
-                            },
+                            Err(failure) => unknown(format!("unreadable: {failure}")),
+                            Ok(history) => {
+                                let current_version = history.iter().map(|row| row.version).max();
+                                let state = match pg::compare_history(&history, &planned) {
+                                    HistoryComparison::UpToDate { .. } => "up_to_date",
+                                    HistoryComparison::Pending { .. } => "behind",
+                                    HistoryComparison::Ahead { .. } => "ahead",
+                                    HistoryComparison::Diverged { .. } => "diverged",
+                                };
+                                LiveVerdict {
+                                    state: state.to_string(),
+                                    current_version,
+                                }
+                            }
                         },
                     },
                 };
@@ -302,20 +378,97 @@ async fn live_probe(args: &StatusArgs, plan: &Plan) -> anyhow::Result<serde_json
         .buffer_unordered(args.concurrency.max(1))
         .collect()
         .await;
+    results.sort_by(|left, right| left.0.cmp(&right.0));
     let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
     for (_, verdict) in &results {
-        let key = verdict.split(':').next().unwrap_or("").to_string();
+        let key = verdict.state.split(':').next().unwrap_or("").to_string();
         *counts.entry(key).or_default() += 1;
     }
     let problems: Vec<serde_json::Value> = results
         .iter()
-        .filter(|(_, verdict)| !matches!(verdict.as_str(), "up_to_date" | "behind" | "ahead"))
+        .filter(|(_, verdict)| !matches!(verdict.state.as_str(), "up_to_date" | "behind" | "ahead"))
         .map(|(tenant, verdict)| {
             let name = plan
                 .tenant(tenant)
                 .map_or("", |(planned, _)| planned.name.as_str());
-            serde_json::json!({"tenant": tenant, "tenant_name": name, "state": verdict})
+            serde_json::json!({"tenant": tenant, "tenant_name": name, "state": verdict.state})
         })
         .collect();
-    Ok(serde_json::json!({"counts": counts, "problems": problems}))
+    let stale: Vec<serde_json::Value> = results
+        .iter()
+        .filter_map(|(tenant, verdict)| {
+            let journal = state.tenant_status(tenant);
+            let reason = stale_reason(journal, &verdict.state, verdict.current_version)?;
+            Some(serde_json::json!({
+                "tenant": tenant,
+                "journal": journal.as_str(),
+                "live": verdict.state,
+                "current_version": verdict.current_version,
+                "reason": reason,
+            }))
+        })
+        .collect();
+    Ok(serde_json::json!({"counts": counts, "problems": problems, "stale": stale}))
+}
+
+fn unknown(state: String) -> LiveVerdict {
+    LiveVerdict {
+        state,
+        current_version: None,
+    }
+}
+
+/// Why this plan's journal entry for a tenant no longer describes its main, judged by main's
+/// history now; `None` when they agree (or main could not be read). Pure.
+fn stale_reason(journal: TenantStatus, live: &str, current_version: Option<i32>) -> Option<String> {
+    let at =
+        current_version.map_or_else(|| "no version".to_string(), |version| format!("V{version}"));
+    match (journal, live) {
+        (TenantStatus::Applied | TenantStatus::UpToDate, "behind") => Some(format!(
+            "the journal says {}, but main is at {at} now, behind this plan (another plan's rollback?)",
+            journal.as_str()
+        )),
+        (
+            TenantStatus::Failed
+            | TenantStatus::Diverged
+            | TenantStatus::RolledBack
+            | TenantStatus::RollbackFailed,
+            "up_to_date" | "ahead",
+        ) => Some(format!(
+            "the journal says {}, but main is at {at} now, with every migration of this plan (a later run or plan migrated it)",
+            journal.as_str()
+        )),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_journal_entry_main_contradicts_is_stale() {
+        let reason = stale_reason(TenantStatus::Applied, "behind", None).expect("stale");
+        assert!(
+            reason.contains("main is at no version now, behind"),
+            "{reason}"
+        );
+        let reason = stale_reason(TenantStatus::Failed, "ahead", Some(6)).expect("stale");
+        assert!(
+            reason.contains("says failed, but main is at V6 now"),
+            "{reason}"
+        );
+        assert!(stale_reason(TenantStatus::RolledBack, "up_to_date", Some(3)).is_some());
+        // Agreement, or nothing known, is not stale.
+        assert_eq!(stale_reason(TenantStatus::Applied, "ahead", Some(6)), None);
+        assert_eq!(stale_reason(TenantStatus::Failed, "behind", Some(3)), None);
+        assert_eq!(
+            stale_reason(TenantStatus::NotStarted, "up_to_date", Some(3)),
+            None
+        );
+        assert_eq!(
+            stale_reason(TenantStatus::Applied, "unreachable: refused", None),
+            None
+        );
+    }
 }

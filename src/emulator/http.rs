@@ -179,7 +179,8 @@ fn authorized(request: &Request, api_key: &SecretString) -> bool {
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
         .unwrap_or("");
-    constant_time_eq(presented.as_bytes(), api_key.expose().as_bytes())
+    // An empty key would match an empty presentation: never let that through.
+    !api_key.is_empty() && constant_time_eq(presented.as_bytes(), api_key.expose().as_bytes())
 }
 
 fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
@@ -497,4 +498,179 @@ async fn connection_uri(
         StatusCode::OK,
         context.emulator.connection_uri(&project_id, &query),
     )
+}
+
+/// At most this many client connections are served at once; more wait in the listen queue.
+const MAX_CONNECTIONS: usize = 512;
+
+/// A connection that sends nothing for this long is closed: a slow or stalled client cannot
+/// hold one of the [`MAX_CONNECTIONS`] forever. Longer than HTTP clients keep idle pooled
+/// connections (reqwest: 90 s).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The emulator's listener: a cap on open connections and an idle timeout on each, so many or
+/// slow clients cannot exhaust its file descriptors and tasks.
+pub struct GuardedListener {
+    inner: tokio::net::TcpListener,
+    permits: Arc<tokio::sync::Semaphore>,
+    idle_timeout: Duration,
+}
+
+impl GuardedListener {
+    pub fn new(inner: tokio::net::TcpListener) -> Self {
+        Self::with_limits(inner, MAX_CONNECTIONS, IDLE_TIMEOUT)
+    }
+
+    fn with_limits(
+        inner: tokio::net::TcpListener,
+        max_connections: usize,
+        idle_timeout: Duration,
+    ) -> Self {
+        Self {
+            inner,
+            permits: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+            idle_timeout,
+        }
+    }
+}
+
+impl axum::serve::Listener for GuardedListener {
+    type Io = GuardedStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        // The semaphore is never closed, so acquiring only waits.
+        let permit = loop {
+            if let Ok(permit) = self.permits.clone().acquire_owned().await {
+                break permit;
+            }
+        };
+        let (stream, address) = axum::serve::Listener::accept(&mut self.inner).await;
+        let stream = GuardedStream {
+            stream,
+            idle: Box::pin(tokio::time::sleep(self.idle_timeout)),
+            idle_timeout: self.idle_timeout,
+            _permit: permit,
+        };
+        (stream, address)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A client connection holding one of the listener's permits until it is dropped.
+pub struct GuardedStream {
+    stream: tokio::net::TcpStream,
+    idle: std::pin::Pin<Box<tokio::time::Sleep>>,
+    idle_timeout: Duration,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for GuardedStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                let deadline = tokio::time::Instant::now() + this.idle_timeout;
+                this.idle.as_mut().reset(deadline);
+                Poll::Ready(result)
+            }
+            Poll::Pending => match this.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client sent nothing for too long",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for GuardedStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::serve::Listener;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Past the cap, a new connection is not served until an earlier one closes.
+    #[tokio::test]
+    async fn connections_past_the_cap_wait_for_a_free_slot() {
+        let inner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = inner.local_addr().unwrap();
+        let mut listener = GuardedListener::with_limits(inner, 1, IDLE_TIMEOUT);
+        let first = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (mut served, _) = listener.accept().await;
+        let _second = tokio::net::TcpStream::connect(address).await.unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
+        assert!(
+            waiting.is_err(),
+            "a second connection was accepted past the cap"
+        );
+        drop(first);
+        let mut byte = [0u8; 1];
+        assert_eq!(served.read(&mut byte).await.unwrap(), 0, "the first closed");
+        drop(served);
+        tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("the freed slot serves the second");
+    }
+
+    /// A client that stalls is cut after the idle timeout.
+    #[tokio::test]
+    async fn a_stalled_client_is_cut_after_the_idle_timeout() {
+        let inner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = inner.local_addr().unwrap();
+        let mut listener = GuardedListener::with_limits(inner, 4, Duration::from_millis(50));
+        let mut client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (mut served, _) = listener.accept().await;
+        client.write_all(b"GET").await.unwrap();
+        let mut buffer = [0u8; 16];
+        assert_eq!(served.read(&mut buffer).await.unwrap(), 3);
+        let error = served.read(&mut buffer).await.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+    }
 }

@@ -97,6 +97,21 @@ impl LocalFleetConfig {
     }
 }
 
+/// Where the API key of a started emulator came from. The key is kept with the emulator's state,
+/// so a restart over the same data directory (or attached server) serves the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKeySource {
+    /// Random, for state that had none (a new data directory).
+    New,
+    /// The one the state already had.
+    Kept,
+    /// Given by the caller, and the state had it or none.
+    Given,
+    /// Given by the caller and different from the one the state had: clients of the old one
+    /// are refused from now on.
+    Replaced,
+}
+
 /// A running emulator and the PostgreSQL cluster behind it.
 pub struct LocalFleet {
     cluster: Option<PgCluster>,
@@ -104,6 +119,7 @@ pub struct LocalFleet {
     context: Arc<http::HttpContext>,
     api_url: String,
     api_key: SecretString,
+    api_key_source: ApiKeySource,
     database_url: SecretUri,
     shutdown: StdMutex<Option<tokio::sync::oneshot::Sender<()>>>,
     server_task: Option<JoinHandle<()>>,
@@ -121,6 +137,12 @@ impl std::fmt::Debug for LocalFleet {
 
 impl LocalFleet {
     pub async fn start(config: LocalFleetConfig) -> anyhow::Result<LocalFleet> {
+        if config.api_key.as_deref().is_some_and(str::is_empty) {
+            anyhow::bail!(
+                "the emulator's API key is empty, which would let any request in; pass a \
+                 non-empty --api-key (EMULATOR_API_KEY) or none for a random one"
+            );
+        }
         let cluster = match &config.attach {
             Some(url) => PgCluster::attach(url.clone())
                 .await
@@ -169,7 +191,24 @@ impl LocalFleet {
             server_major_version,
         });
 
-        let api_key = SecretString::new(config.api_key.clone().unwrap_or_else(random_api_key));
+        let stored_key = emulator
+            .store
+            .api_key()
+            .await
+            .context("cannot read the emulator's API key")?
+            .filter(|key| !key.is_empty());
+        let (api_key, api_key_source) = match (config.api_key.clone(), stored_key) {
+            (Some(given), Some(stored)) if given != stored => (given, ApiKeySource::Replaced),
+            (Some(given), _) => (given, ApiKeySource::Given),
+            (None, Some(stored)) => (stored, ApiKeySource::Kept),
+            (None, None) => (random_api_key(), ApiKeySource::New),
+        };
+        emulator
+            .store
+            .set_api_key(&api_key)
+            .await
+            .context("cannot record the emulator's API key")?;
+        let api_key = SecretString::new(api_key);
         let context = Arc::new(http::HttpContext {
             emulator: emulator.clone(),
             api_key: api_key.clone(),
@@ -185,7 +224,7 @@ impl LocalFleet {
         let (shutdown_sender, shutdown_receiver) = tokio::sync::oneshot::channel::<()>();
         let router = http::router(context.clone());
         let server_task = tokio::spawn(async move {
-            let served = axum::serve(listener, router)
+            let served = axum::serve(http::GuardedListener::new(listener), router)
                 .with_graceful_shutdown(async move {
                     let _ = shutdown_receiver.await;
                 })
@@ -202,6 +241,7 @@ impl LocalFleet {
             context,
             api_url: format!("http://{address}/api/v2"),
             api_key,
+            api_key_source,
             shutdown: StdMutex::new(Some(shutdown_sender)),
             server_task: Some(server_task),
             reaper_task: Some(reaper_task),
@@ -215,6 +255,15 @@ impl LocalFleet {
 
     pub fn api_key(&self) -> &SecretString {
         &self.api_key
+    }
+
+    pub fn api_key_source(&self) -> ApiKeySource {
+        self.api_key_source
+    }
+
+    /// How many projects are named `{name_prefix}-…` (those [`LocalFleet::seed`] made with it).
+    pub fn count_tenants(&self, name_prefix: &str) -> usize {
+        seed::count_seeded(&self.emulator, name_prefix)
     }
 
     /// The backing cluster's superuser URL.

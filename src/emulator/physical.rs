@@ -5,7 +5,10 @@
 //! `CREATE DATABASE … TEMPLATE` fast path is only taken when nobody is connected, and a
 //! consistent `pg_dump | psql` copy is used otherwise.
 //! **Invariant:** every name this module puts into SQL comes from [`super::ids`] (a plain
-//! lowercase identifier) and every password is alphanumeric, so no quoting is needed.
+//! lowercase identifier) and every password goes in as a SCRAM verifier (base64, no quote), so
+//! no quoting is needed.
+//! **Invariant:** every database this module creates is closed to `PUBLIC`: a tenant's role
+//! connects only to its own databases.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -207,10 +210,13 @@ impl Physical {
         Ok(row.get::<_, i64>(0) > 0)
     }
 
+    /// The password travels as a SCRAM verifier, never in clear: the statement may reach a
+    /// log (the server's, on an error) where the verifier is useless for logging in.
     pub async fn create_role(&self, role: &str, password: &str) -> Result<(), PhysicalError> {
+        let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
         self.execute(
             "postgres",
-            &format!("CREATE ROLE {role} LOGIN PASSWORD '{password}'"),
+            &format!("CREATE ROLE {role} LOGIN PASSWORD '{verifier}'"),
         )
         .await
     }
@@ -220,16 +226,20 @@ impl Physical {
             .await
     }
 
+    /// Only `owner` (and superusers) may connect to it.
     pub async fn create_empty_database(
         &self,
         name: &str,
         owner: &str,
     ) -> Result<(), PhysicalError> {
-        self.execute(
-            "postgres",
-            &format!("CREATE DATABASE {name} OWNER {owner} TEMPLATE template0"),
-        )
-        .await
+        let client = self.admin().await?;
+        client
+            .batch_execute(&format!(
+                "CREATE DATABASE {name} OWNER {owner} TEMPLATE template0"
+            ))
+            .await
+            .map_err(|error| sql_error(format!("create database {name}"), error))?;
+        revoke_public_connect(&client, name).await
     }
 
     /// The server's major version, e.g. 15.
@@ -267,7 +277,8 @@ impl Physical {
         Ok(row.get(0))
     }
 
-    /// Copy `source` into a new database `target` owned by `owner`, as it is at this instant.
+    /// Copy `source` into a new database `target` owned by `owner`, as it is at this instant;
+    /// only `owner` (and superusers) may connect to it.
     pub async fn copy_database(
         &self,
         source: &str,

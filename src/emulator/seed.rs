@@ -59,11 +59,30 @@ pub async fn seed(
         )
         .await
         .context("cannot create the seed template database")?;
+    // Tenants seeded so far must not read (or hold open) the template of the others.
+    physical
+        .execute(
+            "postgres",
+            &format!("REVOKE CONNECT ON DATABASE {template} FROM PUBLIC"),
+        )
+        .await
+        .context("cannot restrict connections to the seed template")?;
     let result = seed_from_template(emulator, &template, tenants, seed_sql, name_prefix).await;
     let dropped = physical.drop_database(&template).await;
     let seeded = result?;
     dropped.context("cannot drop the seed template database")?;
     Ok(seeded)
+}
+
+/// How many projects are named `{name_prefix}-…`, as seeding names them.
+pub fn count_seeded(emulator: &Emulator, name_prefix: &str) -> usize {
+    let prefix = format!("{name_prefix}-");
+    emulator
+        .lock_state()
+        .projects
+        .values()
+        .filter(|entry| entry.document.project.name.starts_with(&prefix))
+        .count()
 }
 
 async fn seed_from_template(
@@ -92,16 +111,7 @@ async fn seed_from_template(
         .await
         .context("cannot hand the seed template to postgres")?;
 
-    let first_index = {
-        let state = emulator.lock_state();
-        let prefix = format!("{name_prefix}-");
-        state
-            .projects
-            .values()
-            .filter(|entry| entry.document.project.name.starts_with(&prefix))
-            .count()
-            + 1
-    };
+    let first_index = count_seeded(emulator, name_prefix) + 1;
     let results: Vec<anyhow::Result<SeededTenant>> =
         futures::stream::iter(first_index..first_index + tenants)
             .map(|index| {

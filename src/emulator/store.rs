@@ -32,7 +32,8 @@ pub struct Store {
 }
 
 impl Store {
-    /// Create the state database and table when missing.
+    /// Create the state database and tables when missing. Tenants' roles may never connect to
+    /// it (it holds every tenant's password), also when an older emulator created it.
     pub async fn open(physical: Physical) -> Result<Store, StoreError> {
         if !physical.database_exists(STATE_DATABASE).await? {
             physical
@@ -41,11 +42,21 @@ impl Store {
         }
         physical
             .execute(
+                "postgres",
+                &format!("REVOKE CONNECT ON DATABASE {STATE_DATABASE} FROM PUBLIC"),
+            )
+            .await?;
+        physical
+            .execute(
                 STATE_DATABASE,
                 "CREATE TABLE IF NOT EXISTS emulator_projects (
                      id text PRIMARY KEY,
                      seq bigint NOT NULL,
                      document text NOT NULL
+                 );
+                 CREATE TABLE IF NOT EXISTS emulator_settings (
+                     name text PRIMARY KEY,
+                     value text NOT NULL
                  )",
             )
             .await?;
@@ -99,6 +110,32 @@ impl Store {
                 "INSERT INTO emulator_projects (id, seq, document) VALUES ($1, $2, $3)
                  ON CONFLICT (id) DO UPDATE SET document = excluded.document",
                 &[&document.project.id, &document.project.seq, &text],
+            )
+            .await
+            .map_err(|error| StoreError::Sql(error.to_string()))?;
+        Ok(())
+    }
+
+    /// The API key clients of this state present, kept so a restart serves the same key.
+    pub async fn api_key(&self) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT value FROM emulator_settings WHERE name = 'api_key'",
+                &[],
+            )
+            .await
+            .map_err(|error| StoreError::Sql(error.to_string()))?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    pub async fn set_api_key(&self, api_key: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO emulator_settings (name, value) VALUES ('api_key', $1)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                &[&api_key],
             )
             .await
             .map_err(|error| StoreError::Sql(error.to_string()))?;

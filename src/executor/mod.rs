@@ -9,6 +9,8 @@
 //! **Invariant:** a tenant whose probe or validation fails is never touched on main.
 //! **Invariant:** a tenant finished in the journal is not touched or even connected to on resume;
 //! an unfinished one is re-probed, and its history table decides what is still pending.
+//! **Invariant:** a tenant this plan rolled back (or whose rollback failed) is held back: no
+//! run of this plan touches it unless [`ApplyConfig::include_rolled_back`] names it.
 //! **Invariant:** when a wave's failures exceed its budget no new tenant of it starts and no later
 //! wave starts.
 
@@ -25,9 +27,31 @@ pub use shutdown::{
 pub use tenant::TenantOutcome;
 pub use waves::{RunOutcome, execute};
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::pg::runner::LockRetry;
+
+/// Which tenants that this plan rolled back `apply` migrates again. A rollback is an operator's
+/// decision ("the app broke"), so a later run of the same plan, `--retry-failed` included, leaves
+/// them back unless asked; a new plan treats them as any tenant that is behind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum IncludeRolledBack {
+    #[default]
+    None,
+    All,
+    Tenants(BTreeSet<String>),
+}
+
+impl IncludeRolledBack {
+    pub fn includes(&self, tenant: &str) -> bool {
+        match self {
+            IncludeRolledBack::None => false,
+            IncludeRolledBack::All => true,
+            IncludeRolledBack::Tenants(tenants) => tenants.contains(tenant),
+        }
+    }
+}
 
 /// How `apply` runs, beyond what the plan decides.
 #[derive(Debug, Clone)]
@@ -36,6 +60,8 @@ pub struct ApplyConfig {
     pub until_wave: Option<String>,
     /// Try failed tenants again and un-halt their waves.
     pub retry_failed: bool,
+    /// Which tenants this plan rolled back are migrated again (by default none).
+    pub include_rolled_back: IncludeRolledBack,
     /// Do not wait for bake times.
     pub skip_bake: bool,
     /// Bound on open database connections across all tenants in flight.
@@ -58,6 +84,7 @@ impl ApplyConfig {
         ApplyConfig {
             until_wave: None,
             retry_failed: false,
+            include_rolled_back: IncludeRolledBack::None,
             skip_bake: false,
             max_connections: 64,
             connect_timeout: Duration::from_secs(30),

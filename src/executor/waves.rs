@@ -115,7 +115,7 @@ async fn run_waves(
         let (wave_status, todo, previous_bake_until) = recorder.read(|state| {
             let todo: Vec<String> = wave
                 .tenant_ids()
-                .filter(|tenant| needs_work(state, tenant, config.retry_failed))
+                .filter(|tenant| needs_work(state, tenant, config))
                 .map(str::to_string)
                 .collect();
             let previous_bake_until = wave_idx
@@ -196,10 +196,14 @@ async fn run_waves(
     Ok(RunOutcome::Completed)
 }
 
-/// Whether `tenant` still needs work in this run.
-fn needs_work(state: &JournalState, tenant: &str, retry_failed: bool) -> bool {
+/// Whether `tenant` still needs work in this run. A tenant this plan rolled back stays back
+/// unless the operator included it: the rollback was their decision.
+fn needs_work(state: &JournalState, tenant: &str, config: &ApplyConfig) -> bool {
     match state.tenant_status(tenant) {
-        TenantStatus::Failed => retry_failed,
+        TenantStatus::Failed => config.retry_failed,
+        TenantStatus::RolledBack | TenantStatus::RollbackFailed => {
+            config.include_rolled_back.includes(tenant)
+        }
         status => !status.is_finished(),
     }
 }
@@ -220,9 +224,10 @@ async fn bake(
         return true;
     }
     let remaining = Duration::from_secs_f64(remaining.as_seconds_f64());
+    // Rounded up: a 3 s bake read a few milliseconds later is still "3s", not "2s".
     reporter.note(&format!(
         "baking wave {baked_wave} for {}s before wave {next_wave} starts (--skip-bake to skip)",
-        remaining.as_secs()
+        remaining.as_secs_f64().ceil() as u64
     ));
     tokio::select! {
         () = tokio::time::sleep(remaining) => true,
@@ -314,4 +319,80 @@ async fn run_wave(
         }
     }
     Ok(halted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{Record, RestorePoint};
+
+    fn record(seq: u64, event: Event) -> Record {
+        Record {
+            v: crate::journal::record::RECORD_VERSION,
+            seq,
+            at: "2026-12-01T10:00:00Z".into(),
+            event,
+        }
+    }
+
+    /// `t-back` was applied then rolled back; `t-failed` failed.
+    fn state() -> JournalState {
+        let wave = "canary".to_string();
+        JournalState::replay(&[
+            record(
+                1,
+                Event::Applied {
+                    tenant: "t-back".into(),
+                    wave: wave.clone(),
+                    versions: vec![1],
+                    lock_retries: 0,
+                },
+            ),
+            record(
+                2,
+                Event::RolledBack {
+                    tenant: "t-back".into(),
+                    preserved_branch: "pre-rollback-x-y".into(),
+                    restored_to: RestorePoint::BranchPoint {
+                        main_branch_id: "br-main".into(),
+                        lsn: "0/1".into(),
+                        timestamp: None,
+                    },
+                },
+            ),
+            record(
+                3,
+                Event::Failed {
+                    tenant: "t-failed".into(),
+                    wave,
+                    phase: crate::journal::Phase::Validate,
+                    error: crate::pg::DbFailure::new(None, "boom"),
+                    applied_on_main: Vec::new(),
+                },
+            ),
+        ])
+    }
+
+    #[test]
+    fn a_rolled_back_tenant_stays_back_unless_included() {
+        let state = state();
+        let mut config = ApplyConfig::standard();
+        config.retry_failed = true;
+        assert!(needs_work(&state, "t-failed", &config));
+        assert!(
+            !needs_work(&state, "t-back", &config),
+            "--retry-failed does not re-migrate a rolled-back tenant"
+        );
+        assert!(needs_work(&state, "t-new", &config));
+        config.include_rolled_back = crate::executor::IncludeRolledBack::Tenants(
+            ["t-other".to_string()].into_iter().collect(),
+        );
+        assert!(!needs_work(&state, "t-back", &config));
+        config.include_rolled_back = crate::executor::IncludeRolledBack::Tenants(
+            ["t-back".to_string()].into_iter().collect(),
+        );
+        assert!(needs_work(&state, "t-back", &config));
+        config.include_rolled_back = crate::executor::IncludeRolledBack::All;
+        assert!(needs_work(&state, "t-back", &config));
+    }
 }

@@ -1,12 +1,17 @@
 //! The journal file: exclusive lock, torn-tail repair, group-committed durable appends.
 //!
+//! **Invariant:** only what a crash can leave of a record we were writing is ever cut (a prefix
+//! of a record, or zeros); any other line that is not a record makes the file "not a journal"
+//! and it is left unchanged. The journal is never opened through a symbolic link, so `--journal`
+//! cannot be pointed at another file to overwrite it.
+//!
 //! Appends from all tenants in flight go to one writer thread, which writes every record that
 //! is waiting, calls `fsync` once, and only then acknowledges them all (group commit): each
 //! caller still waits for its own record to be durable, but a busy wave pays one fsync per
 //! batch instead of one per record.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +37,14 @@ pub enum JournalError {
         line: usize,
         reason: String,
     },
+    #[error(
+        "{path} is not a schemafleet journal (line {line} is not a journal record); it was left unchanged: pass another file with --journal"
+    )]
+    NotAJournal { path: PathBuf, line: usize },
+    #[error(
+        "journal {path} is a symbolic link; journals are never written through one: pass the file it points to with --journal"
+    )]
+    Symlink { path: PathBuf },
     #[error(
         "journal {path} belongs to plan {found}, not to plan {expected}; use --journal to pick another file"
     )]
@@ -59,6 +72,11 @@ pub fn default_journal_path(plan_path: &Path) -> PathBuf {
     let stem = stem.strip_suffix(".plan").unwrap_or(stem);
     plan_path.with_file_name(format!("{stem}.journal.jsonl"))
 }
+
+/// The longest line a journal may hold. Records are far smaller (failure messages are cut at
+/// [`crate::pg::error::MAX_MESSAGE_BYTES`]); the cap keeps a damaged or hostile file from
+/// making `status` or `apply` read an unbounded line into memory.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
 
 type Ack = oneshot::Sender<Result<Record, String>>;
 
@@ -104,12 +122,22 @@ impl Journal {
             path: path.to_path_buf(),
             source,
         };
+        use std::os::unix::fs::OpenOptionsExt;
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
-            .map_err(io_error)?;
+            .map_err(|source| {
+                if source.raw_os_error() == Some(libc::ELOOP) {
+                    JournalError::Symlink {
+                        path: path.to_path_buf(),
+                    }
+                } else {
+                    io_error(source)
+                }
+            })?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -119,13 +147,9 @@ impl Journal {
             }
             Err(std::fs::TryLockError::Error(source)) => return Err(io_error(source)),
         }
-        let mut bytes = Vec::new();
         file.seek(SeekFrom::Start(0)).map_err(io_error)?;
-        file.read_to_end(&mut bytes).map_err(io_error)?;
-        let parsed = parse(path, &bytes)?;
-        if let Some(valid_len) = parsed.valid_len
-            && valid_len < bytes.len()
-        {
+        let parsed = parse(path, &mut BufReader::new(&file))?;
+        if let Some(valid_len) = parsed.valid_len {
             // Drop the torn tail so the next append starts on a clean line.
             file.set_len(valid_len as u64).map_err(io_error)?;
             file.sync_all().map_err(io_error)?;
@@ -151,9 +175,15 @@ impl Journal {
     /// Read a journal without locking it (for `status` while an `apply` runs). A torn last line
     /// is reported and skipped, not repaired. A missing file reads as empty.
     pub fn read(path: &Path) -> Result<ReadJournal, JournalError> {
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                return Ok(ReadJournal {
+                    records: Vec::new(),
+                    state: JournalState::replay(&[]),
+                    torn_tail: None,
+                });
+            }
             Err(source) => {
                 return Err(JournalError::Io {
                     path: path.to_path_buf(),
@@ -161,7 +191,7 @@ impl Journal {
                 });
             }
         };
-        Ok(parse(path, &bytes)?.read)
+        Ok(parse(path, &mut BufReader::new(file))?.read)
     }
 
     /// Who holds this journal's lock now; `read` is the journal as just read, whose last
@@ -258,21 +288,41 @@ struct Parsed {
     valid_len: Option<usize>,
 }
 
-fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed, JournalError> {
+fn parse(path: &Path, reader: &mut impl BufRead) -> Result<Parsed, JournalError> {
+    let io_error = |source| JournalError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut records = Vec::new();
     let mut offset = 0;
     let mut line_number = 0;
     let mut torn_tail = None;
     let mut valid_len = None;
-    while offset < bytes.len() {
+    let mut buffer = Vec::new();
+    loop {
+        buffer.clear();
+        // One byte over the cap tells a line at the cap from a longer one, without reading more.
+        let read = (&mut *reader)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut buffer)
+            .map_err(io_error)?;
+        if read == 0 {
+            break;
+        }
         line_number += 1;
-        let line_end = bytes[offset..]
-            .iter()
-            .position(|byte| *byte == b'\n')
-            .map(|idx| offset + idx);
-        let line = &bytes[offset..line_end.unwrap_or(bytes.len())];
-        let next_offset = line_end.map_or(bytes.len(), |end| end + 1);
-        let is_last = next_offset >= bytes.len();
+        let line_end = (buffer.last() == Some(&b'\n')).then_some(buffer.len() - 1);
+        if line_end.is_none() && buffer.len() > MAX_LINE_BYTES {
+            return Err(JournalError::Corrupt {
+                path: path.to_path_buf(),
+                line: line_number,
+                reason: format!(
+                    "the line is longer than {} MiB, which no record is",
+                    MAX_LINE_BYTES >> 20
+                ),
+            });
+        }
+        let line = &buffer[..line_end.unwrap_or(buffer.len())];
+        let is_last = reader.fill_buf().map_err(io_error)?.is_empty();
         let parsed = std::str::from_utf8(line)
             .map_err(|error| error.to_string())
             .and_then(|text| {
@@ -298,6 +348,12 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed, JournalError> {
                     ),
                 });
             }
+            Err(_) if (is_last || line_number == 1) && !could_be_torn_record(line) => {
+                return Err(JournalError::NotAJournal {
+                    path: path.to_path_buf(),
+                    line: line_number,
+                });
+            }
             Err(reason) if is_last => {
                 torn_tail = Some(format!(
                     "line {line_number} was torn ({reason}) and was dropped"
@@ -312,7 +368,7 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed, JournalError> {
                 });
             }
         }
-        offset = next_offset;
+        offset += read;
     }
     let state = JournalState::replay(&records);
     Ok(Parsed {
@@ -323,6 +379,18 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed, JournalError> {
         },
         valid_len,
     })
+}
+
+/// Whether `line` can be what a crash left of a record being appended: a prefix of one (every
+/// record starts `{"v":`), maybe followed by the zeros some file systems leave after power loss.
+fn could_be_torn_record(line: &[u8]) -> bool {
+    const RECORD_START: &[u8] = br#"{"v":"#;
+    let end = line
+        .iter()
+        .rposition(|byte| *byte != 0)
+        .map_or(0, |idx| idx + 1);
+    let line = &line[..end];
+    line.starts_with(RECORD_START) || RECORD_START.starts_with(line)
 }
 
 fn write_loop(
@@ -473,6 +541,71 @@ mod tests {
         std::fs::write(&path, "not json\n{\"v\":1,\"seq\":2,\"at\":\"x\",\"event\":\"wave_started\",\"wave\":\"w\"}\n").expect("write");
         let error = Journal::read(&path).err().expect("corrupt");
         assert!(error.to_string().contains("line 1"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_file_that_never_held_a_journal_is_refused_and_left_unchanged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("id_ed25519.pub");
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx operator@laptop";
+        for content in [
+            key.to_string(),
+            format!("{key}\n"),
+            format!("{key}\nmore\n"),
+        ] {
+            std::fs::write(&path, &content).expect("write");
+            let error = Journal::open(&path, "plan-a").err().expect("refused");
+            assert!(
+                matches!(error, JournalError::NotAJournal { line: 1, .. }),
+                "{error}"
+            );
+            assert!(Journal::read(&path).is_err(), "status refuses it too");
+            assert_eq!(std::fs::read_to_string(&path).expect("read"), content);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_symlinked_journal_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("authorized_keys");
+        std::fs::write(&target, "").expect("write");
+        let link = dir.path().join("rollout.journal.jsonl");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        let error = Journal::open(&link, "plan-a").err().expect("refused");
+        assert!(matches!(error, JournalError::Symlink { .. }), "{error}");
+        assert!(error.to_string().contains("symbolic link"), "{error}");
+        assert_eq!(std::fs::read_to_string(&target).expect("read"), "");
+    }
+
+    #[test]
+    fn a_line_over_the_cap_is_an_error_before_it_is_read_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.journal.jsonl");
+        let record = r#"{"v":1,"seq":1,"at":"x","event":"wave_started","wave":"w"}"#;
+        let mut text = format!("{record}\n");
+        text.push_str(&"x".repeat(MAX_LINE_BYTES + 10));
+        text.push('\n');
+        std::fs::write(&path, &text).expect("write");
+        let error = Journal::read(&path).err().expect("refused");
+        assert!(
+            matches!(error, JournalError::Corrupt { line: 2, .. })
+                && error.to_string().contains("longer than 1 MiB"),
+            "{error}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read").len(),
+            text.len()
+        );
+    }
+
+    #[test]
+    fn only_prefixes_of_records_count_as_torn() {
+        assert!(could_be_torn_record(br#"{"v":1,"seq":3,"at":"2026-"#));
+        assert!(could_be_torn_record(b"{\"v"));
+        assert!(could_be_torn_record(b"{\"v\":1,\0\0\0"));
+        assert!(could_be_torn_record(b"\0\0"));
+        assert!(!could_be_torn_record(b"ssh-ed25519 AAAA"));
+        assert!(!could_be_torn_record(b"{\"other\": 1}"));
     }
 
     #[tokio::test]

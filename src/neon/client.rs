@@ -212,6 +212,19 @@ struct RawAnswer {
     request_id: String,
 }
 
+/// The largest answer body read (the biggest Neon answers, project pages, are far smaller): a
+/// misdirected or hostile endpoint cannot make the client buffer without bound.
+const MAX_RESPONSE_BYTES: usize = 32 << 20;
+
+fn is_loopback_url(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(address)) => address.is_loopback(),
+        Some(url::Host::Ipv6(address)) => address.is_loopback(),
+        None => false,
+    }
+}
+
 impl NeonClient {
     pub fn new(config: ClientConfig) -> Result<NeonClient, NeonError> {
         if config.api_key.is_empty() {
@@ -232,6 +245,16 @@ impl NeonClient {
                 message: format!(
                     "base URL `{}` must be an http(s) URL such as https://console.neon.tech/api/v2; \
                      check NEON_API_URL",
+                    redact_uri(&config.base_url)
+                ),
+            });
+        }
+        if base_url.scheme() == "http" && !is_loopback_url(&base_url) {
+            return Err(NeonError::Config {
+                message: format!(
+                    "base URL `{}` is plain http to a host that is not loopback: the API key \
+                     would travel in cleartext; use https:// (http is accepted only for a local \
+                     emulator); check NEON_API_URL",
                     redact_uri(&config.base_url)
                 ),
             });
@@ -437,6 +460,39 @@ impl NeonClient {
             if error.status() == Some(409) {
                 return Err(error);
             }
+            unknown_outcomes += 1;
+            self.pause_before_resend(&call, &error, unknown_outcomes)
+                .await
+                .map_err(|()| error)?;
+        }
+    }
+
+    /// Sets a branch's `expires_at` (RFC 3339, at most 30 days ahead on Neon) and waits for its
+    /// operations. Setting the same expiry twice is harmless, so an unknown outcome is resent.
+    pub async fn set_branch_expiry(
+        &self,
+        project_id: &str,
+        branch_id: &str,
+        expires_at: &str,
+    ) -> Result<(), NeonError> {
+        let body = serde_json::json!({"branch": {"expires_at": expires_at}});
+        let mut unknown_outcomes: u32 = 0;
+        loop {
+            let call = ApiCall::new(
+                Method::PATCH,
+                &["projects", project_id, "branches", branch_id],
+            )
+            .body(body.clone());
+            let error = match self.call(&call).await {
+                Ok(answer) => {
+                    let updated: BranchOperationsResponse = self.decode(&call, &answer)?;
+                    return self
+                        .wait_for_operations(project_id, &updated.operations)
+                        .await;
+                }
+                Err(error) if error.is_outcome_unknown() => error,
+                Err(error) => return Err(error),
+            };
             unknown_outcomes += 1;
             self.pause_before_resend(&call, &error, unknown_outcomes)
                 .await
@@ -924,11 +980,27 @@ impl NeonClient {
             .get(RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| parse_retry_after(value, OffsetDateTime::now_utc()));
-        let body = response
-            .bytes()
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
             .map_err(|error| NeonError::network(method, path, &error, timeout))?
-            .to_vec();
+        {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(NeonError::Decode {
+                    method: method.to_string(),
+                    path: path.to_string(),
+                    status,
+                    message: format!(
+                        "the body is larger than {} MiB, more than any Neon API answer; check \
+                         that NEON_API_URL points at the Neon API",
+                        MAX_RESPONSE_BYTES >> 20
+                    ),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
         Ok(RawAnswer {
             status,
             retry_after,
@@ -1098,6 +1170,21 @@ mod tests {
         ))
         .unwrap_err();
         assert!(bad_url.to_string().contains("NEON_API_URL"), "{bad_url}");
+        let cleartext = NeonClient::new(ClientConfig::new(
+            "http://neon.example.com/api/v2",
+            SecretString::new("k"),
+            600,
+        ))
+        .unwrap_err();
+        assert!(cleartext.to_string().contains("cleartext"), "{cleartext}");
+        for local in [
+            "http://127.0.0.1:4000/api/v2",
+            "http://localhost:4000/api/v2",
+            "http://[::1]:4000/api/v2",
+        ] {
+            NeonClient::new(ClientConfig::new(local, SecretString::new("k"), 600))
+                .unwrap_or_else(|error| panic!("{local}: {error}"));
+        }
     }
 
     #[test]
@@ -1180,6 +1267,41 @@ mod tests {
         config.max_attempts = max_attempts;
         config.backoff_base = Duration::from_millis(1);
         NeonClient::new(config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_endless_answer_body_is_cut_at_the_cap() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                        transfer-encoding: chunked\r\n\r\n";
+            socket.write_all(head.as_bytes()).await.unwrap();
+            let chunk = vec![b' '; 1 << 20];
+            let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+            // Endless unless the client stops reading: it must give up at the cap.
+            while socket.write_all(&framed).await.is_ok() {}
+        });
+        let mut config = ClientConfig::new(
+            format!("http://127.0.0.1:{port}/api/v2"),
+            SecretString::new("k"),
+            60_000,
+        );
+        config.max_attempts = 1;
+        let error = NeonClient::new(config)
+            .unwrap()
+            .get_project("p")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, NeonError::Decode { .. }) && error.to_string().contains("32 MiB"),
+            "{error}"
+        );
+        server.abort();
     }
 
     #[tokio::test]

@@ -33,7 +33,7 @@ impl DbFailure {
                 }
                 return DbFailure {
                     sqlstate: Some(db_error.code().code().to_string()),
-                    message: crate::secret::redact_uri(&prefix(context, &message)),
+                    message: bounded(crate::secret::redact_uri(&prefix(context, &message))),
                 };
             }
             chain.push(cause.to_string());
@@ -42,14 +42,17 @@ impl DbFailure {
         chain.dedup();
         DbFailure {
             sqlstate: None,
-            message: crate::secret::redact_uri(&prefix(context, &chain.join(": "))),
+            message: bounded(crate::secret::redact_uri(&prefix(
+                context,
+                &chain.join(": "),
+            ))),
         }
     }
 
     pub fn new(sqlstate: Option<&str>, message: impl Into<String>) -> DbFailure {
         DbFailure {
             sqlstate: sqlstate.map(str::to_string),
-            message: crate::secret::redact_uri(&message.into()),
+            message: bounded(crate::secret::redact_uri(&message.into())),
         }
     }
 
@@ -78,6 +81,22 @@ impl DbFailure {
             }
         }
     }
+}
+
+/// The longest failure message kept: enough for any real error, and a tenant's data (an error
+/// detail quoting a huge value) cannot bloat the journal, whose lines are capped.
+pub const MAX_MESSAGE_BYTES: usize = 8 << 10;
+
+fn bounded(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut cut = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str(" … (cut)");
+    }
+    message
 }
 
 fn prefix(context: &str, message: &str) -> String {

@@ -1,6 +1,7 @@
 //! The only module that knows tokio-postgres and refinery's runner.
 //!
-//! - [`connect`]: direct connections (TLS unless the URI says `sslmode=disable`).
+//! - [`connect`]: direct connections (verified TLS to any host but loopback, where
+//!   `sslmode=disable` is allowed for the local emulator).
 //! - [`history`]: reads refinery's history table and compares it with the plan (pure compare).
 //! - [`lock`]: one runner per tenant through a polled session advisory lock.
 //! - [`runner`]: refinery with `lock_timeout`/`statement_timeout` and no-transaction migrations.

@@ -19,6 +19,8 @@ use crate::plan::model::{RestorePointKind, Validation};
 pub mod locate;
 mod raw;
 
+pub(crate) use raw::parse_duration;
+
 use locate::{FilePosition, SourcePosition, find_in_section, find_in_wave, find_top_level_key};
 use raw::{RawFleetSource, RawPolicy, RawValidation};
 

@@ -27,16 +27,22 @@ pub fn summary_text_during(
         .map(|wave| wave.name.len())
         .max()
         .unwrap_or(4)
-        .clamp(5, 14);
+        .clamp(5, 11);
+    // The last two headers take two lines, so a rolled-back column fits in 78 columns.
     let _ = writeln!(
         out,
-        "{:<name_width$} {:<11} {:>7} {:>7} {:>10} {:>6} {:>8} {:>11}",
-        "wave", "status", "tenants", "applied", "up to date", "failed", "diverged", "not started"
+        "{:<name_width$} {:<11} {:>7} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6}",
+        "", "", "", "", "up to", "", "", "not", "rolled"
+    );
+    let _ = writeln!(
+        out,
+        "{:<name_width$} {:<11} {:>7} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6}",
+        "wave", "status", "tenants", "applied", "date", "failed", "diverged", "started", "back"
     );
     let line = |out: &mut String, name: &str, status: &str, counts: &super::Counts| {
         let _ = writeln!(
             out,
-            "{:<name_width$} {:<11} {:>7} {:>7} {:>10} {:>6} {:>8} {:>11}",
+            "{:<name_width$} {:<11} {:>7} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6}",
             truncate(name, name_width),
             status,
             counts.tenants,
@@ -44,7 +50,8 @@ pub fn summary_text_during(
             counts.up_to_date,
             counts.failed,
             counts.diverged,
-            counts.not_started
+            counts.not_started,
+            counts.rolled_back
         );
     };
     for wave in &summary.waves {
@@ -71,13 +78,7 @@ pub fn summary_text_during(
             ),
         };
     }
-    if totals.rolled_back > 0 || totals.rollback_failed > 0 {
-        let _ = writeln!(
-            out,
-            "rolled back: {}, rollback failed: {}",
-            totals.rolled_back, totals.rollback_failed
-        );
-    }
+    held_back_text(&mut out, summary);
     if !groups.is_empty() {
         let n_failed: usize = groups.iter().map(|group| group.count).sum();
         let _ = writeln!(
@@ -117,7 +118,43 @@ pub fn summary_text_during(
             );
         }
     }
-    out
+    crate::terminal::escape_controls(&out)
+}
+
+/// Names the tenants this plan rolled back, which `apply` leaves alone until asked.
+fn held_back_text(out: &mut String, summary: &Summary) {
+    if summary.held_back.is_empty() {
+        return;
+    }
+    const SHOWN: usize = 20;
+    let n_held = summary.held_back.len();
+    let mut names = summary
+        .held_back
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if n_held > SHOWN {
+        names.push_str(&format!(
+            " (+{} more; --output json lists them all)",
+            n_held - SHOWN
+        ));
+    }
+    let failed = summary.totals.rollback_failed;
+    let failed_note = if failed > 0 {
+        format!(" ({failed} of them whose rollback failed)")
+    } else {
+        String::new()
+    };
+    wrap_into(
+        out,
+        &format!(
+            "held back, rolled back by this plan{failed_note}: {names}; `apply` leaves them alone until `--include-rolled-back` (all, or =ID,ID)"
+        ),
+        "",
+        "  ",
+    );
 }
 
 /// `1 tenant`, `2 tenants`, `2 branches`.

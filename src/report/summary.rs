@@ -98,6 +98,9 @@ pub struct Summary {
     pub failures: Vec<FailureEntry>,
     /// Tenants holding a restore point in the journal.
     pub restore_points: usize,
+    /// Tenants this plan rolled back (or tried to): `apply` leaves them alone unless
+    /// `--include-rolled-back` names them, so every report lists them by id.
+    pub held_back: Vec<String>,
 }
 
 impl Summary {
@@ -121,6 +124,7 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
     let mut totals = Counts::default();
     let mut failures = Vec::new();
     let mut restore_points = 0;
+    let mut held_back = Vec::new();
     for wave in &plan.waves {
         let mut counts = Counts::default();
         for planned in &wave.tenants {
@@ -131,6 +135,12 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
             let Some(tenant) = tenant else { continue };
             if tenant.restore_point.is_some() {
                 restore_points += 1;
+            }
+            if matches!(
+                status,
+                TenantStatus::RolledBack | TenantStatus::RollbackFailed
+            ) {
+                held_back.push(tenant_id.clone());
             }
             match status {
                 TenantStatus::Failed => {
@@ -185,5 +195,6 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
         totals,
         failures,
         restore_points,
+        held_back,
     }
 }

@@ -75,6 +75,13 @@ impl TestFleet {
     /// `plan` with the repository's migrations; panics with the output when it fails.
     pub fn plan(&self, migrations: &Path) -> PathBuf {
         let out = self.path("policy.plan.yaml");
+        self.plan_at(migrations, out.to_str().expect("utf-8 path"));
+        out
+    }
+
+    /// `plan` of `policy.yaml` with `migrations` into `out` (a release's own plan); returns
+    /// `out`, panics with the output when planning fails.
+    pub fn plan_at(&self, migrations: &Path, out: &str) -> String {
         let output = self.run(&[
             "plan",
             "--policy",
@@ -82,10 +89,21 @@ impl TestFleet {
             "--migrations",
             migrations.to_str().expect("utf-8 path"),
             "--out",
-            out.to_str().expect("utf-8 path"),
+            out,
         ]);
         assert!(output.status.success(), "plan failed: {}", text(&output));
-        out
+        out.to_string()
+    }
+
+    /// A Neon API client of this fleet that polls operations quickly.
+    pub fn neon_client(&self) -> schemafleet::neon::NeonClient {
+        let mut config = schemafleet::neon::ClientConfig::new(
+            self.fleet.api_url(),
+            schemafleet::secret::SecretString::new(self.fleet.api_key().expose()),
+            100_000,
+        );
+        config.poll_interval = std::time::Duration::from_millis(20);
+        schemafleet::neon::NeonClient::new(config).expect("a client")
     }
 
     pub fn tenant(&self, name: &str) -> &SeededTenant {
@@ -188,4 +206,14 @@ pub async fn add_legacy_status(uri: &str) {
         )
         .await
         .expect("insert a legacy row");
+}
+
+/// A temporary directory the `postgres` user can enter (the server runs as it when the tests
+/// run as root, and the emulator refuses a `--data-dir` whose parent it cannot reach).
+pub fn reachable_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o755))
+        .tempdir()
+        .expect("a temporary directory")
 }
