@@ -404,10 +404,17 @@ fn describe(
             plan.tenant_label(&candidate.tenant),
             candidate.wave
         );
-        eprintln!(
-            "    writes since then move to branch {} ({keep})",
-            candidate.preserve_under_name
+        let mut text = String::new();
+        crate::report::render::wrap_into(
+            &mut text,
+            &format!(
+                "writes since then move to branch {} ({keep})",
+                candidate.preserve_under_name
+            ),
+            "    ",
+            "      ",
         );
+        eprint!("{text}");
         if let Some((_, versions)) = collateral
             .iter()
             .find(|(tenant, _)| *tenant == candidate.tenant)
