@@ -196,17 +196,26 @@ fn print_json(
     tenants: Vec<serde_json::Value>,
     refusals: &[rollback::Refusal],
 ) -> anyhow::Result<()> {
-    let refused: Vec<serde_json::Value> = refusals
-        .iter()
-        .map(|refusal| serde_json::json!({"tenant": refusal.tenant, "tenant_name": tenant_name(plan, &refusal.tenant), "reason": refusal.reason}))
-        .collect();
     println!(
         "{}",
-        serde_json::to_string_pretty(
-            &serde_json::json!({"plan_id": plan.plan_id, "tenants": tenants, "refused": refused})
-        )?
+        serde_json::to_string_pretty(&serde_json::json!({
+            "plan_id": plan.plan_id,
+            "tenants": tenants,
+            "refused": refused_json(plan, refusals),
+        }))?
     );
     Ok(())
+}
+
+/// The refused tenants as JSON: id, name and why.
+fn refused_json(
+    plan: &crate::plan::model::Plan,
+    refusals: &[rollback::Refusal],
+) -> Vec<serde_json::Value> {
+    refusals
+        .iter()
+        .map(|refusal| serde_json::json!({"tenant": refusal.tenant, "tenant_name": tenant_name(plan, &refusal.tenant), "reason": refusal.reason}))
+        .collect()
 }
 
 /// `--preserve-for DURATION`: the expiry (RFC 3339) the preserved branches get; Neon accepts at
@@ -364,17 +373,13 @@ fn print_dry_run(
         }
     }
     if output == OutputFormat::Json {
-        let refused: Vec<serde_json::Value> = refusals
-            .iter()
-            .map(|refusal| serde_json::json!({"tenant": refusal.tenant, "tenant_name": tenant_name(plan, &refusal.tenant), "reason": refusal.reason}))
-            .collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "plan_id": plan.plan_id,
                 "dry_run": true,
                 "tenants": tenants,
-                "refused": refused,
+                "refused": refused_json(plan, refusals),
             }))?
         );
     }
