@@ -220,13 +220,16 @@ impl PlannedTenant {
         }
     }
 
-    /// `name (id)` for people, or the id alone when the tenant has no name of its own.
+    /// `name (id)` for people, or the id alone when the tenant has no name of its own. Names
+    /// come from the fleet (a Neon project's name is anyone's text), so control characters are
+    /// escaped here, wherever the label is printed.
     pub fn label(&self) -> String {
-        if self.name.is_empty() || self.name == self.id {
+        let label = if self.name.is_empty() || self.name == self.id {
             self.id.clone()
         } else {
             format!("{} ({})", self.name, self.id)
-        }
+        };
+        crate::terminal::escape_controls(&label)
     }
 }
 
@@ -371,6 +374,8 @@ mod tests {
         assert!(ids("nobody").is_empty());
         assert_eq!(plan.tenant_label("p-3"), "twin (p-3)");
         assert_eq!(plan.tenant_label("p-4"), "p-4");
+        let hostile = named("p-5", "evil\u{1b}]0;pwned\u{7}");
+        assert_eq!(hostile.label(), "evil\\x1b]0;pwned\\x07 (p-5)");
         assert_eq!(plan.tenant("p-3").unwrap().1.name, "rest");
     }
 
