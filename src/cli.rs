@@ -37,8 +37,9 @@ pub enum Command {
     /// Lists which tenants are at which version, which are behind (pending versions), which
     /// diverge (a migration file edited or deleted after it ran) and which could not be probed.
     ///
-    /// Exit codes: 0 no tenant diverges; 1 some tenant diverges or is unreachable (drift cannot
-    /// be ruled out); 2 bad input (plan, policy, migrations, API key).
+    /// Exit codes: 0 no tenant diverges, is ahead or is unreachable; 1 some tenant diverges, is
+    /// ahead (a newer release reached it) or is unreachable (drift cannot be ruled out); 2 bad
+    /// input (plan, policy, migrations, API key).
     Drift(DriftArgs),
     /// Delete branches schemafleet created that are expired or whose rollout has finished.
     ///
@@ -71,6 +72,9 @@ pub enum OutputFormat {
 }
 
 /// How to reach the Neon API.
+///
+/// Commands that take these spell out their usage line (`override_usage`): clap would list an
+/// option it got from the environment (`NEON_API_KEY`, …) in it as if it were required.
 #[derive(Debug, Clone, Args)]
 pub struct ApiArgs {
     /// Neon API base URL.
@@ -95,9 +99,12 @@ pub struct ApiArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("input").required(true).multiple(true).args(["policy", "check"]))]
+#[command(override_usage = "schemafleet plan [OPTIONS] <--policy <POLICY>|--check <PLAN>>")]
 pub struct PlanArgs {
-    /// The rollout policy (YAML).
-    #[arg(long, required_unless_present = "check")]
+    /// The rollout policy (YAML); with --check, where the plan's policy is when it is not
+    /// beside the plan.
+    #[arg(long)]
     pub policy: Option<PathBuf>,
 
     /// Directory of versioned migrations (V<n>__<name>.sql); default `migrations`, and with
@@ -113,10 +120,18 @@ pub struct PlanArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
 
-    /// Check that an existing plan still matches the migrations on disk; writes nothing.
-    #[arg(long, value_name = "PLAN", conflicts_with_all = ["out", "tenants"])]
+    /// Check that an existing plan still matches the migrations on disk and its policy (found
+    /// beside the plan or at the path it records, or given with --policy); writes nothing.
+    /// Exit 1 when something changed, saying what.
+    #[arg(long, value_name = "PLAN", conflicts_with = "out")]
     pub check: Option<PathBuf>,
 
+    /// With --check: also list the fleet (the Neon API, or --tenants / the policy's file) and
+    /// report tenants that are new, gone or would move to another wave.
+    #[arg(long, requires = "check")]
+    pub fleet: bool,
+
+    /// Text for people, or one JSON document on stdout.
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
 
@@ -125,6 +140,7 @@ pub struct PlanArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(override_usage = "schemafleet apply [OPTIONS] <PLAN>")]
 pub struct ApplyArgs {
     /// The plan file written by `schemafleet plan`.
     pub plan: PathBuf,
@@ -158,6 +174,7 @@ pub struct ApplyArgs {
     #[arg(long, default_value_t = 64)]
     pub max_connections: usize,
 
+    /// Text for people, or one JSON document on stdout.
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
 
@@ -172,12 +189,16 @@ pub struct ApplyArgs {
 
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("selection").required(true).args(["tenants", "wave", "failed"]))]
+#[command(
+    override_usage = "schemafleet rollback [OPTIONS] <--tenant <ID_OR_NAME>|--wave <WAVE>|--failed> <PLAN>"
+)]
 pub struct RollbackArgs {
     /// The plan file whose journal holds the restore points.
     pub plan: PathBuf,
 
-    /// Tenants (Neon project ids, as `status` and the apply report list them) to roll back.
-    #[arg(long = "tenant", value_name = "ID")]
+    /// A tenant to roll back, by Neon project id or project name (as the plan, `status` and the
+    /// apply report list them); repeatable. A name several projects share is refused.
+    #[arg(long = "tenant", value_name = "ID_OR_NAME")]
     pub tenants: Vec<String>,
 
     /// Roll back every applied tenant of this wave.
@@ -196,7 +217,7 @@ pub struct RollbackArgs {
     #[arg(long)]
     pub yes: bool,
 
-    /// Print the API calls it would make, change nothing.
+    /// List the tenants and the restore calls it would make; change nothing.
     #[arg(long)]
     pub dry_run: bool,
 
@@ -210,9 +231,11 @@ pub struct RollbackArgs {
     #[arg(long, value_name = "DURATION")]
     pub preserve_for: Option<String>,
 
+    /// Tenants restored at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
 
+    /// Text for people, or one JSON document on stdout.
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
 
@@ -221,7 +244,9 @@ pub struct RollbackArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(override_usage = "schemafleet status [OPTIONS] <PLAN>")]
 pub struct StatusArgs {
+    /// The plan file whose journal to read.
     pub plan: PathBuf,
 
     /// Journal file (default: beside the plan).
@@ -232,9 +257,11 @@ pub struct StatusArgs {
     #[arg(long)]
     pub live: bool,
 
+    /// Tenants probed at once with --live.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
 
+    /// Text for people, or one JSON document on stdout.
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
 
@@ -243,9 +270,11 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("fleet").required(true).args(["plan", "policy"]))]
+#[command(override_usage = "schemafleet drift [OPTIONS] <--plan <PLAN>|--policy <POLICY>>")]
 pub struct DriftArgs {
-    /// Check the tenants of this plan (default: the fleet of --policy).
-    #[arg(long, required_unless_present = "policy")]
+    /// Check the tenants of this plan.
+    #[arg(long)]
     pub plan: Option<PathBuf>,
 
     /// Discover the fleet from this policy.
@@ -264,6 +293,7 @@ pub struct DriftArgs {
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
 
+    /// Text for people, or one JSON document on stdout.
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
 
@@ -272,6 +302,7 @@ pub struct DriftArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(override_usage = "schemafleet gc [OPTIONS]")]
 pub struct GcArgs {
     /// Only the tenants of this plan (default: every project the key can list).
     #[arg(long)]
@@ -303,6 +334,7 @@ pub struct GcArgs {
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
 
+    /// Text for people, or one JSON document on stdout.
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
 
@@ -311,6 +343,7 @@ pub struct GcArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(override_usage = "schemafleet emulator [OPTIONS]")]
 pub struct EmulatorArgs {
     /// Address to serve the API on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -407,6 +440,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "plans/rollout.yaml")]
     pub policy: PathBuf,
 
+    /// Directory of versioned migrations (V<n>__<name>.sql) to roll out.
     #[arg(long, default_value = "migrations")]
     pub migrations: PathBuf,
 
@@ -477,9 +511,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub workdir: Option<PathBuf>,
 
-    /// Print one JSON document instead of lines.
-    #[arg(long)]
-    pub json: bool,
+    /// Text for people, or one JSON document on stdout.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
 
     /// Run one measured mode from a job read on stdin (the benchmark's own child process).
     #[arg(long, hide = true)]

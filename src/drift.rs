@@ -8,13 +8,13 @@
 //! **Invariant:** a tenant is `diverged` exactly when [`crate::pg::compare_history`] says so, and
 //! its reason is the compare's own; nothing here second-guesses the history comparison.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
 use crate::exit::ExitStatus;
 use crate::pg::{AppliedMigration, HistoryComparison, PlannedVersion, compare_history};
-use crate::report::render::wrap_into;
+use crate::report::render::{plural, wrap_into};
 
 /// Tenants named per line of the text table before "and N more" (JSON always lists all).
 const TENANTS_SHOWN: usize = 8;
@@ -59,6 +59,9 @@ impl DriftState {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TenantDrift {
     pub tenant: String,
+    /// The project's name, when the plan or fleet gave one (see [`DriftReport::with_names`]).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub tenant_name: String,
     /// The highest applied version; `None` for no history (or an unreachable tenant).
     pub version: Option<i32>,
     pub state: DriftState,
@@ -73,6 +76,7 @@ pub fn classify(tenant: &str, probe: Probe, planned: &[PlannedVersion]) -> Tenan
     match probe {
         Probe::Unreachable { reason } => TenantDrift {
             tenant: tenant.to_string(),
+            tenant_name: String::new(),
             version: None,
             state: DriftState::Unreachable,
             pending: Vec::new(),
@@ -97,6 +101,7 @@ pub fn classify(tenant: &str, probe: Probe, planned: &[PlannedVersion]) -> Tenan
             };
             TenantDrift {
                 tenant: tenant.to_string(),
+                tenant_name: String::new(),
                 version: highest_applied,
                 state,
                 pending,
@@ -150,6 +155,8 @@ pub struct DriftReport {
     pub versions: Vec<VersionRow>,
     /// Ahead groups, then diverged, then unreachable; within a state, biggest group first.
     pub problems: Vec<ProblemGroup>,
+    /// Project names by id, for showing tenants as people know them.
+    pub names: HashMap<String, String>,
 }
 
 /// Count and group classified tenants.
@@ -188,11 +195,10 @@ pub fn aggregate(planned: &[PlannedVersion], mut tenants: Vec<TenantDrift>) -> D
                     .push(tenant.tenant.clone());
             }
             DriftState::Ahead | DriftState::Diverged | DriftState::Unreachable => {
-                let reason = tenant
-                    .reason
-                    .as_deref()
-                    .unwrap_or("no reason recorded")
-                    .replace(tenant.tenant.as_str(), "<tenant>");
+                let reason = crate::report::group::without_request_ids(
+                    tenant.reason.as_deref().unwrap_or("no reason recorded"),
+                )
+                .replace(tenant.tenant.as_str(), "<tenant>");
                 groups
                     .entry((tenant.state, reason))
                     .or_default()
@@ -222,6 +228,7 @@ pub fn aggregate(planned: &[PlannedVersion], mut tenants: Vec<TenantDrift>) -> D
         counts,
         versions,
         problems,
+        names: HashMap::new(),
     }
 }
 
@@ -230,6 +237,17 @@ fn version_key(version: Option<i32>) -> String {
 }
 
 impl DriftReport {
+    /// Name the tenants (project id to project name) in the text and JSON.
+    pub fn with_names(mut self, names: HashMap<String, String>) -> DriftReport {
+        for tenant in &mut self.tenants {
+            if let Some(name) = names.get(&tenant.tenant) {
+                tenant.tenant_name = name.clone();
+            }
+        }
+        self.names = names;
+        self
+    }
+
     /// 1 when any tenant diverges, is ahead of the files, or cannot be probed (drift cannot be
     /// ruled out), else 0. Tenants that are merely behind are the normal state between rollouts.
     pub fn exit_status(&self) -> ExitStatus {
@@ -271,11 +289,14 @@ pub fn format_versions(versions: &[i32]) -> String {
     }
 }
 
-fn tenant_list(tenants: &[String]) -> String {
-    let shown: Vec<&str> = tenants
+fn tenant_list(tenants: &[String], names: &HashMap<String, String>) -> String {
+    let shown: Vec<String> = tenants
         .iter()
         .take(TENANTS_SHOWN)
-        .map(String::as_str)
+        .map(|tenant| match names.get(tenant) {
+            Some(name) if !name.is_empty() && name != tenant => format!("{name} ({tenant})"),
+            _ => tenant.clone(),
+        })
         .collect();
     let mut text = shown.join(", ");
     if tenants.len() > TENANTS_SHOWN {
@@ -285,14 +306,6 @@ fn tenant_list(tenants: &[String]) -> String {
         ));
     }
     text
-}
-
-fn plural(count: usize, word: &str) -> String {
-    if count == 1 {
-        format!("{count} {word}")
-    } else {
-        format!("{count} {word}s")
-    }
 }
 
 /// The 80-column table: counts per version, then the diverged and unreachable tenants grouped
@@ -330,7 +343,7 @@ pub fn render_text(report: &DriftReport, migrations_dir: &str) -> String {
         if row.state == DriftState::Behind {
             wrap_into(
                 &mut out,
-                &tenant_list(&row.tenants),
+                &tenant_list(&row.tenants, &report.names),
                 &" ".repeat(26),
                 &" ".repeat(26),
             );
@@ -400,11 +413,19 @@ fn render_groups(out: &mut String, report: &DriftReport, state: DriftState) {
             &format!(
                 "{}: {}",
                 plural(group.tenants.len(), "tenant"),
-                tenant_list(&group.tenants)
+                tenant_list(&group.tenants, &report.names)
             ),
             "    ",
             "      ",
         );
+        if group.state == DriftState::Unreachable && group.reason.contains("not found") {
+            wrap_into(
+                out,
+                &format!("next: {}", crate::report::group::PROJECT_GONE_NEXT_STEP),
+                "    ",
+                "      ",
+            );
+        }
     }
 }
 
@@ -508,13 +529,13 @@ mod tests {
             (
                 "t-08",
                 Probe::Unreachable {
-                    reason: "GET /projects/t-08/connection_uri: 404 project not found".into(),
+                    reason: "GET /projects/t-08/connection_uri: 404 project not found (request_id 1a2b-3c)".into(),
                 },
             ),
             (
                 "t-09",
                 Probe::Unreachable {
-                    reason: "GET /projects/t-09/connection_uri: 404 project not found".into(),
+                    reason: "GET /projects/t-09/connection_uri: 404 project not found (request_id 9f8e-7d)".into(),
                 },
             ),
         ];
@@ -601,6 +622,17 @@ mod tests {
         assert!(text.contains("DIVERGED: 2 tenants"), "{text}");
         assert!(text.contains("2 tenants: t-06, t-07"), "{text}");
         assert!(text.contains("UNREACHABLE: 2 tenants"), "{text}");
+        // A deleted project gets the same next step as in `apply`'s report.
+        let flowing = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            flowing.contains("re-run `schemafleet plan` to refresh the fleet"),
+            "{text}"
+        );
+        // Tenants with a name are shown by it, with the id beside.
+        let names = HashMap::from([("t-06".to_string(), "acme".to_string())]);
+        let named = sample_report().with_names(names);
+        assert!(render_text(&named, "migrations").contains("acme (t-06), t-07"));
+        assert_eq!(named.to_json("m")["tenants"][5]["tenant_name"], "acme");
     }
 
     #[test]

@@ -56,7 +56,7 @@ impl ProgressReporter {
 
 fn message(counts: &WaveCounts) -> String {
     format!(
-        "ok {} cur {} fail {} run {}",
+        "applied {}, up to date {}, failed {}, in flight {}",
         counts.applied, counts.up_to_date, counts.failed, counts.in_flight
     )
 }

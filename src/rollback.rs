@@ -78,17 +78,31 @@ pub fn select(
     stamp: &str,
 ) -> Result<(Vec<Candidate>, Vec<Refusal>), String> {
     let chosen: Vec<(String, String)> = match selection {
-        Selection::Tenants(ids) => {
-            let mut chosen = Vec::new();
-            for id in ids {
-                match plan.waves.iter().find(|wave| {
-                    wave.tenants.binary_search(id).is_ok() || wave.tenants.contains(id)
-                }) {
-                    Some(wave) => chosen.push((id.clone(), wave.name.clone())),
-                    None => {
+        Selection::Tenants(references) => {
+            let mut chosen: Vec<(String, String)> = Vec::new();
+            for reference in references {
+                match plan.resolve_tenant(reference).as_slice() {
+                    [tenant] => {
+                        let (_, wave) = plan
+                            .tenant(&tenant.id)
+                            .expect("invariant: resolve_tenant returns planned tenants");
+                        if !chosen.iter().any(|(id, _)| *id == tenant.id) {
+                            chosen.push((tenant.id.clone(), wave.name.clone()));
+                        }
+                    }
+                    [] => {
                         return Err(format!(
-                            "tenant {id} is not in plan {}: --tenant takes the Neon project id (the plan's waves list them, and so do the apply report and `status`), not the project name",
+                            "tenant {reference} is not in plan {}: --tenant takes a Neon project id or project name of the plan (its waves list both, and so do the apply report and `status`)",
                             plan.plan_id
+                        ));
+                    }
+                    several => {
+                        let ids: Vec<&str> =
+                            several.iter().map(|tenant| tenant.id.as_str()).collect();
+                        return Err(format!(
+                            "--tenant {reference}: several tenants of plan {} have that name ({}); name the one you mean by its project id",
+                            plan.plan_id,
+                            ids.join(", ")
                         ));
                     }
                 }
@@ -103,19 +117,17 @@ pub fn select(
                     names.join(", ")
                 ));
             };
-            wave.tenants
-                .iter()
+            wave.tenant_ids()
                 .filter(|tenant| changed_main(state.tenant(tenant)))
-                .map(|tenant| (tenant.clone(), wave.name.clone()))
+                .map(|tenant| (tenant.to_string(), wave.name.clone()))
                 .collect()
         }
         Selection::Failed => plan
             .waves
             .iter()
             .flat_map(|wave| {
-                wave.tenants
-                    .iter()
-                    .map(move |tenant| (tenant.clone(), wave.name.clone()))
+                wave.tenant_ids()
+                    .map(move |tenant| (tenant.to_string(), wave.name.clone()))
             })
             .filter(|(tenant, _)| {
                 // What every attempt committed, not only the last one: a retry that failed
@@ -159,9 +171,9 @@ pub fn select(
                         "already rolled back; nothing to restore".to_string()
                     }
                     _ => format!(
-                        "no restore point in the journal (status {}; restore_point: {:?} in the plan)",
+                        "no restore point in the journal (status {}; restore_point: {} in the plan)",
                         status.as_str(),
-                        plan.policy.restore_point
+                        plan.policy.restore_point.as_str()
                     ),
                 };
                 refusals.push(Refusal { tenant, reason });
@@ -487,6 +499,7 @@ fn describe(version: Option<i32>) -> String {
 mod tests {
     use super::*;
     use crate::journal::Record;
+    use crate::plan::model::{PlannedTenant, PlannedWave, test_plan};
 
     fn replay(events: Vec<Event>) -> JournalState {
         let records: Vec<Record> = events
@@ -533,6 +546,47 @@ mod tests {
             wave: "w".into(),
         }]);
         assert!(!changed_main(state.tenant("t1")));
+    }
+
+    #[test]
+    fn tenants_are_chosen_by_id_or_name_and_shared_names_refused() {
+        let tenant = |id: &str, name: &str| PlannedTenant {
+            id: id.into(),
+            name: name.into(),
+            region: String::new(),
+        };
+        let plan = test_plan(vec![PlannedWave {
+            name: "all".into(),
+            concurrency: 1,
+            max_failures: None,
+            max_failure_percent: None,
+            bake_s: 0,
+            tenants: vec![
+                tenant("p-1", "acme"),
+                tenant("p-2", "twin"),
+                tenant("p-3", "twin"),
+            ],
+        }]);
+        let state = JournalState::default();
+        let choose = |references: &[&str]| {
+            let selection =
+                Selection::Tenants(references.iter().map(|text| text.to_string()).collect());
+            select(&plan, &state, &selection, "stamp")
+        };
+        // By name and by id: the same tenant, once (refused: nothing was applied to it).
+        let (candidates, refusals) = choose(&["acme", "p-1"]).unwrap();
+        assert!(candidates.is_empty());
+        assert_eq!(refusals.len(), 1);
+        assert_eq!(refusals[0].tenant, "p-1");
+        assert!(
+            refusals[0].reason.contains("no restore point"),
+            "{refusals:?}"
+        );
+        let message = choose(&["twin"]).unwrap_err();
+        assert!(message.contains("several tenants"), "{message}");
+        assert!(message.contains("(p-2, p-3)"), "{message}");
+        let message = choose(&["nobody"]).unwrap_err();
+        assert!(message.contains("project id or project name"), "{message}");
     }
 
     #[test]

@@ -85,6 +85,26 @@ async fn three_waves_catch_bad_data_on_branches_and_leave_main_untouched() {
     }
     assert!(timing("journal")["count"].as_u64().expect("count") >= 40 * 4);
 
+    // Apply again, as text: nothing left to do but the failures, and it says the rollout is not
+    // complete, naming the failed tenants by name and id, within 100 columns.
+    let output = fleet.run(&["apply", plan.to_str().expect("utf-8")]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let flowing = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flowing.contains("rollout NOT complete: every wave ran; 37 of 40 tenants migrated or already up to date, 3 not"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("rollout complete"), "{stdout}");
+    let bad_one = fleet.tenant("tenant-0007");
+    assert!(
+        flowing.contains(&format!("tenant-0007 ({})", bad_one.project_id)),
+        "{stdout}"
+    );
+    for line in stdout.lines() {
+        assert!(line.chars().count() <= 100, "too wide: {line}");
+    }
+
     for tenant in &fleet.tenants {
         let rows = history(tenant.connection_uri.expose()).await;
         if bad.contains(&tenant.name.as_str()) {

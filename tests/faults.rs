@@ -598,6 +598,22 @@ async fn fleet_changes_after_planning_get_clear_states() {
             .is_some_and(|error| error.contains("not found")),
         "{failure:#}"
     );
+    // Its grouped cause keeps the status, drops the request id, and says what to do.
+    let group = &report["failure_groups"][0];
+    let cause = group["cause"].as_str().unwrap_or_default();
+    assert!(cause.contains("answered 404"), "{group:#}");
+    assert!(cause.contains("project <tenant> not found"), "{group:#}");
+    assert!(!cause.contains("request_id"), "{group:#}");
+    assert!(
+        group["next_step"]
+            .as_str()
+            .is_some_and(|next| next.contains("re-run `schemafleet plan`")),
+        "{group:#}"
+    );
+    assert_eq!(
+        group["tenant_labels"][0],
+        format!("{} ({})", deleted.name, deleted.project_id)
+    );
     let records = journal_records(&fleet.path("policy.journal.jsonl"));
     let final_event = |project_id: &str| {
         records

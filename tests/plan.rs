@@ -168,9 +168,8 @@ fn wave_of_each_tenant(plan: &Plan) -> HashMap<String, String> {
     plan.waves
         .iter()
         .flat_map(|wave| {
-            wave.tenants
-                .iter()
-                .map(move |tenant| (tenant.clone(), wave.name.clone()))
+            wave.tenant_ids()
+                .map(move |tenant| (tenant.to_string(), wave.name.clone()))
         })
         .collect()
 }
@@ -204,15 +203,30 @@ fn a_good_run_writes_the_plan_and_prints_the_summary() {
     assert_eq!(plan.migrations.items.len(), 2);
     assert!(plan.migrations.items[1].no_transaction);
     let canary = plan.wave("canary").unwrap();
-    assert!(canary.tenants.contains(&"p-0001".to_string()));
-    assert!(
-        canary.tenants.contains(&"p-0002".to_string()),
-        "named by project name"
-    );
+    assert!(canary.tenant("p-0001").is_some());
+    assert!(canary.tenant("p-0002").is_some(), "named by project name");
     assert_eq!(canary.bake_s, 60);
-    let mut sorted = canary.tenants.clone();
+    let ids: Vec<&str> = canary.tenant_ids().collect();
+    let mut sorted = ids.clone();
     sorted.sort();
-    assert_eq!(canary.tenants, sorted);
+    assert_eq!(ids, sorted);
+    // The reviewer sees who the canaries are: name and region beside the id, in the plan file
+    // and in the summary.
+    let canary_one = canary.tenant("p-0001").unwrap();
+    assert_eq!(
+        (canary_one.name.as_str(), canary_one.region.as_str()),
+        ("tenant-0001", "aws-us-east-2")
+    );
+    let plan_text = fs::read_to_string(workspace.plan_file()).unwrap();
+    assert!(
+        plan_text.contains("  - id: p-0001\n    name: tenant-0001\n    region: aws-us-east-2\n"),
+        "{plan_text}"
+    );
+    assert!(
+        run.stdout.contains("tenant-0001 (p-0001)  aws-us-east-2"),
+        "{}",
+        run.stdout
+    );
 
     // Same inputs: the same plan byte for byte, apart from the creation time.
     let first_text = fs::read_to_string(workspace.plan_file()).unwrap();
@@ -253,6 +267,15 @@ fn tenants_and_out_flags() {
     assert!(!workspace.plan_file().exists());
     let plan = load_plan(&workspace.path("out.plan.yaml")).unwrap();
     assert_eq!(plan.tenant_count(), 3);
+    // On three tenants a later wave is empty: the warning says why in terms of this fleet and
+    // does not talk of canaries for a wave that is not the first.
+    let flowing = run.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flowing.contains("of this 3-tenant fleet"), "{}", run.stdout);
+    assert!(flowing.contains("to give it some"), "{}", run.stdout);
+    assert!(!flowing.contains("to have a canary"), "{}", run.stdout);
+    for line in run.stdout.lines() {
+        assert!(line.chars().count() <= 100, "too wide: {line}");
+    }
     assert_eq!(plan.migrations.dir, "migrations");
     assert!(
         plan.fleet.source.ends_with("other.yaml"),
@@ -549,6 +572,245 @@ fn check_names_added_edited_and_removed_migrations() {
     );
 }
 
+/// `plan --check` reports a changed policy like a changed migration (exit 1, saying what
+/// changed), and with `--fleet` a changed fleet. See issue 18, point 4.
+#[test]
+fn check_reports_a_changed_policy_and_a_changed_fleet() {
+    let workspace = Workspace::new(30);
+    assert_eq!(workspace.plan().code, 0);
+    let check = |extra: &[&str]| {
+        let mut args = vec!["plan", "--check", "plans/rollout.plan.yaml"];
+        args.extend_from_slice(extra);
+        workspace.run(&args)
+    };
+    let run = check(&["--fleet"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("and the fleet"), "{}", run.stdout);
+
+    workspace.edit_policy("concurrency: 16", "concurrency: 1");
+    let run = check(&[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("- waves[rest].concurrency: 16 -> 1"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("re-run `schemafleet plan`"),
+        "{}",
+        run.stderr
+    );
+    workspace.edit_policy("lock_timeout: 2s", "lock_timeout: 5s");
+    let run = check(&["--output", "json"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["matches"], false);
+    assert_eq!(report["differences"], serde_json::json!([]));
+    assert_eq!(
+        report["policy_differences"],
+        serde_json::json!(["lock_timeout_ms: 2000 -> 5000"])
+    );
+    // Bytes changed but no recorded setting: still a change, said as such.
+    workspace.write("plans/rollout.yaml", &format!("{POLICY}# reviewed\n"));
+    let run = check(&[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("none of the settings the plan records"),
+        "{}",
+        run.stderr
+    );
+    // A re-plan after a comment-only change keeps the plan id.
+    let plan_id = load_plan(&workspace.plan_file()).unwrap().plan_id;
+    assert_eq!(workspace.plan().code, 0);
+    assert_eq!(load_plan(&workspace.plan_file()).unwrap().plan_id, plan_id);
+    assert_eq!(check(&[]).code, 0);
+
+    // The fleet grew and lost a tenant: only --fleet looks.
+    workspace.write("plans/tenants.csv", &tenants_csv((1..=2).chain(4..=31)));
+    assert_eq!(check(&[]).code, 0);
+    let run = check(&["--fleet"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let unwrapped = run.stderr.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        unwrapped.contains("- 1 tenant new in the fleet: tenant-0031 (p-0031) (wave"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        unwrapped.contains(
+            "- 1 tenant no longer in the fleet (or now excluded): tenant-0003 (p-0003) (was in wave"
+        ),
+        "{}",
+        run.stderr
+    );
+
+    // A plan whose policy cannot be found says how to name it.
+    fs::rename(
+        workspace.path("plans/rollout.yaml"),
+        workspace.path("plans/moved.yaml"),
+    )
+    .unwrap();
+    let run = check(&[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("pass --policy FILE"), "{}", run.stderr);
+    assert_eq!(check(&["--policy", "plans/moved.yaml"]).code, 0);
+}
+
+/// While an `apply` holds the journal, `status` says so with its pid and `rollback` refuses
+/// before listing anything; once the run is gone its wave is `stopped`, not `running`. See
+/// issue 18, point 6. (No fleet needed: the journal is written here, as `apply` writes it.)
+#[tokio::test]
+async fn status_and_rollback_see_a_running_apply_through_the_journal_lock() {
+    use schemafleet::journal::{Event, Journal};
+
+    let workspace = Workspace::new(5);
+    assert_eq!(workspace.plan().code, 0);
+    let plan = load_plan(&workspace.plan_file()).unwrap();
+    let journal_path = workspace.path("plans/rollout.journal.jsonl");
+    let (journal, _) = Journal::open(&journal_path, &plan.plan_id).unwrap();
+    for event in [
+        Event::RunStarted {
+            plan_id: plan.plan_id.clone(),
+            run_id: "run-1".into(),
+            pid: 4242,
+            tool_version: "test".into(),
+        },
+        Event::WaveStarted {
+            wave: "canary".into(),
+        },
+    ] {
+        journal.append(event).await.unwrap();
+    }
+    let status = || workspace.run(&["status", "plans/rollout.plan.yaml"]);
+    let run = status();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("apply is running (pid 4242)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("wave canary is running (apply pid 4242)"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("killed"), "{}", run.stdout);
+    let run = workspace.run(&["status", "plans/rollout.plan.yaml", "--output", "json"]);
+    let document: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(document["apply_running_pid"], 4242, "{document:#}");
+    assert_eq!(document["waves"][0]["status"], "running", "{document:#}");
+
+    let canary = plan.wave("canary").unwrap();
+    let run = workspace.run(&[
+        "rollback",
+        "plans/rollout.plan.yaml",
+        "--tenant",
+        &canary.tenants[0].name,
+        "--yes",
+    ]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("is locked"), "{}", run.stderr);
+    assert!(!run.stderr.contains("will restore"), "{}", run.stderr);
+
+    // The run died without a word: nothing holds the journal, the wave stopped.
+    journal.close().await;
+    let run = status();
+    assert!(
+        run.stdout.contains("last: killed before it finished"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("wave canary stopped unfinished (its run was killed)"),
+        "{}",
+        run.stdout
+    );
+    let run = workspace.run(&["status", "plans/rollout.plan.yaml", "--output", "json"]);
+    let document: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(document["waves"][0]["status"], "stopped", "{document:#}");
+    assert!(document["apply_running_pid"].is_null(), "{document:#}");
+    for line in status().stdout.lines() {
+        assert!(line.chars().count() <= 100, "too wide: {line}");
+    }
+}
+
+/// `--help` describes every option and argument of every command, and `drift` without a fleet
+/// names both ways to give one. See issue 18, point 8.
+#[test]
+fn every_option_and_argument_has_help() {
+    let workspace = Workspace::new(1);
+    for command in [
+        "plan", "apply", "rollback", "status", "drift", "gc", "emulator", "demo", "bench",
+    ] {
+        let run = workspace.run(&[command, "--help"]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        // Every command that prints results has `--output json` (bench's `--json` is gone).
+        if !matches!(command, "emulator" | "demo") {
+            assert!(
+                run.stdout.contains("--output <OUTPUT>"),
+                "{command}: {}",
+                run.stdout
+            );
+        }
+        assert!(!run.stdout.contains("--json"), "{command}: {}", run.stdout);
+        let lines: Vec<&str> = run.stdout.lines().collect();
+        for (idx, line) in lines.iter().enumerate() {
+            let trimmed = line.trim_start();
+            let is_item = line.starts_with("  ")
+                && !line.starts_with("        ")
+                && (trimmed.starts_with('-') || trimmed.starts_with('<'));
+            // Short help puts the description on the option's line, after two spaces.
+            let described_inline = trimmed
+                .split_once("  ")
+                .is_some_and(|(_, rest)| !rest.trim().is_empty());
+            if is_item && !described_inline {
+                let next = lines.get(idx + 1).copied().unwrap_or("");
+                assert!(
+                    next.starts_with("          ") && !next.trim().is_empty(),
+                    "{command} --help: `{}` has no description:\n{}",
+                    trimmed,
+                    run.stdout
+                );
+            }
+        }
+    }
+    // Options set in the environment are not shown as required in usage lines.
+    let run = workspace.run_with_env(
+        &["rollback", "p.plan.yaml"],
+        &[
+            ("NEON_API_KEY", "k"),
+            ("NEON_API_URL", "http://127.0.0.1:9/api/v2"),
+        ],
+    );
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr
+            .contains("Usage: schemafleet rollback [OPTIONS] <--tenant"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("--api-key <API_KEY>"),
+        "{}",
+        run.stderr
+    );
+    let run = workspace.run(&["drift"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("--plan <PLAN>|--policy <POLICY>"),
+        "{}",
+        run.stderr
+    );
+    let run = workspace.run(&["drift", "--help"]);
+    assert!(
+        run.stdout.contains("is\n          ahead") || run.stdout.contains("is ahead"),
+        "{}",
+        run.stdout
+    );
+}
+
 /// Re-planning a grown fleet keeps every tenant already planned in its wave.
 #[test]
 fn a_grown_fleet_keeps_planned_tenants_in_their_waves() {
@@ -598,15 +860,31 @@ async fn discovers_the_fleet_through_the_neon_api() {
     let api_url = fleet.api_url().to_string();
     let api_key = fleet.api_key().expose().to_string();
     // The binary blocks; the emulator keeps serving on the runtime's other worker.
-    let (run, workspace) = tokio::task::spawn_blocking(move || {
+    let (run, without_v2, workspace) = tokio::task::spawn_blocking(move || {
+        // A URL without `/api/v2` gets the hint apply and drift give, not a bare 404.
+        let without_v2 = workspace.run_with_env(
+            &["plan", "--policy", "plans/rollout.yaml"],
+            &[
+                ("NEON_API_URL", api_url.trim_end_matches("/api/v2")),
+                ("NEON_API_KEY", &api_key),
+            ],
+        );
         let run = workspace.run_with_env(
             &["plan", "--policy", "plans/rollout.yaml"],
             &[("NEON_API_URL", &api_url), ("NEON_API_KEY", &api_key)],
         );
-        (run, workspace)
+        (run, without_v2, workspace)
     })
     .await
     .unwrap();
+    assert_eq!(without_v2.code, 2, "{}", without_v2.stderr);
+    assert!(
+        without_v2
+            .stderr
+            .contains("does not look like the Neon API v2 base URL"),
+        "{}",
+        without_v2.stderr
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
         run.stdout
@@ -631,10 +909,21 @@ async fn discovers_the_fleet_through_the_neon_api() {
         .find(|tenant| tenant.name == "tenant-0002")
         .map(|tenant| tenant.project_id.clone())
         .expect("tenant-0002 was seeded");
-    assert!(
-        plan.wave("canary").unwrap().tenants.contains(&named),
+    let canary = plan.wave("canary").unwrap();
+    assert_eq!(
+        canary.tenant(&named).map(|tenant| tenant.name.as_str()),
+        Some("tenant-0002"),
         "{:?}",
         plan.waves
+    );
+    // Neon's project listing gives the region too.
+    assert!(
+        canary
+            .tenants
+            .iter()
+            .all(|tenant| !tenant.region.is_empty()),
+        "{:?}",
+        canary.tenants
     );
     assert_eq!(
         plan.waves

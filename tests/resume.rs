@@ -201,7 +201,7 @@ async fn sigkill_at_random_moments_then_resume_ends_like_an_uninterrupted_run() 
     assert_eq!(status.status.code(), Some(0), "{}", text(&status));
     let status = json(&status);
     assert_eq!(status["totals"], report["totals"], "{status:#}");
-    assert_eq!(status["last_run_outcome"], "completed");
+    assert_eq!(status["outcome"], "completed");
     assert!(status["torn_tail"].is_null(), "{status:#}");
 
     // Every validation branch a killed run created is gone once the run finished.
@@ -412,11 +412,20 @@ async fn ctrl_c_lets_in_flight_tenants_finish_and_exits_130() {
     }
     assert!(untouched > 0);
     let status = json(&fleet.run(&["status", &plan, "--output", "json"]));
-    assert_eq!(status["last_run_outcome"], "interrupted", "{status:#}");
+    assert_eq!(status["outcome"], "interrupted", "{status:#}");
+    // No run works on the interrupted wave any more: it is `stopped`, not `running`.
+    let wave_statuses: Vec<&str> = status["waves"]
+        .as_array()
+        .expect("waves")
+        .iter()
+        .filter_map(|wave| wave["status"].as_str())
+        .collect();
+    assert!(wave_statuses.contains(&"stopped"), "{status:#}");
+    assert!(!wave_statuses.contains(&"running"), "{status:#}");
     let status_text = fleet.run(&["status", &plan]);
     assert!(
         String::from_utf8_lossy(&status_text.stdout)
-            .contains("was interrupted: `apply` resumes it"),
+            .contains("stopped unfinished (its run was interrupted): `apply` resumes it"),
         "{}",
         text(&status_text)
     );

@@ -55,6 +55,37 @@ async fn rollback_of_a_wave_restores_exactly_and_keeps_the_newer_state() {
         "{}",
         text(&output)
     );
+    for line in stdout
+        .lines()
+        .chain(String::from_utf8_lossy(&output.stderr).lines())
+    {
+        assert!(line.chars().count() <= 100, "too wide: {line}");
+    }
+    // The same as one JSON document, each tenant by id and name, picked by name.
+    let output = fleet.run(&[
+        "rollback",
+        plan_arg,
+        "--tenant",
+        &fleet.tenants[1].name,
+        "--dry-run",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let document: serde_json::Value =
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("{}", text(&output)));
+    assert_eq!(document["dry_run"], true, "{document:#}");
+    let tenants = document["tenants"].as_array().expect("tenants");
+    assert_eq!(tenants.len(), 1, "{document:#}");
+    assert_eq!(tenants[0]["tenant"], fleet.tenants[1].project_id.as_str());
+    assert_eq!(tenants[0]["tenant_name"], fleet.tenants[1].name.as_str());
+    assert_eq!(tenants[0]["request"]["method"], "POST");
+    assert!(
+        tenants[0]["request"]["path"]
+            .as_str()
+            .is_some_and(|path| path.ends_with("/restore")),
+        "{document:#}"
+    );
     assert_eq!(
         history(fleet.tenants[0].connection_uri.expose())
             .await
@@ -356,7 +387,7 @@ async fn status_live_reads_history_tables_and_fails_on_problems() {
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        stdout.contains(&format!("{}: diverged", odd.project_id)),
+        stdout.contains(&format!("{} ({}): diverged", odd.name, odd.project_id)),
         "{}",
         text(&output)
     );

@@ -23,13 +23,13 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
         .migrations
         .clone()
         .unwrap_or_else(|| plan_dir.join(&plan.migrations.dir));
+    let shown_dir = crate::plan::file::display_path(&migrations_dir);
     let set = crate::migrations::load(&migrations_dir)
-        .with_context(|| format!("loading migrations from {}", migrations_dir.display()))?;
+        .with_context(|| format!("loading migrations from {shown_dir}"))?;
     crate::plan::check_migrations(&plan, &set).with_context(|| {
         format!(
-            "plan {} no longer matches the migrations in {}; re-run `schemafleet plan` and review the new plan",
+            "plan {} no longer matches the migrations in {shown_dir}; re-run `schemafleet plan` and review the new plan",
             args.plan.display(),
-            migrations_dir.display()
         )
     })?;
     if let Some(wave) = &args.until_wave
@@ -102,7 +102,8 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
         )
     })?;
 
-    let summary = report::summarize(&plan, &result.state);
+    let mut summary = report::summarize(&plan, &result.state);
+    summary.no_run_active();
     let plan_display = args.plan.display().to_string();
     let groups = report::group_failures(&summary, &plan_display);
     let api_stats = client.stats();
@@ -125,10 +126,14 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
         OutputFormat::Text => {
             println!("plan {} ({})", summary.plan_id, plan_display);
             print!("{}", report::render::summary_text(&summary, &groups));
-            println!(
-                "{}",
-                outcome_line(&result.outcome, &plan_display, &journal_path)
+            let mut text = String::new();
+            report::render::wrap_into(
+                &mut text,
+                &outcome_line(&result.outcome, &summary, &plan_display, &journal_path),
+                "",
+                "  ",
             );
+            print!("{text}");
             println!(
                 "Neon API: {} request{}, {} retried, {} rate-limited",
                 api_stats.requests,
@@ -155,7 +160,7 @@ fn include_rolled_back(
     }
     let mut tenants = std::collections::BTreeSet::new();
     for id in ids {
-        if !plan.waves.iter().any(|wave| wave.tenants.contains(id)) {
+        if plan.tenant(id).is_none() {
             bail!(
                 "--include-rolled-back={id}: tenant {id} is not in plan {} (give Neon project ids, as the plan and `status` list them)",
                 plan.plan_id
@@ -185,9 +190,25 @@ fn read_verify(plan: &Plan, plan_dir: &Path) -> anyhow::Result<Option<String>> {
     Ok(Some(text))
 }
 
-fn outcome_line(outcome: &RunOutcome, plan: &str, journal: &Path) -> String {
+fn outcome_line(
+    outcome: &RunOutcome,
+    summary: &report::Summary,
+    plan: &str,
+    journal: &Path,
+) -> String {
+    let totals = &summary.totals;
+    let n_unfinished = totals.failed + totals.diverged + totals.rollback_failed;
     match outcome {
-        RunOutcome::Completed => format!("rollout complete; journal: {}", journal.display()),
+        RunOutcome::Completed if n_unfinished == 0 => {
+            format!("rollout complete; journal: {}", journal.display())
+        }
+        RunOutcome::Completed => format!(
+            "rollout NOT complete: every wave ran; {} of {} migrated or already up to date, {} not (grouped above): fix the causes, then `schemafleet apply {plan} --retry-failed`; journal: {}",
+            totals.applied + totals.up_to_date,
+            crate::report::render::plural(totals.tenants, "tenant"),
+            n_unfinished,
+            journal.display()
+        ),
         RunOutcome::Halted { wave } => format!(
             "wave {wave} HALTED: its failure budget is spent and later waves did not start; fix the cause, then `schemafleet apply {plan} --retry-failed`"
         ),

@@ -278,7 +278,7 @@ fn pick_bad_tenants(waves: &[PlannedWave], percent: f64) -> Vec<BadTenant> {
             let index = (2 * pick + 1) * n_tenants / (2 * n_bad);
             bad.push(BadTenant {
                 wave: wave.name.clone(),
-                project_id: wave.tenants[index].clone(),
+                project_id: wave.tenants[index].id.clone(),
             });
         }
     }
@@ -327,10 +327,10 @@ fn print_bad_tenants(bad: &[BadTenant], seeded: &[SeededTenant], plan: &Plan) {
         crate::report::render::wrap_into(
             &mut text,
             &format!(
-                "wave {} ({} tenants, budget {} failures): {}",
+                "wave {} ({}, budget {}): {}",
                 wave.name,
-                wave.tenants.len(),
-                failures_tolerated(wave),
+                crate::report::render::plural(wave.tenants.len(), "tenant"),
+                crate::report::render::plural(failures_tolerated(wave), "failure"),
                 names.join(", ")
             ),
             "        ",
@@ -449,9 +449,16 @@ fn print_next_commands(
         .and_then(|wave| {
             wave.tenants
                 .iter()
-                .find(|tenant| !bad.iter().any(|bad| &bad.project_id == *tenant))
+                .find(|tenant| !bad.iter().any(|bad| bad.project_id == tenant.id))
         })
-        .cloned()
+        .map(|tenant| {
+            // By name when the name picks one tenant, as an operator would type it.
+            if !tenant.name.is_empty() && plan.resolve_tenant(&tenant.name).len() == 1 {
+                tenant.name.clone()
+            } else {
+                tenant.id.clone()
+            }
+        })
         .unwrap_or_else(|| "PROJECT_ID".to_string());
     let api_key = api.api_key.as_deref().unwrap_or_default();
     println!();
@@ -605,7 +612,9 @@ mod tests {
             max_failures,
             max_failure_percent: percent,
             bake_s: 0,
-            tenants: (0..n).map(|i| format!("{name}-{i:03}")).collect(),
+            tenants: (0..n)
+                .map(|i| crate::plan::model::PlannedTenant::from_id(format!("{name}-{i:03}")))
+                .collect(),
         }
     }
 
@@ -662,7 +671,7 @@ mod tests {
             plan.waves[0]
                 .tenants
                 .iter()
-                .all(|tenant| !expected.contains(&tenant.as_str())),
+                .all(|tenant| !expected.contains(&tenant.id.as_str())),
             "no canary is given bad data"
         );
     }

@@ -8,6 +8,7 @@
 //! **Invariant:** exit 0 when no tenant diverges or is unreachable, 1 when any does, 2 when the
 //! input (plan, policy, migrations, API key) is unusable.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Which tenants to probe and how to reach their database.
 struct Targets {
     tenants: Vec<String>,
+    /// Project names by id, to show beside the ids.
+    names: HashMap<String, String>,
     /// Tenants the fleet source knows of but could not list: reported unreachable, not dropped.
     unavailable: Vec<String>,
     database: String,
@@ -75,7 +78,7 @@ pub async fn run(args: DriftArgs) -> anyhow::Result<ExitStatus> {
         };
         drift::classify(tenant, probe, &planned)
     }));
-    let report = drift::aggregate(&planned, classified);
+    let report = drift::aggregate(&planned, classified).with_names(targets.names);
     let dir_display = migrations_dir.display().to_string();
     match args.output {
         OutputFormat::Json => println!(
@@ -126,7 +129,12 @@ fn plan_targets(plan_path: &Path) -> anyhow::Result<Targets> {
         tenants: plan
             .waves
             .iter()
-            .flat_map(|wave| wave.tenants.iter().cloned())
+            .flat_map(|wave| wave.tenant_ids().map(str::to_string))
+            .collect(),
+        names: plan
+            .tenants()
+            .filter(|(tenant, _)| !tenant.name.is_empty())
+            .map(|(tenant, _)| (tenant.id.clone(), tenant.name.clone()))
             .collect(),
         unavailable: Vec::new(),
         database: plan.policy.database.clone(),
@@ -148,7 +156,14 @@ async fn policy_targets(args: &DriftArgs, policy_path: &Path) -> anyhow::Result<
             rate_limit_per_min: args.api.api_rate_limit_per_min,
         });
     let fleet = collect_fleet(&policy, args.tenants.as_deref(), neon.as_ref()).await?;
+    let names = fleet
+        .tenants
+        .iter()
+        .filter(|tenant| !tenant.name.is_empty())
+        .map(|tenant| (tenant.id.clone(), tenant.name.clone()))
+        .collect();
     Ok(Targets {
+        names,
         tenants: fleet.tenants.into_iter().map(|tenant| tenant.id).collect(),
         unavailable: fleet.unavailable,
         database: policy.database.clone(),

@@ -83,8 +83,8 @@ pub async fn run(args: EmulatorArgs) -> anyhow::Result<ExitStatus> {
         let seeded = fleet.seed(missing, sql, "tenant").await;
         match seeded {
             Ok(tenants) => eprintln!(
-                "seeded {} tenants in {:.1} s",
-                tenants.len(),
+                "seeded {} in {:.1} s",
+                crate::report::render::plural(tenants.len(), "tenant"),
                 started.elapsed().as_secs_f64()
             ),
             Err(error) => {

@@ -20,7 +20,7 @@ use crate::exit::ExitStatus;
 use crate::gc::{self, Decision, GcOptions, Rollout};
 use crate::journal::{Event, Journal, JournalError, JournalState, default_journal_path};
 use crate::neon::{NeonClient, ProjectFilter};
-use crate::report::render::wrap_into;
+use crate::report::render::{plural, wrap_into};
 use crate::secret::redact_uri;
 
 /// What happened to one schemafleet branch.
@@ -167,7 +167,7 @@ fn plan_projects(args: &GcArgs, plan_path: &Path) -> anyhow::Result<(Vec<String>
     let projects = plan
         .waves
         .iter()
-        .flat_map(|wave| wave.tenants.iter().cloned())
+        .flat_map(|wave| wave.tenant_ids().map(str::to_string))
         .collect();
     Ok((
         projects,
@@ -289,13 +289,15 @@ fn render_text(
     let kept = outcomes.len() - to_delete;
     let headline = if dry_run {
         format!(
-            "gc (dry run, nothing deleted): {project_count} projects, {} schemafleet branches: {to_delete} would be deleted, {kept} kept",
-            outcomes.len(),
+            "gc (dry run, nothing deleted): {}, {}: {to_delete} would be deleted, {kept} kept",
+            plural(project_count, "project"),
+            plural(outcomes.len(), "schemafleet branch"),
         )
     } else {
         format!(
-            "gc: {project_count} projects, {} schemafleet branches: {} deleted, {} failed, {kept} kept",
-            outcomes.len(),
+            "gc: {}, {}: {} deleted, {} failed, {kept} kept",
+            plural(project_count, "project"),
+            plural(outcomes.len(), "schemafleet branch"),
             count(|outcome| outcome.deleted),
             count(|outcome| outcome.decision.delete && !outcome.deleted),
         )

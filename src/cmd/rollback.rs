@@ -80,14 +80,14 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
     for refusal in &refusals {
         eprintln!(
             "refused: {}: {}",
-            refusal.tenant,
+            plan.tenant_label(&refusal.tenant),
             crate::terminal::escape_controls(&refusal.reason)
         );
     }
     if candidates.is_empty() {
         eprintln!("nothing to roll back");
         if args.output == OutputFormat::Json {
-            print_json(&plan.plan_id, Vec::new(), &refusals)?;
+            print_json(&plan, Vec::new(), &refusals)?;
         }
         return Ok(if refusals.is_empty() {
             ExitStatus::Success
@@ -95,20 +95,9 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
             ExitStatus::Failure
         });
     }
-    describe(&candidates, &collateral, preserve_until.as_deref());
+    describe(&plan, &candidates, &collateral, preserve_until.as_deref());
     if args.dry_run {
-        for candidate in &candidates {
-            let (main_branch_id, request) = rollback::restore_request(candidate);
-            let body = serde_json::json!({
-                "source_branch_id": request.source_branch_id,
-                "source_lsn": request.source_lsn,
-                "preserve_under_name": request.preserve_under_name,
-            });
-            println!(
-                "POST /projects/{}/branches/{main_branch_id}/restore {body}",
-                candidate.tenant
-            );
-        }
+        print_dry_run(&plan, &candidates, &refusals, &collateral, args.output)?;
         return Ok(ExitStatus::Success);
     }
     if !args.yes && !confirm(candidates.len())? {
@@ -159,12 +148,13 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
     for (tenant, result) in results {
         let outcome = result
             .with_context(|| format!("the journal {} cannot be written", journal_path.display()))?;
+        let label = plan.tenant_label(&tenant);
         match &outcome {
-            Ok(()) => eprintln!("rolled back: {tenant}"),
+            Ok(()) => eprintln!("rolled back: {label}"),
             Err(reason) => {
                 n_failed += 1;
                 eprintln!(
-                    "FAILED: {tenant}: {}",
+                    "FAILED: {label}: {}",
                     crate::terminal::escape_controls(&reason.to_string())
                 );
             }
@@ -173,18 +163,22 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
             .iter()
             .find(|candidate| candidate.tenant == tenant)
             .map(|candidate| candidate.preserve_under_name.clone());
-        report.push(serde_json::json!({"tenant": tenant, "ok": outcome.is_ok(), "error": outcome.err(), "preserved_branch": preserved}));
+        report.push(serde_json::json!({"tenant": tenant, "tenant_name": tenant_name(&plan, &tenant), "ok": outcome.is_ok(), "error": outcome.err(), "preserved_branch": preserved}));
     }
     if args.output == OutputFormat::Json {
-        print_json(&plan.plan_id, report, &refusals)?;
+        print_json(&plan, report, &refusals)?;
     } else {
         let total = report.len() + refusals.len();
         let rolled_back = total - n_failed;
         if rolled_back == 0 {
-            println!("0 of {total} tenants rolled back (the reasons are above)");
+            println!(
+                "0 of {} rolled back (the reasons are above)",
+                crate::report::render::plural(total, "tenant")
+            );
         } else {
             println!(
-                "{rolled_back} of {total} tenants rolled back; `schemafleet status {}` shows them; `apply` of this plan leaves them back until `--include-rolled-back`",
+                "{rolled_back} of {} rolled back; `schemafleet status {}` shows them; `apply` of this plan leaves them back until `--include-rolled-back`",
+                crate::report::render::plural(total, "tenant"),
                 args.plan.display()
             );
         }
@@ -199,21 +193,30 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
 /// The rollback's JSON document: restored tenants and refusals (also when nothing was rolled
 /// back, so a pipeline always gets one).
 fn print_json(
-    plan_id: &str,
+    plan: &crate::plan::model::Plan,
     tenants: Vec<serde_json::Value>,
     refusals: &[rollback::Refusal],
 ) -> anyhow::Result<()> {
-    let refused: Vec<serde_json::Value> = refusals
-        .iter()
-        .map(|refusal| serde_json::json!({"tenant": refusal.tenant, "reason": refusal.reason}))
-        .collect();
     println!(
         "{}",
-        serde_json::to_string_pretty(
-            &serde_json::json!({"plan_id": plan_id, "tenants": tenants, "refused": refused})
-        )?
+        serde_json::to_string_pretty(&serde_json::json!({
+            "plan_id": plan.plan_id,
+            "tenants": tenants,
+            "refused": refused_json(plan, refusals),
+        }))?
     );
     Ok(())
+}
+
+/// The refused tenants as JSON: id, name and why.
+fn refused_json(
+    plan: &crate::plan::model::Plan,
+    refusals: &[rollback::Refusal],
+) -> Vec<serde_json::Value> {
+    refusals
+        .iter()
+        .map(|refusal| serde_json::json!({"tenant": refusal.tenant, "tenant_name": tenant_name(plan, &refusal.tenant), "reason": refusal.reason}))
+        .collect()
 }
 
 /// `--preserve-for DURATION`: the expiry (RFC 3339) the preserved branches get; Neon accepts at
@@ -313,15 +316,86 @@ async fn check_mains(
     (kept, collateral)
 }
 
+/// The project's name, or "" when it has none of its own.
+fn tenant_name<'p>(plan: &'p crate::plan::model::Plan, tenant_id: &str) -> &'p str {
+    plan.tenant(tenant_id)
+        .map_or("", |(tenant, _)| tenant.name.as_str())
+}
+
+/// `--dry-run`: the restore calls, as text or one JSON document on stdout.
+fn print_dry_run(
+    plan: &crate::plan::model::Plan,
+    candidates: &[Candidate],
+    refusals: &[rollback::Refusal],
+    collateral: &[(String, Vec<i32>)],
+    output: OutputFormat,
+) -> anyhow::Result<()> {
+    let mut tenants = Vec::with_capacity(candidates.len());
+    for candidate in candidates {
+        let (main_branch_id, request) = rollback::restore_request(candidate);
+        let path = format!(
+            "/projects/{}/branches/{main_branch_id}/restore",
+            candidate.tenant
+        );
+        match output {
+            OutputFormat::Text => {
+                println!("POST {path}");
+                println!(
+                    "  source_branch_id: {}, source_lsn: {}",
+                    request.source_branch_id,
+                    request.source_lsn.as_deref().unwrap_or("(its head)")
+                );
+                println!(
+                    "  preserve_under_name: {}",
+                    request.preserve_under_name.as_deref().unwrap_or("")
+                );
+            }
+            OutputFormat::Json => tenants.push(serde_json::json!({
+                "tenant": candidate.tenant,
+                "tenant_name": tenant_name(plan, &candidate.tenant),
+                "wave": candidate.wave,
+                "restore_point_at": candidate.point_at,
+                "preserved_branch": candidate.preserve_under_name,
+                "undoes_later_releases": collateral
+                    .iter()
+                    .find(|(tenant, _)| *tenant == candidate.tenant)
+                    .map(|(_, versions)| versions.clone())
+                    .unwrap_or_default(),
+                "request": {
+                    "method": "POST",
+                    "path": path,
+                    "body": {
+                        "source_branch_id": request.source_branch_id,
+                        "source_lsn": request.source_lsn,
+                        "preserve_under_name": request.preserve_under_name,
+                    },
+                },
+            })),
+        }
+    }
+    if output == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "plan_id": plan.plan_id,
+                "dry_run": true,
+                "tenants": tenants,
+                "refused": refused_json(plan, refusals),
+            }))?
+        );
+    }
+    Ok(())
+}
+
 fn describe(
+    plan: &crate::plan::model::Plan,
     candidates: &[Candidate],
     collateral: &[(String, Vec<i32>)],
     preserve_until: Option<&str>,
 ) {
     eprintln!(
-        "will restore {} tenant{}:",
-        candidates.len(),
-        if candidates.len() == 1 { "" } else { "s" }
+        "will restore {}:",
+        crate::report::render::plural(candidates.len(), "tenant")
     );
     for candidate in candidates {
         let age = rollback::age_seconds(candidate)
@@ -332,9 +406,21 @@ fn describe(
             |until| format!("it expires at {until}"),
         );
         eprintln!(
-            "  {} (wave {}): back to its restore point from {age}; writes since then move to branch {} ({keep})",
-            candidate.tenant, candidate.wave, candidate.preserve_under_name
+            "  {}, wave {}: back to its restore point from {age};",
+            plan.tenant_label(&candidate.tenant),
+            candidate.wave
         );
+        let mut text = String::new();
+        crate::report::render::wrap_into(
+            &mut text,
+            &format!(
+                "writes since then move to branch {} ({keep})",
+                candidate.preserve_under_name
+            ),
+            "    ",
+            "      ",
+        );
+        eprint!("{text}");
         if let Some((_, versions)) = collateral
             .iter()
             .find(|(tenant, _)| *tenant == candidate.tenant)
@@ -358,10 +444,16 @@ fn human_duration(seconds: i64) -> String {
 fn confirm(n_tenants: usize) -> anyhow::Result<bool> {
     if !std::io::stdin().is_terminal() {
         bail!(
-            "refusing to roll back {n_tenants} tenants without confirmation: stdin is not a terminal; pass --yes (or --dry-run to see the calls)"
+            "refusing to roll back {} without confirmation: stdin is not a terminal; pass --yes (or --dry-run to see the calls)",
+            crate::report::render::plural(n_tenants, "tenant")
         );
     }
-    eprint!("restore {n_tenants} tenant main branches? type 'yes' to continue: ");
+    let branches = if n_tenants == 1 {
+        "main branch"
+    } else {
+        "main branches"
+    };
+    eprint!("restore {n_tenants} tenant {branches}? type 'yes' to continue: ");
     std::io::stderr().flush()?;
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;

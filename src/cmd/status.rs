@@ -1,7 +1,8 @@
 //! `schemafleet status PLAN`: where a rollout stands, from its journal alone.
 //!
 //! **Invariant:** without `--live` this makes no connection and no API call, so an operator can
-//! run it at any time, even while `apply` runs (the journal is read without its lock).
+//! run it at any time, even while `apply` runs (the journal is read without its lock; whether
+//! an `apply` holds it is probed, so a live run is told apart from a killed one).
 
 use std::path::Path;
 
@@ -9,7 +10,9 @@ use futures::StreamExt;
 
 use crate::cli::{OutputFormat, StatusArgs};
 use crate::exit::ExitStatus;
-use crate::journal::{Journal, JournalState, RestorePoint, TenantStatus, default_journal_path};
+use crate::journal::{
+    Journal, JournalState, LockHolder, RestorePoint, TenantStatus, default_journal_path,
+};
 use crate::pg::{self, HistoryComparison};
 use crate::plan::model::Plan;
 use crate::report;
@@ -30,7 +33,11 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
             plan.plan_id
         );
     }
-    let summary = report::summarize(&plan, &read.state);
+    let lock_holder = Journal::lock_holder(&journal_path, &read)?;
+    let mut summary = report::summarize(&plan, &read.state);
+    if lock_holder == LockHolder::Nobody {
+        summary.no_run_active();
+    }
     let plan_display = args.plan.display().to_string();
     let groups = report::group_failures(&summary, &plan_display);
     let restore_points = restore_points(&plan, &read.state);
@@ -45,8 +52,12 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
     let running = summary
         .waves
         .iter()
-        .find(|wave| wave.status == "running")
+        .find(|wave| wave.status == "running" || wave.status == report::summary::STOPPED)
         .map(|wave| wave.name.clone());
+    let apply_pid = match lock_holder {
+        LockHolder::Apply { pid } => Some(pid),
+        LockHolder::Nobody | LockHolder::Other => None,
+    };
     let halted = summary
         .waves
         .iter()
@@ -59,8 +70,11 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 "journal": journal_path,
                 "journal_exists": journal_path.exists(),
                 "runs": read.state.runs,
-                "last_run_outcome": read.state.last_run_outcome,
-                "running_wave": running,
+                "outcome": read.state.last_run_outcome,
+                "apply_running_pid": apply_pid,
+                "journal_locked": lock_holder != LockHolder::Nobody,
+                "running_wave": running.as_ref().filter(|_| lock_holder != LockHolder::Nobody),
+                "stopped_wave": running.as_ref().filter(|_| lock_holder == LockHolder::Nobody),
                 "halted_wave": halted,
                 "waves": summary.waves,
                 "totals": summary.totals,
@@ -88,6 +102,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 halted.clone(),
                 read.torn_tail.as_deref(),
                 as_of.as_deref(),
+                lock_holder,
             );
         }
     }
@@ -109,7 +124,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
 
 #[expect(
     clippy::too_many_arguments,
-    reason = "one call site; a struct would only rename the same ten things"
+    reason = "one call site; a struct would only rename the same eleven things"
 )]
 fn print_text(
     plan_path: &Path,
@@ -123,6 +138,7 @@ fn print_text(
     halted: Option<String>,
     torn_tail: Option<&str>,
     as_of: Option<&str>,
+    lock_holder: LockHolder,
 ) {
     println!("plan {} ({})", summary.plan_id, plan_path.display());
     if let Some(torn) = torn_tail {
@@ -131,18 +147,23 @@ fn print_text(
             journal_path.display()
         );
     }
+    let last_run = match (lock_holder, state.last_run_outcome.as_deref()) {
+        (LockHolder::Apply { pid }, _) => format!("apply is running (pid {pid})"),
+        (LockHolder::Other, _) => {
+            "the journal is locked by another schemafleet process (a rollback?)".to_string()
+        }
+        (LockHolder::Nobody, Some(outcome)) => format!("last: {outcome}"),
+        (LockHolder::Nobody, None) => {
+            "last: killed before it finished (`apply` resumes it)".to_string()
+        }
+    };
     if state.runs == 0 {
         println!("journal {}: no run yet", journal_path.display());
     } else {
         println!(
-            "journal {}: {} run{}, last: {}",
+            "journal {}: {}, {last_run}",
             journal_path.display(),
-            state.runs,
-            if state.runs == 1 { "" } else { "s" },
-            state
-                .last_run_outcome
-                .as_deref()
-                .unwrap_or("still running or killed")
+            report::render::plural(state.runs as usize, "run"),
         );
     }
     if live.is_none()
@@ -160,16 +181,30 @@ fn print_text(
         print!("{note}");
     }
     if let Some(wave) = running {
-        if state.last_run_outcome.as_deref() == Some("interrupted") {
-            println!("wave {wave} was interrupted: `apply` resumes it");
-        } else {
-            println!("wave {wave} is running (or its run was killed: `apply` resumes it)");
+        match lock_holder {
+            LockHolder::Apply { pid } => println!("wave {wave} is running (apply pid {pid})"),
+            LockHolder::Other => println!("wave {wave} started and is not finished"),
+            LockHolder::Nobody => {
+                let how = if state.last_run_outcome.as_deref() == Some("interrupted") {
+                    "interrupted"
+                } else {
+                    "killed"
+                };
+                println!("wave {wave} stopped unfinished (its run was {how}): `apply` resumes it");
+            }
         }
     }
     if let Some(wave) = halted {
         println!("wave {wave} is HALTED: later waves wait until its failures are resolved");
     }
-    print!("{}", report::render::summary_text(summary, groups));
+    let apply_pid = match lock_holder {
+        LockHolder::Apply { pid } => Some(pid),
+        LockHolder::Nobody | LockHolder::Other => None,
+    };
+    print!(
+        "{}",
+        report::render::summary_text_during(summary, groups, apply_pid)
+    );
     let n_points = restore_points.len();
     let (verb, pronoun) = if n_points == 1 {
         ("tenant holds", "it")
@@ -186,7 +221,8 @@ fn print_text(
 fn restore_points(plan: &Plan, state: &JournalState) -> Vec<serde_json::Value> {
     let mut points = Vec::new();
     for wave in &plan.waves {
-        for tenant_id in &wave.tenants {
+        for planned in &wave.tenants {
+            let tenant_id = &planned.id;
             let Some(tenant) = state.tenant(tenant_id) else {
                 continue;
             };
@@ -201,6 +237,8 @@ fn restore_points(plan: &Plan, state: &JournalState) -> Vec<serde_json::Value> {
             };
             points.push(serde_json::json!({
                 "tenant": tenant_id,
+                "tenant_name": planned.name,
+                "region": planned.region,
                 "wave": wave.name,
                 "kind": kind,
                 "point": detail,
@@ -228,9 +266,14 @@ fn print_live(live: &serde_json::Value) {
     let problems = live["problems"].as_array().cloned().unwrap_or_default();
     const SHOWN: usize = 20;
     for problem in problems.iter().take(SHOWN) {
+        let tenant = crate::plan::model::PlannedTenant {
+            id: problem["tenant"].as_str().unwrap_or("?").to_string(),
+            name: problem["tenant_name"].as_str().unwrap_or("").to_string(),
+            region: String::new(),
+        };
         println!(
             "  {}: {}",
-            problem["tenant"].as_str().unwrap_or("?"),
+            tenant.label(),
             problem["state"].as_str().unwrap_or("?")
         );
     }
@@ -296,7 +339,7 @@ async fn live_probe(
     let tenants: Vec<String> = plan
         .waves
         .iter()
-        .flat_map(|wave| wave.tenants.iter().cloned())
+        .flat_map(|wave| wave.tenant_ids().map(str::to_string))
         .collect();
     let mut results: Vec<(String, LiveVerdict)> = futures::stream::iter(tenants)
         .map(|tenant| {
@@ -344,7 +387,12 @@ async fn live_probe(
     let problems: Vec<serde_json::Value> = results
         .iter()
         .filter(|(_, verdict)| !matches!(verdict.state.as_str(), "up_to_date" | "behind" | "ahead"))
-        .map(|(tenant, verdict)| serde_json::json!({"tenant": tenant, "state": verdict.state}))
+        .map(|(tenant, verdict)| {
+            let name = plan
+                .tenant(tenant)
+                .map_or("", |(planned, _)| planned.name.as_str());
+            serde_json::json!({"tenant": tenant, "tenant_name": name, "state": verdict.state})
+        })
         .collect();
     let stale: Vec<serde_json::Value> = results
         .iter()

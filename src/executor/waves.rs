@@ -114,10 +114,9 @@ async fn run_waves(
         }
         let (wave_status, todo, previous_bake_until) = recorder.read(|state| {
             let todo: Vec<String> = wave
-                .tenants
-                .iter()
+                .tenant_ids()
                 .filter(|tenant| needs_work(state, tenant, config))
-                .cloned()
+                .map(str::to_string)
                 .collect();
             let previous_bake_until = wave_idx
                 .checked_sub(1)
@@ -238,11 +237,10 @@ async fn run_wave(
     reporter: &dyn Reporter,
     shutdown: &Shutdown,
 ) -> Result<bool, JournalError> {
-    let todo_set: std::collections::HashSet<&String> = todo.iter().collect();
+    let todo_set: std::collections::HashSet<&str> = todo.iter().map(String::as_str).collect();
     // Failures from earlier runs that are not being retried still count against the budget.
     let mut n_failed = context.recorder.read(|state| {
-        wave.tenants
-            .iter()
+        wave.tenant_ids()
             .filter(|tenant| !todo_set.contains(tenant))
             .filter(|tenant| {
                 matches!(
@@ -300,8 +298,13 @@ async fn run_wave(
                     if !halted && wave.budget_exceeded(n_failed) {
                         halted = true;
                         reporter.note(&format!(
-                            "wave {}: {n_failed} failures exceed its budget; no new tenant starts, {} in flight finish",
+                            "wave {}: {} its budget; no new tenant starts, {} in flight finish",
                             wave.name,
+                            if n_failed == 1 {
+                                "1 failure exceeds".to_string()
+                            } else {
+                                format!("{n_failed} failures exceed")
+                            },
                             in_flight.len()
                         ));
                     }

@@ -95,6 +95,18 @@ pub struct Journal {
     appended: Arc<AtomicU64>,
 }
 
+/// Who holds a journal's lock (see [`Journal::lock_holder`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockHolder {
+    Nobody,
+    /// The `apply` whose run is still open in the journal.
+    Apply {
+        pid: u32,
+    },
+    /// A `rollback`, or a process that has not journaled its run yet.
+    Other,
+}
+
 /// What reading a journal found.
 pub struct ReadJournal {
     pub records: Vec<Record>,
@@ -184,6 +196,41 @@ impl Journal {
             }
         };
         Ok(parse(path, &mut BufReader::new(file))?.read)
+    }
+
+    /// Who holds this journal's lock now; `read` is the journal as just read, whose last
+    /// unfinished run names the holder's process.
+    ///
+    /// Probing takes a shared lock for an instant; an `apply` starting in that instant is
+    /// refused as if another run held the journal, and says so.
+    pub fn lock_holder(path: &Path, read: &ReadJournal) -> Result<LockHolder, JournalError> {
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(LockHolder::Nobody),
+            Err(source) => {
+                return Err(JournalError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        match file.try_lock_shared() {
+            Ok(()) => Ok(LockHolder::Nobody),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(read
+                .records
+                .iter()
+                .rev()
+                .find_map(|record| match &record.event {
+                    Event::RunStarted { pid, .. } => Some(LockHolder::Apply { pid: *pid }),
+                    Event::RunFinished { .. } => Some(LockHolder::Other),
+                    _ => None,
+                })
+                .unwrap_or(LockHolder::Other)),
+            Err(std::fs::TryLockError::Error(source)) => Err(JournalError::Io {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
     }
 
     pub fn path(&self) -> &Path {

@@ -13,6 +13,6 @@ pub mod file;
 pub mod record;
 pub mod state;
 
-pub use file::{Journal, JournalError, default_journal_path};
+pub use file::{Journal, JournalError, LockHolder, default_journal_path};
 pub use record::{Event, Phase, Record, RestorePoint};
 pub use state::{JournalState, TenantState, TenantStatus, WaveStatus};

@@ -8,7 +8,7 @@ use super::collect::CollectedFleet;
 use super::id::compute_plan_id;
 use super::model::{
     FleetSummary, PLAN_FORMAT_VERSION, Plan, PlannedMigration, PlannedMigrations, PlannedPolicy,
-    PlannedWave, VerifyFile,
+    PlannedTenant, PlannedWave, VerifyFile,
 };
 use super::waves::{WaveCandidate, WaveSpec, assign_waves};
 use crate::migrations::MigrationSet;
@@ -158,20 +158,22 @@ pub fn build_plan(
         }
     })?;
 
-    let waves: Vec<PlannedWave> = policy
-        .waves
-        .iter()
+    let waves: Vec<PlannedWave> = planned_waves_without_tenants(policy)
+        .into_iter()
         .zip(wave_members)
         .map(|(wave, members)| PlannedWave {
-            name: wave.name.clone(),
-            concurrency: wave.concurrency,
-            max_failures: wave.max_failures,
-            max_failure_percent: wave.max_failure_percent,
-            bake_s: wave.bake.as_secs(),
             tenants: members
                 .into_iter()
-                .map(|tenant_idx| std::mem::take(&mut kept[tenant_idx].id))
+                .map(|tenant_idx| {
+                    let tenant = &mut kept[tenant_idx];
+                    PlannedTenant {
+                        id: std::mem::take(&mut tenant.id),
+                        name: std::mem::take(&mut tenant.name),
+                        region: std::mem::take(&mut tenant.region),
+                    }
+                })
                 .collect(),
+            ..wave
         })
         .collect();
 
@@ -179,28 +181,7 @@ pub fn build_plan(
         format_version: PLAN_FORMAT_VERSION,
         plan_id: String::new(),
         created_at,
-        policy: PlannedPolicy {
-            path: paths.policy.clone(),
-            sha256: policy.sha256.clone(),
-            database: policy.database.clone(),
-            role: policy.role.clone(),
-            validation: policy.validation,
-            restore_point: policy.restore_point,
-            transaction: policy.transaction,
-            lock_timeout_ms: duration_ms(policy.lock_timeout),
-            statement_timeout_ms: duration_ms(policy.statement_timeout),
-            branch_ttl_s: policy.branch_ttl.as_secs(),
-            salt: policy.salt.clone(),
-            verify: policy
-                .verify
-                .as_ref()
-                .zip(paths.verify.as_ref())
-                .map(|(verify, path)| VerifyFile {
-                    path: path.clone(),
-                    sha256: verify.sha256.clone(),
-                }),
-            api_rate_limit_per_min: policy.api_rate_limit_per_min,
-        },
+        policy: planned_policy(policy, paths),
         migrations: PlannedMigrations {
             dir: paths.migrations_dir.clone(),
             items: migrations
@@ -226,6 +207,48 @@ pub fn build_plan(
     };
     plan.plan_id = compute_plan_id(&plan);
     Ok(plan)
+}
+
+/// The policy's settings as a plan records them.
+pub fn planned_policy(policy: &Policy, paths: &PlanPaths) -> PlannedPolicy {
+    PlannedPolicy {
+        path: paths.policy.clone(),
+        sha256: policy.sha256.clone(),
+        database: policy.database.clone(),
+        role: policy.role.clone(),
+        validation: policy.validation,
+        restore_point: policy.restore_point,
+        transaction: policy.transaction,
+        lock_timeout_ms: duration_ms(policy.lock_timeout),
+        statement_timeout_ms: duration_ms(policy.statement_timeout),
+        branch_ttl_s: policy.branch_ttl.as_secs(),
+        salt: policy.salt.clone(),
+        verify: policy
+            .verify
+            .as_ref()
+            .zip(paths.verify.as_ref())
+            .map(|(verify, path)| VerifyFile {
+                path: path.clone(),
+                sha256: verify.sha256.clone(),
+            }),
+        api_rate_limit_per_min: policy.api_rate_limit_per_min,
+    }
+}
+
+/// The policy's waves as a plan records them, before tenants are assigned.
+pub fn planned_waves_without_tenants(policy: &Policy) -> Vec<PlannedWave> {
+    policy
+        .waves
+        .iter()
+        .map(|wave| PlannedWave {
+            name: wave.name.clone(),
+            concurrency: wave.concurrency,
+            max_failures: wave.max_failures,
+            max_failure_percent: wave.max_failure_percent,
+            bake_s: wave.bake.as_secs(),
+            tenants: Vec::new(),
+        })
+        .collect()
 }
 
 fn duration_ms(duration: std::time::Duration) -> u64 {
@@ -411,11 +434,14 @@ waves:
         assert_eq!(plan.fleet.unavailable, vec!["p-gone".to_string()]);
         assert_eq!(plan.tenant_count(), 39);
         let canary = plan.wave("canary").unwrap();
-        // Named by id and by project name.
-        assert!(canary.tenants.contains(&"p-0003".to_string()));
-        assert!(canary.tenants.contains(&"p-0005".to_string()));
+        // Named by id and by project name; the plan shows the name and region beside the id.
+        assert!(canary.tenant("p-0003").is_some());
+        let named = canary.tenant("p-0005").unwrap();
+        assert_eq!(named.name, "tenant-0005");
+        assert_eq!(named.label(), "tenant-0005 (p-0005)");
+        assert!(!named.region.is_empty(), "{named:?}");
         let eu = plan.wave("eu").unwrap();
-        assert!(eu.tenants.iter().all(|id| {
+        assert!(eu.tenant_ids().all(|id| {
             let number: usize = id[2..].parse().unwrap();
             number.is_multiple_of(2)
         }));

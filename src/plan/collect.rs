@@ -1,9 +1,9 @@
 //! Gathers the fleet for planning one tenant at a time, keeping only what planning needs.
 //!
 //! A [`Tenant`] carries its name, region and label map; at 300,000 tenants those would take
-//! hundreds of megabytes. Planning needs only each kept tenant's id, which waves' `match`
-//! rejects it, and the names the policy refers to, so each tenant is judged as it arrives and
-//! reduced to a [`CompactTenant`].
+//! hundreds of megabytes. Planning needs only each kept tenant's id, name and region (the plan
+//! shows them to reviewers), which waves' `match` rejects it, and the names the policy refers
+//! to, so each tenant is judged as it arrives and reduced to a [`CompactTenant`].
 //!
 //! **Invariant:** every tenant added is either in [`CollectedFleet::tenants`] (sorted by id,
 //! unique) or in [`CollectedFleet::excluded`] with its reason.
@@ -20,6 +20,9 @@ use crate::policy::Policy;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompactTenant {
     pub id: String,
+    /// Empty when the project has no name of its own (the source gave the id).
+    pub name: String,
+    pub region: String,
     /// Bit `w` is set when wave `w`'s `match` rejects this tenant (the policy has at most 64
     /// waves).
     rejected_by: u64,
@@ -133,12 +136,19 @@ impl<'p> FleetCollector<'p> {
         if self.references.contains(tenant.name.as_str()) {
             self.fleet
                 .ids_by_referenced_name
-                .entry(tenant.name)
+                .entry(tenant.name.clone())
                 .or_default()
                 .push(tenant.id.clone());
         }
+        let name = if tenant.name == tenant.id {
+            String::new()
+        } else {
+            tenant.name
+        };
         self.fleet.tenants.push(CompactTenant {
             id: tenant.id,
+            name,
+            region: tenant.region.unwrap_or_default(),
             rejected_by,
             place,
         });

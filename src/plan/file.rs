@@ -30,7 +30,7 @@ pub enum PlanError {
         "{location}: {message}; the plan file is damaged or was edited by hand: regenerate it with `schemafleet plan`"
     )]
     Parse { location: String, message: String },
-    #[error("{}: plan format version {found}, this schemafleet reads version {expected}; regenerate the plan with this version of `schemafleet plan`", path.display())]
+    #[error("{}: plan format version {found}, this schemafleet reads version {expected}; re-run `schemafleet plan` with this version (the plan id stays the same when nothing else changed)", path.display())]
     FormatVersion {
         path: PathBuf,
         found: u32,
@@ -44,6 +44,17 @@ pub enum PlanError {
     },
     #[error("{}: {message}; regenerate the plan with `schemafleet plan`", path.display())]
     Inconsistent { path: PathBuf, message: String },
+    #[error("{}: this is a rollout policy, not a plan; run `schemafleet plan --policy {}` first and pass the plan it writes ({})", path.display(), path.display(), super::pipeline::default_plan_path(path).display())]
+    PolicyNotPlan { path: PathBuf },
+}
+
+/// The few top-level keys that tell what a YAML file is when it does not parse as a plan.
+#[derive(serde::Deserialize)]
+struct FileKind {
+    format_version: Option<u32>,
+    plan_id: Option<serde::de::IgnoredAny>,
+    salt: Option<serde::de::IgnoredAny>,
+    waves: Option<serde::de::IgnoredAny>,
 }
 
 /// Why a plan file could not be written. Nothing is left at the destination.
@@ -62,6 +73,24 @@ pub fn load_plan(path: &Path) -> Result<Plan, PlanError> {
         source,
     })?;
     let plan: Plan = serde_yaml::from_str(&text).map_err(|error| {
+        // Only on failure: say what the file is when it is not a plan of this format.
+        if let Ok(kind) = serde_yaml::from_str::<FileKind>(&text) {
+            match kind.format_version {
+                Some(found) if found != PLAN_FORMAT_VERSION => {
+                    return PlanError::FormatVersion {
+                        path: path.to_path_buf(),
+                        found,
+                        expected: PLAN_FORMAT_VERSION,
+                    };
+                }
+                None if kind.plan_id.is_none() && kind.salt.is_some() && kind.waves.is_some() => {
+                    return PlanError::PolicyNotPlan {
+                        path: path.to_path_buf(),
+                    };
+                }
+                _ => {}
+            }
+        }
         let (position, message) = split_yaml_error(&error);
         PlanError::Parse {
             location: FilePosition { path, position }.to_string(),
@@ -98,8 +127,18 @@ fn check_consistency(plan: &Plan) -> Result<(), String> {
         if !wave_names.insert(wave.name.as_str()) {
             return Err(format!("wave `{}` appears twice", wave.name));
         }
-        for tenant in &wave.tenants {
-            if !tenants.insert(tenant.as_str()) {
+        if let Some(pair) = wave
+            .tenants
+            .windows(2)
+            .find(|pair| pair[0].id >= pair[1].id)
+        {
+            return Err(format!(
+                "wave `{}` lists tenant {} out of order (waves are sorted by id)",
+                wave.name, pair[1].id
+            ));
+        }
+        for tenant in wave.tenant_ids() {
+            if !tenants.insert(tenant) {
                 return Err(format!("tenant {tenant} appears in more than one wave"));
             }
         }
@@ -185,6 +224,28 @@ fn absolute_clean(path: &Path) -> io::Result<PathBuf> {
     }
 }
 
+/// `path` as people should read it: `.` parts dropped and `dir/..` folded (`plans/../migrations`
+/// is shown as `migrations`). For display only: with symlinks the folded path can name another
+/// place, so files are always opened by the path as given.
+pub fn display_path(path: &Path) -> String {
+    let mut parts: Vec<Component> = Vec::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(parts.last(), Some(Component::Normal(_))) => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    let folded: PathBuf = parts.iter().collect();
+    if folded.as_os_str().is_empty() {
+        ".".to_string()
+    } else {
+        folded.display().to_string()
+    }
+}
+
 /// Resolve a path recorded in a plan (relative to the plan file's directory).
 pub fn resolve_from_plan(plan_path: &Path, recorded: &str) -> PathBuf {
     match plan_path.parent() {
@@ -212,6 +273,10 @@ mod tests {
             PathBuf::from("migrations")
         );
         assert_eq!(relative_path(root, root).unwrap(), PathBuf::from("."));
+        assert_eq!(display_path(Path::new("plans/../migrations")), "migrations");
+        assert_eq!(display_path(Path::new("./a/./b/../c")), "a/c");
+        assert_eq!(display_path(Path::new("../x")), "../x");
+        assert_eq!(display_path(Path::new("plans/..")), ".");
     }
 }
 
@@ -270,7 +335,11 @@ mod round_trip_tests {
                     max_failures: Some(0),
                     max_failure_percent: Some(0.5),
                     bake_s: 600,
-                    tenants: vec!["p-1".into()],
+                    tenants: vec![PlannedTenant {
+                        id: "p-1".into(),
+                        name: "acme".into(),
+                        region: "aws-us-east-2".into(),
+                    }],
                 },
                 PlannedWave {
                     name: "rest".into(),
@@ -278,7 +347,7 @@ mod round_trip_tests {
                     max_failures: None,
                     max_failure_percent: None,
                     bake_s: 0,
-                    tenants: vec!["p-2".into()],
+                    tenants: vec![PlannedTenant::from_id("p-2")],
                 },
             ],
         };
@@ -309,13 +378,13 @@ mod round_trip_tests {
         write_plan(&path, &plan()).unwrap();
         let text = fs::read_to_string(&path).unwrap();
 
-        let edited = text.replace("- p-2", "- p-7");
+        let edited = text.replace("- id: p-2", "- id: p-7");
         fs::write(&path, edited).unwrap();
         let message = load_plan(&path).unwrap_err().to_string();
         assert!(message.contains("does not match its plan_id"), "{message}");
 
         // Cut inside the last wave's tenant list: still valid YAML, but not the planned content.
-        let cut = &text[..text.rfind("- p-2").unwrap()];
+        let cut = &text[..text.rfind("- id: p-2").unwrap()];
         fs::write(&path, cut).unwrap();
         let message = load_plan(&path).unwrap_err().to_string();
         assert!(message.contains("does not match its plan_id"), "{message}");
@@ -328,11 +397,39 @@ mod round_trip_tests {
 
         fs::write(
             &path,
-            text.replace("format_version: 1", "format_version: 2"),
+            text.replace("format_version: 2", "format_version: 3"),
         )
         .unwrap();
         let message = load_plan(&path).unwrap_err().to_string();
-        assert!(message.contains("plan format version 2"), "{message}");
+        assert!(message.contains("plan format version 3"), "{message}");
+
+        // A format-1 plan lists bare ids: the error names the version, not damage.
+        let old = text
+            .replace("format_version: 2", "format_version: 1")
+            .replace(
+                "  - id: p-1\n    name: acme\n    region: aws-us-east-2\n",
+                "  - p-1\n",
+            );
+        assert!(old.contains("  - p-1\n"), "{old}");
+        fs::write(&path, old).unwrap();
+        let message = load_plan(&path).unwrap_err().to_string();
+        assert!(message.contains("plan format version 1"), "{message}");
+        assert!(message.contains("re-run `schemafleet plan`"), "{message}");
+
+        // A policy given where a plan belongs.
+        let policy = dir.path().join("rollout.yaml");
+        fs::write(
+            &policy,
+            "fleet: {source: neon}\ndatabase: d\nrole: r\nsalt: s\nwaves:\n  - {name: all, percent: 100}\n",
+        )
+        .unwrap();
+        let message = load_plan(&policy).unwrap_err().to_string();
+        assert!(
+            message.contains("this is a rollout policy, not a plan"),
+            "{message}"
+        );
+        assert!(message.contains("schemafleet plan --policy"), "{message}");
+        assert!(!message.contains("edited by hand"), "{message}");
 
         fs::write(
             &path,

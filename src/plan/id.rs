@@ -6,6 +6,11 @@
 //! give the same id from any working directory, and any edit to waves, tenants, migrations or
 //! settings gives another.
 //!
+//! Tenants' names and regions are labels for reviewers and are left out too, so renaming a
+//! project does not make its rollout another plan; what is digested has not changed since plan
+//! format 1 ([`ID_CONTENT_VERSION`]), so re-planning after an upgrade keeps the plan id and its
+//! journal.
+//!
 //! **Invariant:** [`compute_plan_id`] ignores `plan.plan_id`, so an id can be recomputed from a
 //! loaded plan and compared with the recorded one.
 
@@ -20,13 +25,38 @@ use crate::migrations::hex_lower;
 /// Hex digits kept: 64 bits, plenty to tell plans of one repository apart.
 const PLAN_ID_HEX_LEN: usize = 16;
 
+/// The version of what the id digests: bumped only when that content changes, not when the
+/// plan file gains labels.
+const ID_CONTENT_VERSION: u32 = 1;
+
 #[derive(Serialize)]
 struct IdContent<'a> {
     format_version: u32,
     policy: &'a PlannedPolicy,
     migrations: &'a [PlannedMigration],
     fleet: &'a FleetSummary,
-    waves: &'a [PlannedWave],
+    waves: Vec<IdWave<'a>>,
+}
+
+/// A [`PlannedWave`] as digested: serialized exactly as format 1 wrote it, tenants as ids.
+#[derive(Serialize)]
+struct IdWave<'a> {
+    name: &'a str,
+    concurrency: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_failures: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_failure_percent: Option<f64>,
+    bake_s: u64,
+    #[serde(serialize_with = "serialize_ids")]
+    tenants: &'a PlannedWave,
+}
+
+fn serialize_ids<S: serde::Serializer>(
+    wave: &&PlannedWave,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(wave.tenant_ids())
 }
 
 /// Streams serialized bytes into the hasher, so a 300,000-tenant plan is never held twice.
@@ -53,11 +83,22 @@ pub fn compute_plan_id(plan: &Plan) -> String {
     let mut fleet = plan.fleet.clone();
     fleet.source = String::new();
     let content = IdContent {
-        format_version: plan.format_version,
+        format_version: ID_CONTENT_VERSION,
         policy: &policy,
         migrations: &plan.migrations.items,
         fleet: &fleet,
-        waves: &plan.waves,
+        waves: plan
+            .waves
+            .iter()
+            .map(|wave| IdWave {
+                name: &wave.name,
+                concurrency: wave.concurrency,
+                max_failures: wave.max_failures,
+                max_failure_percent: wave.max_failure_percent,
+                bake_s: wave.bake_s,
+                tenants: wave,
+            })
+            .collect(),
     };
     let mut writer = HashWriter(Sha256::new());
     serde_json::to_writer(&mut writer, &content)

@@ -63,45 +63,20 @@ mod tests {
     use super::*;
 
     fn plan(validation: Validation, restore_point: RestorePointKind, n_tenants: usize) -> Plan {
-        Plan {
-            format_version: PLAN_FORMAT_VERSION,
-            plan_id: "0".into(),
-            created_at: "t".into(),
-            policy: PlannedPolicy {
-                path: "p".into(),
-                sha256: "0".into(),
-                database: "d".into(),
-                role: "r".into(),
-                validation,
-                restore_point,
-                transaction: TransactionMode::PerMigration,
-                lock_timeout_ms: 1,
-                statement_timeout_ms: 1,
-                branch_ttl_s: 1,
-                salt: "sample-salt".into(),
-                verify: None,
-                api_rate_limit_per_min: None,
-            },
-            migrations: PlannedMigrations {
-                dir: "m".into(),
-                items: Vec::new(),
-            },
-            fleet: FleetSummary {
-                source: "neon".into(),
-                discovered: n_tenants,
-                planned: n_tenants,
-                excluded: Vec::new(),
-                unavailable: Vec::new(),
-            },
-            waves: vec![PlannedWave {
-                name: "all".into(),
-                concurrency: 1,
-                max_failures: None,
-                max_failure_percent: None,
-                bake_s: 0,
-                tenants: (0..n_tenants).map(|idx| format!("p-{idx}")).collect(),
-            }],
-        }
+        let mut plan = test_plan(vec![PlannedWave {
+            name: "all".into(),
+            concurrency: 1,
+            max_failures: None,
+            max_failure_percent: None,
+            bake_s: 0,
+            tenants: (0..n_tenants)
+                .map(|idx| PlannedTenant::from_id(format!("p-{idx}")))
+                .collect(),
+        }]);
+        plan.policy.validation = validation;
+        plan.policy.restore_point = restore_point;
+        plan.policy.salt = "sample-salt".into();
+        plan
     }
 
     #[test]

@@ -8,7 +8,9 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped when the plan file's meaning changes; `apply` refuses other versions.
-pub const PLAN_FORMAT_VERSION: u32 = 1;
+///
+/// Version 2: each wave's tenants carry their project name and region beside the id.
+pub const PLAN_FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -153,6 +155,17 @@ impl TransactionMode {
     }
 }
 
+impl RestorePointKind {
+    /// As the policy and the plan spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestorePointKind::BranchPoint => "branch_point",
+            RestorePointKind::BackupBranch => "backup_branch",
+            RestorePointKind::None => "none",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlannedMigrations {
@@ -207,8 +220,44 @@ pub struct PlannedWave {
     /// Seconds to wait after this wave before the next starts.
     #[serde(default)]
     pub bake_s: u64,
-    /// Neon project ids, sorted.
-    pub tenants: Vec<String>,
+    /// Sorted by id.
+    pub tenants: Vec<PlannedTenant>,
+}
+
+/// A tenant as the plan lists it: the Neon project id `apply` works on, and the name and
+/// region a reviewer recognises it by (labels only: they do not change the plan id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlannedTenant {
+    pub id: String,
+    /// The project name; empty when the fleet's source has none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub region: String,
+}
+
+impl PlannedTenant {
+    /// A tenant known only by its id (tests, and plans of sources without names).
+    pub fn from_id(id: impl Into<String>) -> PlannedTenant {
+        PlannedTenant {
+            id: id.into(),
+            name: String::new(),
+            region: String::new(),
+        }
+    }
+
+    /// `name (id)` for people, or the id alone when the tenant has no name of its own. Names
+    /// come from the fleet (a Neon project's name is anyone's text), so control characters are
+    /// escaped here, wherever the label is printed.
+    pub fn label(&self) -> String {
+        let label = if self.name.is_empty() || self.name == self.id {
+            self.id.clone()
+        } else {
+            format!("{} ({})", self.name, self.id)
+        };
+        crate::terminal::escape_controls(&label)
+    }
 }
 
 impl Plan {
@@ -220,9 +269,54 @@ impl Plan {
     pub fn wave(&self, name: &str) -> Option<&PlannedWave> {
         self.waves.iter().find(|wave| wave.name == name)
     }
+
+    /// The planned tenant with this id, and its wave.
+    pub fn tenant(&self, tenant_id: &str) -> Option<(&PlannedTenant, &PlannedWave)> {
+        self.waves
+            .iter()
+            .find_map(|wave| wave.tenant(tenant_id).map(|tenant| (tenant, wave)))
+    }
+
+    /// `name (id)` of a planned tenant, or the id alone (also for an id the plan lacks).
+    pub fn tenant_label(&self, tenant_id: &str) -> String {
+        self.tenant(tenant_id)
+            .map_or_else(|| tenant_id.to_string(), |(tenant, _)| tenant.label())
+    }
+
+    /// Every planned tenant with its wave, in plan order.
+    pub fn tenants(&self) -> impl Iterator<Item = (&PlannedTenant, &PlannedWave)> {
+        self.waves
+            .iter()
+            .flat_map(|wave| wave.tenants.iter().map(move |tenant| (tenant, wave)))
+    }
+
+    /// The ids of the tenants an operator means by `reference`: a project id of the plan, or
+    /// the name of one or more of its tenants (several when projects share a name).
+    pub fn resolve_tenant(&self, reference: &str) -> Vec<&PlannedTenant> {
+        if let Some((tenant, _)) = self.tenant(reference) {
+            return vec![tenant];
+        }
+        self.tenants()
+            .map(|(tenant, _)| tenant)
+            .filter(|tenant| tenant.name == reference)
+            .collect()
+    }
 }
 
 impl PlannedWave {
+    /// This wave's tenant with this id (`load_plan` checks that waves are sorted by id).
+    pub fn tenant(&self, tenant_id: &str) -> Option<&PlannedTenant> {
+        self.tenants
+            .binary_search_by(|tenant| tenant.id.as_str().cmp(tenant_id))
+            .ok()
+            .map(|idx| &self.tenants[idx])
+    }
+
+    /// This wave's tenant ids, in order.
+    pub fn tenant_ids(&self) -> impl Iterator<Item = &str> {
+        self.tenants.iter().map(|tenant| tenant.id.as_str())
+    }
+
     /// Whether `n_failed` failures of `n_tenants` exceed this wave's failure budget.
     ///
     /// With neither budget set, any failure exceeds it: a wave without a budget is strict.
@@ -241,9 +335,77 @@ impl PlannedWave {
     }
 }
 
+/// A plan of these waves with placeholder settings, for unit tests of its readers.
+#[cfg(test)]
+pub fn test_plan(waves: Vec<PlannedWave>) -> Plan {
+    let n_tenants = waves.iter().map(|wave| wave.tenants.len()).sum();
+    Plan {
+        format_version: PLAN_FORMAT_VERSION,
+        plan_id: "0123456789abcdef".into(),
+        created_at: "2026-12-01T00:00:00Z".into(),
+        policy: PlannedPolicy {
+            path: "p.yaml".into(),
+            sha256: "0".into(),
+            database: "neondb".into(),
+            role: "owner".into(),
+            validation: Validation::Branch,
+            restore_point: RestorePointKind::BranchPoint,
+            transaction: TransactionMode::PerMigration,
+            lock_timeout_ms: 1,
+            statement_timeout_ms: 1,
+            branch_ttl_s: 1,
+            salt: "s".into(),
+            verify: None,
+            api_rate_limit_per_min: None,
+        },
+        migrations: PlannedMigrations {
+            dir: "m".into(),
+            items: Vec::new(),
+        },
+        fleet: FleetSummary {
+            source: "neon".into(),
+            discovered: n_tenants,
+            planned: n_tenants,
+            excluded: Vec::new(),
+            unavailable: Vec::new(),
+        },
+        waves,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tenants_are_found_by_id_or_by_name() {
+        let named = |id: &str, name: &str| PlannedTenant {
+            id: id.into(),
+            name: name.into(),
+            region: "aws-us-east-2".into(),
+        };
+        let mut canary = wave(None, None, 0);
+        canary.tenants = vec![named("p-1", "acme"), named("p-2", "twin")];
+        let mut rest = wave(None, None, 0);
+        rest.name = "rest".into();
+        rest.tenants = vec![named("p-3", "twin"), PlannedTenant::from_id("p-4")];
+        let plan = test_plan(vec![canary, rest]);
+        let ids = |reference: &str| -> Vec<String> {
+            plan.resolve_tenant(reference)
+                .iter()
+                .map(|tenant| tenant.id.clone())
+                .collect()
+        };
+        assert_eq!(ids("p-1"), vec!["p-1"]);
+        assert_eq!(ids("acme"), vec!["p-1"]);
+        assert_eq!(ids("twin"), vec!["p-2", "p-3"]);
+        assert!(ids("nobody").is_empty());
+        assert_eq!(plan.tenant_label("p-3"), "twin (p-3)");
+        assert_eq!(plan.tenant_label("p-4"), "p-4");
+        let hostile = named("p-5", "evil\u{1b}]0;pwned\u{7}");
+        assert_eq!(hostile.label(), "evil\\x1b]0;pwned\\x07 (p-5)");
+        assert_eq!(plan.tenant("p-3").unwrap().1.name, "rest");
+    }
 
     fn wave(
         max_failures: Option<usize>,
@@ -256,7 +418,9 @@ mod tests {
             max_failures,
             max_failure_percent,
             bake_s: 0,
-            tenants: (0..n).map(|i| format!("t{i}")).collect(),
+            tenants: (0..n)
+                .map(|i| PlannedTenant::from_id(format!("t{i}")))
+                .collect(),
         }
     }
 

@@ -8,8 +8,12 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::model::{Plan, RestorePointKind, TransactionMode, Validation};
+use super::model::{Plan, PlannedTenant, RestorePointKind, TransactionMode, Validation};
 use super::sampled_for_validation;
+use crate::report::render::{plural, wrap_into};
+
+/// Waves this small list their tenants in the summary, so a reviewer sees who the canaries are.
+const LISTED_WAVE_TENANTS: usize = 10;
 
 /// API calls per tenant for its connection URI.
 const CALLS_CONNECTION: usize = 1;
@@ -56,6 +60,9 @@ pub struct SummaryWave {
     pub tenants: usize,
     pub concurrency: usize,
     pub bake_s: u64,
+    /// The wave's tenants when it has at most [`LISTED_WAVE_TENANTS`] (the canaries, usually).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listed_tenants: Vec<PlannedTenant>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -75,7 +82,7 @@ pub fn summarize(plan: &Plan, plan_path: &str, api_rate_limit_per_min: u32) -> P
         Validation::SamplePercent(_) => plan
             .waves
             .iter()
-            .flat_map(|wave| &wave.tenants)
+            .flat_map(|wave| wave.tenant_ids())
             .filter(|tenant_id| sampled_for_validation(plan, tenant_id))
             .count(),
     };
@@ -89,18 +96,25 @@ pub fn summarize(plan: &Plan, plan_path: &str, api_rate_limit_per_min: u32) -> P
     let total = connection + validation + backup_branch;
 
     let mut warnings = Vec::new();
-    for wave in &plan.waves {
+    for (wave_idx, wave) in plan.waves.iter().enumerate() {
         if wave.tenants.is_empty() {
+            let purpose = if wave_idx == 0 {
+                "to have a canary"
+            } else {
+                "to give it some"
+            };
             warnings.push(format!(
-                "wave `{}` is empty: its percent covers no tenant of this fleet; name tenants in it to have a canary",
-                wave.name
+                "wave `{}` is empty: its percent takes no tenant of this {}-tenant fleet (places are a stable hash, so shares are rough on small fleets); name tenants in it {purpose}",
+                wave.name, n_tenants
             ));
         }
     }
     if !plan.fleet.unavailable.is_empty() {
+        let n_unavailable = plan.fleet.unavailable.len();
         warnings.push(format!(
-            "{} project(s) could not be listed by the Neon API and are in no wave: re-run `schemafleet plan` when they are available",
-            plan.fleet.unavailable.len()
+            "{} could not be listed by the Neon API and {} in no wave: re-run `schemafleet plan` when they are available",
+            plural(n_unavailable, "project"),
+            if n_unavailable == 1 { "is" } else { "are" }
         ));
     }
 
@@ -131,6 +145,11 @@ pub fn summarize(plan: &Plan, plan_path: &str, api_rate_limit_per_min: u32) -> P
                 tenants: wave.tenants.len(),
                 concurrency: wave.concurrency,
                 bake_s: wave.bake_s,
+                listed_tenants: if wave.tenants.len() <= LISTED_WAVE_TENANTS {
+                    wave.tenants.clone()
+                } else {
+                    Vec::new()
+                },
             })
             .collect(),
         validated_tenants,
@@ -151,8 +170,8 @@ impl fmt::Display for PlanSummary {
         writeln!(f, "plan {} written to {}", self.plan_id, self.plan_path)?;
         writeln!(
             f,
-            "fleet: {} tenants planned from {} ({} discovered, {} excluded, {} unavailable)",
-            self.planned,
+            "fleet: {} planned from {} ({} discovered, {} excluded, {} unavailable)",
+            plural(self.planned, "tenant"),
             self.fleet_source,
             self.discovered,
             self.excluded,
@@ -191,28 +210,43 @@ impl fmt::Display for PlanSummary {
             };
             writeln!(
                 f,
-                "  {:<name_width$}  {:>8} tenants  concurrency {}{bake}",
-                wave.name, wave.tenants, wave.concurrency
+                "  {:<name_width$}  {:>16}  concurrency {}{bake}",
+                wave.name,
+                plural(wave.tenants, "tenant"),
+                wave.concurrency
             )?;
+            for tenant in &wave.listed_tenants {
+                let region = if tenant.region.is_empty() {
+                    String::new()
+                } else {
+                    format!("  {}", tenant.region)
+                };
+                writeln!(f, "  {:<name_width$}    {}{region}", "", tenant.label())?;
+            }
         }
-        writeln!(
-            f,
-            "Neon API: ~{} calls ({} connection, {} validation for {} tenants, {} backup branch), ~{} at {} requests/min",
-            self.api_calls.total,
-            self.api_calls.connection,
-            self.api_calls.validation,
-            self.validated_tenants,
-            self.api_calls.backup_branch,
-            format_seconds((self.estimated_api_minutes * 60.0).ceil() as u64),
-            self.api_rate_limit_per_min
-        )?;
+        let mut text = String::new();
+        wrap_into(
+            &mut text,
+            &format!(
+                "Neon API: ~{} calls ({} connection, {} validation for {}, {} backup branch), ~{} at {} requests/min",
+                self.api_calls.total,
+                self.api_calls.connection,
+                self.api_calls.validation,
+                plural(self.validated_tenants, "tenant"),
+                self.api_calls.backup_branch,
+                format_seconds((self.estimated_api_minutes * 60.0).ceil() as u64),
+                self.api_rate_limit_per_min
+            ),
+            "",
+            "  ",
+        );
         for project_id in self.unavailable.iter().take(20) {
-            writeln!(f, "unavailable: {project_id}")?;
+            text.push_str(&format!("unavailable: {project_id}\n"));
         }
         for warning in &self.warnings {
-            writeln!(f, "warning: {warning}")?;
+            wrap_into(&mut text, &format!("warning: {warning}"), "", "  ");
         }
-        Ok(())
+        f.write_str(&text)
     }
 }
 

@@ -15,8 +15,10 @@ pub struct FailureGroup {
     /// The error with tenant-specific parts (numbers, ids) folded away.
     pub cause: String,
     pub count: usize,
-    /// A few of the tenants, sorted.
+    /// A few of the tenants' ids, sorted.
     pub tenants: Vec<String>,
+    /// The same tenants as people know them: `name (id)`, or the id when it has no name.
+    pub tenant_labels: Vec<String>,
     /// What the operator should do next.
     pub next_step: String,
     /// A few of the tenants whose main committed some migrations before failing, sorted.
@@ -56,7 +58,7 @@ pub fn group_failures(summary: &Summary, plan_path: &str) -> Vec<FailureGroup> {
     let mut groups: BTreeMap<(String, Option<String>, String), Vec<&FailureEntry>> =
         BTreeMap::new();
     for failure in failures {
-        let cause = normalise(&failure.error, &failure.tenant);
+        let cause = normalise(&failure.error, &failure.tenant, &failure.tenant_name);
         groups
             .entry((failure.phase.clone(), failure.sqlstate.clone(), cause))
             .or_default()
@@ -65,10 +67,9 @@ pub fn group_failures(summary: &Summary, plan_path: &str) -> Vec<FailureGroup> {
     let mut grouped: Vec<FailureGroup> = groups
         .into_iter()
         .map(|((phase, sqlstate, cause), members)| {
-            let mut tenants: Vec<String> =
-                members.iter().map(|member| member.tenant.clone()).collect();
-            tenants.sort();
-            let count = tenants.len();
+            let mut members = members;
+            members.sort_by(|left, right| left.tenant.cmp(&right.tenant));
+            let count = members.len();
             let main_changed = members
                 .iter()
                 .any(|member| !member.applied_on_main.is_empty());
@@ -81,7 +82,6 @@ pub fn group_failures(summary: &Summary, plan_path: &str) -> Vec<FailureGroup> {
                 Some(verdict) => format!("{verdict} {next_step}"),
                 None => next_step,
             };
-            tenants.truncate(LISTED_TENANTS);
             let mut partly_migrated: Vec<PartlyMigrated> = members
                 .iter()
                 .filter(|member| member.phase == "apply" && !member.applied_on_main.is_empty())
@@ -93,13 +93,15 @@ pub fn group_failures(summary: &Summary, plan_path: &str) -> Vec<FailureGroup> {
                 .collect();
             partly_migrated.sort_by(|a, b| a.tenant.cmp(&b.tenant));
             partly_migrated.truncate(LISTED_TENANTS);
+            members.truncate(LISTED_TENANTS);
             FailureGroup {
                 partly_migrated,
                 phase,
                 sqlstate,
                 cause,
                 count,
-                tenants,
+                tenants: members.iter().map(|member| member.tenant.clone()).collect(),
+                tenant_labels: members.iter().map(|member| member.label()).collect(),
                 next_step,
             }
         })
@@ -137,14 +139,80 @@ fn migration_verdict(phase: &str, count: usize, elsewhere: Elsewhere) -> Option<
     })
 }
 
-/// Fold away what differs between tenants failing for the same reason.
-fn normalise(message: &str, tenant: &str) -> String {
-    let message = message.replace(tenant, "<tenant>");
+/// Fold away what differs between tenants failing for the same reason: the tenant's id and
+/// name, Neon request ids, ids with digits (`br-…-123`, UUIDs) and numbers, but not an HTTP
+/// status (`answered 404`) nor digits that are part of a name (`V2`, `e2e`).
+fn normalise(message: &str, tenant: &str, tenant_name: &str) -> String {
+    let is_word_char =
+        |character: char| character.is_ascii_alphanumeric() || character == '-' || character == '_';
+    let mut message = without_request_ids(message);
+    // A name of several words cannot match one word below: replace it as text.
+    if !tenant_name.is_empty() && !tenant_name.chars().all(is_word_char) {
+        message = message.replace(tenant_name, "<tenant>");
+    }
     let mut out = String::with_capacity(message.len());
-    let mut chars = message.chars().peekable();
+    let mut word = String::new();
+    let mut previous_word = String::new();
+    for character in message.chars().chain(std::iter::once('\n')) {
+        if is_word_char(character) {
+            word.push(character);
+            continue;
+        }
+        if word == tenant || (!tenant_name.is_empty() && word == tenant_name) {
+            out.push_str("<tenant>");
+            previous_word = std::mem::take(&mut word);
+        } else if !word.is_empty() {
+            out.push_str(&normalise_word(&word, &previous_word));
+            previous_word = std::mem::take(&mut word);
+        }
+        out.push(character);
+    }
+    out.pop();
+    out
+}
+
+/// ` (request_id …)` appears once per Neon error and differs on every request.
+pub fn without_request_ids(message: &str) -> String {
+    let mut rest = message;
+    let mut out = String::with_capacity(message.len());
+    while let Some(start) = rest.find(" (request_id ") {
+        out.push_str(&rest[..start]);
+        match rest[start..].find(')') {
+            Some(end) => rest = &rest[start + end + 1..],
+            None => {
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn normalise_word(word: &str, previous_word: &str) -> String {
+    let has_digit = word.chars().any(|character| character.is_ascii_digit());
+    if !has_digit {
+        return word.to_string();
+    }
+    if word.chars().all(|character| character.is_ascii_digit()) {
+        return if previous_word == "answered" || previous_word == "status" {
+            word.to_string()
+        } else {
+            "N".to_string()
+        };
+    }
+    if word.contains('-')
+        && word
+            .chars()
+            .any(|character| character.is_ascii_alphabetic())
+    {
+        return "<id>".to_string();
+    }
+    // Digits glued to a letter are names (`V2`, `e2e`), not per-tenant values; a number
+    // starting a word takes its hex tail with it (`0x1f`, `5ab`).
+    let mut out = String::with_capacity(word.len());
+    let mut chars = word.chars().peekable();
     let mut previous: Option<char> = None;
     while let Some(character) = chars.next() {
-        // Digits glued to a letter are names (`V2`, `e2e`), not per-tenant values.
         let glued_to_word = previous.is_some_and(|previous| previous.is_ascii_alphabetic());
         previous = Some(character);
         if character.is_ascii_digit() && !glued_to_word {
@@ -158,6 +226,9 @@ fn normalise(message: &str, tenant: &str) -> String {
     }
     out
 }
+
+/// What to do about tenants whose Neon project no longer exists (`apply`, `status`, `drift`).
+pub const PROJECT_GONE_NEXT_STEP: &str = "the project was deleted (or its id changed) since planning; re-run `schemafleet plan` to refresh the fleet, or leave these tenants be";
 
 fn next_step(
     phase: &str,
@@ -210,9 +281,7 @@ fn specific_step(
             "fix the cause and run `{retry}` to continue from the failing migration, or `schemafleet rollback {plan_path} --failed` to restore main to before the release"
         ),
         ("apply", _) => format!("main was not changed; fix the cause and run `{retry}`"),
-        ("probe", _) if cause.contains("not found") => {
-            "the project is gone or renamed since planning; re-run `schemafleet plan` to refresh the fleet, or ignore these tenants".to_string()
-        }
+        ("probe", _) if cause.contains("not found") => PROJECT_GONE_NEXT_STEP.to_string(),
         ("probe", _) => format!(
             "could not read the tenant's history; check its compute and network, then run `{retry}`"
         ),
@@ -233,6 +302,8 @@ mod tests {
     fn failure(tenant: &str, phase: &str, sqlstate: Option<&str>, error: &str) -> FailureEntry {
         FailureEntry {
             tenant: tenant.into(),
+            tenant_name: format!("name-of-{tenant}"),
+            region: String::new(),
             wave: "w".into(),
             phase: phase.into(),
             error: error.into(),
@@ -349,6 +420,47 @@ mod tests {
             groups
                 .iter()
                 .all(|group| group.next_step.contains("p.yaml") || group.phase == "probe")
+        );
+    }
+
+    #[test]
+    fn a_vanished_project_keeps_its_status_and_loses_its_ids() {
+        let gone = |tenant: &str, request_id: &str| {
+            failure(
+                tenant,
+                "probe",
+                None,
+                &format!(
+                    "Neon API GET /projects/{tenant}/connection_uri answered 404: project {tenant} not found (request_id {request_id})"
+                ),
+            )
+        };
+        let failures = vec![
+            gone("p-cool-123456", "c7f3a1b2-b5d4-4e2f-9a1c-0d1e2f3a4b5c"),
+            gone("p-warm-654321", "a1b2c3d4-0000-4e2f-9a1c-0d1e2f3a4b5c"),
+        ];
+        let groups = group_failures(&summary(failures, 0), "p.yaml");
+        assert_eq!(groups.len(), 1, "{groups:#?}");
+        assert_eq!(
+            groups[0].cause,
+            "Neon API GET /projects/<tenant>/connection_uri answered 404: project <tenant> not found"
+        );
+        assert!(groups[0].next_step.contains("re-run `schemafleet plan`"));
+        assert_eq!(
+            groups[0].tenant_labels,
+            vec![
+                "name-of-p-cool-123456 (p-cool-123456)",
+                "name-of-p-warm-654321 (p-warm-654321)"
+            ]
+        );
+        // Names with digits survive; per-tenant numbers and ids fold.
+        assert_eq!(
+            normalise("V2 on br-red-42 failed after 30 ms for t", "t", ""),
+            "V2 on <id> failed after N ms for <tenant>"
+        );
+        assert_eq!(
+            normalise("database of Acme Corp is read-only", "p-1", "Acme Corp"),
+            "database of <tenant> is read-only"
         );
     }
 }

@@ -10,6 +10,16 @@ const WIDTH: usize = 78;
 
 /// The per-wave table, then failures grouped by cause with their next steps.
 pub fn summary_text(summary: &Summary, groups: &[FailureGroup]) -> String {
+    summary_text_during(summary, groups, None)
+}
+
+/// [`summary_text`], said of a journal that the `apply` with process id `running_apply` is
+/// still writing (its tenants in flight are in progress, not left behind).
+pub fn summary_text_during(
+    summary: &Summary,
+    groups: &[FailureGroup],
+    running_apply: Option<u32>,
+) -> String {
     let mut out = String::new();
     let name_width = summary
         .waves
@@ -22,12 +32,12 @@ pub fn summary_text(summary: &Summary, groups: &[FailureGroup]) -> String {
     let _ = writeln!(
         out,
         "{:<name_width$} {:<11} {:>7} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6}",
-        "", "", "", "", "", "", "", "not", "rolled"
+        "", "", "", "", "up to", "", "", "not", "rolled"
     );
     let _ = writeln!(
         out,
         "{:<name_width$} {:<11} {:>7} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6}",
-        "wave", "status", "tenants", "applied", "current", "failed", "diverged", "started", "back"
+        "wave", "status", "tenants", "applied", "date", "failed", "diverged", "started", "back"
     );
     let line = |out: &mut String, name: &str, status: &str, counts: &super::Counts| {
         let _ = writeln!(
@@ -50,19 +60,31 @@ pub fn summary_text(summary: &Summary, groups: &[FailureGroup]) -> String {
     line(&mut out, "total", "", &summary.totals);
     let totals = &summary.totals;
     if totals.in_flight > 0 {
-        let _ = writeln!(
-            out,
-            "{} tenants were in flight when the run stopped; `apply` again resumes them",
-            totals.in_flight
-        );
+        let (noun, pronoun) = if totals.in_flight == 1 {
+            ("tenant is", "it")
+        } else {
+            ("tenants are", "them")
+        };
+        let _ = match running_apply {
+            Some(pid) => writeln!(
+                out,
+                "{} {noun} in flight in the running apply (pid {pid})",
+                totals.in_flight
+            ),
+            None => writeln!(
+                out,
+                "{} {noun} unfinished: the run that started {pronoun} stopped; `apply` again resumes {pronoun}",
+                totals.in_flight
+            ),
+        };
     }
     held_back_text(&mut out, summary);
     if !groups.is_empty() {
         let n_failed: usize = groups.iter().map(|group| group.count).sum();
         let _ = writeln!(
             out,
-            "\n{n_failed} tenant{} failed, {} distinct cause{}:",
-            if n_failed == 1 { "" } else { "s" },
+            "\n{} failed, {} distinct cause{}:",
+            plural(n_failed, "tenant"),
             groups.len(),
             if groups.len() == 1 { "" } else { "s" }
         );
@@ -84,7 +106,7 @@ pub fn summary_text(summary: &Summary, groups: &[FailureGroup]) -> String {
             };
             wrap_into(
                 &mut out,
-                &format!("tenants: {}{more}", group.tenants.join(", ")),
+                &format!("tenants: {}{more}", group.tenant_labels.join(", ")),
                 "      ",
                 "      ",
             );
@@ -148,6 +170,17 @@ fn held_back_text(out: &mut String, summary: &Summary) {
         "",
         "  ",
     );
+}
+
+/// `1 tenant`, `2 tenants`, `2 branches`.
+pub fn plural(count: usize, word: &str) -> String {
+    if count == 1 {
+        format!("{count} {word}")
+    } else if ["s", "x", "ch", "sh"].iter().any(|end| word.ends_with(end)) {
+        format!("{count} {word}es")
+    } else {
+        format!("{count} {word}s")
+    }
 }
 
 fn truncate(text: &str, width: usize) -> String {

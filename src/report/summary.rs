@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::journal::{JournalState, TenantState, TenantStatus, WaveStatus};
-use crate::plan::model::Plan;
+use crate::plan::model::{Plan, PlannedTenant};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
@@ -51,7 +51,8 @@ impl Counts {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WaveSummary {
     pub name: String,
-    /// `not_started`, `running`, `done` or `halted`.
+    /// `not_started`, `running`, `stopped` (started, and no run is working on it: interrupted
+    /// or killed; see [`Summary::no_run_active`]), `done` or `halted`.
     pub status: &'static str,
     pub halted: bool,
     #[serde(flatten)]
@@ -61,6 +62,11 @@ pub struct WaveSummary {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FailureEntry {
     pub tenant: String,
+    /// The project's name, when it has one of its own.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub tenant_name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub region: String,
     pub wave: String,
     /// `probe`, `branch`, `validate`, `apply` (or `diverged` for history that disagrees).
     pub phase: String,
@@ -78,6 +84,18 @@ pub struct FailureEntry {
     /// committed since (a failure after some migrations committed leaves it in between).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub main_version: Option<i32>,
+}
+
+impl FailureEntry {
+    /// `name (id)`, or the id when the tenant has no name of its own.
+    pub fn label(&self) -> String {
+        PlannedTenant {
+            id: self.tenant.clone(),
+            name: self.tenant_name.clone(),
+            region: String::new(),
+        }
+        .label()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -103,6 +121,21 @@ fn main_version(tenant: &TenantState) -> Option<i32> {
         .max(tenant.current_version)
 }
 
+impl Summary {
+    /// Said when no `apply` is working on the journal (it finished, was interrupted or was
+    /// killed): a wave the journal shows as started and unfinished is `stopped`, not `running`.
+    pub fn no_run_active(&mut self) {
+        for wave in &mut self.waves {
+            if wave.status == WaveStatus::Running.as_str() {
+                wave.status = STOPPED;
+            }
+        }
+    }
+}
+
+/// The status of a started wave that no run is working on.
+pub const STOPPED: &str = "stopped";
+
 /// Count every planned tenant by its journal state, wave by wave, in plan order.
 pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
     let mut waves = Vec::with_capacity(plan.waves.len());
@@ -112,7 +145,8 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
     let mut held_back = Vec::new();
     for wave in &plan.waves {
         let mut counts = Counts::default();
-        for tenant_id in &wave.tenants {
+        for planned in &wave.tenants {
+            let tenant_id = &planned.id;
             let tenant = state.tenant(tenant_id);
             let status = tenant.map_or(TenantStatus::NotStarted, |tenant| tenant.status);
             counts.add(status);
@@ -131,6 +165,8 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
                     if let Some(failure) = &tenant.failure {
                         failures.push(FailureEntry {
                             tenant: tenant_id.clone(),
+                            tenant_name: planned.name.clone(),
+                            region: planned.region.clone(),
                             wave: wave.name.clone(),
                             phase: failure.phase.as_str().to_string(),
                             error: failure.error.message.clone(),
@@ -143,6 +179,8 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
                 }
                 TenantStatus::Diverged => failures.push(FailureEntry {
                     tenant: tenant_id.clone(),
+                    tenant_name: planned.name.clone(),
+                    region: planned.region.clone(),
                     wave: wave.name.clone(),
                     phase: "diverged".to_string(),
                     error: tenant.diverged_reason.clone().unwrap_or_default(),
@@ -153,6 +191,8 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
                 }),
                 TenantStatus::RollbackFailed => failures.push(FailureEntry {
                     tenant: tenant_id.clone(),
+                    tenant_name: planned.name.clone(),
+                    region: planned.region.clone(),
                     wave: wave.name.clone(),
                     phase: "rollback".to_string(),
                     error: tenant.rollback_error.clone().unwrap_or_default(),

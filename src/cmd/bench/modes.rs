@@ -175,7 +175,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitStatus> {
     let workdir = Workdir::new(args.workdir.clone())?;
     let migrations_dir = workdir.dir("migrations")?;
     assets::write_migrations(&migrations_dir)?;
-    let output = Output { json: args.json };
+    let output = Output {
+        json: args.output == crate::cli::OutputFormat::Json,
+    };
     let mut document = Document {
         local_fleet: FleetDescription {
             tuned_for_benchmark: true,
@@ -289,7 +291,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitStatus> {
             document.ratios.push(ratios);
         }
     }
-    if args.json {
+    if args.output == crate::cli::OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&document)?);
     } else {
         for ratios in &document.ratios {
