@@ -217,9 +217,18 @@ async fn connect_error(uri: &str) -> String {
     }
 }
 
-fn with_database(uri: &str, database: &str) -> String {
-    let mut url = url::Url::parse(uri).expect("a URI");
+/// A tenant role's URI turned to `database` on the emulator's backing server, past its proxy.
+fn on_backing_server(
+    fleet: &schemafleet::emulator::LocalFleet,
+    tenant_uri: &str,
+    database: &str,
+) -> String {
+    let backing = url::Url::parse(fleet.database_url().expose()).expect("a URI");
+    let mut url = url::Url::parse(tenant_uri).expect("a URI");
+    url.set_host(backing.host_str()).expect("a host");
+    url.set_port(backing.port()).expect("a port");
     url.set_path(&format!("/{database}"));
+    url.set_query(Some("sslmode=disable"));
     url.to_string()
 }
 
@@ -252,7 +261,7 @@ async fn tenants_cannot_connect_to_each_others_databases() {
     let branch = api
         .post(
             &format!("/projects/{}/branches", tenant_a.project_id),
-            json!({"branch": {"name": "dumped"}}),
+            json!({"branch": {"name": "dumped"}, "endpoints": [{"type": "read_write"}]}),
         )
         .await;
     assert_eq!(branch.status, 201, "{}", branch.text);
@@ -261,16 +270,31 @@ async fn tenants_cannot_connect_to_each_others_databases() {
     let uri_branch = api.connection_uri(&tenant_a.project_id, branch_id).await;
     drop(session);
 
+    // The proxy only ever routes a role to its endpoint's database, so the isolation of the
+    // databases themselves is checked where a role could bypass it: on the backing server.
+    let physical = |project_id: &str, branch_id: &str| {
+        let uri = fleet
+            .fleet
+            .branch_superuser_uri(project_id, branch_id)
+            .expect("the branch's database");
+        database_of(uri.expose())
+    };
+    let project_c = created.body["project"]["id"].as_str().expect("project id");
+    let main_c = created.body["branch"]["id"].as_str().expect("branch id");
+    let database_a = physical(&tenant_a.project_id, &tenant_a.branch_id);
+    let database_b = physical(&tenant_b.project_id, &tenant_b.branch_id);
+    let database_c = physical(project_c, main_c);
+    let database_branch = physical(&tenant_a.project_id, branch_id);
     let attempts = [
-        (&uri_a, database_of(&uri_b)),
-        (&uri_b, database_of(&uri_a)),
-        (&uri_a, database_of(&uri_c)),
-        (&uri_c, database_of(&uri_a)),
-        (&uri_b, database_of(&uri_branch)),
+        (&uri_a, database_b.clone()),
+        (&uri_b, database_a.clone()),
+        (&uri_a, database_c),
+        (&uri_c, database_a),
+        (&uri_b, database_branch),
         (&uri_a, "neon_emulator".to_string()),
     ];
     for (uri, database) in attempts {
-        let error = connect_error(&with_database(uri, &database)).await;
+        let error = connect_error(&on_backing_server(&fleet.fleet, uri, &database)).await;
         assert!(
             error.contains("permission denied for database"),
             "{database}: {error}"
