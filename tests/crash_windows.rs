@@ -902,10 +902,12 @@ async fn a_lost_create_answer_under_lagging_reads_adopts_the_one_branch() {
         .await
         .expect("the create is adopted");
     assert_eq!(created.branch.name, request.name);
-    assert_eq!(
-        lag.mutations.load(std::sync::atomic::Ordering::SeqCst),
-        2,
-        "one resend, refused by name"
+    // One resend, refused by name; a loaded machine may see it answered 423 first (the first
+    // create's operations still running) and sent once more, which Neon's semantics allow.
+    let n_mutations = lag.mutations.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (2..=3).contains(&n_mutations),
+        "{n_mutations} POSTs: one lost, then resends until one is refused by name"
     );
     let direct = client_of(fleet.fleet.api_url(), &fleet);
     let named: Vec<String> = direct
