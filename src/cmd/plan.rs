@@ -11,10 +11,13 @@ use serde::Serialize;
 
 use crate::cli::{OutputFormat, PlanArgs};
 use crate::exit::ExitStatus;
-use crate::migrations;
-use crate::plan::pipeline::{NeonAccess, PlanOutcome, collect_fleet, read_inputs, write_planned};
+use crate::plan::model::PlannedLint;
+use crate::plan::pipeline::{
+    NeonAccess, PlanOutcome, PlanningError, collect_fleet, read_inputs, write_planned,
+};
 use crate::plan::{check_migrations, load_plan, resolve_from_plan};
 use crate::secret::SecretString;
+use crate::{lint, migrations};
 
 pub async fn run(args: PlanArgs) -> anyhow::Result<ExitStatus> {
     if let Some(plan_path) = &args.check {
@@ -24,7 +27,20 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<ExitStatus> {
         .policy
         .as_deref()
         .context("--policy is required unless --check is given")?;
-    let outcome = plan(&args, policy_path).await?;
+    let outcome = match plan(&args, policy_path).await {
+        Ok(outcome) => outcome,
+        // A denied lint finding is a verdict on the migrations, not bad input: exit 1.
+        Err(error) => match error.downcast_ref::<PlanningError>() {
+            Some(denied @ PlanningError::LintDenied { .. }) => {
+                eprintln!(
+                    "error: {}",
+                    crate::terminal::escape_controls(&denied.to_string())
+                );
+                return Ok(ExitStatus::Failure);
+            }
+            _ => return Err(error),
+        },
+    };
     match args.output {
         // Tenant names come from the Neon API or a tenants file.
         OutputFormat::Text => print!(
@@ -67,6 +83,9 @@ struct CheckReport {
     migrations_dir: String,
     matches: bool,
     differences: Vec<String>,
+    /// Lint findings or acknowledgements that differ from the plan's, `+` new, `-` gone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    lint_changes: Vec<String>,
 }
 
 fn check(plan_path: &Path, output: OutputFormat) -> anyhow::Result<ExitStatus> {
@@ -74,11 +93,16 @@ fn check(plan_path: &Path, output: OutputFormat) -> anyhow::Result<ExitStatus> {
     let migrations_dir = resolve_from_plan(plan_path, &plan.migrations.dir);
     let set = migrations::load(&migrations_dir)?;
     let result = check_migrations(&plan, &set);
+    let lint_changes = plan
+        .lint
+        .as_ref()
+        .map(|planned| lint_changes(planned, &set))
+        .unwrap_or_default();
     let report = CheckReport {
         plan: plan_path.display().to_string(),
         plan_id: plan.plan_id.clone(),
         migrations_dir: migrations_dir.display().to_string(),
-        matches: result.is_ok(),
+        matches: result.is_ok() && lint_changes.is_empty(),
         differences: result
             .as_ref()
             .err()
@@ -90,6 +114,7 @@ fn check(plan_path: &Path, output: OutputFormat) -> anyhow::Result<ExitStatus> {
                     .collect()
             })
             .unwrap_or_default(),
+        lint_changes,
     };
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
@@ -105,6 +130,15 @@ fn check(plan_path: &Path, output: OutputFormat) -> anyhow::Result<ExitStatus> {
             }
         }
     }
+    if result.is_ok() && !report.lint_changes.is_empty() {
+        eprintln!(
+            "error: the lint's findings on {} changed since plan {} was written; review them and plan again:\n{}",
+            report.migrations_dir,
+            report.plan,
+            crate::terminal::escape_controls(&report.lint_changes.join("\n"))
+        );
+        return Ok(ExitStatus::Failure);
+    }
     match result {
         Ok(()) => Ok(ExitStatus::Success),
         Err(mismatch) => {
@@ -115,4 +149,48 @@ fn check(plan_path: &Path, output: OutputFormat) -> anyhow::Result<ExitStatus> {
             Ok(ExitStatus::Failure)
         }
     }
+}
+
+/// The findings and acknowledgements of the plan's lint settings today, against the plan's.
+fn lint_changes(planned: &PlannedLint, set: &migrations::MigrationSet) -> Vec<String> {
+    let now = lint::lint_set(set, &planned.settings);
+    let describe_finding = |finding: &lint::Finding| {
+        format!(
+            "{}:{}:{} {} [{}] {}",
+            finding.file,
+            finding.line,
+            finding.column,
+            finding.level,
+            finding.rule,
+            finding.message
+        )
+    };
+    let describe_acknowledged = |acknowledged: &lint::Acknowledged| {
+        format!(
+            "{}:{}:{} acknowledged [{}]",
+            acknowledged.file, acknowledged.line, acknowledged.column, acknowledged.rule
+        )
+    };
+    let mut changes = Vec::new();
+    for finding in &now.findings {
+        if !planned.findings.contains(finding) {
+            changes.push(format!("+ {}", describe_finding(finding)));
+        }
+    }
+    for finding in &planned.findings {
+        if !now.findings.contains(finding) {
+            changes.push(format!("- {}", describe_finding(finding)));
+        }
+    }
+    for acknowledged in &now.acknowledged {
+        if !planned.acknowledged.contains(acknowledged) {
+            changes.push(format!("+ {}", describe_acknowledged(acknowledged)));
+        }
+    }
+    for acknowledged in &planned.acknowledged {
+        if !now.acknowledged.contains(acknowledged) {
+            changes.push(format!("- {}", describe_acknowledged(acknowledged)));
+        }
+    }
+    changes
 }

@@ -14,7 +14,7 @@ use std::io;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::model::{FleetSummary, Plan, PlannedMigration, PlannedPolicy, PlannedWave};
+use super::model::{FleetSummary, Plan, PlannedLint, PlannedMigration, PlannedPolicy, PlannedWave};
 use crate::migrations::hex_lower;
 
 /// Hex digits kept: 64 bits, plenty to tell plans of one repository apart.
@@ -27,6 +27,8 @@ struct IdContent<'a> {
     migrations: &'a [PlannedMigration],
     fleet: &'a FleetSummary,
     waves: &'a [PlannedWave],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lint: Option<&'a PlannedLint>,
 }
 
 /// Streams serialized bytes into the hasher, so a 300,000-tenant plan is never held twice.
@@ -58,6 +60,7 @@ pub fn compute_plan_id(plan: &Plan) -> String {
         migrations: &plan.migrations.items,
         fleet: &fleet,
         waves: &plan.waves,
+        lint: plan.lint.as_ref(),
     };
     let mut writer = HashWriter(Sha256::new());
     serde_json::to_writer(&mut writer, &content)

@@ -64,6 +64,7 @@ mod tests {
 
     fn plan(validation: Validation, restore_point: RestorePointKind, n_tenants: usize) -> Plan {
         Plan {
+            lint: None,
             format_version: PLAN_FORMAT_VERSION,
             plan_id: "0".into(),
             created_at: "t".into(),
