@@ -172,25 +172,32 @@ fn lint_changes(planned: &PlannedLint, set: &migrations::MigrationSet) -> Vec<St
         )
     };
     let mut changes = Vec::new();
-    for finding in &now.findings {
-        if !planned.findings.contains(finding) {
-            changes.push(format!("+ {}", describe_finding(finding)));
-        }
-    }
-    for finding in &planned.findings {
-        if !now.findings.contains(finding) {
-            changes.push(format!("- {}", describe_finding(finding)));
-        }
-    }
-    for acknowledged in &now.acknowledged {
-        if !planned.acknowledged.contains(acknowledged) {
-            changes.push(format!("+ {}", describe_acknowledged(acknowledged)));
-        }
-    }
-    for acknowledged in &planned.acknowledged {
-        if !now.acknowledged.contains(acknowledged) {
-            changes.push(format!("- {}", describe_acknowledged(acknowledged)));
-        }
-    }
+    list_changes(
+        &now.findings,
+        &planned.findings,
+        describe_finding,
+        &mut changes,
+    );
+    list_changes(
+        &now.acknowledged,
+        &planned.acknowledged,
+        describe_acknowledged,
+        &mut changes,
+    );
     changes
+}
+
+/// `+` for what `now` has and `planned` lacks, `-` for the reverse.
+fn list_changes<T: PartialEq>(
+    now: &[T],
+    planned: &[T],
+    describe: impl Fn(&T) -> String,
+    changes: &mut Vec<String>,
+) {
+    for item in now.iter().filter(|item| !planned.contains(item)) {
+        changes.push(format!("+ {}", describe(item)));
+    }
+    for item in planned.iter().filter(|item| !now.contains(item)) {
+        changes.push(format!("- {}", describe(item)));
+    }
 }

@@ -74,7 +74,21 @@ fn run_linter(
         .iter()
         .filter_map(|name| Rule::try_from(name.as_str()).ok())
         .collect();
-    let mut linter = Linter::with_rules(&include, &[]);
+    run_rules(
+        Linter::with_rules(&include, &[]),
+        sql,
+        pg_version,
+        in_transaction,
+    )
+}
+
+/// Run `linter`'s rules on `sql` with our settings.
+fn run_rules(
+    mut linter: Linter,
+    sql: &str,
+    pg_version: u32,
+    in_transaction: bool,
+) -> Vec<RawFinding> {
     linter.settings.pg_version = pg_version
         .to_string()
         .parse::<Version>()
@@ -176,24 +190,12 @@ pub fn own_rules(sql: &str) -> Vec<RawFinding> {
 /// (what a `-- no-transaction` migration needs): Squawk's `prefer-robust-stmts`, asked outside
 /// a transaction.
 pub fn non_idempotent_statements(sql: &str, pg_version: u32) -> Vec<RawFinding> {
-    let mut linter = Linter::from([Rule::PreferRobustStmts]);
-    linter.settings.pg_version = pg_version
-        .to_string()
-        .parse::<Version>()
-        .unwrap_or_default();
-    linter.settings.assume_in_transaction = false;
-    let parse = SourceFile::parse(sql);
-    linter
-        .lint(&parse, sql)
-        .into_iter()
-        .map(|violation| RawFinding {
-            offset: usize::from(violation.text_range.start()),
-            end: usize::from(violation.text_range.end()),
-            rule: String::new(),
-            message: violation.message,
-            help: violation.help,
-        })
-        .collect()
+    run_rules(
+        Linter::from([Rule::PreferRobustStmts]),
+        sql,
+        pg_version,
+        false,
+    )
 }
 
 /// The statement's text range without leading comments and whitespace.
