@@ -26,6 +26,14 @@ pub struct Cli {
 pub enum Command {
     /// Write a deterministic plan (waves of tenants, migrations, policy) from a rollout policy.
     Plan(PlanArgs),
+    /// Predict what each migration will lock (Squawk's rules and schemafleet's), before a rollout.
+    ///
+    /// Findings are printed grouped by migration, with the statement's line and column; findings
+    /// silenced by `-- squawk-ignore rule -- reason` are listed as acknowledged. Levels come from
+    /// the policy's `lint:` section (or the defaults).
+    ///
+    /// Exit codes: 0 no denied finding; 1 a finding the policy denies; 2 bad input.
+    Lint(LintArgs),
     /// Execute a plan wave by wave: validate on a branch, apply to main, journal, resume.
     Apply(ApplyArgs),
     /// Restore tenants' main branches to their restore points.
@@ -137,6 +145,21 @@ pub struct PlanArgs {
 
     #[command(flatten)]
     pub api: ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LintArgs {
+    /// Directory of versioned migrations (V<n>__<name>.sql).
+    #[arg(long, default_value = "migrations")]
+    pub migrations: PathBuf,
+
+    /// The rollout policy whose `lint:` section sets the PostgreSQL version and rule levels.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+
+    /// Text for people, or one JSON document on stdout.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,7 @@ pub mod exit;
 pub mod fleet;
 pub mod gc;
 pub mod journal;
+pub mod lint;
 pub mod logging;
 pub mod migrations;
 pub mod neon;

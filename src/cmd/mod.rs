@@ -13,6 +13,7 @@ pub mod demo;
 pub mod drift;
 pub mod emulator;
 pub mod gc;
+pub mod lint;
 pub mod plan;
 pub mod rollback;
 pub mod status;
@@ -21,6 +22,7 @@ pub mod status;
 pub async fn run(cli: Cli) -> ExitStatus {
     let result = match cli.command {
         Command::Plan(args) => plan::run(args).await,
+        Command::Lint(args) => lint::run(&args),
         Command::Apply(args) => apply::run(args).await,
         Command::Rollback(args) => rollback::run(args).await,
         Command::Status(args) => status::run(args).await,

@@ -12,16 +12,17 @@ use serde::Serialize;
 use crate::cli::{OutputFormat, PlanArgs};
 use crate::exit::ExitStatus;
 use crate::fleet::FleetError;
-use crate::migrations;
 use crate::plan::PlanningError;
 use crate::plan::build::{PlanPaths, build_plan};
 use crate::plan::check::{check_fleet, check_policy};
 use crate::plan::file::display_path;
 use crate::plan::model::Plan;
+use crate::plan::model::PlannedLint;
 use crate::plan::pipeline::{NeonAccess, PlanOutcome, collect_fleet, read_inputs, write_planned};
 use crate::plan::{check_migrations, load_plan, resolve_from_plan};
 use crate::policy::Policy;
 use crate::secret::SecretString;
+use crate::{lint, migrations};
 
 pub async fn run(args: PlanArgs) -> anyhow::Result<ExitStatus> {
     if let Some(plan_path) = &args.check {
@@ -31,7 +32,20 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<ExitStatus> {
         .policy
         .as_deref()
         .context("--policy is required unless --check is given")?;
-    let outcome = plan(&args, policy_path).await?;
+    let outcome = match plan(&args, policy_path).await {
+        Ok(outcome) => outcome,
+        // A denied lint finding is a verdict on the migrations, not bad input: exit 1.
+        Err(error) => match error.downcast_ref::<PlanningError>() {
+            Some(denied @ PlanningError::LintDenied { .. }) => {
+                eprintln!(
+                    "error: {}",
+                    crate::terminal::escape_controls(&denied.to_string())
+                );
+                return Ok(ExitStatus::Failure);
+            }
+            _ => return Err(error),
+        },
+    };
     match args.output {
         // Tenant names come from the Neon API or a tenants file.
         OutputFormat::Text => print!(
@@ -101,6 +115,9 @@ struct CheckReport {
     policy_differences: Vec<String>,
     /// `null` unless `--fleet` was given.
     fleet_differences: Option<Vec<String>>,
+    /// Lint findings or acknowledgements that differ from the plan's, `+` new, `-` gone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    lint_changes: Vec<String>,
 }
 
 /// `--migrations` wins over the plan's recorded directory, as for `apply` and `drift`: an old
@@ -152,6 +169,11 @@ async fn check(args: &PlanArgs, plan_path: &Path) -> anyhow::Result<ExitStatus> 
                 .collect()
         })
         .unwrap_or_default();
+    let lint_changes = plan
+        .lint
+        .as_ref()
+        .map(|planned| lint_changes(planned, &set))
+        .unwrap_or_default();
     let report = CheckReport {
         plan: plan_path.display().to_string(),
         plan_id: plan.plan_id.clone(),
@@ -159,10 +181,12 @@ async fn check(args: &PlanArgs, plan_path: &Path) -> anyhow::Result<ExitStatus> 
         policy: display_path(&policy_path),
         matches: migration_differences.is_empty()
             && policy_differences.is_empty()
-            && fleet_differences.as_ref().is_none_or(Vec::is_empty),
+            && fleet_differences.as_ref().is_none_or(Vec::is_empty)
+            && lint_changes.is_empty(),
         differences: migration_differences,
         policy_differences,
         fleet_differences,
+        lint_changes,
     };
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
@@ -194,6 +218,10 @@ async fn check(args: &PlanArgs, plan_path: &Path) -> anyhow::Result<ExitStatus> 
             &report.policy_differences,
         ),
     ];
+    sections.push((
+        format!("the lint's findings on {}", report.migrations_dir),
+        &report.lint_changes,
+    ));
     if let Some(fleet_differences) = &report.fleet_differences {
         sections.push(("the fleet".to_string(), fleet_differences));
     }
@@ -245,4 +273,55 @@ fn locate_policy(
         plan_path.display(),
         plan.policy.path
     )
+}
+
+/// The findings and acknowledgements of the plan's lint settings today, against the plan's.
+fn lint_changes(planned: &PlannedLint, set: &migrations::MigrationSet) -> Vec<String> {
+    let now = lint::lint_set(set, &planned.settings);
+    let describe_finding = |finding: &lint::Finding| {
+        format!(
+            "{}:{}:{} {} [{}] {}",
+            finding.file,
+            finding.line,
+            finding.column,
+            finding.level,
+            finding.rule,
+            finding.message
+        )
+    };
+    let describe_acknowledged = |acknowledged: &lint::Acknowledged| {
+        format!(
+            "{}:{}:{} acknowledged [{}]",
+            acknowledged.file, acknowledged.line, acknowledged.column, acknowledged.rule
+        )
+    };
+    let mut changes = Vec::new();
+    list_changes(
+        &now.findings,
+        &planned.findings,
+        describe_finding,
+        &mut changes,
+    );
+    list_changes(
+        &now.acknowledged,
+        &planned.acknowledged,
+        describe_acknowledged,
+        &mut changes,
+    );
+    changes
+}
+
+/// `+` for what `now` has and `planned` lacks, `-` for the reverse.
+fn list_changes<T: PartialEq>(
+    now: &[T],
+    planned: &[T],
+    describe: impl Fn(&T) -> String,
+    changes: &mut Vec<String>,
+) {
+    for item in now.iter().filter(|item| !planned.contains(item)) {
+        changes.push(format!("+ {}", describe(item)));
+    }
+    for item in planned.iter().filter(|item| !now.contains(item)) {
+        changes.push(format!("- {}", describe(item)));
+    }
 }

@@ -7,8 +7,8 @@
 use super::collect::CollectedFleet;
 use super::id::compute_plan_id;
 use super::model::{
-    FleetSummary, PLAN_FORMAT_VERSION, Plan, PlannedMigration, PlannedMigrations, PlannedPolicy,
-    PlannedTenant, PlannedWave, VerifyFile,
+    FleetSummary, PLAN_FORMAT_VERSION, Plan, PlannedLint, PlannedMigration, PlannedMigrations,
+    PlannedPolicy, PlannedTenant, PlannedWave, VerifyFile,
 };
 use super::waves::{WaveCandidate, WaveSpec, assign_waves};
 use crate::migrations::MigrationSet;
@@ -204,6 +204,10 @@ pub fn build_plan(
             unavailable,
         },
         waves,
+        lint: Some(PlannedLint::new(
+            &policy.lint,
+            crate::lint::lint_set(migrations, &policy.lint),
+        )),
     };
     plan.plan_id = compute_plan_id(&plan);
     Ok(plan)

@@ -287,6 +287,7 @@ mod round_trip_tests {
 
     fn plan() -> Plan {
         let mut plan = Plan {
+            lint: None,
             format_version: PLAN_FORMAT_VERSION,
             plan_id: String::new(),
             created_at: "2026-11-26T10:00:00Z".into(),

@@ -19,7 +19,7 @@ use std::io;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::model::{FleetSummary, Plan, PlannedMigration, PlannedPolicy, PlannedWave};
+use super::model::{FleetSummary, Plan, PlannedLint, PlannedMigration, PlannedPolicy, PlannedWave};
 use crate::migrations::hex_lower;
 
 /// Hex digits kept: 64 bits, plenty to tell plans of one repository apart.
@@ -36,6 +36,8 @@ struct IdContent<'a> {
     migrations: &'a [PlannedMigration],
     fleet: &'a FleetSummary,
     waves: Vec<IdWave<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lint: Option<&'a PlannedLint>,
 }
 
 /// A [`PlannedWave`] as digested: serialized exactly as format 1 wrote it, tenants as ids.
@@ -99,6 +101,7 @@ pub fn compute_plan_id(plan: &Plan) -> String {
                 tenants: wave,
             })
             .collect(),
+        lint: plan.lint.as_ref(),
     };
     let mut writer = HashWriter(Sha256::new());
     serde_json::to_writer(&mut writer, &content)

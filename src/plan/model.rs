@@ -25,6 +25,41 @@ pub struct Plan {
     pub migrations: PlannedMigrations,
     pub fleet: FleetSummary,
     pub waves: Vec<PlannedWave>,
+    /// What the lint predicted when the plan was written (warnings and acknowledgements: a
+    /// plan with denied findings is never written). Part of the plan id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lint: Option<PlannedLint>,
+}
+
+/// The lint's settings and its findings over the plan's migrations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlannedLint {
+    pub settings: crate::lint::LintSettings,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<crate::lint::Finding>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acknowledged: Vec<crate::lint::Acknowledged>,
+}
+
+impl PlannedLint {
+    pub fn new(
+        settings: &crate::lint::LintSettings,
+        report: crate::lint::LintReport,
+    ) -> PlannedLint {
+        PlannedLint {
+            settings: settings.clone(),
+            findings: report.findings,
+            acknowledged: report.acknowledged,
+        }
+    }
+
+    pub fn report(&self) -> crate::lint::LintReport {
+        crate::lint::LintReport {
+            findings: self.findings.clone(),
+            acknowledged: self.acknowledged.clone(),
+        }
+    }
 }
 
 /// The policy settings `apply` needs, copied into the plan so the plan alone decides the run.
@@ -340,6 +375,7 @@ impl PlannedWave {
 pub fn test_plan(waves: Vec<PlannedWave>) -> Plan {
     let n_tenants = waves.iter().map(|wave| wave.tenants.len()).sum();
     Plan {
+        lint: None,
         format_version: PLAN_FORMAT_VERSION,
         plan_id: "0123456789abcdef".into(),
         created_at: "2026-12-01T00:00:00Z".into(),

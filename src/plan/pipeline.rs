@@ -57,6 +57,8 @@ pub enum PlanningError {
         new_plan_id: String,
         suggested: PathBuf,
     },
+    #[error("the lint denies {} finding(s) in the migrations; no plan was written. Fix them, acknowledge each with `-- squawk-ignore <rule> -- <reason>` above it, or change the policy's `lint:` levels:\n{report}", report.denied().count())]
+    LintDenied { report: crate::lint::LintReport },
     #[error("cannot read {}, the journal beside the plan", journal.display())]
     ReadJournal {
         journal: PathBuf,
@@ -201,6 +203,13 @@ pub fn write_planned(
             .transpose()?,
     };
     let plan = build_plan(policy, &inputs.migrations, fleet, &paths, now_rfc3339())?;
+    if let Some(lint) = &plan.lint
+        && lint.report().has_denied()
+    {
+        return Err(PlanningError::LintDenied {
+            report: lint.report(),
+        });
+    }
     refuse_to_orphan_a_journal(&plan_path, &plan.plan_id)?;
     write_plan(&plan_path, &plan)?;
     let rate_limit = policy

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::fleet::{FleetFilters, Tenant};
+use crate::lint::{DEFAULT_PG_VERSION, LintSettings};
 use crate::migrations::sha256_hex;
 use crate::plan::model::{RestorePointKind, TransactionMode, Validation};
 
@@ -51,6 +52,8 @@ pub struct Policy {
     /// Overrides the command line's API rate limit when set.
     pub api_rate_limit_per_min: Option<u32>,
     pub waves: Vec<WavePolicy>,
+    /// The `lint:` section, or the defaults.
+    pub lint: LintSettings,
     /// The file's text, kept to point later errors (a named tenant not in the fleet) at a line.
     source_text: String,
 }
@@ -374,6 +377,36 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
         ));
     }
 
+    let lint = match raw.lint {
+        None => LintSettings::defaults(),
+        Some(raw_lint) => {
+            let settings = LintSettings {
+                pg_version: raw_lint.pg_version.unwrap_or(DEFAULT_PG_VERSION),
+                deny: raw_lint.deny,
+                warn: raw_lint.warn,
+                ignore: raw_lint.ignore,
+            };
+            if !(13..=19).contains(&settings.pg_version) {
+                return Err(invalid(
+                    find_in_section(text, "lint", "pg_version"),
+                    format!(
+                        "lint.pg_version: {} is not a PostgreSQL major version the lint knows (13 to 19)",
+                        settings.pg_version
+                    ),
+                ));
+            }
+            if let Some(unknown) = settings.unknown_rule() {
+                return Err(invalid(
+                    find_in_section(text, "lint", unknown),
+                    format!(
+                        "lint: no rule is named `{unknown}`; use a Squawk rule name (e.g. changing-column-type) or one of schemafleet's (vacuum-full, cluster, access-exclusive-metadata, no-transaction-not-idempotent, syntax-error)"
+                    ),
+                ));
+            }
+            settings
+        }
+    };
+
     Ok(Policy {
         path: path.to_path_buf(),
         sha256: sha256_hex(text.as_bytes()),
@@ -397,6 +430,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
         }),
         api_rate_limit_per_min: raw.api_rate_limit_per_min.map(|limit| limit.0),
         waves,
+        lint,
         source_text: text.to_string(),
     })
 }

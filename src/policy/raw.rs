@@ -36,6 +36,22 @@ pub(crate) struct RawPolicy {
     #[serde(default)]
     pub api_rate_limit_per_min: Option<RateLimit>,
     pub waves: Vec<RawWave>,
+    #[serde(default)]
+    pub lint: Option<RawLint>,
+}
+
+/// `lint: { pg_version, deny, warn, ignore }`; rule names are checked after parsing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLint {
+    #[serde(default)]
+    pub pg_version: Option<u32>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+    #[serde(default)]
+    pub warn: Vec<String>,
+    #[serde(default)]
+    pub ignore: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
