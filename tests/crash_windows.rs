@@ -172,7 +172,7 @@ async fn a_second_failure_keeps_what_the_first_committed_for_rollback_failed() {
             ("V1__create_notes.sql", CREATE_NOTES),
             (
                 "V2__accounts_email_short.sql",
-                "-- no-transaction\nALTER TABLE accounts ADD CONSTRAINT email_short CHECK (length(email) < 40);\n",
+                "-- no-transaction\n-- squawk-ignore constraint-missing-not-valid -- a test table of a few rows\nALTER TABLE accounts ADD CONSTRAINT email_short CHECK (length(email) < 40);\n",
             ),
         ],
     );

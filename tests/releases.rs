@@ -79,7 +79,7 @@ async fn three_releases_rolled_back_tenants_stay_back_and_rollback_never_moves_f
     );
     let v5 = (
         "V5__accounts_email_lower.sql",
-        "ALTER TABLE accounts ADD CONSTRAINT accounts_email_lower CHECK (email = lower(email));\n",
+        "-- squawk-ignore constraint-missing-not-valid -- the scan finds the tenants whose data fails\nALTER TABLE accounts ADD CONSTRAINT accounts_email_lower CHECK (email = lower(email));\n",
     );
     let v6 = (
         "V6__accounts_note.sql",
