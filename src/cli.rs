@@ -267,6 +267,25 @@ pub struct DriftArgs {
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
 
+    /// Also compare each tenant's schema (tables, columns, constraints, indexes, functions, …)
+    /// with the reference at its recorded version; any difference exits 1.
+    #[arg(long)]
+    pub schema: bool,
+
+    /// PostgreSQL server (postgresql:// URI; the role may CREATE DATABASE) where the
+    /// reference is built on a throwaway database when the cache has none.
+    #[arg(long, env = "SCHEMAFLEET_REFERENCE_URL", hide_env_values = true)]
+    pub reference_url: Option<String>,
+
+    /// Directory of cached reference fingerprints (default: $XDG_CACHE_HOME/schemafleet).
+    #[arg(long, env = "SCHEMAFLEET_REFERENCE_CACHE")]
+    pub reference_cache: Option<PathBuf>,
+
+    /// Fingerprint only these schemas (comma-separated; default: all but pg_catalog,
+    /// information_schema and Neon-managed ones).
+    #[arg(long, value_delimiter = ',')]
+    pub schemas: Vec<String>,
+
     #[command(flatten)]
     pub api: ApiArgs,
 }

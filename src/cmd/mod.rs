@@ -14,6 +14,7 @@ pub mod drift;
 pub mod emulator;
 pub mod gc;
 pub mod plan;
+pub mod reference;
 pub mod rollback;
 pub mod status;
 

@@ -11,6 +11,7 @@
 //! **Invariant:** nothing here does I/O.
 
 pub mod diff;
+pub mod report;
 
 use std::fmt;
 
