@@ -40,6 +40,17 @@ pub enum Command {
     /// Exit codes: 0 no tenant diverges; 1 some tenant diverges or is unreachable (drift cannot
     /// be ruled out); 2 bad input (plan, policy, migrations, API key).
     Drift(DriftArgs),
+    /// Adopt tenants another tool (or hand-run SQL) migrated: record our history for the
+    /// version their schema matches.
+    ///
+    /// For each tenant of the plan without refinery_schema_history rows, its schema
+    /// fingerprint is matched with the references of V1..Vn; with --yes the rows of V1..Vn are
+    /// written (refinery's format) in one transaction under the advisory lock. Tenants that
+    /// match no version are listed with the closest one and the differences, never touched.
+    ///
+    /// Exit codes: 0 every tenant has or got a history; 1 a tenant matches no version, could not
+    /// be probed or recorded; 2 bad input.
+    Baseline(BaselineArgs),
     /// Delete branches schemafleet created that are expired or whose rollout has finished.
     ///
     /// Only branches named `schemafleet-validate-*`, `schemafleet-backup-*` or `pre-rollback-*`
@@ -285,6 +296,47 @@ pub struct DriftArgs {
     /// information_schema and Neon-managed ones).
     #[arg(long, value_delimiter = ',')]
     pub schemas: Vec<String>,
+
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BaselineArgs {
+    /// The plan whose tenants are adopted.
+    pub plan: PathBuf,
+
+    /// Migrations directory (default: the plan's, relative to the plan).
+    #[arg(long)]
+    pub migrations: Option<PathBuf>,
+
+    /// Only print what would be recorded (the default without --yes).
+    #[arg(long, conflicts_with = "yes")]
+    pub dry_run: bool,
+
+    /// Write the history rows.
+    #[arg(long)]
+    pub yes: bool,
+
+    /// PostgreSQL server (postgresql:// URI; the role may CREATE DATABASE) where the
+    /// reference is built on a throwaway database when the cache has none.
+    #[arg(long, env = "SCHEMAFLEET_REFERENCE_URL", hide_env_values = true)]
+    pub reference_url: Option<String>,
+
+    /// Directory of cached reference fingerprints (default: $XDG_CACHE_HOME/schemafleet).
+    #[arg(long, env = "SCHEMAFLEET_REFERENCE_CACHE")]
+    pub reference_cache: Option<PathBuf>,
+
+    /// Fingerprint only these schemas (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub schemas: Vec<String>,
+
+    /// Tenants probed at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
 
     #[command(flatten)]
     pub api: ApiArgs,

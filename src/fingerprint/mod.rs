@@ -10,6 +10,7 @@
 //! stable across servers.
 //! **Invariant:** nothing here does I/O.
 
+pub mod baseline;
 pub mod diff;
 pub mod report;
 

@@ -12,6 +12,7 @@
 //! **Invariant:** refinery's history table in the tenant is the truth about what is applied;
 //! nothing here writes history rows except refinery's own insert, in the migration's transaction.
 
+pub mod baseline;
 pub mod connect;
 pub mod error;
 pub mod fingerprint;
