@@ -283,6 +283,16 @@ pub struct DriftArgs {
     #[arg(long)]
     pub schema: bool,
 
+    #[command(flatten)]
+    pub reference: ReferenceArgs,
+
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// Where schema references come from (`drift --schema`, `baseline`).
+#[derive(Debug, Clone, Args)]
+pub struct ReferenceArgs {
     /// PostgreSQL server (postgresql:// URI; the role may CREATE DATABASE) where the
     /// reference is built on a throwaway database when the cache has none.
     #[arg(long, env = "SCHEMAFLEET_REFERENCE_URL", hide_env_values = true)]
@@ -296,9 +306,6 @@ pub struct DriftArgs {
     /// information_schema and Neon-managed ones).
     #[arg(long, value_delimiter = ',')]
     pub schemas: Vec<String>,
-
-    #[command(flatten)]
-    pub api: ApiArgs,
 }
 
 #[derive(Debug, Args)]
@@ -318,18 +325,8 @@ pub struct BaselineArgs {
     #[arg(long)]
     pub yes: bool,
 
-    /// PostgreSQL server (postgresql:// URI; the role may CREATE DATABASE) where the
-    /// reference is built on a throwaway database when the cache has none.
-    #[arg(long, env = "SCHEMAFLEET_REFERENCE_URL", hide_env_values = true)]
-    pub reference_url: Option<String>,
-
-    /// Directory of cached reference fingerprints (default: $XDG_CACHE_HOME/schemafleet).
-    #[arg(long, env = "SCHEMAFLEET_REFERENCE_CACHE")]
-    pub reference_cache: Option<PathBuf>,
-
-    /// Fingerprint only these schemas (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    pub schemas: Vec<String>,
+    #[command(flatten)]
+    pub reference: ReferenceArgs,
 
     /// Tenants probed at once.
     #[arg(long, default_value_t = 8)]

@@ -271,7 +271,7 @@ pub fn format_versions(versions: &[i32]) -> String {
     }
 }
 
-fn tenant_list(tenants: &[String]) -> String {
+pub(crate) fn tenant_list(tenants: &[String]) -> String {
     let shown: Vec<&str> = tenants
         .iter()
         .take(TENANTS_SHOWN)
@@ -287,7 +287,7 @@ fn tenant_list(tenants: &[String]) -> String {
     text
 }
 
-fn plural(count: usize, word: &str) -> String {
+pub(crate) fn plural(count: usize, word: &str) -> String {
     if count == 1 {
         format!("{count} {word}")
     } else {

@@ -23,7 +23,7 @@ use crate::migrations::MigrationSet;
 use crate::neon::NeonClient;
 use crate::pg::baseline::{ToolHistory, detect_tools, record_baseline};
 use crate::pg::reference::ReferenceFingerprints;
-use crate::secret::{SecretUri, redact_uri};
+use crate::secret::redact_uri;
 
 use super::reference::ReferenceConfig;
 
@@ -65,23 +65,8 @@ pub async fn run(args: BaselineArgs) -> anyhow::Result<ExitStatus> {
         .unwrap_or_else(|| plan_dir.join(&plan.migrations.dir));
     let set = crate::migrations::load(&migrations_dir)
         .with_context(|| format!("loading migrations from {}", migrations_dir.display()))?;
-    let filter = if args.schemas.is_empty() {
-        SchemaFilter::default_filter()
-    } else {
-        SchemaFilter::only(args.schemas.clone())
-    };
-    let config = ReferenceConfig {
-        server: args
-            .reference_url
-            .as_ref()
-            .filter(|url| !url.is_empty())
-            .map(|url| SecretUri::new(url.clone())),
-        cache_dir: args
-            .reference_cache
-            .clone()
-            .unwrap_or_else(super::reference::default_cache_dir),
-        filter: filter.clone(),
-    };
+    let config = ReferenceConfig::from_args(&args.reference);
+    let filter = config.filter.clone();
     let (references, _cached) = super::reference::references(&set, &config).await?;
     let client = super::api::client(&args.api)?;
     super::api::preflight(&client, &args.api.api_url).await?;

@@ -27,7 +27,7 @@ use crate::neon::NeonClient;
 use crate::pg::reference::ReferenceFingerprints;
 use crate::pg::{self, PlannedVersion};
 use crate::plan::pipeline::{NeonAccess, collect_fleet};
-use crate::secret::{SecretString, SecretUri, redact_uri};
+use crate::secret::{SecretString, redact_uri};
 
 use super::reference::ReferenceConfig;
 
@@ -63,10 +63,14 @@ pub async fn run(args: DriftArgs) -> anyhow::Result<ExitStatus> {
         })
         .collect();
 
-    let schema_filter = args.schema.then(|| schema_filter(&args));
-    let references = match &schema_filter {
-        Some(filter) => Some(schema_references(&args, &set, filter).await?),
-        None => None,
+    let reference_config = ReferenceConfig::from_args(&args.reference);
+    let schema_filter = args.schema.then(|| reference_config.filter.clone());
+    let references = if args.schema {
+        let (references, cached) = super::reference::references(&set, &reference_config).await?;
+        tracing::info!(cached, "reference fingerprints ready");
+        Some(references)
+    } else {
+        None
     };
 
     let client = super::api::client(&args.api)?;
@@ -139,36 +143,6 @@ pub async fn run(args: DriftArgs) -> anyhow::Result<ExitStatus> {
 
 /// A tenant's fingerprint, or why it could not be read (redacted).
 type SchemaProbe = Result<Fingerprint, String>;
-
-fn schema_filter(args: &DriftArgs) -> SchemaFilter {
-    if args.schemas.is_empty() {
-        SchemaFilter::default_filter()
-    } else {
-        SchemaFilter::only(args.schemas.clone())
-    }
-}
-
-async fn schema_references(
-    args: &DriftArgs,
-    set: &crate::migrations::MigrationSet,
-    filter: &SchemaFilter,
-) -> anyhow::Result<ReferenceFingerprints> {
-    let config = ReferenceConfig {
-        server: args
-            .reference_url
-            .as_ref()
-            .filter(|url| !url.is_empty())
-            .map(|url| SecretUri::new(url.clone())),
-        cache_dir: args
-            .reference_cache
-            .clone()
-            .unwrap_or_else(super::reference::default_cache_dir),
-        filter: filter.clone(),
-    };
-    let (references, cached) = super::reference::references(set, &config).await?;
-    tracing::info!(cached, "reference fingerprints ready");
-    Ok(references)
-}
 
 /// Compare a tenant whose history agrees with the files with the reference at its version.
 fn compare_schema(

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 
+use crate::cli::ReferenceArgs;
 use crate::fingerprint::SchemaFilter;
 use crate::migrations::MigrationSet;
 use crate::pg::reference::{ReferenceFingerprints, build_references};
@@ -24,6 +25,28 @@ pub struct ReferenceConfig {
     pub server: Option<SecretUri>,
     pub cache_dir: PathBuf,
     pub filter: SchemaFilter,
+}
+
+impl ReferenceConfig {
+    /// From the command line: the reference server, the cache and the schema filter.
+    pub fn from_args(args: &ReferenceArgs) -> ReferenceConfig {
+        ReferenceConfig {
+            server: args
+                .reference_url
+                .as_ref()
+                .filter(|url| !url.is_empty())
+                .map(|url| SecretUri::new(url.clone())),
+            cache_dir: args
+                .reference_cache
+                .clone()
+                .unwrap_or_else(default_cache_dir),
+            filter: if args.schemas.is_empty() {
+                SchemaFilter::default_filter()
+            } else {
+                SchemaFilter::only(args.schemas.clone())
+            },
+        }
+    }
 }
 
 /// `$XDG_CACHE_HOME/schemafleet`, else `~/.cache/schemafleet`, else `.schemafleet-cache`.

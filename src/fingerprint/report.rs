@@ -10,11 +10,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::Difference;
+use crate::drift::{plural, tenant_list};
 use crate::exit::ExitStatus;
 use crate::report::render::wrap_into;
-
-/// Tenants named per group in text before "and N more" (JSON lists all).
-const TENANTS_SHOWN: usize = 8;
 
 /// One tenant's schema comparison.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -160,30 +158,6 @@ pub fn render_text(report: &SchemaReport) -> String {
         );
     }
     crate::terminal::escape_controls(&out)
-}
-
-fn tenant_list(tenants: &[String]) -> String {
-    let mut text = tenants
-        .iter()
-        .take(TENANTS_SHOWN)
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .join(", ");
-    if tenants.len() > TENANTS_SHOWN {
-        text.push_str(&format!(
-            " and {} more (--output json lists all)",
-            tenants.len() - TENANTS_SHOWN
-        ));
-    }
-    text
-}
-
-fn plural(count: usize, word: &str) -> String {
-    if count == 1 {
-        format!("{count} {word}")
-    } else {
-        format!("{count} {word}s")
-    }
 }
 
 #[cfg(test)]
