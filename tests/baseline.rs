@@ -9,9 +9,8 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use common::start_fleet;
+use common::{migrate_with_runner, start_fleet, stdout_json};
 use schemafleet::emulator::{LocalFleet, SeededTenant};
-use schemafleet::pg::runner::{LockRetry, Timeouts, apply_pending};
 use serde_json::Value;
 
 const MIGRATIONS: [(&str, &str); 3] = [
@@ -69,16 +68,6 @@ async fn run(fleet: &LocalFleet, root: &Path, args: &[&str]) -> Output {
     tokio::task::spawn_blocking(move || command.output().expect("the binary runs"))
         .await
         .expect("the blocking task joins")
-}
-
-fn json(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
-        panic!(
-            "stdout is not JSON ({error}):\n{}\nstderr:\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
 }
 
 fn write_plan(root: &Path, name: &str, tenants: &[&SeededTenant]) -> String {
@@ -145,21 +134,7 @@ async fn baseline_adopts_matching_tenants_and_leaves_the_rest() {
     )
     .await;
     let set = schemafleet::migrations::load(&root.join("migrations")).expect("migrations load");
-    let mut client = sql(&tenants[3], "SELECT 1").await;
-    apply_pending(
-        &mut client,
-        &set.to_refinery(),
-        Timeouts {
-            lock_timeout: Duration::from_secs(2),
-            statement_timeout: Duration::from_secs(30),
-        },
-        LockRetry {
-            max_attempts: 1,
-            base_delay: Duration::from_millis(10),
-        },
-    )
-    .await
-    .unwrap_or_else(|failure| panic!("refinery migration failed: {}", failure.failure));
+    migrate_with_runner(&tenants[3].connection_uri, &set.to_refinery()).await;
     let all: Vec<&SeededTenant> = tenants.iter().collect();
     let plan = write_plan(root, "all", &all);
 
@@ -170,7 +145,7 @@ async fn baseline_adopts_matching_tenants_and_leaves_the_rest() {
         "{}",
         String::from_utf8_lossy(&dry.stderr)
     );
-    let document = json(&dry);
+    let document = stdout_json(&dry);
     assert_eq!(entry(&document, &tenants[0])["state"], "matched");
     assert_eq!(entry(&document, &tenants[0])["version"], 2);
     assert!(history(&tenants[0]).await.is_empty(), "a dry run wrote");
@@ -187,7 +162,7 @@ async fn baseline_adopts_matching_tenants_and_leaves_the_rest() {
         "{}",
         String::from_utf8_lossy(&written.stderr)
     );
-    let document = json(&written);
+    let document = stdout_json(&written);
     assert_eq!(entry(&document, &tenants[0])["state"], "recorded");
     let unmatched = entry(&document, &tenants[1]);
     assert_eq!(unmatched["state"], "unmatched", "{document:#}");

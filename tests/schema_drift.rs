@@ -8,9 +8,8 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use common::start_fleet;
+use common::{migrate_with_runner, start_fleet, stdout_json};
 use schemafleet::emulator::{LocalFleet, SeededTenant};
-use schemafleet::pg::runner::{LockRetry, Timeouts, apply_pending};
 use serde_json::Value;
 
 const MIGRATIONS: [(&str, &str); 3] = [
@@ -31,27 +30,7 @@ const MIGRATIONS: [(&str, &str); 3] = [
 /// Apply the first `count` migrations to the tenant's main with the real runner.
 async fn migrate(tenant: &SeededTenant, dir: &Path, count: usize) {
     let set = schemafleet::migrations::load(dir).expect("migrations load");
-    let migrations: Vec<refinery::Migration> = set.migrations[..count]
-        .iter()
-        .map(|migration| migration.to_refinery())
-        .collect();
-    let mut client = schemafleet::pg::connect(&tenant.connection_uri, Duration::from_secs(10))
-        .await
-        .expect("the tenant accepts connections");
-    apply_pending(
-        &mut client,
-        &migrations,
-        Timeouts {
-            lock_timeout: Duration::from_secs(2),
-            statement_timeout: Duration::from_secs(30),
-        },
-        LockRetry {
-            max_attempts: 1,
-            base_delay: Duration::from_millis(10),
-        },
-    )
-    .await
-    .unwrap_or_else(|failure| panic!("migrating {} failed: {}", tenant.name, failure.failure));
+    migrate_with_runner(&tenant.connection_uri, &set.to_refinery()[..count]).await;
 }
 
 async fn edit(tenant: &SeededTenant, sql: &str) {
@@ -86,16 +65,6 @@ async fn drift_schema(fleet: &LocalFleet, root: &Path, reference_url: Option<&st
     tokio::task::spawn_blocking(move || command.output().expect("the binary runs"))
         .await
         .expect("the blocking task joins")
-}
-
-fn stdout_json(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
-        panic!(
-            "stdout is not JSON ({error}):\n{}\nstderr:\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
 }
 
 /// A clean fleet (one tenant behind at V2, the rest at V3) exits 0; after hand edits (one
