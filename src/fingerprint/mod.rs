@@ -73,6 +73,20 @@ pub enum ObjectKind {
 }
 
 impl ObjectKind {
+    pub const ALL: [ObjectKind; 11] = [
+        ObjectKind::Extension,
+        ObjectKind::Type,
+        ObjectKind::Sequence,
+        ObjectKind::Table,
+        ObjectKind::Column,
+        ObjectKind::Constraint,
+        ObjectKind::Index,
+        ObjectKind::View,
+        ObjectKind::MaterializedView,
+        ObjectKind::Function,
+        ObjectKind::Trigger,
+    ];
+
     /// The kind as the fingerprint query spells it.
     pub fn from_catalog(kind: &str) -> Option<ObjectKind> {
         Some(match kind {
@@ -194,19 +208,7 @@ mod tests {
 
     #[test]
     fn catalog_kinds_round_trip() {
-        for kind in [
-            ObjectKind::Extension,
-            ObjectKind::Type,
-            ObjectKind::Sequence,
-            ObjectKind::Table,
-            ObjectKind::Column,
-            ObjectKind::Constraint,
-            ObjectKind::Index,
-            ObjectKind::View,
-            ObjectKind::MaterializedView,
-            ObjectKind::Function,
-            ObjectKind::Trigger,
-        ] {
+        for kind in ObjectKind::ALL {
             assert_eq!(ObjectKind::from_catalog(kind.as_str()), Some(kind));
         }
         assert_eq!(ObjectKind::from_catalog("policy"), None);
