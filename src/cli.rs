@@ -49,6 +49,17 @@ pub enum Command {
     /// ahead (a newer release reached it) or is unreachable (drift cannot be ruled out); 2 bad
     /// input (plan, policy, migrations, API key).
     Drift(DriftArgs),
+    /// Adopt tenants another tool (or hand-run SQL) migrated: record our history for the
+    /// version their schema matches.
+    ///
+    /// For each tenant of the plan without refinery_schema_history rows, its schema
+    /// fingerprint is matched with the references of V1..Vn; with --yes the rows of V1..Vn are
+    /// written (refinery's format) in one transaction under the advisory lock. Tenants that
+    /// match no version are listed with the closest one and the differences, never touched.
+    ///
+    /// Exit codes: 0 every tenant has or got a history; 1 a tenant matches no version, could not
+    /// be probed or recorded; 2 bad input.
+    Baseline(BaselineArgs),
     /// Delete branches schemafleet created that are expired or whose rollout has finished.
     ///
     /// Only branches named `schemafleet-validate-*`, `schemafleet-backup-*` or `pre-rollback-*`
@@ -317,6 +328,63 @@ pub struct DriftArgs {
     pub concurrency: usize,
 
     /// Text for people, or one JSON document on stdout.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+
+    /// Also compare each tenant's schema (tables, columns, constraints, indexes, functions, …)
+    /// with the reference at its recorded version; any difference exits 1.
+    #[arg(long)]
+    pub schema: bool,
+
+    #[command(flatten)]
+    pub reference: ReferenceArgs,
+
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// Where schema references come from (`drift --schema`, `baseline`).
+#[derive(Debug, Clone, Args)]
+pub struct ReferenceArgs {
+    /// PostgreSQL server (postgresql:// URI; the role may CREATE DATABASE) where the
+    /// reference is built on a throwaway database when the cache has none.
+    #[arg(long, env = "SCHEMAFLEET_REFERENCE_URL", hide_env_values = true)]
+    pub reference_url: Option<String>,
+
+    /// Directory of cached reference fingerprints (default: $XDG_CACHE_HOME/schemafleet).
+    #[arg(long, env = "SCHEMAFLEET_REFERENCE_CACHE")]
+    pub reference_cache: Option<PathBuf>,
+
+    /// Fingerprint only these schemas (comma-separated; default: all but pg_catalog,
+    /// information_schema and Neon-managed ones).
+    #[arg(long, value_delimiter = ',')]
+    pub schemas: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BaselineArgs {
+    /// The plan whose tenants are adopted.
+    pub plan: PathBuf,
+
+    /// Migrations directory (default: the plan's, relative to the plan).
+    #[arg(long)]
+    pub migrations: Option<PathBuf>,
+
+    /// Only print what would be recorded (the default without --yes).
+    #[arg(long, conflicts_with = "yes")]
+    pub dry_run: bool,
+
+    /// Write the history rows.
+    #[arg(long)]
+    pub yes: bool,
+
+    #[command(flatten)]
+    pub reference: ReferenceArgs,
+
+    /// Tenants probed at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
 

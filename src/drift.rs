@@ -289,7 +289,7 @@ pub fn format_versions(versions: &[i32]) -> String {
     }
 }
 
-fn tenant_list(tenants: &[String], names: &HashMap<String, String>) -> String {
+pub(crate) fn tenant_list(tenants: &[String], names: &HashMap<String, String>) -> String {
     let shown: Vec<String> = tenants
         .iter()
         .take(TENANTS_SHOWN)

@@ -9,6 +9,7 @@ pub mod drift;
 pub mod emulator;
 pub mod executor;
 pub mod exit;
+pub mod fingerprint;
 pub mod fleet;
 pub mod gc;
 pub mod journal;

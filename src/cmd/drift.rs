@@ -4,7 +4,11 @@
 //! `--tenants`). Probing is bounded by `--concurrency`; classifying and presenting is the pure
 //! [`crate::drift`].
 //!
-//! **Invariant:** read-only: drift opens no transaction, takes no lock and writes no file.
+//! With `--schema`, each tenant's schema fingerprint (read on the same connection) is compared
+//! with the reference at its recorded version ([`crate::fingerprint::report`]).
+//!
+//! **Invariant:** read-only: drift opens no transaction, takes no lock and writes no file but
+//! the reference cache (`--schema`); tenants are only read.
 //! **Invariant:** exit 0 when no tenant diverges or is unreachable, 1 when any does, 2 when the
 //! input (plan, policy, migrations, API key) is unusable.
 
@@ -16,12 +20,17 @@ use anyhow::Context;
 use futures::StreamExt;
 
 use crate::cli::{DriftArgs, OutputFormat};
-use crate::drift::{self, Probe, TenantDrift};
+use crate::drift::{self, DriftState, Probe, TenantDrift};
 use crate::exit::ExitStatus;
+use crate::fingerprint::report::TenantSchema;
+use crate::fingerprint::{Fingerprint, SchemaFilter};
 use crate::neon::NeonClient;
+use crate::pg::reference::ReferenceFingerprints;
 use crate::pg::{self, PlannedVersion};
 use crate::plan::pipeline::{NeonAccess, collect_fleet};
 use crate::secret::{SecretString, redact_uri};
+
+use super::reference::ReferenceConfig;
 
 /// How long one tenant's connect may take; a suspended Neon compute wakes in a few seconds.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -57,21 +66,49 @@ pub async fn run(args: DriftArgs) -> anyhow::Result<ExitStatus> {
         })
         .collect();
 
+    let reference_config = ReferenceConfig::from_args(&args.reference);
+    let schema_filter = args.schema.then(|| reference_config.filter.clone());
+    let references = if args.schema {
+        let (references, cached) = super::reference::references(&set, &reference_config).await?;
+        tracing::info!(cached, "reference fingerprints ready");
+        Some(references)
+    } else {
+        None
+    };
+
     let client = super::api::client(&args.api)?;
     super::api::preflight(&client, &args.api.api_url).await?;
-    let mut classified: Vec<TenantDrift> = futures::stream::iter(targets.tenants.iter())
-        .map(|tenant| {
-            let client = client.clone();
-            let planned = &planned;
-            let targets = &targets;
-            async move {
-                let probe = probe(&client, tenant, &targets.database, &targets.role).await;
-                drift::classify(tenant, probe, planned)
-            }
-        })
-        .buffer_unordered(args.concurrency.max(1))
-        .collect()
-        .await;
+    let probed: Vec<(TenantDrift, Option<SchemaProbe>)> =
+        futures::stream::iter(targets.tenants.iter())
+            .map(|tenant| {
+                let client = client.clone();
+                let planned = &planned;
+                let targets = &targets;
+                let schema_filter = schema_filter.as_ref();
+                async move {
+                    let (probe, schema) = probe(
+                        &client,
+                        tenant,
+                        &targets.database,
+                        &targets.role,
+                        schema_filter,
+                    )
+                    .await;
+                    (drift::classify(tenant, probe, planned), schema)
+                }
+            })
+            .buffer_unordered(args.concurrency.max(1))
+            .collect()
+            .await;
+    let schema_report = references.as_ref().map(|references| {
+        crate::fingerprint::report::aggregate(
+            probed
+                .iter()
+                .map(|(tenant, schema)| compare_schema(tenant, schema.as_ref(), references))
+                .collect(),
+        )
+    });
+    let mut classified: Vec<TenantDrift> = probed.into_iter().map(|(tenant, _)| tenant).collect();
     classified.extend(targets.unavailable.iter().map(|tenant| {
         let probe = Probe::Unreachable {
             reason: "the fleet source lists the project as unavailable".to_string(),
@@ -81,19 +118,82 @@ pub async fn run(args: DriftArgs) -> anyhow::Result<ExitStatus> {
     let report = drift::aggregate(&planned, classified).with_names(targets.names);
     let dir_display = migrations_dir.display().to_string();
     match args.output {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&report.to_json(&dir_display))?
-        ),
-        OutputFormat::Text => print!("{}", drift::render_text(&report, &dir_display)),
+        OutputFormat::Json => {
+            let mut document = report.to_json(&dir_display);
+            if let Some(schema_report) = &schema_report {
+                document["schema"] = schema_report.to_json();
+            }
+            println!("{}", serde_json::to_string_pretty(&document)?)
+        }
+        OutputFormat::Text => {
+            print!("{}", drift::render_text(&report, &dir_display));
+            if let Some(schema_report) = &schema_report {
+                println!();
+                print!("{}", crate::fingerprint::report::render_text(schema_report));
+            }
+        }
     }
-    Ok(report.exit_status())
+    let schema_status = schema_report
+        .as_ref()
+        .map_or(ExitStatus::Success, |schema_report| {
+            schema_report.exit_status()
+        });
+    Ok(match report.exit_status() {
+        ExitStatus::Success => schema_status,
+        history_status => history_status,
+    })
 }
 
-/// One tenant's history, or why it could not be read (redacted).
-async fn probe(client: &NeonClient, tenant: &str, database: &str, role: &str) -> Probe {
-    let unreachable = |reason: String| Probe::Unreachable {
-        reason: redact_uri(&reason),
+/// A tenant's fingerprint, or why it could not be read (redacted).
+type SchemaProbe = Result<Fingerprint, String>;
+
+/// Compare a tenant whose history agrees with the files with the reference at its version.
+fn compare_schema(
+    tenant: &TenantDrift,
+    schema: Option<&SchemaProbe>,
+    references: &ReferenceFingerprints,
+) -> TenantSchema {
+    let skipped = |reason: String| TenantSchema {
+        tenant: tenant.tenant.clone(),
+        version: tenant.version,
+        differences: Vec::new(),
+        skipped: Some(reason),
+    };
+    if !matches!(tenant.state, DriftState::UpToDate | DriftState::Behind) {
+        return skipped(format!("history is {}", tenant.state.as_str()));
+    }
+    let fingerprint = match schema {
+        Some(Ok(fingerprint)) => fingerprint,
+        Some(Err(reason)) => return skipped(reason.clone()),
+        None => return skipped("no fingerprint read".to_string()),
+    };
+    let Some(expected) = references.at(tenant.version.unwrap_or(0)) else {
+        return skipped(format!("no reference for V{}", tenant.version.unwrap_or(0)));
+    };
+    TenantSchema {
+        tenant: tenant.tenant.clone(),
+        version: tenant.version,
+        differences: crate::fingerprint::diff(expected, fingerprint),
+        skipped: None,
+    }
+}
+
+/// One tenant's history, or why it could not be read (redacted); with `schema_filter`, its
+/// fingerprint too, read on the same connection.
+async fn probe(
+    client: &NeonClient,
+    tenant: &str,
+    database: &str,
+    role: &str,
+    schema_filter: Option<&SchemaFilter>,
+) -> (Probe, Option<SchemaProbe>) {
+    let unreachable = |reason: String| {
+        (
+            Probe::Unreachable {
+                reason: redact_uri(&reason),
+            },
+            None,
+        )
     };
     let uri = match client.connection_uri(tenant, None, database, role).await {
         Ok(uri) => uri,
@@ -103,10 +203,19 @@ async fn probe(client: &NeonClient, tenant: &str, database: &str, role: &str) ->
         Ok(connection) => connection,
         Err(failure) => return unreachable(failure.to_string()),
     };
-    match pg::read_history(&connection).await {
+    let history = match pg::read_history(&connection).await {
         Ok(history) => Probe::History(history),
-        Err(failure) => unreachable(failure.to_string()),
-    }
+        Err(failure) => return unreachable(failure.to_string()),
+    };
+    let schema = match schema_filter {
+        Some(filter) => Some(
+            pg::read_fingerprint(&connection, filter)
+                .await
+                .map_err(|failure| redact_uri(&failure.to_string())),
+        ),
+        None => None,
+    };
+    (history, schema)
 }
 
 async fn targets(args: &DriftArgs) -> anyhow::Result<Targets> {

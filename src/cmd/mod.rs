@@ -8,6 +8,7 @@ use crate::exit::ExitStatus;
 
 pub mod api;
 pub mod apply;
+pub mod baseline;
 pub mod bench;
 pub mod demo;
 pub mod drift;
@@ -15,6 +16,7 @@ pub mod emulator;
 pub mod gc;
 pub mod lint;
 pub mod plan;
+pub mod reference;
 pub mod rollback;
 pub mod status;
 
@@ -27,6 +29,7 @@ pub async fn run(cli: Cli) -> ExitStatus {
         Command::Rollback(args) => rollback::run(args).await,
         Command::Status(args) => status::run(args).await,
         Command::Drift(args) => drift::run(args).await,
+        Command::Baseline(args) => baseline::run(args).await,
         Command::Gc(args) => gc::run(args).await,
         Command::Emulator(args) => emulator::run(args).await,
         Command::Demo(args) => demo::run(args).await,

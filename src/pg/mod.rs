@@ -3,22 +3,28 @@
 //! - [`connect`]: direct connections (verified TLS to any host but loopback, where
 //!   `sslmode=disable` is allowed for the local emulator).
 //! - [`history`]: reads refinery's history table and compares it with the plan (pure compare).
+//! - [`fingerprint`]: the schema fingerprint, read in one catalog query.
 //! - [`lock`]: one runner per tenant through a polled session advisory lock.
+//! - [`reference`]: reference fingerprints from V1..Vn applied to a throwaway database.
 //! - [`runner`]: refinery with `lock_timeout`/`statement_timeout` and no-transaction migrations.
 //! - [`error`]: SQLSTATE and message extraction from driver errors.
 //!
 //! **Invariant:** refinery's history table in the tenant is the truth about what is applied;
 //! nothing here writes history rows except refinery's own insert, in the migration's transaction.
 
+pub mod baseline;
 pub mod connect;
 pub mod error;
+pub mod fingerprint;
 pub mod history;
 pub mod invalid_index;
 pub mod lock;
+pub mod reference;
 pub mod runner;
 
 pub use connect::connect;
 pub use error::DbFailure;
+pub use fingerprint::read_fingerprint;
 pub use history::{
     AppliedMigration, HistoryComparison, PlannedVersion, compare_history, read_history,
 };

@@ -241,3 +241,39 @@ impl Spec {
         );
     }
 }
+
+/// Apply `migrations` to the database at `uri` with the real guarded runner, as `apply` does.
+pub async fn migrate_with_runner(
+    uri: &schemafleet::secret::SecretUri,
+    migrations: &[refinery::Migration],
+) {
+    let mut client = schemafleet::pg::connect(uri, Duration::from_secs(10))
+        .await
+        .expect("the tenant accepts connections");
+    schemafleet::pg::runner::apply_pending(
+        &mut client,
+        migrations,
+        schemafleet::pg::runner::TransactionMode::PerMigration,
+        schemafleet::pg::runner::Timeouts {
+            lock_timeout: Duration::from_secs(2),
+            statement_timeout: Duration::from_secs(30),
+        },
+        schemafleet::pg::runner::LockRetry {
+            max_attempts: 1,
+            base_delay: Duration::from_millis(10),
+        },
+    )
+    .await
+    .unwrap_or_else(|failure| panic!("migrating failed: {}", failure.failure));
+}
+
+/// The binary's stdout as JSON, or a panic showing stdout and stderr.
+pub fn stdout_json(output: &std::process::Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "stdout is not JSON ({error}):\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}

@@ -1,0 +1,245 @@
+//! `schemafleet baseline PLAN`: adopt tenants migrated without our history table.
+//!
+//! Per tenant: read the history; when it has rows, nothing to do (refinery_cli-migrated
+//! tenants are already ours). Otherwise fingerprint the schema and match it with the
+//! references ([`crate::fingerprint::baseline`]); with `--yes`, record V1..Vn
+//! ([`crate::pg::baseline::record_baseline`]). Other tools' history tables are named in the
+//! report, but the fingerprint, not their bookkeeping, decides the version.
+//!
+//! **Invariant:** a tenant whose schema matches no version is never written to.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::cli::{BaselineArgs, OutputFormat};
+use crate::exit::ExitStatus;
+use crate::fingerprint::baseline::{VersionMatch, match_version};
+use crate::fingerprint::{Difference, SchemaFilter};
+use crate::migrations::MigrationSet;
+use crate::neon::NeonClient;
+use crate::pg::baseline::{ToolHistory, detect_tools, record_baseline};
+use crate::pg::reference::ReferenceFingerprints;
+use crate::secret::redact_uri;
+
+use super::reference::ReferenceConfig;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What happened to one tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BaselineState {
+    /// Our history table has rows already: nothing to adopt.
+    HasHistory,
+    /// Matches a version; `--yes` would record it.
+    Matched,
+    /// Matched and recorded.
+    Recorded,
+    /// Matches no version: listed with the closest, untouched.
+    Unmatched,
+    /// Could not be probed or recorded.
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantBaseline {
+    pub tenant: String,
+    pub state: BaselineState,
+    /// The matched version (or the closest, when unmatched).
+    pub version: Option<i32>,
+    pub tools: Vec<ToolHistory>,
+    pub differences: Vec<Difference>,
+    pub reason: Option<String>,
+}
+
+pub async fn run(args: BaselineArgs) -> anyhow::Result<ExitStatus> {
+    let plan = crate::plan::load_plan(&args.plan)?;
+    let plan_dir = args.plan.parent().unwrap_or(Path::new("")).to_path_buf();
+    let migrations_dir = args
+        .migrations
+        .clone()
+        .unwrap_or_else(|| plan_dir.join(&plan.migrations.dir));
+    let set = crate::migrations::load(&migrations_dir)
+        .with_context(|| format!("loading migrations from {}", migrations_dir.display()))?;
+    let config = ReferenceConfig::from_args(&args.reference);
+    let filter = config.filter.clone();
+    let (references, _cached) = super::reference::references(&set, &config).await?;
+    let client = super::api::client(&args.api)?;
+    super::api::preflight(&client, &args.api.api_url).await?;
+    let tenants: Vec<String> = plan
+        .waves
+        .iter()
+        .flat_map(|wave| wave.tenant_ids().map(str::to_string))
+        .collect();
+    let applied_on = crate::clock::now_rfc3339();
+    let mut results: Vec<TenantBaseline> = futures::stream::iter(tenants.iter())
+        .map(|tenant| {
+            let client = client.clone();
+            let context = TenantContext {
+                database: &plan.policy.database,
+                role: &plan.policy.role,
+                set: &set,
+                references: &references,
+                filter: &filter,
+                write: args.yes,
+                applied_on: &applied_on,
+            };
+            async move { baseline_tenant(&client, tenant, context).await }
+        })
+        .buffer_unordered(args.concurrency.max(1))
+        .collect()
+        .await;
+    results.sort_by(|left, right| left.tenant.cmp(&right.tenant));
+    match args.output {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "written": args.yes,
+                "tenants": results,
+            }))?
+        ),
+        OutputFormat::Text => print!("{}", render_text(&results, args.yes)),
+    }
+    let failed = results.iter().any(|result| {
+        matches!(
+            result.state,
+            BaselineState::Unmatched | BaselineState::Failed
+        )
+    });
+    Ok(if failed {
+        ExitStatus::Failure
+    } else {
+        ExitStatus::Success
+    })
+}
+
+#[derive(Clone, Copy)]
+struct TenantContext<'a> {
+    database: &'a str,
+    role: &'a str,
+    set: &'a MigrationSet,
+    references: &'a ReferenceFingerprints,
+    filter: &'a SchemaFilter,
+    write: bool,
+    applied_on: &'a str,
+}
+
+async fn baseline_tenant(
+    client: &NeonClient,
+    tenant: &str,
+    context: TenantContext<'_>,
+) -> TenantBaseline {
+    let mut result = TenantBaseline {
+        tenant: tenant.to_string(),
+        state: BaselineState::Failed,
+        version: None,
+        tools: Vec::new(),
+        differences: Vec::new(),
+        reason: None,
+    };
+    if let Err(reason) = probe_and_record(client, tenant, context, &mut result).await {
+        result.state = BaselineState::Failed;
+        result.reason = Some(redact_uri(&reason));
+    }
+    result
+}
+
+async fn probe_and_record(
+    client: &NeonClient,
+    tenant: &str,
+    context: TenantContext<'_>,
+    result: &mut TenantBaseline,
+) -> Result<(), String> {
+    let uri = client
+        .connection_uri(tenant, None, context.database, context.role)
+        .await
+        .map_err(|error| format!("connection URI: {error}"))?;
+    let mut connection = crate::pg::connect(&uri, CONNECT_TIMEOUT)
+        .await
+        .map_err(|failure| failure.to_string())?;
+    result.tools = detect_tools(&connection)
+        .await
+        .map_err(|failure| failure.to_string())?;
+    let history = crate::pg::read_history(&connection)
+        .await
+        .map_err(|failure| failure.to_string())?;
+    if !history.is_empty() {
+        result.state = BaselineState::HasHistory;
+        result.version = history.iter().map(|row| row.version).max();
+        return Ok(());
+    }
+    let fingerprint = crate::pg::read_fingerprint(&connection, context.filter)
+        .await
+        .map_err(|failure| failure.to_string())?;
+    match match_version(&fingerprint, &context.references.by_version) {
+        VersionMatch::Closest {
+            version,
+            differences,
+        } => {
+            result.state = BaselineState::Unmatched;
+            result.version = Some(version);
+            result.differences = differences;
+        }
+        VersionMatch::Exact { version } => {
+            result.version = Some(version);
+            result.state = BaselineState::Matched;
+            let to_record: Vec<crate::migrations::Migration> = context
+                .set
+                .migrations
+                .iter()
+                .filter(|migration| migration.version <= version)
+                .cloned()
+                .collect();
+            if context.write && !to_record.is_empty() {
+                record_baseline(&mut connection, &to_record, context.applied_on)
+                    .await
+                    .map_err(|failure| failure.to_string())?;
+                result.state = BaselineState::Recorded;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn render_text(results: &[TenantBaseline], written: bool) -> String {
+    let mut out = String::new();
+    for result in results {
+        let tools = if result.tools.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " [migrated by {}]",
+                result
+                    .tools
+                    .iter()
+                    .map(|tool| format!("{} ({} migrations)", tool.tool, tool.migrations))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let version = result
+            .version
+            .map_or_else(|| "-".to_string(), |version| format!("V{version}"));
+        let line = match result.state {
+            BaselineState::HasHistory => format!("has history at {version}, nothing to do"),
+            BaselineState::Matched if written => format!("at {version}, nothing to record"),
+            BaselineState::Matched => format!("matches {version}: --yes records V1..{version}"),
+            BaselineState::Recorded => format!("recorded V1..{version}"),
+            BaselineState::Unmatched => {
+                format!("matches no version (closest {version}), untouched")
+            }
+            BaselineState::Failed => {
+                format!("failed: {}", result.reason.as_deref().unwrap_or("unknown"))
+            }
+        };
+        out.push_str(&format!("{}: {line}{tools}\n", result.tenant));
+        for difference in &result.differences {
+            out.push_str(&format!("  - {}\n", difference.describe()));
+        }
+    }
+    crate::terminal::escape_controls(&out)
+}

@@ -1,0 +1,207 @@
+//! `schemafleet baseline`, end to end: tenants migrated to V2 with plain SQL (no history
+//! table) get refinery-identical rows for V1..V2, after which `apply` runs only V3; a tenant
+//! whose schema matches no version is listed with the difference and untouched; a tenant
+//! refinery migrated needs no baseline; another tool's history table is named.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use common::{migrate_with_runner, start_fleet, stdout_json};
+use schemafleet::emulator::{LocalFleet, SeededTenant};
+use serde_json::Value;
+
+const MIGRATIONS: [(&str, &str); 3] = [
+    (
+        "V1__accounts.sql",
+        "CREATE TABLE accounts (id int PRIMARY KEY, name text NOT NULL DEFAULT '');\n",
+    ),
+    (
+        "V2__orders.sql",
+        "CREATE TABLE orders (id int PRIMARY KEY, account_id int REFERENCES accounts);\n",
+    ),
+    (
+        "V3__index_orders.sql",
+        "CREATE INDEX orders_account ON orders (account_id);\n",
+    ),
+];
+
+async fn sql(tenant: &SeededTenant, sql: &str) -> tokio_postgres::Client {
+    let client = schemafleet::pg::connect(&tenant.connection_uri, Duration::from_secs(10))
+        .await
+        .expect("the tenant accepts connections");
+    client.batch_execute(sql).await.expect("the SQL runs");
+    client
+}
+
+async fn history(tenant: &SeededTenant) -> Vec<(i32, String, String)> {
+    let client = sql(tenant, "SELECT 1").await;
+    match client
+        .query(
+            "SELECT version, name, checksum FROM refinery_schema_history ORDER BY version",
+            &[],
+        )
+        .await
+    {
+        Ok(rows) => rows
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+async fn run(fleet: &LocalFleet, root: &Path, args: &[&str]) -> Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_schemafleet"));
+    command
+        .current_dir(root)
+        .args(args)
+        .env("NEON_API_URL", fleet.api_url())
+        .env("NEON_API_KEY", fleet.api_key().expose())
+        .env("SCHEMAFLEET_API_RATE_LIMIT", "100000")
+        .env("SCHEMAFLEET_OPERATION_POLL_MS", "20")
+        .env("SCHEMAFLEET_REFERENCE_CACHE", root.join("cache"))
+        .env("SCHEMAFLEET_REFERENCE_URL", fleet.database_url().expose())
+        .env_remove("SCHEMAFLEET_LOG");
+    tokio::task::spawn_blocking(move || command.output().expect("the binary runs"))
+        .await
+        .expect("the blocking task joins")
+}
+
+fn write_plan(root: &Path, name: &str, tenants: &[&SeededTenant]) -> String {
+    let mut csv = String::from("id,name\n");
+    for tenant in tenants {
+        csv.push_str(&format!("{},{}\n", tenant.project_id, tenant.name));
+    }
+    std::fs::write(root.join(format!("{name}.csv")), csv).expect("tenants file");
+    std::fs::write(
+        root.join(format!("{name}.yaml")),
+        format!(
+            "fleet:\n  source: file\n  file: {name}.csv\n\
+             database: neondb\nrole: neondb_owner\nsalt: baseline-test\nvalidation: none\n\
+             restore_point: backup_branch\n\
+             waves:\n  - name: all\n    percent: 100\n    concurrency: 4\n    max_failures: 0\n"
+        ),
+    )
+    .expect("write policy");
+    let plan = root.join(format!("{name}.plan.yaml"));
+    schemafleet::plan::plan_from_tenants_file(
+        &root.join(format!("{name}.yaml")),
+        &root.join("migrations"),
+        None,
+        Some(&plan),
+    )
+    .expect("a plan is written");
+    plan.to_str().expect("utf-8").to_string()
+}
+
+fn entry<'a>(document: &'a Value, tenant: &SeededTenant) -> &'a Value {
+    document["tenants"]
+        .as_array()
+        .expect("tenants")
+        .iter()
+        .find(|entry| entry["tenant"] == tenant.project_id.as_str())
+        .unwrap_or_else(|| panic!("{} missing: {document:#}", tenant.name))
+}
+
+#[tokio::test]
+async fn baseline_adopts_matching_tenants_and_leaves_the_rest() {
+    let fleet = start_fleet().await;
+    let tenants = fleet.seed(4, "SELECT 1;", "adopt").await.expect("seeding");
+    let temp = tempfile::tempdir().expect("a temporary directory");
+    let root = temp.path();
+    std::fs::create_dir(root.join("migrations")).expect("migrations dir");
+    for (file_name, body) in MIGRATIONS {
+        std::fs::write(root.join("migrations").join(file_name), body).expect("write migration");
+    }
+    let v1_v2 = format!("{}{}", MIGRATIONS[0].1, MIGRATIONS[1].1);
+    // tenants[0]: V2 by hand; [1]: V2 by hand and an extra column; [2]: V2 by "sqlx" (its
+    // history table with two rows); [3]: V3 by refinery.
+    sql(&tenants[0], &v1_v2).await;
+    sql(
+        &tenants[1],
+        &format!("{v1_v2}ALTER TABLE accounts ADD COLUMN nickname text;"),
+    )
+    .await;
+    sql(
+        &tenants[2],
+        &format!(
+            "{v1_v2}CREATE TABLE _sqlx_migrations (version bigint PRIMARY KEY, description text);\
+             INSERT INTO _sqlx_migrations VALUES (1, 'accounts'), (2, 'orders');"
+        ),
+    )
+    .await;
+    let set = schemafleet::migrations::load(&root.join("migrations")).expect("migrations load");
+    migrate_with_runner(&tenants[3].connection_uri, &set.to_refinery()).await;
+    let all: Vec<&SeededTenant> = tenants.iter().collect();
+    let plan = write_plan(root, "all", &all);
+
+    let dry = run(&fleet, root, &["baseline", &plan, "--output", "json"]).await;
+    assert_eq!(
+        dry.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let document = stdout_json(&dry);
+    assert_eq!(entry(&document, &tenants[0])["state"], "matched");
+    assert_eq!(entry(&document, &tenants[0])["version"], 2);
+    assert!(history(&tenants[0]).await.is_empty(), "a dry run wrote");
+
+    let written = run(
+        &fleet,
+        root,
+        &["baseline", &plan, "--yes", "--output", "json"],
+    )
+    .await;
+    assert_eq!(
+        written.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&written.stderr)
+    );
+    let document = stdout_json(&written);
+    assert_eq!(entry(&document, &tenants[0])["state"], "recorded");
+    let unmatched = entry(&document, &tenants[1]);
+    assert_eq!(unmatched["state"], "unmatched", "{document:#}");
+    assert_eq!(unmatched["version"], 2);
+    assert_eq!(
+        unmatched["differences"],
+        serde_json::json!([{"kind": "column", "name": "public.accounts.nickname", "expected": null, "found": "text"}])
+    );
+    let sqlx = entry(&document, &tenants[2]);
+    assert_eq!(sqlx["state"], "recorded");
+    assert_eq!(sqlx["tools"][0]["tool"], "sqlx");
+    assert_eq!(sqlx["tools"][0]["migrations"], 2);
+    let refinery = entry(&document, &tenants[3]);
+    assert_eq!(refinery["state"], "has_history");
+    assert_eq!(refinery["tools"][0]["tool"], "refinery");
+
+    // Refinery-identical rows: the same names and checksums refinery wrote itself.
+    let by_refinery = history(&tenants[3]).await;
+    assert_eq!(history(&tenants[0]).await, by_refinery[..2].to_vec());
+    assert!(
+        history(&tenants[1]).await.is_empty(),
+        "an unmatched tenant was touched"
+    );
+
+    let adopted = write_plan(root, "adopted", &[&tenants[0], &tenants[2]]);
+    let applied = run(
+        &fleet,
+        root,
+        &["apply", &adopted, "--no-progress", "--output", "json"],
+    )
+    .await;
+    assert_eq!(
+        applied.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&applied.stdout),
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    assert_eq!(history(&tenants[0]).await, by_refinery);
+    assert_eq!(history(&tenants[2]).await, by_refinery);
+    fleet.stop().await.expect("the fleet stops");
+}
