@@ -362,6 +362,7 @@ pub struct ReferenceArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(override_usage = "schemafleet baseline [OPTIONS] <PLAN>")]
 pub struct BaselineArgs {
     /// The plan whose tenants are adopted.
     pub plan: PathBuf,
@@ -385,6 +386,7 @@ pub struct BaselineArgs {
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
 
+    /// Text for people, or one JSON document on stdout.
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
 

@@ -742,7 +742,8 @@ async fn status_and_rollback_see_a_running_apply_through_the_journal_lock() {
 fn every_option_and_argument_has_help() {
     let workspace = Workspace::new(1);
     for command in [
-        "plan", "apply", "rollback", "status", "drift", "gc", "emulator", "demo", "bench",
+        "plan", "apply", "rollback", "status", "drift", "gc", "emulator", "demo", "bench", "lint",
+        "baseline",
     ] {
         let run = workspace.run(&[command, "--help"]);
         assert_eq!(run.code, 0, "{}", run.stderr);
