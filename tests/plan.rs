@@ -995,3 +995,47 @@ fn verify_sql_is_recorded_relative_to_the_plan() {
     workspace
         .expect_rejected("plans/rollout.yaml:13:1: verify: cannot read plans/../checks/verify.sql");
 }
+
+/// A long error is wrapped at the CLI's 100 columns on a terminal, and stays as written into a
+/// pipe, where pipelines match its text. See issue 18, point 8.
+#[test]
+fn long_errors_wrap_at_100_columns_on_a_terminal() {
+    let workspace = Workspace::new(30);
+    assert_eq!(workspace.plan().code, 0);
+    workspace.write(
+        "migrations/V1__add_account_plan.sql",
+        "ALTER TABLE accounts ADD COLUMN plan text;\n",
+    );
+    let piped = workspace.run(&["apply", "plans/rollout.plan.yaml"]);
+    assert_eq!(piped.code, 2, "{}", piped.stderr);
+    let error = piped
+        .stderr
+        .lines()
+        .find(|line| line.starts_with("error: "))
+        .expect("an error line");
+    assert!(error.chars().count() > 100, "a long error: {}", piped.stderr);
+
+    // `script` runs the binary on a pseudo-terminal (exit code passed on with -e).
+    let command = format!(
+        "{} apply plans/rollout.plan.yaml",
+        env!("CARGO_BIN_EXE_schemafleet")
+    );
+    let output = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(workspace.dir.path())
+        .env_remove("NEON_API_KEY")
+        .env_remove("NEON_API_URL")
+        .output()
+        .expect("script runs");
+    assert_eq!(output.status.code(), Some(2));
+    let terminal = String::from_utf8_lossy(&output.stdout).replace('\r', "");
+    for line in terminal.lines() {
+        assert!(line.chars().count() <= 100, "too wide: {line}");
+    }
+    let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        words(&terminal).contains(&words(error)),
+        "the same words, wrapped:\n{terminal}"
+    );
+    assert!(terminal.lines().count() > 1, "{terminal}");
+}

@@ -168,6 +168,8 @@ async fn demo_on_fleet(
         max_connections: 64,
         output: OutputFormat::Text,
         no_progress: false,
+        reference_url: None,
+        reference_cache: None,
         api: api.clone(),
     })
     .await?;

@@ -132,7 +132,7 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
                     // missing, which `gc --preserved` can make up for.
                     eprintln!(
                         "warning: {}: rolled back, but the preserved branch has no expiry: {}",
-                        candidate.tenant,
+                        plan.tenant_label(&candidate.tenant),
                         crate::terminal::escape_controls(&error)
                     );
                 }

@@ -41,6 +41,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
     let plan_display = args.plan.display().to_string();
     let groups = report::group_failures(&summary, &plan_display);
     let restore_points = restore_points(&plan, &read.state);
+    let baselined = baselined(&plan, &read.state);
     let live = if args.live {
         Some(live_probe(&args, &plan, &read.state).await?)
     } else {
@@ -82,6 +83,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 "failure_groups": groups,
                 "restore_points": restore_points,
                 "held_back": summary.held_back,
+                "held_back_tenants": summary.held_back_tenants,
+                "baseline": baselined,
                 "source": if live.is_some() { "journal+live" } else { "journal" },
                 "as_of": as_of,
                 "torn_tail": read.torn_tail,
@@ -104,6 +107,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 as_of.as_deref(),
                 lock_holder,
             );
+            print!("{}", baseline_text(&baselined));
         }
     }
     let live_problems = live
@@ -217,6 +221,71 @@ fn print_text(
     }
 }
 
+/// Tenants `baseline --yes` recorded a history for, in plan order.
+fn baselined(plan: &Plan, state: &JournalState) -> Vec<serde_json::Value> {
+    plan.tenants()
+        .filter_map(|(planned, _)| {
+            let (versions, at) = state.baselined.get(&planned.id)?;
+            Some(serde_json::json!({
+                "tenant": planned.id,
+                "tenant_name": planned.name,
+                "region": planned.region,
+                "versions": versions,
+                "recorded_at": at,
+            }))
+        })
+        .collect()
+}
+
+/// One line per set of recorded versions: `baseline recorded V1..V2 on 3 tenants: …`.
+fn baseline_text(baselined: &[serde_json::Value]) -> String {
+    let mut by_versions: std::collections::BTreeMap<Vec<i64>, Vec<String>> = Default::default();
+    for entry in baselined {
+        let versions: Vec<i64> = entry["versions"]
+            .as_array()
+            .map(|versions| versions.iter().filter_map(serde_json::Value::as_i64).collect())
+            .unwrap_or_default();
+        let label = crate::plan::model::PlannedTenant {
+            id: entry["tenant"].as_str().unwrap_or("?").to_string(),
+            name: entry["tenant_name"].as_str().unwrap_or("").to_string(),
+            region: String::new(),
+        }
+        .label();
+        by_versions.entry(versions).or_default().push(label);
+    }
+    let mut out = String::new();
+    if !by_versions.is_empty() {
+        out.push('\n');
+    }
+    for (versions, labels) in by_versions {
+        const SHOWN: usize = 10;
+        let versions: Vec<i32> = versions.iter().map(|version| *version as i32).collect();
+        let mut names = labels
+            .iter()
+            .take(SHOWN)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if labels.len() > SHOWN {
+            names.push_str(&format!(
+                " (+{} more; --output json lists them all)",
+                labels.len() - SHOWN
+            ));
+        }
+        report::render::wrap_into(
+            &mut out,
+            &format!(
+                "baseline recorded {} on {}: {names}",
+                crate::drift::format_versions(&versions),
+                report::render::plural(labels.len(), "tenant")
+            ),
+            "",
+            "  ",
+        );
+    }
+    out
+}
+
 /// Restore points as the operator needs them: tenant, wave, kind, when.
 fn restore_points(plan: &Plan, state: &JournalState) -> Vec<serde_json::Value> {
     let mut points = Vec::new();
@@ -302,7 +371,12 @@ fn print_live(live: &serde_json::Value) {
             &mut out,
             &format!(
                 "{}: {}",
-                entry["tenant"].as_str().unwrap_or("?"),
+                crate::plan::model::PlannedTenant {
+                    id: entry["tenant"].as_str().unwrap_or("?").to_string(),
+                    name: entry["tenant_name"].as_str().unwrap_or("").to_string(),
+                    region: String::new(),
+                }
+                .label(),
                 entry["reason"].as_str().unwrap_or("?")
             ),
             "  ",
@@ -399,8 +473,12 @@ async fn live_probe(
         .filter_map(|(tenant, verdict)| {
             let journal = state.tenant_status(tenant);
             let reason = stale_reason(journal, &verdict.state, verdict.current_version)?;
+            let name = plan
+                .tenant(tenant)
+                .map_or("", |(planned, _)| planned.name.as_str());
             Some(serde_json::json!({
                 "tenant": tenant,
+                "tenant_name": name,
                 "journal": journal.as_str(),
                 "live": verdict.state,
                 "current_version": verdict.current_version,
