@@ -76,10 +76,18 @@ mod tests {
             "and more words ".repeat(9)
         );
         let wrapped = wrap_lines(&long, ERROR_WIDTH);
-        assert!(wrapped.lines().all(|line| line.chars().count() <= ERROR_WIDTH), "{wrapped}");
+        assert!(
+            wrapped
+                .lines()
+                .all(|line| line.chars().count() <= ERROR_WIDTH),
+            "{wrapped}"
+        );
         let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
         assert_eq!(words(&wrapped), words(&long), "no word lost or cut");
-        assert!(wrapped.contains("\n    "), "a listed item continues past its dash: {wrapped}");
+        assert!(
+            wrapped.contains("\n    "),
+            "a listed item continues past its dash: {wrapped}"
+        );
         assert!(wrapped.ends_with("\nshort\n"));
         let path = format!("error: cannot read {}", "/very/long".repeat(12));
         let kept = wrap_lines(&path, ERROR_WIDTH);

@@ -202,7 +202,10 @@ async fn baseline_adopts_matching_tenants_and_leaves_the_rest() {
         .iter()
         .find(|record| record["tenant"] == tenants[2].project_id.as_str())
         .expect("the sqlx tenant's record");
-    assert_eq!(sqlx_record["tools"], serde_json::json!(["sqlx: 2 migrations"]));
+    assert_eq!(
+        sqlx_record["tools"],
+        serde_json::json!(["sqlx: 2 migrations"])
+    );
     let status = run(&fleet, root, &["status", &plan]).await;
     let status_text = String::from_utf8_lossy(&status.stdout);
     assert_eq!(status.status.code(), Some(0), "{status_text}");

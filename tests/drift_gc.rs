@@ -579,8 +579,16 @@ async fn gc_deletes_only_finished_schemafleet_branches() {
             .iter()
             .find(|tenant| branch["project_id"] == tenant.project_id.as_str())
             .expect("a seeded tenant");
-        assert_eq!(branch["tenant_name"], tenant.name.as_str(), "{all_document:#}");
-        assert!(branch["region"].as_str().is_some_and(|region| !region.is_empty()));
+        assert_eq!(
+            branch["tenant_name"],
+            tenant.name.as_str(),
+            "{all_document:#}"
+        );
+        assert!(
+            branch["region"]
+                .as_str()
+                .is_some_and(|region| !region.is_empty())
+        );
     }
     let mut expected_done = vec!["dev-feature".to_string(), "main".into()];
     expected_done.sort();

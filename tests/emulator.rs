@@ -968,7 +968,14 @@ fn emulator_json_says_where_everything_is() {
     let data_dir = parent.path().join("emu");
     let start = || {
         let mut child = Command::new(env!("CARGO_BIN_EXE_schemafleet"))
-            .args(["emulator", "--tenants", "1", "--output", "json", "--data-dir"])
+            .args([
+                "emulator",
+                "--tenants",
+                "1",
+                "--output",
+                "json",
+                "--data-dir",
+            ])
             .arg(&data_dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -1004,10 +1011,18 @@ fn emulator_json_says_where_everything_is() {
     );
     let key = env["NEON_API_KEY"].as_str().expect("the key").to_string();
     assert!(!key.is_empty());
-    assert!(env["DATABASE_URL"].as_str().is_some_and(|url| url.starts_with("postgresql://")));
+    assert!(
+        env["DATABASE_URL"]
+            .as_str()
+            .is_some_and(|url| url.starts_with("postgresql://"))
+    );
     assert_eq!(first["api_key_source"], "new", "{first:#}");
     assert_eq!(first["tenants"], 1, "{first:#}");
-    assert_eq!(first["data_dir"], data_dir.display().to_string(), "{first:#}");
+    assert_eq!(
+        first["data_dir"],
+        data_dir.display().to_string(),
+        "{first:#}"
+    );
     assert_eq!(first["data_dir_kept"], true, "{first:#}");
     let proxy: std::net::SocketAddr = first["proxy_address"]
         .as_str()

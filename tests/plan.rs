@@ -1013,7 +1013,11 @@ fn long_errors_wrap_at_100_columns_on_a_terminal() {
         .lines()
         .find(|line| line.starts_with("error: "))
         .expect("an error line");
-    assert!(error.chars().count() > 100, "a long error: {}", piped.stderr);
+    assert!(
+        error.chars().count() > 100,
+        "a long error: {}",
+        piped.stderr
+    );
 
     // `script` runs the binary on a pseudo-terminal (exit code passed on with -e).
     let command = format!(

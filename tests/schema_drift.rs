@@ -208,7 +208,10 @@ async fn drift_schema_groups_identical_hand_edits() {
         )),
         "{stdout}"
     );
-    assert!(stdout.lines().all(|line| line.chars().count() <= 80), "{stdout}");
+    assert!(
+        stdout.lines().all(|line| line.chars().count() <= 80),
+        "{stdout}"
+    );
     fleet.stop().await.expect("the fleet stops");
 }
 
@@ -217,12 +220,19 @@ async fn drift_schema_groups_identical_hand_edits() {
 #[tokio::test]
 async fn the_policy_chooses_the_schemas_compared() {
     let fleet = start_fleet().await;
-    let tenants = fleet.seed(1, "SELECT 1;", "schemas").await.expect("seeding");
+    let tenants = fleet
+        .seed(1, "SELECT 1;", "schemas")
+        .await
+        .expect("seeding");
     let temp = tempfile::tempdir().expect("a temporary directory");
     let root = temp.path();
     write_fleet(root, &tenants, "schemas: [public]\n");
     migrate(&tenants[0], &root.join("migrations"), 3).await;
-    edit(&tenants[0], "CREATE SCHEMA scratch; CREATE TABLE scratch.notes (id int)").await;
+    edit(
+        &tenants[0],
+        "CREATE SCHEMA scratch; CREATE TABLE scratch.notes (id int)",
+    )
+    .await;
     let reference_url = fleet.database_url().expose().to_string();
     let only_public = drift_schema(&fleet, root, Some(&reference_url)).await;
     assert_eq!(
@@ -284,7 +294,10 @@ async fn versions(tenant: &SeededTenant) -> Vec<i32> {
         .await
         .expect("the tenant accepts connections");
     client
-        .query("SELECT version FROM refinery_schema_history ORDER BY version", &[])
+        .query(
+            "SELECT version FROM refinery_schema_history ORDER BY version",
+            &[],
+        )
         .await
         .expect("the history reads")
         .iter()
@@ -379,7 +392,11 @@ async fn verify_schema_refuses_a_drifted_tenant_before_applying() {
             && error.contains("extra column public.accounts.nickname (text)"),
         "{error}"
     );
-    assert_eq!(versions(&tenants[1]).await, [1, 2], "the drifted tenant was migrated");
+    assert_eq!(
+        versions(&tenants[1]).await,
+        [1, 2],
+        "the drifted tenant was migrated"
+    );
     assert_eq!(versions(&tenants[0]).await, [1, 2, 3]);
     assert_eq!(versions(&tenants[2]).await, [1, 2, 3]);
     fleet.stop().await.expect("the fleet stops");

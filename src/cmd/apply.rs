@@ -27,7 +27,8 @@ async fn schema_check(
         reference_cache: args.reference_cache.clone(),
         schemas: Vec::new(),
     };
-    let config = super::reference::ReferenceConfig::from_args(&reference_args, &plan.policy.schemas)?;
+    let config =
+        super::reference::ReferenceConfig::from_args(&reference_args, &plan.policy.schemas)?;
     let (references, _cached) = super::reference::references(set, &config)
         .await
         .context("the plan says verify_schema: true, so apply needs the reference schemas")?;

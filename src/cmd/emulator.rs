@@ -104,7 +104,11 @@ pub async fn run(args: EmulatorArgs) -> anyhow::Result<ExitStatus> {
         }
         OutputFormat::Json => println!(
             "{}",
-            startup_json(&fleet, args.data_dir.is_some(), fleet.count_tenants("tenant"))
+            startup_json(
+                &fleet,
+                args.data_dir.is_some(),
+                fleet.count_tenants("tenant")
+            )
         ),
     }
     eprintln!(

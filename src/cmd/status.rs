@@ -243,7 +243,12 @@ fn baseline_text(baselined: &[serde_json::Value]) -> String {
     for entry in baselined {
         let versions: Vec<i64> = entry["versions"]
             .as_array()
-            .map(|versions| versions.iter().filter_map(serde_json::Value::as_i64).collect())
+            .map(|versions| {
+                versions
+                    .iter()
+                    .filter_map(serde_json::Value::as_i64)
+                    .collect()
+            })
             .unwrap_or_default();
         let label = crate::plan::model::PlannedTenant {
             id: entry["tenant"].as_str().unwrap_or("?").to_string(),

@@ -392,7 +392,11 @@ async fn check_schema(
     let session = session?;
     let version = context
         .recorder
-        .read(|state| state.tenant(tenant_id).and_then(|tenant| tenant.current_version))
+        .read(|state| {
+            state
+                .tenant(tenant_id)
+                .and_then(|tenant| tenant.current_version)
+        })
         .unwrap_or(0);
     super::schema_check::verify_schema(check, &session.client, version)
         .await

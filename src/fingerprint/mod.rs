@@ -258,7 +258,10 @@ mod tests {
 
     #[test]
     fn schema_names_are_checked() {
-        assert_eq!(check_schema_names(&["public".into(), "billing".into()]), Ok(()));
+        assert_eq!(
+            check_schema_names(&["public".into(), "billing".into()]),
+            Ok(())
+        );
         for (bad, says) in [
             (vec!["".to_string()], "must not be empty"),
             (vec!["neon_auth".to_string()], "never fingerprinted"),
@@ -274,7 +277,10 @@ mod tests {
         assert_eq!(chosen.include, ["app"]);
         let chosen = SchemaFilter::chosen(&["cli".into()], &["app".into()]);
         assert_eq!(chosen.include, ["cli"]);
-        assert_eq!(SchemaFilter::chosen(&[], &[]), SchemaFilter::default_filter());
+        assert_eq!(
+            SchemaFilter::chosen(&[], &[]),
+            SchemaFilter::default_filter()
+        );
     }
 
     #[test]

@@ -236,7 +236,10 @@ mod tests {
         let text = render_text(&report);
         assert!(text.contains("5 tenants with 1 difference:"), "{text}");
         assert!(text.contains("- extra index public.x"), "{text}");
-        assert!(text.contains("acme (t-9)"), "groups name their tenants: {text}");
+        assert!(
+            text.contains("acme (t-9)"),
+            "groups name their tenants: {text}"
+        );
         for line in text.lines() {
             assert!(line.chars().count() <= 80, "too wide: {line:?}");
         }

@@ -556,7 +556,8 @@ waves:
     fn schema_keys_are_checked_with_their_line() {
         let policy = check(GOOD).unwrap();
         assert!(policy.schemas.is_empty() && !policy.verify_schema);
-        let with = |keys: &str| GOOD.replacen("salt: release-1\n", &format!("salt: release-1\n{keys}"), 1);
+        let with =
+            |keys: &str| GOOD.replacen("salt: release-1\n", &format!("salt: release-1\n{keys}"), 1);
         let policy = check(&with("schemas: [public, billing]\nverify_schema: true\n")).unwrap();
         assert_eq!(policy.schemas, ["public", "billing"]);
         assert!(policy.verify_schema);
