@@ -1043,3 +1043,59 @@ fn long_errors_wrap_at_100_columns_on_a_terminal() {
     );
     assert!(terminal.lines().count() > 1, "{terminal}");
 }
+
+/// A wave whose bake has not run out is named in `status` with its end, whether the running
+/// apply is waiting on it or the next one will, so a quiet rollout is not mistaken for a stuck
+/// one. (No fleet needed: the journal is written here, as `apply` writes it.)
+#[tokio::test]
+async fn status_says_which_wave_bakes_until_when() {
+    use schemafleet::journal::{Event, Journal};
+
+    let workspace = Workspace::new(5);
+    assert_eq!(workspace.plan().code, 0);
+    let plan = load_plan(&workspace.plan_file()).unwrap();
+    let journal_path = workspace.path("plans/rollout.journal.jsonl");
+    let (journal, _) = Journal::open(&journal_path, &plan.plan_id).unwrap();
+    let until = schemafleet::clock::rfc3339_seconds_from_now(std::time::Duration::from_secs(600));
+    for event in [
+        Event::RunStarted {
+            plan_id: plan.plan_id.clone(),
+            run_id: "run-1".into(),
+            pid: 4343,
+            tool_version: "test".into(),
+        },
+        Event::WaveStarted {
+            wave: "canary".into(),
+        },
+        Event::WaveFinished {
+            wave: "canary".into(),
+            halted: false,
+            bake_until: Some(until.clone()),
+        },
+    ] {
+        journal.append(event).await.unwrap();
+    }
+    let run = workspace.run(&["status", "plans/rollout.plan.yaml"]);
+    let flowing = run.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flowing.contains(&format!(
+            "apply (pid 4343) is baking wave canary until {until}; wave early starts then"
+        )),
+        "{}",
+        run.stdout
+    );
+    journal.close().await;
+    let run = workspace.run(&["status", "plans/rollout.plan.yaml"]);
+    let flowing = run.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flowing.contains(&format!(
+            "wave canary bakes until {until}: `apply` waits for it before wave early starts"
+        )),
+        "{}",
+        run.stdout
+    );
+    let run = workspace.run(&["status", "plans/rollout.plan.yaml", "--output", "json"]);
+    let document: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(document["baking"]["wave"], "canary", "{document:#}");
+    assert_eq!(document["baking"]["next_wave"], "early", "{document:#}");
+}

@@ -238,9 +238,18 @@ fn outcome_line(
             n_unfinished,
             journal.display()
         ),
-        RunOutcome::Halted { wave } => format!(
-            "wave {wave} HALTED: its failure budget is spent and later waves did not start; fix the cause, then `schemafleet apply {plan} --retry-failed`"
-        ),
+        RunOutcome::Halted { wave } => {
+            // The last wave has no later waves to hold back.
+            let last = summary.waves.last().is_some_and(|last| &last.name == wave);
+            let held = if last {
+                ""
+            } else {
+                " and later waves did not start"
+            };
+            format!(
+                "wave {wave} HALTED: its failure budget is spent{held}; fix the cause, then `schemafleet apply {plan} --retry-failed`"
+            )
+        }
         RunOutcome::StoppedAfter { wave } => {
             format!(
                 "stopped after wave {wave} as asked; `schemafleet apply {plan}` continues with the next wave"

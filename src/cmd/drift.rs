@@ -119,7 +119,7 @@ pub async fn run(args: DriftArgs) -> anyhow::Result<ExitStatus> {
     }));
     let schema_report = schema_report.map(|report| report.with_names(targets.names.clone()));
     let report = drift::aggregate(&planned, classified).with_names(targets.names);
-    let dir_display = migrations_dir.display().to_string();
+    let dir_display = crate::plan::file::display_path(&migrations_dir);
     match args.output {
         OutputFormat::Json => {
             let mut document = report.to_json(&dir_display);

@@ -103,7 +103,10 @@ pub async fn references(
     };
     let references = build_references(server, &set.migrations, &config.filter)
         .await
-        .context("building the reference fingerprints")?;
+        .context(
+            "building the reference fingerprints on an empty database (the migrations must \
+             create every table they use; a schema made outside them has no reference)",
+        )?;
     write_cache(&path, &references)?;
     Ok((references, false))
 }

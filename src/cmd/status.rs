@@ -42,6 +42,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
     let groups = report::group_failures(&summary, &plan_display);
     let restore_points = restore_points(&plan, &read.state);
     let baselined = baselined(&plan, &read.state);
+    let baking = baking(&plan, &read.state, time::OffsetDateTime::now_utc());
     let live = if args.live {
         Some(live_probe(&args, &plan, &read.state).await?)
     } else {
@@ -85,6 +86,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 "held_back": summary.held_back,
                 "held_back_tenants": summary.held_back_tenants,
                 "baseline": baselined,
+                "baking": baking.as_ref().map(|bake| serde_json::json!({
+                    "wave": bake.wave, "until": bake.until, "next_wave": bake.next_wave,
+                })),
                 "source": if live.is_some() { "journal+live" } else { "journal" },
                 "as_of": as_of,
                 "torn_tail": read.torn_tail,
@@ -107,6 +111,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 as_of.as_deref(),
                 lock_holder,
             );
+            if let Some(bake) = &baking {
+                print!("{}", bake.text(apply_pid));
+            }
             print!("{}", baseline_text(&baselined));
         }
     }
@@ -199,7 +206,14 @@ fn print_text(
         }
     }
     if let Some(wave) = halted {
-        println!("wave {wave} is HALTED: later waves wait until its failures are resolved");
+        // The last wave has no later waves to hold back.
+        let last = summary.waves.last().is_some_and(|last| last.name == wave);
+        let held = if last {
+            "its failures are not resolved"
+        } else {
+            "later waves wait until its failures are resolved"
+        };
+        println!("wave {wave} is HALTED: {held}");
     }
     let apply_pid = match lock_holder {
         LockHolder::Apply { pid } => Some(pid),
@@ -219,6 +233,45 @@ fn print_text(
     if let Some(live) = live {
         print_live(live);
     }
+}
+
+/// A finished wave whose bake time has not run out, before a wave that has not started.
+struct Baking {
+    wave: String,
+    until: String,
+    next_wave: String,
+}
+
+impl Baking {
+    /// Why nothing moves: the running apply waits, or the next one will.
+    fn text(&self, apply_pid: Option<u32>) -> String {
+        let line = match apply_pid {
+            Some(pid) => format!(
+                "apply (pid {pid}) is baking wave {} until {}; wave {} starts then",
+                self.wave, self.until, self.next_wave
+            ),
+            None => format!(
+                "wave {} bakes until {}: `apply` waits for it before wave {} starts, unless given `--skip-bake`",
+                self.wave, self.until, self.next_wave
+            ),
+        };
+        let mut out = String::new();
+        report::render::wrap_into(&mut out, &line, "", "  ");
+        out
+    }
+}
+
+fn baking(plan: &Plan, state: &JournalState, now: time::OffsetDateTime) -> Option<Baking> {
+    plan.waves.windows(2).find_map(|pair| {
+        let until = state.waves.get(&pair[0].name)?.bake_until.clone()?;
+        let ends = crate::clock::parse_rfc3339(&until)?;
+        let next_waits = state.wave_status(&pair[1].name) == crate::journal::WaveStatus::NotStarted;
+        (ends > now && next_waits).then(|| Baking {
+            wave: pair[0].name.clone(),
+            until,
+            next_wave: pair[1].name.clone(),
+        })
+    })
 }
 
 /// Tenants `baseline --yes` recorded a history for, in plan order.

@@ -156,6 +156,7 @@ fn held_back_text(out: &mut String, summary: &Summary) {
             n_held - SHOWN
         ));
     }
+    let pronoun = if n_held == 1 { "it" } else { "them" };
     let failed = summary.totals.rollback_failed;
     let failed_note = if failed > 0 {
         format!(" ({failed} of them whose rollback failed)")
@@ -165,7 +166,7 @@ fn held_back_text(out: &mut String, summary: &Summary) {
     wrap_into(
         out,
         &format!(
-            "held back, rolled back by this plan{failed_note}: {names}; `apply` leaves them alone until `--include-rolled-back` (all, or =ID,ID)"
+            "held back, rolled back by this plan{failed_note}: {names}; `apply` leaves {pronoun} alone until `--include-rolled-back` (all, or =ID,ID)"
         ),
         "",
         "  ",
