@@ -241,6 +241,32 @@ async fn baseline_adopts_matching_tenants_and_leaves_the_rest() {
         "an unmatched tenant was touched"
     );
 
+    // A plan of tenants refinery migrated needs no reference: no server, an empty cache.
+    let migrated = write_plan(root, "migrated", &[&tenants[3]]);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_schemafleet"));
+    command
+        .current_dir(root)
+        .args(["baseline", &migrated, "--output", "json"])
+        .env("NEON_API_URL", fleet.api_url())
+        .env("NEON_API_KEY", fleet.api_key().expose())
+        .env("SCHEMAFLEET_API_RATE_LIMIT", "100000")
+        .env("SCHEMAFLEET_REFERENCE_CACHE", root.join("empty-cache"))
+        .env_remove("SCHEMAFLEET_REFERENCE_URL")
+        .env_remove("SCHEMAFLEET_LOG");
+    let no_reference = tokio::task::spawn_blocking(move || command.output().expect("runs"))
+        .await
+        .expect("the blocking task joins");
+    assert_eq!(
+        no_reference.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&no_reference.stderr)
+    );
+    assert_eq!(
+        entry(&stdout_json(&no_reference), &tenants[3])["state"],
+        "has_history"
+    );
+
     let adopted = write_plan(root, "adopted", &[&tenants[0], &tenants[2]]);
     let applied = run(
         &fleet,

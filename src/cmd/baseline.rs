@@ -1,8 +1,8 @@
 //! `schemafleet baseline PLAN`: adopt tenants migrated without our history table.
 //!
 //! Per tenant: read the history; when it has rows, nothing to do (refinery_cli-migrated
-//! tenants are already ours). Otherwise fingerprint the schema and match it with the
-//! references ([`crate::fingerprint::baseline`]); with `--yes`, record V1..Vn
+//! tenants are already ours, and a fleet of them needs no references built). Otherwise
+//! fingerprint the schema and match it with the references, made on first need, ([`crate::fingerprint::baseline`]); with `--yes`, record V1..Vn
 //! ([`crate::pg::baseline::record_baseline`]). Other tools' history tables are named in the
 //! report, but the fingerprint, not their bookkeeping, decides the version.
 //!
@@ -75,7 +75,13 @@ pub async fn run(args: BaselineArgs) -> anyhow::Result<ExitStatus> {
         .with_context(|| format!("loading migrations from {}", migrations_dir.display()))?;
     let config = ReferenceConfig::from_args(&args.reference, &plan.policy.schemas)?;
     let filter = config.filter.clone();
-    let (references, _cached) = super::reference::references(&set, &config).await?;
+    // Built (or read from the cache) when the first tenant without history needs them: a
+    // fleet refinery already migrated needs no reference server at all.
+    let references = LazyReferences {
+        cell: tokio::sync::OnceCell::new(),
+        set: &set,
+        config: &config,
+    };
     let client = super::api::client(&args.api)?;
     super::api::preflight(&client, &args.api.api_url).await?;
     let journal = if args.yes {
@@ -126,6 +132,10 @@ pub async fn run(args: BaselineArgs) -> anyhow::Result<ExitStatus> {
         ),
         OutputFormat::Text => print!("{}", render_text(&results, args.yes)),
     }
+    if let Some(Err(message)) = references.cell.get() {
+        // No reference to match with is bad input (exit 2), as when nothing was probed.
+        anyhow::bail!("{message}");
+    }
     let failed = results.iter().any(|result| {
         matches!(
             result.state,
@@ -154,12 +164,34 @@ fn open_journal(args: &BaselineArgs, plan_id: &str) -> anyhow::Result<Journal> {
     }
 }
 
+/// The references, made once on first use; the error is kept as text for every tenant.
+struct LazyReferences<'a> {
+    cell: tokio::sync::OnceCell<Result<ReferenceFingerprints, String>>,
+    set: &'a MigrationSet,
+    config: &'a ReferenceConfig,
+}
+
+impl LazyReferences<'_> {
+    async fn get(&self) -> Result<&ReferenceFingerprints, String> {
+        self.cell
+            .get_or_init(|| async {
+                super::reference::references(self.set, self.config)
+                    .await
+                    .map(|(references, _cached)| references)
+                    .map_err(|error| redact_uri(&format!("{error:#}")))
+            })
+            .await
+            .as_ref()
+            .map_err(|_| "no reference fingerprints to match with (the error follows)".to_string())
+    }
+}
+
 #[derive(Clone, Copy)]
 struct TenantContext<'a> {
     database: &'a str,
     role: &'a str,
     set: &'a MigrationSet,
-    references: &'a ReferenceFingerprints,
+    references: &'a LazyReferences<'a>,
     filter: &'a SchemaFilter,
     write: bool,
     applied_on: &'a str,
@@ -215,7 +247,8 @@ async fn probe_and_record(
     let fingerprint = crate::pg::read_fingerprint(&connection, context.filter)
         .await
         .map_err(|failure| failure.to_string())?;
-    match match_version(&fingerprint, &context.references.by_version) {
+    let references = context.references.get().await?;
+    match match_version(&fingerprint, &references.by_version) {
         VersionMatch::Closest {
             version,
             differences,
