@@ -105,7 +105,12 @@ async fn three_waves_catch_bad_data_on_branches_and_leave_main_untouched() {
         assert!(line.chars().count() <= 100, "too wide: {line}");
     }
     // `rollback --failed` has nothing to undo on mains validation kept untouched, and says so.
-    let output = fleet.run(&["rollback", plan.to_str().expect("utf-8"), "--failed", "--yes"]);
+    let output = fleet.run(&[
+        "rollback",
+        plan.to_str().expect("utf-8"),
+        "--failed",
+        "--yes",
+    ]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     let flowing = stderr.split_whitespace().collect::<Vec<_>>().join(" ");

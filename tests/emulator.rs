@@ -978,7 +978,7 @@ fn emulator_json_says_where_everything_is() {
             ])
             .arg(&data_dir)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("the emulator starts");
         let stdout = child.stdout.take().expect("stdout");
@@ -991,14 +991,15 @@ fn emulator_json_says_where_everything_is() {
             serde_json::from_str(&line).expect("the first line is one JSON document");
         (child, document)
     };
-    let stop = |mut child: std::process::Child| {
+    let stop = |child: std::process::Child| -> String {
         let sent = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
             .expect("kill runs");
         assert!(sent.success());
-        let status = child.wait().expect("the emulator ends");
-        assert!(status.success(), "{status:?}");
+        let output = child.wait_with_output().expect("the emulator ends");
+        assert!(output.status.success(), "{:?}", output.status);
+        String::from_utf8_lossy(&output.stderr).into_owned()
     };
 
     let (child, first) = start();
@@ -1039,5 +1040,9 @@ fn emulator_json_says_where_everything_is() {
     assert_eq!(second["api_key_source"], "kept", "{second:#}");
     assert_eq!(second["env"]["NEON_API_KEY"], key.as_str());
     assert_eq!(second["tenants"], 1, "a restart seeds only what is missing");
-    stop(child);
+    let notes = stop(child);
+    assert!(
+        notes.contains("listen on new ports: export the new NEON_API_URL"),
+        "a restart says the URL changed: {notes}"
+    );
 }

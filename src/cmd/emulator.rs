@@ -71,6 +71,12 @@ pub async fn run(args: EmulatorArgs) -> anyhow::Result<ExitStatus> {
              served as they were",
             if existing == 1 { "" } else { "s" }
         );
+        if listen.port() == 0 || proxy_listen.port() == 0 {
+            eprintln!(
+                "the API and the PostgreSQL proxy listen on new ports: export the new NEON_API_URL"
+            );
+            eprintln!("  (--listen and --proxy-listen with fixed ports keep them across restarts)");
+        }
     }
     match fleet.api_key_source() {
         ApiKeySource::Kept => eprintln!("the API key is the one this state already had"),

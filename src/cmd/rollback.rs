@@ -224,7 +224,12 @@ fn nothing_to_roll_back(
             .to_string();
     }
     const SHOWN: usize = 5;
-    let mut names = untouched.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    let mut names = untouched
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     if untouched.len() > SHOWN {
         names.push_str(&format!(" and {} more", untouched.len() - SHOWN));
     }
