@@ -326,13 +326,19 @@ async fn verify_schema_refuses_a_drifted_tenant_before_applying() {
     }
     edit(&tenants[1], "ALTER TABLE accounts ADD COLUMN nickname text").await;
     let plan = root.join("policy.plan.yaml");
-    schemafleet::plan::plan_from_tenants_file(
-        &root.join("policy.yaml"),
-        &root.join("migrations"),
-        None,
-        Some(&plan),
-    )
-    .expect("a plan is written");
+    let planned = std::process::Command::new(env!("CARGO_BIN_EXE_schemafleet"))
+        .current_dir(root)
+        .args(["plan", "--policy", "policy.yaml"])
+        .env_remove("NEON_API_KEY")
+        .output()
+        .expect("the binary runs");
+    let summary = String::from_utf8_lossy(&planned.stdout);
+    assert_eq!(planned.status.code(), Some(0), "{summary}");
+    let flowing = summary.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flowing.contains("verify_schema: each tenant's schema (schemas public) must equal"),
+        "the reviewer sees the check in the plan's summary: {summary}"
+    );
     let plan_text = std::fs::read_to_string(&plan).expect("the plan");
     assert!(
         plan_text.contains("verify_schema: true") && plan_text.contains("- public"),
