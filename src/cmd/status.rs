@@ -184,7 +184,8 @@ fn print_text(
         report::render::wrap_into(
             &mut note,
             &format!(
-                "as of this plan's last record ({as_of}): another plan's apply or rollback since then is not in it; `--live` reads the tenants"
+                "as of this plan's last record ({}): another plan's apply or rollback since then is not in it; `--live` reads the tenants",
+                to_the_second(as_of)
             ),
             "",
             "  ",
@@ -235,6 +236,14 @@ fn print_text(
     }
 }
 
+/// A journal time as people read it: whole seconds (`…T12:18:48Z`); the JSON keeps it exact.
+fn to_the_second(at: &str) -> String {
+    crate::clock::parse_rfc3339(at).map_or_else(
+        || at.to_string(),
+        |time| crate::clock::format_rfc3339(time.replace_nanosecond(0).unwrap_or(time)),
+    )
+}
+
 /// A finished wave whose bake time has not run out, before a wave that has not started.
 struct Baking {
     wave: String,
@@ -248,11 +257,15 @@ impl Baking {
         let line = match apply_pid {
             Some(pid) => format!(
                 "apply (pid {pid}) is baking wave {} until {}; wave {} starts then",
-                self.wave, self.until, self.next_wave
+                self.wave,
+                to_the_second(&self.until),
+                self.next_wave
             ),
             None => format!(
                 "wave {} bakes until {}: `apply` waits for it before wave {} starts, unless given `--skip-bake`",
-                self.wave, self.until, self.next_wave
+                self.wave,
+                to_the_second(&self.until),
+                self.next_wave
             ),
         };
         let mut out = String::new();
