@@ -217,6 +217,16 @@ pub struct ApplyArgs {
           value_parser = clap::builder::BoolishValueParser::new())]
     pub no_progress: bool,
 
+    /// With the policy's `verify_schema: true`: PostgreSQL server (postgresql:// URI; the role
+    /// may CREATE DATABASE) where the reference schemas are built when the cache has none.
+    #[arg(long, env = "SCHEMAFLEET_REFERENCE_URL", hide_env_values = true)]
+    pub reference_url: Option<String>,
+
+    /// With `verify_schema: true`: directory of cached reference schemas (default:
+    /// $XDG_CACHE_HOME/schemafleet).
+    #[arg(long, env = "SCHEMAFLEET_REFERENCE_CACHE")]
+    pub reference_cache: Option<PathBuf>,
+
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -355,8 +365,8 @@ pub struct ReferenceArgs {
     #[arg(long, env = "SCHEMAFLEET_REFERENCE_CACHE")]
     pub reference_cache: Option<PathBuf>,
 
-    /// Fingerprint only these schemas (comma-separated; default: all but pg_catalog,
-    /// information_schema and Neon-managed ones).
+    /// Fingerprint only these schemas (comma-separated; default: the policy's `schemas:`,
+    /// else all but pg_catalog, information_schema and Neon-managed ones).
     #[arg(long, value_delimiter = ',')]
     pub schemas: Vec<String>,
 }
@@ -375,9 +385,13 @@ pub struct BaselineArgs {
     #[arg(long, conflicts_with = "yes")]
     pub dry_run: bool,
 
-    /// Write the history rows.
+    /// Write the history rows (and journal each recorded tenant).
     #[arg(long)]
     pub yes: bool,
+
+    /// Journal of the plan, where --yes records what it wrote (default: beside the plan).
+    #[arg(long)]
+    pub journal: Option<PathBuf>,
 
     #[command(flatten)]
     pub reference: ReferenceArgs,
@@ -503,6 +517,11 @@ pub struct EmulatorArgs {
     /// SQL run once in a template database that every seeded tenant's main is copied from.
     #[arg(long)]
     pub seed_sql: Option<PathBuf>,
+
+    /// Text (`NEON_API_URL=…` lines to source), or the start-up facts as one JSON document on
+    /// one line of stdout (env, proxy address, data directory, tenants).
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
 }
 
 /// The emulator's compute layer: latency through its proxy and cold starts.

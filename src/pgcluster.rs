@@ -287,6 +287,12 @@ impl PgCluster {
         self.owned.as_ref().map(|owned| owned.pgdata.as_path())
     }
 
+    /// The directory the cluster lives in (`--data-dir`, or the temporary one removed on stop),
+    /// for a cluster we started.
+    pub fn root_dir(&self) -> Option<&Path> {
+        self.owned.as_ref().map(|owned| owned.root.as_path())
+    }
+
     /// The directory holding the server's unix socket (trust auth), for a cluster we started.
     pub fn socket_dir(&self) -> Option<&Path> {
         self.owned.as_ref().map(|owned| owned.root.as_path())

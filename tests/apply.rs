@@ -104,6 +104,21 @@ async fn three_waves_catch_bad_data_on_branches_and_leave_main_untouched() {
     for line in stdout.lines() {
         assert!(line.chars().count() <= 100, "too wide: {line}");
     }
+    // `rollback --failed` has nothing to undo on mains validation kept untouched, and says so.
+    let output = fleet.run(&[
+        "rollback",
+        plan.to_str().expect("utf-8"),
+        "--failed",
+        "--yes",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let flowing = stderr.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flowing.contains("nothing to roll back: 3 tenants failed before main changed")
+            && flowing.contains(&format!("tenant-0007 ({})", bad_one.project_id)),
+        "{stderr}"
+    );
 
     for tenant in &fleet.tenants {
         let rows = history(tenant.connection_uri.expose()).await;

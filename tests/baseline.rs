@@ -179,12 +179,92 @@ async fn baseline_adopts_matching_tenants_and_leaves_the_rest() {
     assert_eq!(refinery["state"], "has_history");
     assert_eq!(refinery["tools"][0]["tool"], "refinery");
 
+    // The journal beside the plan records each tenant baseline wrote, and `status` shows them
+    // by name.
+    let journal = std::fs::read_to_string(root.join("all.journal.jsonl")).expect("a journal");
+    let mut recorded: Vec<Value> = journal
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).expect("a journal record"))
+        .filter(|record| record["event"] == "baseline_recorded")
+        .collect();
+    recorded.sort_by_key(|record| record["tenant"].as_str().unwrap_or_default().to_string());
+    let mut expected_ids = vec![tenants[0].project_id.clone(), tenants[2].project_id.clone()];
+    expected_ids.sort();
+    let journaled_ids: Vec<&str> = recorded
+        .iter()
+        .map(|record| record["tenant"].as_str().expect("a tenant"))
+        .collect();
+    assert_eq!(journaled_ids, expected_ids, "{journal}");
+    for record in &recorded {
+        assert_eq!(record["versions"], serde_json::json!([1, 2]), "{journal}");
+    }
+    let sqlx_record = recorded
+        .iter()
+        .find(|record| record["tenant"] == tenants[2].project_id.as_str())
+        .expect("the sqlx tenant's record");
+    assert_eq!(
+        sqlx_record["tools"],
+        serde_json::json!(["sqlx: 2 migrations"])
+    );
+    let status = run(&fleet, root, &["status", &plan]).await;
+    let status_text = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(0), "{status_text}");
+    let flowing = status_text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flowing.contains("baseline recorded V1, V2 on 2 tenants:")
+            && flowing.contains(&format!("{} ({})", tenants[0].name, tenants[0].project_id)),
+        "{status_text}"
+    );
+    let status = run(&fleet, root, &["status", &plan, "--output", "json"]).await;
+    let status_json = stdout_json(&status);
+    assert_eq!(
+        status_json["baseline"].as_array().map(Vec::len),
+        Some(2),
+        "{status_json:#}"
+    );
+    // A second look names the tenants and finds nothing left to record.
+    let again = run(&fleet, root, &["baseline", &plan]).await;
+    let again_text = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        again_text.contains(&format!(
+            "{} ({}): has history at V2",
+            tenants[0].name, tenants[0].project_id
+        )),
+        "{again_text}"
+    );
+
     // Refinery-identical rows: the same names and checksums refinery wrote itself.
     let by_refinery = history(&tenants[3]).await;
     assert_eq!(history(&tenants[0]).await, by_refinery[..2].to_vec());
     assert!(
         history(&tenants[1]).await.is_empty(),
         "an unmatched tenant was touched"
+    );
+
+    // A plan of tenants refinery migrated needs no reference: no server, an empty cache.
+    let migrated = write_plan(root, "migrated", &[&tenants[3]]);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_schemafleet"));
+    command
+        .current_dir(root)
+        .args(["baseline", &migrated, "--output", "json"])
+        .env("NEON_API_URL", fleet.api_url())
+        .env("NEON_API_KEY", fleet.api_key().expose())
+        .env("SCHEMAFLEET_API_RATE_LIMIT", "100000")
+        .env("SCHEMAFLEET_REFERENCE_CACHE", root.join("empty-cache"))
+        .env_remove("SCHEMAFLEET_REFERENCE_URL")
+        .env_remove("SCHEMAFLEET_LOG");
+    let no_reference = tokio::task::spawn_blocking(move || command.output().expect("runs"))
+        .await
+        .expect("the blocking task joins");
+    assert_eq!(
+        no_reference.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&no_reference.stderr)
+    );
+    assert_eq!(
+        entry(&stdout_json(&no_reference), &tenants[3])["state"],
+        "has_history"
     );
 
     let adopted = write_plan(root, "adopted", &[&tenants[0], &tenants[2]]);

@@ -482,6 +482,18 @@ async fn gc_deletes_only_finished_schemafleet_branches() {
         .collect();
     to_delete.sort();
     assert_eq!(to_delete, vec![stale_backup.clone(), done_validate.clone()]);
+    assert!(
+        document["branches"]
+            .as_array()
+            .expect("branches")
+            .iter()
+            .all(|branch| branch["tenant_name"]
+                == tenants
+                    .iter()
+                    .find(|tenant| branch["project_id"] == tenant.project_id.as_str())
+                    .map_or("?", |tenant| tenant.name.as_str())),
+        "{document:#}"
+    );
     assert_eq!(document["branches"].as_array().expect("branches").len(), 5);
     let names_after_dry_run = (
         branch_names(&client, &done.project_id).await,
@@ -519,6 +531,15 @@ async fn gc_deletes_only_finished_schemafleet_branches() {
         stdout.lines().all(|line| line.chars().count() <= 80),
         "{stdout}"
     );
+    // Each branch is listed with its tenant as people know it, not by project id alone.
+    let flowing = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flowing.contains(&format!(
+            "{done_validate} ({done_validate_id}) of {} ({}):",
+            done.name, done.project_id
+        )),
+        "{stdout}"
+    );
     let mut expected_done = vec![done_backup.clone(), "dev-feature".into(), "main".into()];
     expected_done.sort();
     assert_eq!(branch_names(&client, &done.project_id).await, expected_done);
@@ -548,7 +569,27 @@ async fn gc_deletes_only_finished_schemafleet_branches() {
         "{}",
         String::from_utf8_lossy(&all.stderr)
     );
-    assert_eq!(stdout_json(&all)["projects"], 3);
+    let all_document = stdout_json(&all);
+    assert_eq!(all_document["projects"], 3);
+    // Without a plan, the names and regions come from the project listing.
+    let listed = all_document["branches"].as_array().expect("branches");
+    assert!(!listed.is_empty(), "{all_document:#}");
+    for branch in listed {
+        let tenant = tenants
+            .iter()
+            .find(|tenant| branch["project_id"] == tenant.project_id.as_str())
+            .expect("a seeded tenant");
+        assert_eq!(
+            branch["tenant_name"],
+            tenant.name.as_str(),
+            "{all_document:#}"
+        );
+        assert!(
+            branch["region"]
+                .as_str()
+                .is_some_and(|region| !region.is_empty())
+        );
+    }
     let mut expected_done = vec!["dev-feature".to_string(), "main".into()];
     expected_done.sort();
     assert_eq!(branch_names(&client, &done.project_id).await, expected_done);

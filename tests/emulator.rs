@@ -950,3 +950,99 @@ fn a_hang_up_stops_the_emulator_and_its_server() {
         "the PostgreSQL server outlived the emulator"
     );
 }
+
+/// `emulator --output json` prints its start-up facts as one JSON line a script can read
+/// (the same values as the text's `NEON_API_URL=` lines, the proxy address, the data directory
+/// and the tenants), and a restart on the same data directory says the key was kept.
+#[test]
+fn emulator_json_says_where_everything_is() {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+
+    // The postgres user (when running as root) must reach the data directory's parent.
+    let parent = tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o755))
+        .tempdir()
+        .expect("a temporary directory");
+    let data_dir = parent.path().join("emu");
+    let start = || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_schemafleet"))
+            .args([
+                "emulator",
+                "--tenants",
+                "1",
+                "--output",
+                "json",
+                "--data-dir",
+            ])
+            .arg(&data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the emulator starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let line = std::io::BufReader::new(stdout)
+            .lines()
+            .next()
+            .expect("a line on stdout")
+            .expect("readable");
+        let document: serde_json::Value =
+            serde_json::from_str(&line).expect("the first line is one JSON document");
+        (child, document)
+    };
+    let stop = |child: std::process::Child| -> String {
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+        let output = child.wait_with_output().expect("the emulator ends");
+        assert!(output.status.success(), "{:?}", output.status);
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+
+    let (child, first) = start();
+    let env = &first["env"];
+    assert!(
+        env["NEON_API_URL"]
+            .as_str()
+            .is_some_and(|url| url.starts_with("http://127.0.0.1:") && url.ends_with("/api/v2")),
+        "{first:#}"
+    );
+    let key = env["NEON_API_KEY"].as_str().expect("the key").to_string();
+    assert!(!key.is_empty());
+    assert!(
+        env["DATABASE_URL"]
+            .as_str()
+            .is_some_and(|url| url.starts_with("postgresql://"))
+    );
+    assert_eq!(first["api_key_source"], "new", "{first:#}");
+    assert_eq!(first["tenants"], 1, "{first:#}");
+    assert_eq!(
+        first["data_dir"],
+        data_dir.display().to_string(),
+        "{first:#}"
+    );
+    assert_eq!(first["data_dir_kept"], true, "{first:#}");
+    let proxy: std::net::SocketAddr = first["proxy_address"]
+        .as_str()
+        .expect("the proxy address")
+        .parse()
+        .expect("an address");
+    assert!(
+        std::net::TcpStream::connect(proxy).is_ok(),
+        "the proxy listens where it says"
+    );
+    stop(child);
+
+    let (child, second) = start();
+    assert_eq!(second["api_key_source"], "kept", "{second:#}");
+    assert_eq!(second["env"]["NEON_API_KEY"], key.as_str());
+    assert_eq!(second["tenants"], 1, "a restart seeds only what is missing");
+    let notes = stop(child);
+    assert!(
+        notes.contains("listen on new ports: export the new NEON_API_URL"),
+        "a restart says the URL changed: {notes}"
+    );
+}

@@ -995,3 +995,107 @@ fn verify_sql_is_recorded_relative_to_the_plan() {
     workspace
         .expect_rejected("plans/rollout.yaml:13:1: verify: cannot read plans/../checks/verify.sql");
 }
+
+/// A long error is wrapped at the CLI's 100 columns on a terminal, and stays as written into a
+/// pipe, where pipelines match its text. See issue 18, point 8.
+#[test]
+fn long_errors_wrap_at_100_columns_on_a_terminal() {
+    let workspace = Workspace::new(30);
+    assert_eq!(workspace.plan().code, 0);
+    workspace.write(
+        "migrations/V1__add_account_plan.sql",
+        "ALTER TABLE accounts ADD COLUMN plan text;\n",
+    );
+    let piped = workspace.run(&["apply", "plans/rollout.plan.yaml"]);
+    assert_eq!(piped.code, 2, "{}", piped.stderr);
+    let error = piped
+        .stderr
+        .lines()
+        .find(|line| line.starts_with("error: "))
+        .expect("an error line");
+    assert!(
+        error.chars().count() > 100,
+        "a long error: {}",
+        piped.stderr
+    );
+
+    // `script` runs the binary on a pseudo-terminal (exit code passed on with -e).
+    let command = format!(
+        "{} apply plans/rollout.plan.yaml",
+        env!("CARGO_BIN_EXE_schemafleet")
+    );
+    let output = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(workspace.dir.path())
+        .env_remove("NEON_API_KEY")
+        .env_remove("NEON_API_URL")
+        .output()
+        .expect("script runs");
+    assert_eq!(output.status.code(), Some(2));
+    let terminal = String::from_utf8_lossy(&output.stdout).replace('\r', "");
+    for line in terminal.lines() {
+        assert!(line.chars().count() <= 100, "too wide: {line}");
+    }
+    let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        words(&terminal).contains(&words(error)),
+        "the same words, wrapped:\n{terminal}"
+    );
+    assert!(terminal.lines().count() > 1, "{terminal}");
+}
+
+/// A wave whose bake has not run out is named in `status` with its end, whether the running
+/// apply is waiting on it or the next one will, so a quiet rollout is not mistaken for a stuck
+/// one. (No fleet needed: the journal is written here, as `apply` writes it.)
+#[tokio::test]
+async fn status_says_which_wave_bakes_until_when() {
+    use schemafleet::journal::{Event, Journal};
+
+    let workspace = Workspace::new(5);
+    assert_eq!(workspace.plan().code, 0);
+    let plan = load_plan(&workspace.plan_file()).unwrap();
+    let journal_path = workspace.path("plans/rollout.journal.jsonl");
+    let (journal, _) = Journal::open(&journal_path, &plan.plan_id).unwrap();
+    let until = schemafleet::clock::rfc3339_seconds_from_now(std::time::Duration::from_secs(600));
+    for event in [
+        Event::RunStarted {
+            plan_id: plan.plan_id.clone(),
+            run_id: "run-1".into(),
+            pid: 4343,
+            tool_version: "test".into(),
+        },
+        Event::WaveStarted {
+            wave: "canary".into(),
+        },
+        Event::WaveFinished {
+            wave: "canary".into(),
+            halted: false,
+            bake_until: Some(until.clone()),
+        },
+    ] {
+        journal.append(event).await.unwrap();
+    }
+    let run = workspace.run(&["status", "plans/rollout.plan.yaml"]);
+    let flowing = run.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flowing.contains(&format!(
+            "apply (pid 4343) is baking wave canary until {until}; wave early starts then"
+        )),
+        "{}",
+        run.stdout
+    );
+    journal.close().await;
+    let run = workspace.run(&["status", "plans/rollout.plan.yaml"]);
+    let flowing = run.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flowing.contains(&format!(
+            "wave canary bakes until {until}: `apply` waits for it before wave early starts"
+        )),
+        "{}",
+        run.stdout
+    );
+    let run = workspace.run(&["status", "plans/rollout.plan.yaml", "--output", "json"]);
+    let document: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(document["baking"]["wave"], "canary", "{document:#}");
+    assert_eq!(document["baking"]["next_wave"], "early", "{document:#}");
+}

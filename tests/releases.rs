@@ -151,6 +151,10 @@ async fn three_releases_rolled_back_tenants_stay_back_and_rollback_never_moves_f
         serde_json::json!([canary.project_id]),
         "{report:#}"
     );
+    assert_eq!(
+        report["held_back_tenants"][0]["tenant_name"], "tenant-0001",
+        "{report:#}"
+    );
     assert_eq!(versions(canary.connection_uri.expose()).await, [1, 2, 3]);
     assert_eq!(
         versions(fixed.connection_uri.expose()).await,
@@ -158,9 +162,11 @@ async fn three_releases_rolled_back_tenants_stay_back_and_rollback_never_moves_f
     );
     let output = fleet.run(&["status", &r2]);
     let stdout = String::from_utf8_lossy(&output.stdout);
+    let flowing = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(
-        stdout.contains("held back") && stdout.contains(&canary.project_id),
-        "{}",
+        flowing.contains("held back")
+            && flowing.contains(&format!("tenant-0001 ({})", canary.project_id)),
+        "the held-back tenant by name: {}",
         text(&output)
     );
     assert!(

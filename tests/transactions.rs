@@ -225,8 +225,8 @@ async fn a_failure_after_some_migrations_committed_is_reported_retried_and_rolle
         .join(" ");
     assert!(
         words.contains(&format!(
-            "main of {} is at V2: V1, V2 committed before the failure",
-            bad.project_id
+            "main of {} ({}) is at V2: V1, V2 committed before the failure",
+            bad.name, bad.project_id
         )),
         "{}",
         text(&output)

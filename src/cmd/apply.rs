@@ -12,6 +12,32 @@ use crate::journal::{Journal, default_journal_path};
 use crate::plan::model::Plan;
 use crate::report;
 
+/// With the plan's `verify_schema: true`, the references every tenant's schema is checked
+/// against before it is migrated; built (or read from the cache) before any tenant is touched.
+async fn schema_check(
+    args: &ApplyArgs,
+    plan: &Plan,
+    set: &crate::migrations::MigrationSet,
+) -> anyhow::Result<Option<Arc<executor::schema_check::SchemaCheck>>> {
+    if !plan.policy.verify_schema {
+        return Ok(None);
+    }
+    let reference_args = crate::cli::ReferenceArgs {
+        reference_url: args.reference_url.clone(),
+        reference_cache: args.reference_cache.clone(),
+        schemas: Vec::new(),
+    };
+    let config =
+        super::reference::ReferenceConfig::from_args(&reference_args, &plan.policy.schemas)?;
+    let (references, _cached) = super::reference::references(set, &config)
+        .await
+        .context("the plan says verify_schema: true, so apply needs the reference schemas")?;
+    Ok(Some(Arc::new(executor::schema_check::SchemaCheck {
+        references,
+        filter: config.filter,
+    })))
+}
+
 pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
     let plan = crate::plan::load_plan(&args.plan)?;
     let plan_dir = args
@@ -42,6 +68,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
         );
     }
     let verify_sql = read_verify(&plan, &plan_dir)?;
+    let schema_check = schema_check(&args, &plan, &set).await?;
     let client = super::api::client(&args.api)?;
     super::api::preflight(&client, &args.api.api_url).await?;
 
@@ -70,6 +97,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
     config.skip_bake = args.skip_bake;
     config.max_connections = args.max_connections.max(1);
     config.verify_sql = verify_sql;
+    config.schema_check = schema_check;
 
     let planned = crate::plan::planned_versions(&plan);
     let migrations: Vec<refinery::Migration> = set
@@ -117,6 +145,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
                 "failures": summary.failures,
                 "failure_groups": groups,
                 "held_back": summary.held_back,
+                "held_back_tenants": summary.held_back_tenants,
                 "api": {"requests": api_stats.requests, "retries": api_stats.retries, "mutations": api_stats.mutations, "rate_limited": api_stats.rate_limited, "rate_limiter_wait_ms": api_stats.rate_limiter_wait_ms},
                 "timings": result.timings,
                 "journal": journal_path,
@@ -209,9 +238,18 @@ fn outcome_line(
             n_unfinished,
             journal.display()
         ),
-        RunOutcome::Halted { wave } => format!(
-            "wave {wave} HALTED: its failure budget is spent and later waves did not start; fix the cause, then `schemafleet apply {plan} --retry-failed`"
-        ),
+        RunOutcome::Halted { wave } => {
+            // The last wave has no later waves to hold back.
+            let last = summary.waves.last().is_some_and(|last| &last.name == wave);
+            let held = if last {
+                ""
+            } else {
+                " and later waves did not start"
+            };
+            format!(
+                "wave {wave} HALTED: its failure budget is spent{held}; fix the cause, then `schemafleet apply {plan} --retry-failed`"
+            )
+        }
         RunOutcome::StoppedAfter { wave } => {
             format!(
                 "stopped after wave {wave} as asked; `schemafleet apply {plan}` continues with the next wave"

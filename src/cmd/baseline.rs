@@ -1,12 +1,15 @@
 //! `schemafleet baseline PLAN`: adopt tenants migrated without our history table.
 //!
 //! Per tenant: read the history; when it has rows, nothing to do (refinery_cli-migrated
-//! tenants are already ours). Otherwise fingerprint the schema and match it with the
-//! references ([`crate::fingerprint::baseline`]); with `--yes`, record V1..Vn
+//! tenants are already ours, and a fleet of them needs no references built). Otherwise
+//! fingerprint the schema and match it with the references, made on first need, ([`crate::fingerprint::baseline`]); with `--yes`, record V1..Vn
 //! ([`crate::pg::baseline::record_baseline`]). Other tools' history tables are named in the
 //! report, but the fingerprint, not their bookkeeping, decides the version.
 //!
 //! **Invariant:** a tenant whose schema matches no version is never written to.
+//! **Invariant:** with `--yes`, the plan's journal is held locked for the whole run (so no
+//! `apply` of the plan runs meanwhile) and every recorded tenant is journaled
+//! (`baseline_recorded`) after its commit; `status` shows them.
 
 use std::path::Path;
 use std::time::Duration;
@@ -19,10 +22,12 @@ use crate::cli::{BaselineArgs, OutputFormat};
 use crate::exit::ExitStatus;
 use crate::fingerprint::baseline::{VersionMatch, match_version};
 use crate::fingerprint::{Difference, SchemaFilter};
+use crate::journal::{Event, Journal, JournalError, default_journal_path};
 use crate::migrations::MigrationSet;
 use crate::neon::NeonClient;
 use crate::pg::baseline::{ToolHistory, detect_tools, record_baseline};
 use crate::pg::reference::ReferenceFingerprints;
+use crate::report::render::wrap_into;
 use crate::secret::redact_uri;
 
 use super::reference::ReferenceConfig;
@@ -48,6 +53,9 @@ pub enum BaselineState {
 #[derive(Debug, Clone, Serialize)]
 pub struct TenantBaseline {
     pub tenant: String,
+    /// The project's name, when the plan gives one.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub tenant_name: String,
     pub state: BaselineState,
     /// The matched version (or the closest, when unmatched).
     pub version: Option<i32>,
@@ -65,11 +73,22 @@ pub async fn run(args: BaselineArgs) -> anyhow::Result<ExitStatus> {
         .unwrap_or_else(|| plan_dir.join(&plan.migrations.dir));
     let set = crate::migrations::load(&migrations_dir)
         .with_context(|| format!("loading migrations from {}", migrations_dir.display()))?;
-    let config = ReferenceConfig::from_args(&args.reference);
+    let config = ReferenceConfig::from_args(&args.reference, &plan.policy.schemas)?;
     let filter = config.filter.clone();
-    let (references, _cached) = super::reference::references(&set, &config).await?;
+    // Built (or read from the cache) when the first tenant without history needs them: a
+    // fleet refinery already migrated needs no reference server at all.
+    let references = LazyReferences {
+        cell: tokio::sync::OnceCell::new(),
+        set: &set,
+        config: &config,
+    };
     let client = super::api::client(&args.api)?;
     super::api::preflight(&client, &args.api.api_url).await?;
+    let journal = if args.yes {
+        Some(open_journal(&args, &plan.plan_id)?)
+    } else {
+        None
+    };
     let tenants: Vec<String> = plan
         .waves
         .iter()
@@ -87,13 +106,22 @@ pub async fn run(args: BaselineArgs) -> anyhow::Result<ExitStatus> {
                 filter: &filter,
                 write: args.yes,
                 applied_on: &applied_on,
+                journal: journal.as_ref(),
             };
             async move { baseline_tenant(&client, tenant, context).await }
         })
         .buffer_unordered(args.concurrency.max(1))
         .collect()
         .await;
+    if let Some(journal) = journal {
+        journal.close().await;
+    }
     results.sort_by(|left, right| left.tenant.cmp(&right.tenant));
+    for result in &mut results {
+        if let Some((tenant, _)) = plan.tenant(&result.tenant) {
+            result.tenant_name = tenant.name.clone();
+        }
+    }
     match args.output {
         OutputFormat::Json => println!(
             "{}",
@@ -103,6 +131,10 @@ pub async fn run(args: BaselineArgs) -> anyhow::Result<ExitStatus> {
             }))?
         ),
         OutputFormat::Text => print!("{}", render_text(&results, args.yes)),
+    }
+    if let Some(Err(message)) = references.cell.get() {
+        // No reference to match with is bad input (exit 2), as when nothing was probed.
+        anyhow::bail!("{message}");
     }
     let failed = results.iter().any(|result| {
         matches!(
@@ -117,15 +149,54 @@ pub async fn run(args: BaselineArgs) -> anyhow::Result<ExitStatus> {
     })
 }
 
+/// The plan's journal, locked: baseline does not run beside an `apply` of the same plan.
+fn open_journal(args: &BaselineArgs, plan_id: &str) -> anyhow::Result<Journal> {
+    let path = args
+        .journal
+        .clone()
+        .unwrap_or_else(|| default_journal_path(&args.plan));
+    match Journal::open(&path, plan_id) {
+        Ok((journal, _)) => Ok(journal),
+        Err(error @ JournalError::Locked { .. }) => Err(anyhow::Error::new(error).context(
+            "an `apply`, `rollback` or `gc` of this plan is running: run baseline after it ends, or --dry-run to look",
+        )),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// The references, made once on first use; the error is kept as text for every tenant.
+struct LazyReferences<'a> {
+    cell: tokio::sync::OnceCell<Result<ReferenceFingerprints, String>>,
+    set: &'a MigrationSet,
+    config: &'a ReferenceConfig,
+}
+
+impl LazyReferences<'_> {
+    async fn get(&self) -> Result<&ReferenceFingerprints, String> {
+        self.cell
+            .get_or_init(|| async {
+                super::reference::references(self.set, self.config)
+                    .await
+                    .map(|(references, _cached)| references)
+                    .map_err(|error| redact_uri(&format!("{error:#}")))
+            })
+            .await
+            .as_ref()
+            .map_err(|_| "no reference fingerprints to match with (the error follows)".to_string())
+    }
+}
+
 #[derive(Clone, Copy)]
 struct TenantContext<'a> {
     database: &'a str,
     role: &'a str,
     set: &'a MigrationSet,
-    references: &'a ReferenceFingerprints,
+    references: &'a LazyReferences<'a>,
     filter: &'a SchemaFilter,
     write: bool,
     applied_on: &'a str,
+    /// Where recordings are journaled (with `--yes`).
+    journal: Option<&'a Journal>,
 }
 
 async fn baseline_tenant(
@@ -135,6 +206,7 @@ async fn baseline_tenant(
 ) -> TenantBaseline {
     let mut result = TenantBaseline {
         tenant: tenant.to_string(),
+        tenant_name: String::new(),
         state: BaselineState::Failed,
         version: None,
         tools: Vec::new(),
@@ -175,7 +247,8 @@ async fn probe_and_record(
     let fingerprint = crate::pg::read_fingerprint(&connection, context.filter)
         .await
         .map_err(|failure| failure.to_string())?;
-    match match_version(&fingerprint, &context.references.by_version) {
+    let references = context.references.get().await?;
+    match match_version(&fingerprint, &references.by_version) {
         VersionMatch::Closest {
             version,
             differences,
@@ -199,10 +272,34 @@ async fn probe_and_record(
                     .await
                     .map_err(|failure| failure.to_string())?;
                 result.state = BaselineState::Recorded;
+                journal_recorded(context.journal, tenant, &to_record, &result.tools).await?;
             }
         }
     }
     Ok(())
+}
+
+/// Journal a recording; an error says the rows are written all the same.
+async fn journal_recorded(
+    journal: Option<&Journal>,
+    tenant: &str,
+    recorded: &[crate::migrations::Migration],
+    tools: &[ToolHistory],
+) -> Result<(), String> {
+    let Some(journal) = journal else {
+        return Ok(());
+    };
+    let event = Event::BaselineRecorded {
+        tenant: tenant.to_string(),
+        versions: recorded.iter().map(|migration| migration.version).collect(),
+        tools: tools
+            .iter()
+            .map(|tool| format!("{}: {} migrations", tool.tool, tool.migrations))
+            .collect(),
+    };
+    journal.append(event).await.map(|_| ()).map_err(|error| {
+        format!("the history rows are written, but the journal could not record it: {error}")
+    })
 }
 
 fn render_text(results: &[TenantBaseline], written: bool) -> String {
@@ -236,9 +333,20 @@ fn render_text(results: &[TenantBaseline], written: bool) -> String {
                 format!("failed: {}", result.reason.as_deref().unwrap_or("unknown"))
             }
         };
-        out.push_str(&format!("{}: {line}{tools}\n", result.tenant));
+        let label = crate::plan::model::PlannedTenant {
+            id: result.tenant.clone(),
+            name: result.tenant_name.clone(),
+            region: String::new(),
+        }
+        .label();
+        wrap_into(&mut out, &format!("{label}: {line}{tools}"), "", "  ");
         for difference in &result.differences {
-            out.push_str(&format!("  - {}\n", difference.describe()));
+            wrap_into(
+                &mut out,
+                &format!("- {}", difference.describe()),
+                "  ",
+                "    ",
+            );
         }
     }
     crate::terminal::escape_controls(&out)

@@ -168,6 +168,8 @@ async fn demo_on_fleet(
         max_connections: 64,
         output: OutputFormat::Text,
         no_progress: false,
+        reference_url: None,
+        reference_cache: None,
         api: api.clone(),
     })
     .await?;
@@ -480,8 +482,11 @@ fn print_next_commands(
     println!("  schemafleet apply $plan --skip-bake");
     println!("  # migrate the rolled-back tenant again, as asked");
     println!("  schemafleet apply $plan --skip-bake --include-rolled-back");
-    println!("  # try the failed tenants again (their bad row makes V2 fail again)");
-    println!("  schemafleet apply $plan --retry-failed --skip-bake");
+    // A fleet too small for any wave's failure budget got no bad tenants to retry.
+    if !bad.is_empty() {
+        println!("  # try the failed tenants again (their bad row makes V2 fail again)");
+        println!("  schemafleet apply $plan --retry-failed --skip-bake");
+    }
     println!("  # every tenant's history against the migrations on disk");
     println!("  schemafleet drift --plan $plan");
     println!();

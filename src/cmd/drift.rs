@@ -46,6 +46,8 @@ struct Targets {
     role: String,
     /// The migrations directory when `--migrations` is not given.
     default_migrations_dir: PathBuf,
+    /// The policy's (or plan's) `schemas:`, for `--schema` when `--schemas` is not given.
+    schemas: Vec<String>,
 }
 
 pub async fn run(args: DriftArgs) -> anyhow::Result<ExitStatus> {
@@ -66,7 +68,7 @@ pub async fn run(args: DriftArgs) -> anyhow::Result<ExitStatus> {
         })
         .collect();
 
-    let reference_config = ReferenceConfig::from_args(&args.reference);
+    let reference_config = ReferenceConfig::from_args(&args.reference, &targets.schemas)?;
     let schema_filter = args.schema.then(|| reference_config.filter.clone());
     let references = if args.schema {
         let (references, cached) = super::reference::references(&set, &reference_config).await?;
@@ -115,8 +117,9 @@ pub async fn run(args: DriftArgs) -> anyhow::Result<ExitStatus> {
         };
         drift::classify(tenant, probe, &planned)
     }));
+    let schema_report = schema_report.map(|report| report.with_names(targets.names.clone()));
     let report = drift::aggregate(&planned, classified).with_names(targets.names);
-    let dir_display = migrations_dir.display().to_string();
+    let dir_display = crate::plan::file::display_path(&migrations_dir);
     match args.output {
         OutputFormat::Json => {
             let mut document = report.to_json(&dir_display);
@@ -155,6 +158,7 @@ fn compare_schema(
 ) -> TenantSchema {
     let skipped = |reason: String| TenantSchema {
         tenant: tenant.tenant.clone(),
+        tenant_name: String::new(),
         version: tenant.version,
         differences: Vec::new(),
         skipped: Some(reason),
@@ -172,6 +176,7 @@ fn compare_schema(
     };
     TenantSchema {
         tenant: tenant.tenant.clone(),
+        tenant_name: String::new(),
         version: tenant.version,
         differences: crate::fingerprint::diff(expected, fingerprint),
         skipped: None,
@@ -249,6 +254,7 @@ fn plan_targets(plan_path: &Path) -> anyhow::Result<Targets> {
         database: plan.policy.database.clone(),
         role: plan.policy.role.clone(),
         default_migrations_dir: plan_dir.join(&plan.migrations.dir),
+        schemas: plan.policy.schemas.clone(),
     })
 }
 
@@ -278,5 +284,6 @@ async fn policy_targets(args: &DriftArgs, policy_path: &Path) -> anyhow::Result<
         database: policy.database.clone(),
         role: policy.role.clone(),
         default_migrations_dir: PathBuf::from("migrations"),
+        schemas: policy.schemas.clone(),
     })
 }

@@ -1,14 +1,16 @@
 //! `schemafleet emulator`: serve the Neon-API-compatible local emulator until SIGINT/SIGTERM.
 //!
 //! Prints `NEON_API_URL=…`, `NEON_API_KEY=…` and `DATABASE_URL=…` on stdout, one per line, so a
-//! shell can `eval` or `source` them; everything else goes to stderr.
+//! shell can `eval` or `source` them (`--output json`: the same values and the proxy address,
+//! data directory and tenant count as one JSON document on one line); everything else goes to
+//! stderr.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::cli::{ComputeArgs, EmulatorArgs};
+use crate::cli::{ComputeArgs, EmulatorArgs, OutputFormat};
 use crate::emulator::{
     ApiKeySource, ComputeConfig, LocalFleet, LocalFleetConfig, parse_suspend_after,
 };
@@ -69,6 +71,12 @@ pub async fn run(args: EmulatorArgs) -> anyhow::Result<ExitStatus> {
              served as they were",
             if existing == 1 { "" } else { "s" }
         );
+        if listen.port() == 0 || proxy_listen.port() == 0 {
+            eprintln!(
+                "the API and the PostgreSQL proxy listen on new ports: export the new NEON_API_URL"
+            );
+            eprintln!("  (--listen and --proxy-listen with fixed ports keep them across restarts)");
+        }
     }
     match fleet.api_key_source() {
         ApiKeySource::Kept => eprintln!("the API key is the one this state already had"),
@@ -94,9 +102,21 @@ pub async fn run(args: EmulatorArgs) -> anyhow::Result<ExitStatus> {
         }
     }
     // These lines are the point of the command: the key and URL are printed on purpose.
-    println!("NEON_API_URL={}", fleet.api_url());
-    println!("NEON_API_KEY={}", fleet.api_key().expose());
-    println!("DATABASE_URL={}", fleet.database_url().expose());
+    match args.output {
+        OutputFormat::Text => {
+            println!("NEON_API_URL={}", fleet.api_url());
+            println!("NEON_API_KEY={}", fleet.api_key().expose());
+            println!("DATABASE_URL={}", fleet.database_url().expose());
+        }
+        OutputFormat::Json => println!(
+            "{}",
+            startup_json(
+                &fleet,
+                args.data_dir.is_some(),
+                fleet.count_tenants("tenant")
+            )
+        ),
+    }
     eprintln!(
         "serving the Neon API emulator; PostgreSQL proxy on {}; press Ctrl-C to stop",
         fleet.proxy_address()
@@ -107,6 +127,29 @@ pub async fn run(args: EmulatorArgs) -> anyhow::Result<ExitStatus> {
     eprintln!("stopping the emulator and its PostgreSQL cluster");
     fleet.stop().await?;
     Ok(ExitStatus::Success)
+}
+
+/// The start-up facts for scripts, one line: what the text output prints for `source`, plus
+/// where the proxy listens, where the data lives and whether it outlives the emulator.
+fn startup_json(fleet: &LocalFleet, data_dir_kept: bool, tenants: usize) -> serde_json::Value {
+    let key_source = match fleet.api_key_source() {
+        ApiKeySource::New => "new",
+        ApiKeySource::Kept => "kept",
+        ApiKeySource::Given => "given",
+        ApiKeySource::Replaced => "replaced",
+    };
+    serde_json::json!({
+        "env": {
+            "NEON_API_URL": fleet.api_url(),
+            "NEON_API_KEY": fleet.api_key().expose(),
+            "DATABASE_URL": fleet.database_url().expose(),
+        },
+        "api_key_source": key_source,
+        "proxy_address": fleet.proxy_address().to_string(),
+        "data_dir": fleet.data_dir(),
+        "data_dir_kept": data_dir_kept,
+        "tenants": tenants,
+    })
 }
 
 /// The compute layer's knobs from the command line (`--suspend-after` as `300s`, `5m`, `off`).

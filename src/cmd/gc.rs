@@ -9,6 +9,7 @@
 //! whole run, so gc never races an `apply` of the same plan, and each deletion of a branch the
 //! journal lists as open is journaled (`branch_deleted`).
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::Context;
@@ -20,6 +21,7 @@ use crate::exit::ExitStatus;
 use crate::gc::{self, Decision, GcOptions, Rollout};
 use crate::journal::{Event, Journal, JournalError, JournalState, default_journal_path};
 use crate::neon::{NeonClient, ProjectFilter};
+use crate::plan::model::PlannedTenant;
 use crate::report::render::{plural, wrap_into};
 use crate::secret::redact_uri;
 
@@ -28,6 +30,11 @@ use crate::secret::redact_uri;
 struct Outcome {
     #[serde(flatten)]
     decision: Decision,
+    /// The project's name and region, as the plan or the project listing gives them.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    tenant_name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    region: String,
     /// Whether the branch is gone now (always false in a dry run).
     deleted: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -38,8 +45,13 @@ struct Outcome {
 #[derive(Debug, Serialize)]
 struct ProjectError {
     project_id: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    tenant_name: String,
     error: String,
 }
+
+/// Projects by id, with the name and region people know them by.
+type Projects = Vec<PlannedTenant>;
 
 /// The plan-mode context: the plan id, its replayed journal, and (unless a dry run) the open,
 /// locked journal that deletions are recorded in.
@@ -80,12 +92,12 @@ pub async fn run(args: GcArgs) -> anyhow::Result<ExitStatus> {
         .and_then(|context| context.journal.as_ref());
 
     let per_project: Vec<Result<Vec<Outcome>, ProjectError>> = futures::stream::iter(&projects)
-        .map(|project_id| {
+        .map(|project| {
             let client = client.clone();
             async move {
                 collect_project(
                     &client,
-                    project_id,
+                    project,
                     now,
                     rollout,
                     options,
@@ -102,6 +114,15 @@ pub async fn run(args: GcArgs) -> anyhow::Result<ExitStatus> {
         journal.close().await;
     }
 
+    let names: HashMap<&str, &PlannedTenant> = projects
+        .iter()
+        .map(|project| (project.id.as_str(), project))
+        .collect();
+    for error in &mut project_errors {
+        if let Some(project) = names.get(error.project_id.as_str()) {
+            error.tenant_name = project.name.clone();
+        }
+    }
     let mut outcomes = Vec::new();
     for result in per_project {
         match result {
@@ -135,7 +156,7 @@ pub async fn run(args: GcArgs) -> anyhow::Result<ExitStatus> {
     })
 }
 
-fn plan_projects(args: &GcArgs, plan_path: &Path) -> anyhow::Result<(Vec<String>, PlanContext)> {
+fn plan_projects(args: &GcArgs, plan_path: &Path) -> anyhow::Result<(Projects, PlanContext)> {
     let plan = crate::plan::load_plan(plan_path)?;
     let journal_path = args
         .journal
@@ -164,11 +185,7 @@ fn plan_projects(args: &GcArgs, plan_path: &Path) -> anyhow::Result<(Vec<String>
             plan_path.display()
         );
     }
-    let projects = plan
-        .waves
-        .iter()
-        .flat_map(|wave| wave.tenant_ids().map(str::to_string))
-        .collect();
+    let projects = plan.tenants().map(|(tenant, _)| tenant.clone()).collect();
     Ok((
         projects,
         PlanContext {
@@ -181,7 +198,7 @@ fn plan_projects(args: &GcArgs, plan_path: &Path) -> anyhow::Result<(Vec<String>
 
 async fn all_projects(
     client: &NeonClient,
-) -> anyhow::Result<(Vec<String>, Option<PlanContext>, Vec<ProjectError>)> {
+) -> anyhow::Result<(Projects, Option<PlanContext>, Vec<ProjectError>)> {
     let listing = client
         .list_projects(&ProjectFilter::default())
         .await
@@ -191,13 +208,18 @@ async fn all_projects(
         .into_iter()
         .map(|project_id| ProjectError {
             project_id,
+            tenant_name: String::new(),
             error: "Neon lists the project as unavailable; run gc again later".to_string(),
         })
         .collect();
     let projects = listing
         .projects
         .into_iter()
-        .map(|project| project.id)
+        .map(|project| PlannedTenant {
+            id: project.id,
+            name: project.name,
+            region: project.region_id,
+        })
         .collect();
     Ok((projects, None, errors))
 }
@@ -205,28 +227,33 @@ async fn all_projects(
 /// List one project's branches, decide, and delete (unless a dry run) one branch at a time.
 async fn collect_project(
     client: &NeonClient,
-    project_id: &str,
+    project: &PlannedTenant,
     now: time::OffsetDateTime,
     rollout: Option<Rollout<'_>>,
     options: GcOptions,
     dry_run: bool,
     journal: Option<&Journal>,
 ) -> Result<Vec<Outcome>, ProjectError> {
+    let project_id = project.id.as_str();
+    let outcome = |decision: Decision, deleted: bool, error: Option<String>| Outcome {
+        decision,
+        tenant_name: project.name.clone(),
+        region: project.region.clone(),
+        deleted,
+        error,
+    };
     let branches = client
         .list_branches(project_id)
         .await
         .map_err(|error| ProjectError {
             project_id: project_id.to_string(),
+            tenant_name: project.name.clone(),
             error: redact_uri(&format!("listing branches: {error}")),
         })?;
     let mut outcomes = Vec::new();
     for decision in gc::select(project_id, &branches, now, rollout, options) {
         if !decision.delete || dry_run {
-            outcomes.push(Outcome {
-                decision,
-                deleted: false,
-                error: None,
-            });
+            outcomes.push(outcome(decision, false, None));
             continue;
         }
         let (deleted, error) = match client.delete_branch(project_id, &decision.branch_id).await {
@@ -236,11 +263,7 @@ async fn collect_project(
             ),
             Err(error) => (false, Some(redact_uri(&error.to_string()))),
         };
-        outcomes.push(Outcome {
-            decision,
-            deleted,
-            error,
-        });
+        outcomes.push(outcome(decision, deleted, error));
     }
     Ok(outcomes)
 }
@@ -270,6 +293,21 @@ async fn record_deletion(
     match journal.append(event).await {
         Ok(_) => None,
         Err(error) => Some(format!("deleted, but not journaled: {error}")),
+    }
+}
+
+/// `name (id), region` as the plan shows a tenant; the id alone when it has no name.
+fn tenant_label(project_id: &str, name: &str, region: &str) -> String {
+    let label = PlannedTenant {
+        id: project_id.to_string(),
+        name: name.to_string(),
+        region: String::new(),
+    }
+    .label();
+    if region.is_empty() {
+        label
+    } else {
+        format!("{label}, {region}")
     }
 }
 
@@ -324,8 +362,11 @@ fn render_text(
             wrap_into(
                 &mut out,
                 &format!(
-                    "{} of {} ({}): {}",
-                    decision.branch_name, decision.project_id, decision.branch_id, decision.reason
+                    "{} ({}) of {}: {}",
+                    decision.branch_name,
+                    decision.branch_id,
+                    tenant_label(&decision.project_id, &outcome.tenant_name, &outcome.region),
+                    decision.reason
                 ),
                 "  ",
                 "      ",
@@ -344,7 +385,11 @@ fn render_text(
     for error in project_errors {
         wrap_into(
             &mut out,
-            &format!("{}: {}", error.project_id, error.error),
+            &format!(
+                "{}: {}",
+                tenant_label(&error.project_id, &error.tenant_name, ""),
+                error.error
+            ),
             "  ",
             "      ",
         );

@@ -44,8 +44,17 @@ pub async fn run(cli: Cli) -> ExitStatus {
     }
 }
 
-/// Print an error with its cause chain, secrets redacted, as the last thing the user reads.
+/// Print an error with its cause chain, secrets redacted, as the last thing the user reads;
+/// on a terminal, wrapped at the CLI's 100 columns.
 pub fn print_error(error: &anyhow::Error) {
     let text = crate::terminal::escape_controls(&crate::secret::redact_uri(&format!("{error:#}")));
-    eprintln!("error: {text}");
+    let message = format!("error: {text}");
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprint!(
+            "{}",
+            crate::terminal::wrap_lines(&message, crate::terminal::ERROR_WIDTH)
+        );
+    } else {
+        eprintln!("{message}");
+    }
 }

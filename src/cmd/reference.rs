@@ -28,9 +28,15 @@ pub struct ReferenceConfig {
 }
 
 impl ReferenceConfig {
-    /// From the command line: the reference server, the cache and the schema filter.
-    pub fn from_args(args: &ReferenceArgs) -> ReferenceConfig {
-        ReferenceConfig {
+    /// From the command line: the reference server, the cache and the schema filter
+    /// (`--schemas`, else the policy's `schemas:`, else the default).
+    pub fn from_args(
+        args: &ReferenceArgs,
+        policy_schemas: &[String],
+    ) -> anyhow::Result<ReferenceConfig> {
+        crate::fingerprint::check_schema_names(&args.schemas)
+            .map_err(|message| anyhow::anyhow!("--schemas: {message}"))?;
+        Ok(ReferenceConfig {
             server: args
                 .reference_url
                 .as_ref()
@@ -40,12 +46,8 @@ impl ReferenceConfig {
                 .reference_cache
                 .clone()
                 .unwrap_or_else(default_cache_dir),
-            filter: if args.schemas.is_empty() {
-                SchemaFilter::default_filter()
-            } else {
-                SchemaFilter::only(args.schemas.clone())
-            },
-        }
+            filter: SchemaFilter::chosen(&args.schemas, policy_schemas),
+        })
     }
 }
 
@@ -101,7 +103,10 @@ pub async fn references(
     };
     let references = build_references(server, &set.migrations, &config.filter)
         .await
-        .context("building the reference fingerprints")?;
+        .context(
+            "building the reference fingerprints on an empty database (the migrations must \
+             create every table they use; a schema made outside them has no reference)",
+        )?;
     write_cache(&path, &references)?;
     Ok((references, false))
 }

@@ -85,7 +85,7 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
         );
     }
     if candidates.is_empty() {
-        eprintln!("nothing to roll back");
+        eprintln!("{}", nothing_to_roll_back(&plan, &read.state, &selection));
         if args.output == OutputFormat::Json {
             print_json(&plan, Vec::new(), &refusals)?;
         }
@@ -132,7 +132,7 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
                     // missing, which `gc --preserved` can make up for.
                     eprintln!(
                         "warning: {}: rolled back, but the preserved branch has no expiry: {}",
-                        candidate.tenant,
+                        plan.tenant_label(&candidate.tenant),
                         crate::terminal::escape_controls(&error)
                     );
                 }
@@ -176,11 +176,20 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
                 crate::report::render::plural(total, "tenant")
             );
         } else {
-            println!(
-                "{rolled_back} of {} rolled back; `schemafleet status {}` shows them; `apply` of this plan leaves them back until `--include-rolled-back`",
-                crate::report::render::plural(total, "tenant"),
-                args.plan.display()
+            let mut text = String::new();
+            crate::report::render::wrap_into(
+                &mut text,
+                &format!(
+                    "{rolled_back} of {} rolled back; `schemafleet status {}` shows {}; `apply` of this plan leaves {} back until `--include-rolled-back`",
+                    crate::report::render::plural(total, "tenant"),
+                    args.plan.display(),
+                    if rolled_back == 1 { "it" } else { "them" },
+                    if rolled_back == 1 { "it" } else { "them" },
+                ),
+                "",
+                "  ",
             );
+            print!("{text}");
         }
     }
     Ok(if n_failed == 0 {
@@ -188,6 +197,53 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
     } else {
         ExitStatus::Failure
     })
+}
+
+/// Why nothing was chosen: for `--failed`, that the failed tenants failed before their main
+/// changed (validation, probe), so there is nothing on main to undo.
+fn nothing_to_roll_back(
+    plan: &crate::plan::model::Plan,
+    state: &crate::journal::JournalState,
+    selection: &rollback::Selection,
+) -> String {
+    if !matches!(selection, rollback::Selection::Failed) {
+        return "nothing to roll back".to_string();
+    }
+    let untouched: Vec<String> = plan
+        .tenants()
+        .filter(|(tenant, _)| {
+            state.tenant(&tenant.id).is_some_and(|tenant_state| {
+                tenant_state.status == crate::journal::TenantStatus::Failed
+                    && tenant_state.applied_versions.is_empty()
+            })
+        })
+        .map(|(tenant, _)| tenant.label())
+        .collect();
+    if untouched.is_empty() {
+        return "nothing to roll back: no tenant of this plan failed after its main changed"
+            .to_string();
+    }
+    const SHOWN: usize = 5;
+    let mut names = untouched
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if untouched.len() > SHOWN {
+        names.push_str(&format!(" and {} more", untouched.len() - SHOWN));
+    }
+    let mut text = String::new();
+    crate::report::render::wrap_into(
+        &mut text,
+        &format!(
+            "nothing to roll back: {} failed before main changed, so main is as it was ({names}); fix the cause and `apply --retry-failed`",
+            crate::report::render::plural(untouched.len(), "tenant"),
+        ),
+        "",
+        "  ",
+    );
+    text.trim_end().to_string()
 }
 
 /// The rollback's JSON document: restored tenants and refusals (also when nothing was rolled

@@ -41,6 +41,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
     let plan_display = args.plan.display().to_string();
     let groups = report::group_failures(&summary, &plan_display);
     let restore_points = restore_points(&plan, &read.state);
+    let baselined = baselined(&plan, &read.state);
+    let baking = baking(&plan, &read.state, time::OffsetDateTime::now_utc());
     let live = if args.live {
         Some(live_probe(&args, &plan, &read.state).await?)
     } else {
@@ -82,6 +84,11 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 "failure_groups": groups,
                 "restore_points": restore_points,
                 "held_back": summary.held_back,
+                "held_back_tenants": summary.held_back_tenants,
+                "baseline": baselined,
+                "baking": baking.as_ref().map(|bake| serde_json::json!({
+                    "wave": bake.wave, "until": bake.until, "next_wave": bake.next_wave,
+                })),
                 "source": if live.is_some() { "journal+live" } else { "journal" },
                 "as_of": as_of,
                 "torn_tail": read.torn_tail,
@@ -104,6 +111,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 as_of.as_deref(),
                 lock_holder,
             );
+            if let Some(bake) = &baking {
+                print!("{}", bake.text(apply_pid));
+            }
+            print!("{}", baseline_text(&baselined));
         }
     }
     let live_problems = live
@@ -173,7 +184,8 @@ fn print_text(
         report::render::wrap_into(
             &mut note,
             &format!(
-                "as of this plan's last record ({as_of}): another plan's apply or rollback since then is not in it; `--live` reads the tenants"
+                "as of this plan's last record ({}): another plan's apply or rollback since then is not in it; `--live` reads the tenants",
+                to_the_second(as_of)
             ),
             "",
             "  ",
@@ -195,7 +207,14 @@ fn print_text(
         }
     }
     if let Some(wave) = halted {
-        println!("wave {wave} is HALTED: later waves wait until its failures are resolved");
+        // The last wave has no later waves to hold back.
+        let last = summary.waves.last().is_some_and(|last| last.name == wave);
+        let held = if last {
+            "its failures are not resolved"
+        } else {
+            "later waves wait until its failures are resolved"
+        };
+        println!("wave {wave} is HALTED: {held}");
     }
     let apply_pid = match lock_holder {
         LockHolder::Apply { pid } => Some(pid),
@@ -215,6 +234,127 @@ fn print_text(
     if let Some(live) = live {
         print_live(live);
     }
+}
+
+/// A journal time as people read it: whole seconds (`…T12:18:48Z`); the JSON keeps it exact.
+fn to_the_second(at: &str) -> String {
+    crate::clock::parse_rfc3339(at).map_or_else(
+        || at.to_string(),
+        |time| crate::clock::format_rfc3339(time.replace_nanosecond(0).unwrap_or(time)),
+    )
+}
+
+/// A finished wave whose bake time has not run out, before a wave that has not started.
+struct Baking {
+    wave: String,
+    until: String,
+    next_wave: String,
+}
+
+impl Baking {
+    /// Why nothing moves: the running apply waits, or the next one will.
+    fn text(&self, apply_pid: Option<u32>) -> String {
+        let line = match apply_pid {
+            Some(pid) => format!(
+                "apply (pid {pid}) is baking wave {} until {}; wave {} starts then",
+                self.wave,
+                to_the_second(&self.until),
+                self.next_wave
+            ),
+            None => format!(
+                "wave {} bakes until {}: `apply` waits for it before wave {} starts, unless given `--skip-bake`",
+                self.wave,
+                to_the_second(&self.until),
+                self.next_wave
+            ),
+        };
+        let mut out = String::new();
+        report::render::wrap_into(&mut out, &line, "", "  ");
+        out
+    }
+}
+
+fn baking(plan: &Plan, state: &JournalState, now: time::OffsetDateTime) -> Option<Baking> {
+    plan.waves.windows(2).find_map(|pair| {
+        let until = state.waves.get(&pair[0].name)?.bake_until.clone()?;
+        let ends = crate::clock::parse_rfc3339(&until)?;
+        let next_waits = state.wave_status(&pair[1].name) == crate::journal::WaveStatus::NotStarted;
+        (ends > now && next_waits).then(|| Baking {
+            wave: pair[0].name.clone(),
+            until,
+            next_wave: pair[1].name.clone(),
+        })
+    })
+}
+
+/// Tenants `baseline --yes` recorded a history for, in plan order.
+fn baselined(plan: &Plan, state: &JournalState) -> Vec<serde_json::Value> {
+    plan.tenants()
+        .filter_map(|(planned, _)| {
+            let (versions, at) = state.baselined.get(&planned.id)?;
+            Some(serde_json::json!({
+                "tenant": planned.id,
+                "tenant_name": planned.name,
+                "region": planned.region,
+                "versions": versions,
+                "recorded_at": at,
+            }))
+        })
+        .collect()
+}
+
+/// One line per set of recorded versions: `baseline recorded V1..V2 on 3 tenants: …`.
+fn baseline_text(baselined: &[serde_json::Value]) -> String {
+    let mut by_versions: std::collections::BTreeMap<Vec<i64>, Vec<String>> = Default::default();
+    for entry in baselined {
+        let versions: Vec<i64> = entry["versions"]
+            .as_array()
+            .map(|versions| {
+                versions
+                    .iter()
+                    .filter_map(serde_json::Value::as_i64)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let label = crate::plan::model::PlannedTenant {
+            id: entry["tenant"].as_str().unwrap_or("?").to_string(),
+            name: entry["tenant_name"].as_str().unwrap_or("").to_string(),
+            region: String::new(),
+        }
+        .label();
+        by_versions.entry(versions).or_default().push(label);
+    }
+    let mut out = String::new();
+    if !by_versions.is_empty() {
+        out.push('\n');
+    }
+    for (versions, labels) in by_versions {
+        const SHOWN: usize = 10;
+        let versions: Vec<i32> = versions.iter().map(|version| *version as i32).collect();
+        let mut names = labels
+            .iter()
+            .take(SHOWN)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if labels.len() > SHOWN {
+            names.push_str(&format!(
+                " (+{} more; --output json lists them all)",
+                labels.len() - SHOWN
+            ));
+        }
+        report::render::wrap_into(
+            &mut out,
+            &format!(
+                "baseline recorded {} on {}: {names}",
+                crate::drift::format_versions(&versions),
+                report::render::plural(labels.len(), "tenant")
+            ),
+            "",
+            "  ",
+        );
+    }
+    out
 }
 
 /// Restore points as the operator needs them: tenant, wave, kind, when.
@@ -302,7 +442,12 @@ fn print_live(live: &serde_json::Value) {
             &mut out,
             &format!(
                 "{}: {}",
-                entry["tenant"].as_str().unwrap_or("?"),
+                crate::plan::model::PlannedTenant {
+                    id: entry["tenant"].as_str().unwrap_or("?").to_string(),
+                    name: entry["tenant_name"].as_str().unwrap_or("").to_string(),
+                    region: String::new(),
+                }
+                .label(),
                 entry["reason"].as_str().unwrap_or("?")
             ),
             "  ",
@@ -399,8 +544,12 @@ async fn live_probe(
         .filter_map(|(tenant, verdict)| {
             let journal = state.tenant_status(tenant);
             let reason = stale_reason(journal, &verdict.state, verdict.current_version)?;
+            let name = plan
+                .tenant(tenant)
+                .map_or("", |(planned, _)| planned.name.as_str());
             Some(serde_json::json!({
                 "tenant": tenant,
+                "tenant_name": name,
                 "journal": journal.as_str(),
                 "live": verdict.state,
                 "current_version": verdict.current_version,

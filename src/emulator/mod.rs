@@ -338,6 +338,11 @@ impl LocalFleet {
         self.proxy_address
     }
 
+    /// The directory the backing PostgreSQL cluster lives in; `None` when attached to a server.
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        self.cluster.as_ref()?.root_dir()
+    }
+
     /// Suspend every endpoint now, as a fleet left alone for a while is; returns how many were
     /// running.
     pub fn suspend_all_endpoints(&self) -> usize {

@@ -7,6 +7,8 @@
 //! - [`recovery`]: what a retry or resume takes over from the journal (what an interrupted
 //!   apply committed, whether the restore point still serves), decided against main's history.
 //! - [`reporter`]: the trait progress displays implement; the executor never draws anything.
+//! - [`schema_check`]: the opt-in check (`verify_schema`) that main's schema is what its
+//!   history says, before anything is applied.
 //!
 //! **Invariant:** a tenant whose probe or validation fails is never touched on main.
 //! **Invariant:** a tenant finished in the journal is not touched or even connected to on resume;
@@ -18,6 +20,7 @@
 
 pub mod recovery;
 pub mod reporter;
+pub mod schema_check;
 pub mod shutdown;
 pub mod tenant;
 pub mod timings;
@@ -31,6 +34,7 @@ pub use tenant::TenantOutcome;
 pub use waves::{RunOutcome, execute};
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::pg::runner::LockRetry;
@@ -79,6 +83,9 @@ pub struct ApplyConfig {
     pub verify_sql: Option<String>,
     /// Expiry of backup branches (restore_point: backup_branch).
     pub backup_ttl: Duration,
+    /// Policy `verify_schema: true`: the references main's schema must equal before a tenant
+    /// is migrated; `None` skips the check.
+    pub schema_check: Option<Arc<schema_check::SchemaCheck>>,
 }
 
 impl ApplyConfig {
@@ -99,6 +106,7 @@ impl ApplyConfig {
             max_connection_retries: 3,
             verify_sql: None,
             backup_ttl: Duration::from_secs(7 * 24 * 3600),
+            schema_check: None,
         }
     }
 }

@@ -293,6 +293,9 @@ async fn pipeline(
             pending
         }
     };
+    if let Some(failure) = check_schema(context, tenant_id, main_session.as_ref()).await {
+        return Ok(Err((Phase::Probe, failure)));
+    }
 
     // 2. Validate on a throwaway branch, unless an earlier run already validated these versions.
     let applied_on_main = prior.map_or(&[][..], |state| state.applied_versions.as_slice());
@@ -376,6 +379,28 @@ async fn pipeline(
 
     // 4. Apply to main under the advisory lock.
     apply_to_main(context, tenant_id, wave, &main_uri, &pending, main_session).await
+}
+
+/// The opt-in step between probe and validation (policy `verify_schema`): main's schema must
+/// equal the reference at the version the probe found; `Some` fails the tenant untouched.
+async fn check_schema(
+    context: &TenantContext,
+    tenant_id: &str,
+    session: Option<&MainSession>,
+) -> Option<DbFailure> {
+    let check = context.config.schema_check.as_deref()?;
+    let session = session?;
+    let version = context
+        .recorder
+        .read(|state| {
+            state
+                .tenant(tenant_id)
+                .and_then(|tenant| tenant.current_version)
+        })
+        .unwrap_or(0);
+    super::schema_check::verify_schema(check, &session.client, version)
+        .await
+        .err()
 }
 
 /// Journal what the re-probe credits to an earlier run's unfinished apply (`recovered`):

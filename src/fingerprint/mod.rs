@@ -53,6 +53,56 @@ impl SchemaFilter {
             ..SchemaFilter::default_filter()
         }
     }
+
+    /// `--schemas` when given, else the policy's (or the plan's) `schemas:`, else the default.
+    pub fn chosen(command_line: &[String], policy: &[String]) -> SchemaFilter {
+        match (command_line, policy) {
+            ([], []) => SchemaFilter::default_filter(),
+            ([], policy) => SchemaFilter::only(policy.to_vec()),
+            (command_line, _) => SchemaFilter::only(command_line.to_vec()),
+        }
+    }
+}
+
+/// Whether `name` can be one of the schemas a fingerprint covers (`schemas:` in a policy,
+/// `--schemas`): a PostgreSQL identifier as the catalog spells it, and not a schema that is
+/// never fingerprinted (which would silently compare nothing).
+pub fn check_schema_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a schema name must not be empty".to_string());
+    }
+    if name.len() > 63 {
+        return Err(format!(
+            "schema `{name}` is longer than PostgreSQL's 63-byte identifiers"
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!(
+            "schema `{}` holds a control character",
+            name.escape_debug()
+        ));
+    }
+    if DEFAULT_EXCLUDED_SCHEMAS.contains(&name)
+        || name.starts_with("pg_toast")
+        || name.starts_with("pg_temp")
+    {
+        return Err(format!(
+            "schema `{name}` is PostgreSQL's or Neon's own and never fingerprinted; list the \
+             schemas your migrations create (e.g. public)"
+        ));
+    }
+    Ok(())
+}
+
+/// [`check_schema_name`] for a list, which must also name each schema once.
+pub fn check_schema_names(names: &[String]) -> Result<(), String> {
+    for (index, name) in names.iter().enumerate() {
+        check_schema_name(name)?;
+        if names[..index].contains(name) {
+            return Err(format!("schema `{name}` is listed twice"));
+        }
+    }
+    Ok(())
 }
 
 /// What kind of catalog object a [`SchemaObject`] is.
@@ -204,6 +254,33 @@ mod tests {
             object(ObjectKind::Column, "public.a.id", "bigint not null"),
         ]);
         assert_ne!(one.digest(), changed.digest());
+    }
+
+    #[test]
+    fn schema_names_are_checked() {
+        assert_eq!(
+            check_schema_names(&["public".into(), "billing".into()]),
+            Ok(())
+        );
+        for (bad, says) in [
+            (vec!["".to_string()], "must not be empty"),
+            (vec!["neon_auth".to_string()], "never fingerprinted"),
+            (vec!["pg_catalog".to_string()], "never fingerprinted"),
+            (vec!["pg_toast_1".to_string()], "never fingerprinted"),
+            (vec!["a".repeat(64)], "63-byte"),
+            (vec!["public".into(), "public".into()], "listed twice"),
+        ] {
+            let error = check_schema_names(&bad).unwrap_err();
+            assert!(error.contains(says), "{bad:?}: {error}");
+        }
+        let chosen = SchemaFilter::chosen(&[], &["app".into()]);
+        assert_eq!(chosen.include, ["app"]);
+        let chosen = SchemaFilter::chosen(&["cli".into()], &["app".into()]);
+        assert_eq!(chosen.include, ["cli"]);
+        assert_eq!(
+            SchemaFilter::chosen(&[], &[]),
+            SchemaFilter::default_filter()
+        );
     }
 
     #[test]

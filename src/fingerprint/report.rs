@@ -5,7 +5,7 @@
 //! a tenant whose history disagrees with the files has no reference to compare with and is
 //! skipped (the history report already names it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
@@ -19,6 +19,9 @@ use crate::report::render::wrap_into;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TenantSchema {
     pub tenant: String,
+    /// The project's name, when the plan or fleet gave one (see [`SchemaReport::with_names`]).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub tenant_name: String,
     /// The recorded version compared against (0: no history).
     pub version: Option<i32>,
     /// Empty for a clean tenant; meaningless when `skipped` is set.
@@ -44,6 +47,9 @@ pub struct SchemaReport {
     pub tenants: Vec<TenantSchema>,
     /// Biggest group first, then by their first difference.
     pub groups: Vec<SchemaGroup>,
+    /// Project names by id, for showing tenants as people know them.
+    #[serde(skip)]
+    pub names: HashMap<String, String>,
 }
 
 /// Count and group the tenants' comparisons.
@@ -82,10 +88,22 @@ pub fn aggregate(mut tenants: Vec<TenantSchema>) -> SchemaReport {
         differing: compared - clean,
         tenants,
         groups,
+        names: HashMap::new(),
     }
 }
 
 impl SchemaReport {
+    /// Name the tenants (project id to project name) in the text and JSON.
+    pub fn with_names(mut self, names: HashMap<String, String>) -> SchemaReport {
+        for tenant in &mut self.tenants {
+            if let Some(name) = names.get(&tenant.tenant) {
+                tenant.tenant_name = name.clone();
+            }
+        }
+        self.names = names;
+        self
+    }
+
     /// 1 when any tenant's schema differs from its reference, else 0.
     pub fn exit_status(&self) -> ExitStatus {
         if self.differing > 0 {
@@ -149,7 +167,7 @@ pub fn render_text(report: &SchemaReport) -> String {
         }
         wrap_into(
             &mut out,
-            &tenant_list(&group.tenants, &Default::default()),
+            &tenant_list(&group.tenants, &report.names),
             "    ",
             "    ",
         );
@@ -183,6 +201,7 @@ mod tests {
     fn tenant(id: &str, differences: Vec<Difference>) -> TenantSchema {
         TenantSchema {
             tenant: id.to_string(),
+            tenant_name: String::new(),
             version: Some(3),
             differences,
             skipped: None,
@@ -200,7 +219,15 @@ mod tests {
             skipped: Some("history diverged".into()),
             ..tenant("t-7", Vec::new())
         });
-        let report = aggregate(tenants);
+        let names = HashMap::from([("t-9".to_string(), "acme".to_string())]);
+        let report = aggregate(tenants).with_names(names);
+        let named: Vec<(&str, &str)> = report
+            .tenants
+            .iter()
+            .filter(|tenant| !tenant.tenant_name.is_empty())
+            .map(|tenant| (tenant.tenant.as_str(), tenant.tenant_name.as_str()))
+            .collect();
+        assert_eq!(named, [("t-9", "acme")]);
         assert_eq!((report.compared, report.clean, report.differing), (7, 1, 6));
         assert_eq!(report.groups.len(), 2);
         assert_eq!(report.groups[0].tenants.len(), 5);
@@ -209,6 +236,10 @@ mod tests {
         let text = render_text(&report);
         assert!(text.contains("5 tenants with 1 difference:"), "{text}");
         assert!(text.contains("- extra index public.x"), "{text}");
+        assert!(
+            text.contains("acme (t-9)"),
+            "groups name their tenants: {text}"
+        );
         for line in text.lines() {
             assert!(line.chars().count() <= 80, "too wide: {line:?}");
         }

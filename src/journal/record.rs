@@ -200,6 +200,16 @@ pub enum Event {
         tenant: String,
         error: String,
     },
+    /// `baseline --yes` wrote the history rows of `versions` into a tenant's empty history
+    /// table: its schema equalled the reference after the highest of them. Written after the
+    /// commit (a fact); the tenant's history table stays the truth.
+    BaselineRecorded {
+        tenant: String,
+        versions: Vec<i32>,
+        /// Other tools' history tables found on the tenant (`drizzle: 12 migrations`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tools: Vec<String>,
+    },
 }
 
 impl Event {
@@ -221,7 +231,8 @@ impl Event {
             | Event::Failed { tenant, .. }
             | Event::RollbackStarted { tenant, .. }
             | Event::RolledBack { tenant, .. }
-            | Event::RollbackFailed { tenant, .. } => Some(tenant),
+            | Event::RollbackFailed { tenant, .. }
+            | Event::BaselineRecorded { tenant, .. } => Some(tenant),
             Event::RunStarted { .. }
             | Event::RunFinished { .. }
             | Event::WaveStarted { .. }

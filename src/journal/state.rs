@@ -166,6 +166,9 @@ pub struct JournalState {
     pub tenants: HashMap<String, Box<TenantState>>,
     pub waves: HashMap<String, WaveState>,
     pub last_run_outcome: Option<String>,
+    /// Tenants `baseline` recorded a history for: tenant -> (versions, when). Kept apart from
+    /// [`TenantState`]: adopting a tenant is not a step of the rollout.
+    pub baselined: BTreeMap<String, (Vec<i32>, String)>,
 }
 
 impl JournalState {
@@ -401,6 +404,12 @@ impl JournalState {
                     state.updated_at = at;
                 }
             }
+            Event::BaselineRecorded {
+                tenant, versions, ..
+            } => {
+                self.baselined
+                    .insert(tenant.clone(), (versions.clone(), at.clone()));
+            }
             Event::RollbackFailed { tenant, error } => {
                 if let Some(state) = self.tenants.get_mut(tenant.as_str()) {
                     state.status = TenantStatus::RollbackFailed;
@@ -442,6 +451,25 @@ mod tests {
             at: format!("2026-11-26T10:00:{seq:02}Z"),
             event,
         }
+    }
+
+    #[test]
+    fn baseline_records_are_kept_apart_from_the_rollout() {
+        let records = vec![record(
+            1,
+            Event::BaselineRecorded {
+                tenant: "t1".into(),
+                versions: vec![1, 2],
+                tools: vec!["drizzle: 2 migrations".into()],
+            },
+        )];
+        let state = JournalState::replay(&records);
+        assert_eq!(
+            state.baselined.get("t1"),
+            Some(&(vec![1, 2], "2026-11-26T10:00:01Z".to_string()))
+        );
+        assert_eq!(state.tenant_status("t1"), TenantStatus::NotStarted);
+        assert_eq!((state.plan_id.as_deref(), state.runs), (None, 0));
     }
 
     fn tenant_event_sequence() -> Vec<Record> {

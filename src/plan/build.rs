@@ -236,6 +236,8 @@ pub fn planned_policy(policy: &Policy, paths: &PlanPaths) -> PlannedPolicy {
                 sha256: verify.sha256.clone(),
             }),
         api_rate_limit_per_min: policy.api_rate_limit_per_min,
+        schemas: policy.schemas.clone(),
+        verify_schema: policy.verify_schema,
     }
 }
 

@@ -308,6 +308,8 @@ mod round_trip_tests {
                     sha256: "ab".into(),
                 }),
                 api_rate_limit_per_min: Some(300),
+                schemas: Vec::new(),
+                verify_schema: false,
             },
             migrations: PlannedMigrations {
                 dir: "../migrations".into(),

@@ -88,6 +88,14 @@ pub struct PlannedPolicy {
     /// the command line's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_rate_limit_per_min: Option<u32>,
+    /// The schemas a schema fingerprint covers (policy `schemas:`); empty for the default.
+    /// Absent from plans that leave it at the default, so their plan ids do not change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schemas: Vec<String>,
+    /// Policy `verify_schema: true`: a tenant whose schema differs from the reference at its
+    /// version fails before anything is applied.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verify_schema: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -393,6 +401,8 @@ pub fn test_plan(waves: Vec<PlannedWave>) -> Plan {
             salt: "s".into(),
             verify: None,
             api_rate_limit_per_min: None,
+            schemas: Vec::new(),
+            verify_schema: false,
         },
         migrations: PlannedMigrations {
             dir: "m".into(),

@@ -38,6 +38,10 @@ pub struct PlanSummary {
     pub migrations: Vec<SummaryMigration>,
     /// `per_migration` or `per_release`: how each tenant's migrations commit.
     pub transaction: TransactionMode,
+    /// Policy `verify_schema`: each tenant's schema is checked before it is migrated.
+    pub verify_schema: bool,
+    /// Policy `schemas:` (empty: every schema but PostgreSQL's and Neon's own).
+    pub schemas: Vec<String>,
     pub waves: Vec<SummaryWave>,
     pub validated_tenants: usize,
     pub api_calls: ApiCallEstimate,
@@ -137,6 +141,8 @@ pub fn summarize(plan: &Plan, plan_path: &str, api_rate_limit_per_min: u32) -> P
             })
             .collect(),
         transaction: plan.policy.transaction,
+        verify_schema: plan.policy.verify_schema,
+        schemas: plan.policy.schemas.clone(),
         waves: plan
             .waves
             .iter()
@@ -194,6 +200,17 @@ impl fmt::Display for PlanSummary {
                 ""
             };
             writeln!(f, "  V{}__{}{marker}", migration.version, migration.name)?;
+        }
+        if self.verify_schema {
+            let schemas = if self.schemas.is_empty() {
+                "every schema but PostgreSQL's and Neon's own".to_string()
+            } else {
+                format!("schemas {}", self.schemas.join(", "))
+            };
+            writeln!(
+                f,
+                "verify_schema: each tenant's schema ({schemas}) must equal the reference at its\n  version before it is migrated"
+            )?;
         }
         writeln!(f, "waves:")?;
         let name_width = self

@@ -54,6 +54,12 @@ pub struct Policy {
     pub waves: Vec<WavePolicy>,
     /// The `lint:` section, or the defaults.
     pub lint: LintSettings,
+    /// `schemas:`: the schemas a schema fingerprint covers; empty for the default (every
+    /// schema but PostgreSQL's and Neon's own).
+    pub schemas: Vec<String>,
+    /// `verify_schema: true`: before applying, a tenant's schema must equal the reference at
+    /// its version, or it fails untouched.
+    pub verify_schema: bool,
     /// The file's text, kept to point later errors (a named tenant not in the fleet) at a line.
     source_text: String,
 }
@@ -407,6 +413,28 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
         }
     };
 
+    let schemas_given_empty = raw.schemas.as_ref().is_some_and(Vec::is_empty);
+    let schemas: Vec<String> = raw
+        .schemas
+        .unwrap_or_default()
+        .into_iter()
+        .map(|schema| schema.0)
+        .collect();
+    if let Err(message) = crate::fingerprint::check_schema_names(&schemas) {
+        return Err(invalid(
+            find_top_level_key(text, "schemas"),
+            format!("schemas: {message}"),
+        ));
+    }
+    if schemas_given_empty {
+        return Err(invalid(
+            find_top_level_key(text, "schemas"),
+            "schemas: empty; list the schemas your migrations create (e.g. [public]), or remove \
+             the key for every schema but PostgreSQL's and Neon's own"
+                .to_string(),
+        ));
+    }
+
     Ok(Policy {
         path: path.to_path_buf(),
         sha256: sha256_hex(text.as_bytes()),
@@ -431,6 +459,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
         api_rate_limit_per_min: raw.api_rate_limit_per_min.map(|limit| limit.0),
         waves,
         lint,
+        schemas,
+        verify_schema: raw.verify_schema.unwrap_or(false),
         source_text: text.to_string(),
     })
 }
@@ -520,6 +550,30 @@ waves:
         );
         assert_eq!(policy.waves[2].percent, Some(100.0));
         assert_eq!(policy.waves[2].max_failure_percent, Some(1.0));
+    }
+
+    #[test]
+    fn schema_keys_are_checked_with_their_line() {
+        let policy = check(GOOD).unwrap();
+        assert!(policy.schemas.is_empty() && !policy.verify_schema);
+        let with =
+            |keys: &str| GOOD.replacen("salt: release-1\n", &format!("salt: release-1\n{keys}"), 1);
+        let policy = check(&with("schemas: [public, billing]\nverify_schema: true\n")).unwrap();
+        assert_eq!(policy.schemas, ["public", "billing"]);
+        assert!(policy.verify_schema);
+        for (keys, says) in [
+            ("schemas: [neon_auth]\n", "never fingerprinted"),
+            ("schemas: [public, public]\n", "listed twice"),
+            ("schemas: []\n", "schemas: empty"),
+            ("schemas: public\n", "sequence"),
+            ("verify_schema: maybe\n", "verify_schema"),
+        ] {
+            let error = check(&with(keys)).unwrap_err();
+            assert!(
+                error.contains("plans/rollout.yaml:14:") && error.contains(says),
+                "{keys}: {error}"
+            );
+        }
     }
 
     #[test]

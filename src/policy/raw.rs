@@ -38,6 +38,12 @@ pub(crate) struct RawPolicy {
     pub waves: Vec<RawWave>,
     #[serde(default)]
     pub lint: Option<RawLint>,
+    /// The schemas a schema fingerprint covers (`drift --schema`, `baseline`, `verify_schema`).
+    #[serde(default)]
+    pub schemas: Option<Vec<SchemaName>>,
+    /// Compare each tenant's schema with the reference at its version before applying.
+    #[serde(default)]
+    pub verify_schema: Option<bool>,
 }
 
 /// `lint: { pg_version, deny, warn, ignore }`; rule names are checked after parsing.
@@ -118,6 +124,10 @@ pub(crate) enum RawValidation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NonEmptyString(pub String);
 
+/// A schema name a fingerprint may cover (see [`crate::fingerprint::check_schema_name`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SchemaName(pub String);
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Percent(pub f64);
 
@@ -197,6 +207,18 @@ impl<'de> Deserialize<'de> for NonEmptyString {
                     return Err("must not be empty".to_string());
                 }
                 Ok(NonEmptyString(text.to_string()))
+            },
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for SchemaName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(CheckedString {
+            expecting: "a schema name",
+            check: |text: &str| {
+                crate::fingerprint::check_schema_name(text)?;
+                Ok(SchemaName(text.to_string()))
             },
         })
     }

@@ -30,10 +30,25 @@ pub struct FailureGroup {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PartlyMigrated {
     pub tenant: String,
+    /// The project's name, when it has one of its own.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub tenant_name: String,
     /// main's version now.
     pub main_version: Option<i32>,
     /// The versions this release committed there.
     pub applied_on_main: Vec<i32>,
+}
+
+impl PartlyMigrated {
+    /// `name (id)`, or the id when the tenant has no name of its own.
+    pub fn label(&self) -> String {
+        crate::plan::model::PlannedTenant {
+            id: self.tenant.clone(),
+            name: self.tenant_name.clone(),
+            region: String::new(),
+        }
+        .label()
+    }
 }
 
 /// How many tenant ids a group lists.
@@ -87,6 +102,7 @@ pub fn group_failures(summary: &Summary, plan_path: &str) -> Vec<FailureGroup> {
                 .filter(|member| member.phase == "apply" && !member.applied_on_main.is_empty())
                 .map(|member| PartlyMigrated {
                     tenant: member.tenant.clone(),
+                    tenant_name: member.tenant_name.clone(),
                     main_version: member.main_version,
                     applied_on_main: member.applied_on_main.clone(),
                 })
@@ -326,6 +342,7 @@ mod tests {
             failures,
             restore_points: 0,
             held_back: Vec::new(),
+            held_back_tenants: Vec::new(),
         }
     }
 

@@ -118,7 +118,7 @@ pub fn summary_text_during(
                     &mut out,
                     &format!(
                         "main of {} is at {at}: {} committed before the failure",
-                        partly.tenant,
+                        partly.label(),
                         crate::drift::format_versions(&partly.applied_on_main)
                     ),
                     "      ",
@@ -138,16 +138,16 @@ pub fn summary_text_during(
 
 /// Names the tenants this plan rolled back, which `apply` leaves alone until asked.
 fn held_back_text(out: &mut String, summary: &Summary) {
-    if summary.held_back.is_empty() {
+    if summary.held_back_tenants.is_empty() {
         return;
     }
     const SHOWN: usize = 20;
-    let n_held = summary.held_back.len();
+    let n_held = summary.held_back_tenants.len();
     let mut names = summary
-        .held_back
+        .held_back_tenants
         .iter()
         .take(SHOWN)
-        .cloned()
+        .map(super::summary::HeldBack::label)
         .collect::<Vec<_>>()
         .join(", ");
     if n_held > SHOWN {
@@ -156,6 +156,7 @@ fn held_back_text(out: &mut String, summary: &Summary) {
             n_held - SHOWN
         ));
     }
+    let pronoun = if n_held == 1 { "it" } else { "them" };
     let failed = summary.totals.rollback_failed;
     let failed_note = if failed > 0 {
         format!(" ({failed} of them whose rollback failed)")
@@ -165,7 +166,7 @@ fn held_back_text(out: &mut String, summary: &Summary) {
     wrap_into(
         out,
         &format!(
-            "held back, rolled back by this plan{failed_note}: {names}; `apply` leaves them alone until `--include-rolled-back` (all, or =ID,ID)"
+            "held back, rolled back by this plan{failed_note}: {names}; `apply` leaves {pronoun} alone until `--include-rolled-back` (all, or =ID,ID)"
         ),
         "",
         "  ",

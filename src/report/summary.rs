@@ -109,6 +109,30 @@ pub struct Summary {
     /// Tenants this plan rolled back (or tried to): `apply` leaves them alone unless
     /// `--include-rolled-back` names them, so every report lists them by id.
     pub held_back: Vec<String>,
+    /// The same tenants with their names and regions, for people.
+    pub held_back_tenants: Vec<HeldBack>,
+}
+
+/// A tenant this plan rolled back, as people know it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HeldBack {
+    pub tenant: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub tenant_name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub region: String,
+}
+
+impl HeldBack {
+    /// `name (id)`, or the id when the tenant has no name of its own.
+    pub fn label(&self) -> String {
+        PlannedTenant {
+            id: self.tenant.clone(),
+            name: self.tenant_name.clone(),
+            region: String::new(),
+        }
+        .label()
+    }
 }
 
 /// main's version after what the journal saw: the probe's, or the highest committed since.
@@ -143,6 +167,7 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
     let mut failures = Vec::new();
     let mut restore_points = 0;
     let mut held_back = Vec::new();
+    let mut held_back_tenants = Vec::new();
     for wave in &plan.waves {
         let mut counts = Counts::default();
         for planned in &wave.tenants {
@@ -159,6 +184,11 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
                 TenantStatus::RolledBack | TenantStatus::RollbackFailed
             ) {
                 held_back.push(tenant_id.clone());
+                held_back_tenants.push(HeldBack {
+                    tenant: tenant_id.clone(),
+                    tenant_name: planned.name.clone(),
+                    region: planned.region.clone(),
+                });
             }
             match status {
                 TenantStatus::Failed => {
@@ -220,5 +250,6 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
         failures,
         restore_points,
         held_back,
+        held_back_tenants,
     }
 }

@@ -134,6 +134,8 @@ async fn run_job(job: Job) -> anyhow::Result<ChildReport> {
                 max_connections: 64,
                 output: OutputFormat::Json,
                 no_progress: true,
+                reference_url: None,
+                reference_cache: None,
                 api: ApiArgs {
                     api_url,
                     api_key: Some(api_key),
