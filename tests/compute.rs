@@ -558,7 +558,9 @@ async fn tls_connections_route_by_sni_bind_the_channel_and_count_their_set_up() 
         ),
     ];
     for (bad_uri, expected) in refused {
-        let error = connect_tls(&bad_uri).await.err().expect("refused");
+        let Err(error) = connect_tls(&bad_uri).await else {
+            panic!("refused: {expected}");
+        };
         assert_eq!(error_message(&error), expected);
     }
     fleet.stop().await.expect("stops");
@@ -578,12 +580,9 @@ async fn psql_connects_with_neonctls_uri_over_tls_with_channel_binding() {
             .args([uri.as_str(), "-XAtc", query])
             .output()
     };
-    let output = psql(
-        uri.clone(),
-        "SELECT count(*) FROM accounts",
-    )
-    .await
-    .expect("psql runs");
+    let output = psql(uri.clone(), "SELECT count(*) FROM accounts")
+        .await
+        .expect("psql runs");
     assert!(
         output.status.success(),
         "{}",
@@ -596,7 +595,11 @@ async fn psql_connects_with_neonctls_uri_over_tls_with_channel_binding() {
         uri.replace(&format!("{endpoint_id}.localhost"), "127.0.0.1")
     );
     let output = tokio::process::Command::new("psql")
-        .args([options_uri.as_str(), "-XAtc", "SELECT count(*) FROM accounts"])
+        .args([
+            options_uri.as_str(),
+            "-XAtc",
+            "SELECT count(*) FROM accounts",
+        ])
         .output()
         .await
         .expect("psql runs");
@@ -607,12 +610,9 @@ async fn psql_connects_with_neonctls_uri_over_tls_with_channel_binding() {
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "1");
     // An endpoint nobody has, named by SNI.
-    let output = psql(
-        uri.replace(&endpoint_id, "ep-nobody-404"),
-        "SELECT 1",
-    )
-    .await
-    .expect("psql runs");
+    let output = psql(uri.replace(&endpoint_id, "ep-nobody-404"), "SELECT 1")
+        .await
+        .expect("psql runs");
     assert!(!output.status.success());
     assert!(
         String::from_utf8_lossy(&output.stderr).contains(UNKNOWN_ENDPOINT_MESSAGE),

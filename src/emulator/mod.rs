@@ -142,7 +142,6 @@ pub struct LocalFleet {
     reaper_task: Option<JoinHandle<()>>,
     proxy_task: Option<JoinHandle<()>>,
     proxy_address: SocketAddr,
-    proxy_security: Arc<proxy::Security>,
 }
 
 impl std::fmt::Debug for LocalFleet {
@@ -268,7 +267,7 @@ impl LocalFleet {
                 host: cluster.host().to_string(),
                 port: cluster.port(),
             },
-            proxy_security.clone(),
+            proxy_security,
         ));
         Ok(LocalFleet {
             database_url: cluster.superuser_url().clone(),
@@ -283,7 +282,6 @@ impl LocalFleet {
             reaper_task: Some(reaper_task),
             proxy_task: Some(proxy_task),
             proxy_address,
-            proxy_security,
         })
     }
 
@@ -346,11 +344,6 @@ impl LocalFleet {
     /// The PostgreSQL proxy's address (what every connection URI names).
     pub fn proxy_address(&self) -> SocketAddr {
         self.proxy_address
-    }
-
-    /// The proxy's self-signed TLS certificate (DER), made at start, for clients that verify it.
-    pub fn proxy_certificate_der(&self) -> &[u8] {
-        &self.proxy_security.tls.certificate_der
     }
 
     /// Suspend every endpoint now, as a fleet left alone for a while is; returns how many were

@@ -476,8 +476,14 @@ mod tests {
             target("::1").endpoint_host("ep-cool-1"),
             "ep-cool-1.localhost:6543"
         );
-        assert_eq!(target("10.0.0.5").endpoint_host("ep-cool-1"), "10.0.0.5:6543");
-        assert_eq!(target("fd00::5").endpoint_host("ep-cool-1"), "[fd00::5]:6543");
+        assert_eq!(
+            target("10.0.0.5").endpoint_host("ep-cool-1"),
+            "10.0.0.5:6543"
+        );
+        assert_eq!(
+            target("fd00::5").endpoint_host("ep-cool-1"),
+            "[fd00::5]:6543"
+        );
     }
 
     #[test]

@@ -436,7 +436,13 @@ async fn handle_tls(
         .then(|| proxy_auth::parse_sasl_initial(&body).ok())
         .flatten();
     let Some((mechanism, client_first)) = initial else {
-        return refuse(&mut client, link, "08P01", "expected a SASL initial response").await;
+        return refuse(
+            &mut client,
+            link,
+            "08P01",
+            "expected a SASL initial response",
+        )
+        .await;
     };
     let started = scram::start(
         &verifier,
@@ -456,7 +462,8 @@ async fn handle_tls(
     };
     answer(&mut client, link, &proxy_auth::sasl_continue(&server_first)).await?;
     set_up_round_trips += 1;
-    let (tag, client_final) = proxy_auth::read_message(&mut client, proxy_auth::MAX_AUTH_MESSAGE).await?;
+    let (tag, client_final) =
+        proxy_auth::read_message(&mut client, proxy_auth::MAX_AUTH_MESSAGE).await?;
     let server_final = match (tag, exchange.finish(&client_final)) {
         (b'p', Ok(server_final)) => server_final,
         (_, Err(scram::ScramError::Protocol(message))) => {

@@ -91,7 +91,9 @@ pub fn start(
     let mut parts = text.splitn(3, ',');
     let binding_flag = parts.next().ok_or_else(|| protocol("empty message"))?;
     let authzid = parts.next().ok_or_else(|| protocol("no gs2 header"))?;
-    let client_first_bare = parts.next().ok_or_else(|| protocol("no client-first-bare"))?;
+    let client_first_bare = parts
+        .next()
+        .ok_or_else(|| protocol("no client-first-bare"))?;
     if !authzid.is_empty() {
         return Err(protocol("authorization identities are not supported"));
     }

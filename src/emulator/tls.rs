@@ -1,9 +1,10 @@
 //! The proxy's TLS identity and Neon's rules for finding an endpoint from the TLS SNI host name.
 //!
 //! The certificate is self-signed, made at each emulator start for `localhost`, `*.localhost`
-//! and `127.0.0.1`: enough for `sslmode=require` (which does not verify), and for clients that
-//! trust it explicitly. Endpoints' hosts are `ep-….localhost:PORT`, so a client that sends SNI
-//! names its endpoint the way Neon's do (`ep-….<region>.aws.neon.tech`).
+//! and `127.0.0.1`: enough for `sslmode=require`, which does not verify (nor could a client
+//! verify `ep-….localhost` with webpki, which refuses a wildcard directly under a single label).
+//! Endpoints' hosts are `ep-….localhost:PORT`, so a client that sends SNI names its endpoint the
+//! way Neon's do (`ep-….<region>.aws.neon.tech`).
 
 use std::sync::Arc;
 
@@ -21,8 +22,6 @@ pub struct ProxyTls {
     /// `tls-server-end-point` channel-binding data (RFC 5929): SHA-256 of the certificate,
     /// whose signature uses SHA-256.
     pub certificate_hash: Vec<u8>,
-    /// The certificate (DER), for clients that want to verify it.
-    pub certificate_der: Vec<u8>,
 }
 
 impl ProxyTls {
@@ -46,7 +45,6 @@ impl ProxyTls {
         let certificate = parameters
             .self_signed(&key_pair)
             .context("cannot sign the proxy's certificate")?;
-        let certificate_der = certificate.der().to_vec();
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
             rustls::pki_types::PrivatePkcs8KeyDer::from(key_pair.serialize_der()),
         );
@@ -59,8 +57,7 @@ impl ProxyTls {
             .context("the proxy's certificate")?;
         Ok(ProxyTls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
-            certificate_hash: Sha256::digest(&certificate_der).to_vec(),
-            certificate_der,
+            certificate_hash: Sha256::digest(certificate.der()).to_vec(),
         })
     }
 }
