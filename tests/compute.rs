@@ -567,13 +567,20 @@ async fn tls_connections_route_by_sni_bind_the_channel_and_count_their_set_up() 
 }
 
 /// `psql` with neonctl's URI: TLS, SCRAM-SHA-256-PLUS, SNI (libpq sends the host name; where
-/// `*.localhost` does not resolve, `PGHOSTADDR` says where to connect).
+/// `*.localhost` does not resolve, `PGHOSTADDR` says where to connect). The connection wakes
+/// the suspended endpoint once authenticated, paying the cold start.
 #[tokio::test]
 async fn psql_connects_with_neonctls_uri_over_tls_with_channel_binding() {
-    let fleet = start(ComputeConfig::off()).await;
+    let fleet = start(ComputeConfig {
+        cold_start: Duration::from_millis(300),
+        ..ComputeConfig::off()
+    })
+    .await;
     let api = Api::new(&fleet);
     let tenants = fleet.seed(1, SEED_SQL, "tenant").await.expect("seeded");
     let (uri, endpoint_id) = neonctl_uri(&api, &tenants[0].project_id, &tenants[0].branch_id).await;
+    assert_eq!(fleet.suspend_all_endpoints(), 1);
+    let started = Instant::now();
     let psql = |uri: String, query: &'static str| {
         tokio::process::Command::new("psql")
             .env("PGHOSTADDR", "127.0.0.1")
@@ -589,6 +596,12 @@ async fn psql_connects_with_neonctls_uri_over_tls_with_channel_binding() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "1");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "the TLS connection waited for the wake: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(stats(&api).await["compute"]["cold_starts"], 1);
     // The options form over TLS, without SNI.
     let options_uri = format!(
         "{}&options=endpoint%3D{endpoint_id}",
