@@ -4,10 +4,11 @@
 #   cargo run -- emulator --tenants 2      # prints NEON_API_URL=… NEON_API_KEY=…; export them
 #   scripts/check-neonctl.sh [--install]  # --install: npm-install neonctl 5.0.1 under target/neonctl
 #
-# Prints one `ok` / `FAIL` line per command and exits 1 when any failed. Known difference:
-# `connection-string` builds `sslmode=require&channel_binding=require` URIs without the
-# endpoint option; the emulator's proxy has no TLS, so that URI does not connect (the script
-# says so instead of failing).
+# Prints one `ok` / `FAIL` line per command and exits 1 when any failed. `connection-string`
+# builds its URI from the endpoint's `host` (`ep-….localhost:PORT`) with
+# `sslmode=require&channel_binding=require`; psql connects with it over TLS, the proxy reading
+# the endpoint from SNI. Where `*.localhost` does not resolve (glibc without nss-myhostname or
+# systemd-resolved), psql gets `PGHOSTADDR=127.0.0.1` and the script says so.
 set -uo pipefail
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -53,15 +54,29 @@ run "branches list" branches list --project-id "$project_id" --output json
 run "branches create" branches create --project-id "$project_id" --name dev --output json
 run "branches restore" branches restore dev main --project-id "$project_id" --output json
 run "operations list" operations list --project-id "$project_id" --output json
-if run "connection-string" connection-string main --project-id "$project_id"; then
-    uri="$(printf '%s' "$last_output" | tail -n 1)"
-    echo "      $uri" | sed -E 's#(://[^:]+:)[^@]*@#\1***@#'
-    if psql "$uri" -XAtc 'SELECT 1' >/dev/null 2>&1; then
-        echo "ok    psql with neonctl's connection string"
-    else
-        echo "known difference: neonctl's URI asks for TLS (and names no endpoint); the emulator's proxy speaks plain PostgreSQL only"
+psql_with() {
+    local label="$1" uri="$2" host
+    host="$(printf '%s' "$uri" | sed -E 's#^[^@]*@([^:/]+).*#\1#')"
+    local hostaddr=()
+    if ! getent hosts "$host" >/dev/null 2>&1; then
+        hostaddr=(env PGHOSTADDR=127.0.0.1)
+        label="$label (PGHOSTADDR=127.0.0.1: $host does not resolve here)"
     fi
-fi
+    if output="$("${hostaddr[@]}" psql "$uri" -XAtc 'SELECT 1' 2>&1)"; then
+        echo "ok    $label"
+    else
+        echo "FAIL  $label: $output"
+        failures=$((failures + 1))
+    fi
+}
+for flags in "" "--pooled"; do
+    # shellcheck disable=SC2086 # $flags is empty or one flag
+    if run "connection-string $flags" connection-string main --project-id "$project_id" $flags; then
+        uri="$(printf '%s' "$last_output" | tail -n 1)"
+        echo "      $uri" | sed -E 's#(://[^:]+:)[^@]*@#\1***@#'
+        psql_with "psql with neonctl's connection string $flags" "$uri"
+    fi
+done
 run "branches delete" branches delete dev --project-id "$project_id" --output json
 run "projects delete" projects delete "$project_id" --output json
 exit $((failures > 0))

@@ -356,3 +356,281 @@ async fn refinery_migrates_through_the_proxy_and_its_round_trips_are_counted() {
     }
     fleet.stop().await.expect("stops");
 }
+
+/// What `sslmode=require` asks of a client: TLS, no certificate check (the handshake's
+/// signatures are still verified). The proxy's certificate is self-signed, and webpki refuses a
+/// `*.localhost` wildcard anyway.
+#[derive(Debug)]
+struct RequireOnly(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for RequireOnly {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        certificate: &rustls::pki_types::CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            certificate,
+            signature,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        certificate: &rustls::pki_types::CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            certificate,
+            signature,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn tls_connector() -> tokio_postgres_rustls::MakeRustlsConnect {
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(RequireOnly(provider)))
+        .with_no_client_auth();
+    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+}
+
+async fn connect_tls(uri: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(uri, tls_connector()).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+fn error_message(error: &tokio_postgres::Error) -> String {
+    error
+        .as_db_error()
+        .map(|db_error| db_error.message().to_string())
+        .unwrap_or_else(|| error.to_string())
+}
+
+/// The URI neonctl 5.0.1's `connection-string` builds (src/commands/connection_string.ts): the
+/// endpoint's `host`, the API's role and database names, the revealed password,
+/// `sslmode=require&channel_binding=require`.
+async fn neonctl_uri(api: &Api, project_id: &str, branch_id: &str) -> (String, String) {
+    let endpoints = api
+        .get(&format!(
+            "/projects/{project_id}/branches/{branch_id}/endpoints"
+        ))
+        .await;
+    let endpoint = &endpoints.body["endpoints"][0];
+    let host = endpoint["host"].as_str().expect("a host").to_string();
+    let password = api
+        .get(&format!(
+            "/projects/{project_id}/branches/{branch_id}/roles/neondb_owner/reveal_password"
+        ))
+        .await;
+    let password = password.body["password"].as_str().expect("a password");
+    (
+        format!(
+            "postgresql://neondb_owner:{password}@{host}/neondb?sslmode=require&channel_binding=require"
+        ),
+        endpoint["id"].as_str().expect("an id").to_string(),
+    )
+}
+
+/// neonctl's URI connects over TLS with channel binding, routed by SNI (`ep-….localhost`);
+/// without SNI the `options` form still routes; a missing, unknown or inconsistent endpoint and
+/// a wrong password are refused in Neon's words; the TLS set-up's round trips are counted and
+/// charged.
+#[tokio::test]
+async fn tls_connections_route_by_sni_bind_the_channel_and_count_their_set_up() {
+    let fleet = start(ComputeConfig {
+        round_trip: Duration::from_millis(20),
+        ..ComputeConfig::off()
+    })
+    .await;
+    let api = Api::new(&fleet);
+    let tenants = fleet.seed(2, SEED_SQL, "tenant").await.expect("seeded");
+    let port = fleet.proxy_address().port();
+    let (uri, endpoint_id) = neonctl_uri(&api, &tenants[1].project_id, &tenants[1].branch_id).await;
+    assert!(
+        uri.contains(&format!("@{endpoint_id}.localhost:{port}/neondb?")),
+        "the endpoint's host names the endpoint and the proxy's port: {uri}"
+    );
+    // `*.localhost` does not resolve on every system (it does not here): hostaddr says where
+    // to connect while the host name still goes out as SNI.
+    let sni_uri = format!("{uri}&hostaddr=127.0.0.1");
+
+    let before = stats(&api).await["compute"]["endpoints"][&endpoint_id].clone();
+    let started = Instant::now();
+    let client = connect_tls(&sni_uri).await.expect("neonctl's URI connects");
+    let set_up = started.elapsed();
+    let after = stats(&api).await["compute"]["endpoints"][&endpoint_id].clone();
+    assert_eq!(
+        after["connections"].as_u64().unwrap_or(0),
+        before["connections"].as_u64().unwrap_or(0) + 1
+    );
+    // SSLRequest, TLS 1.3 handshake, startup, SCRAM continue, SCRAM final.
+    assert_eq!(
+        after["round_trips"].as_u64().unwrap_or(0) - before["round_trips"].as_u64().unwrap_or(0),
+        5,
+        "{before} → {after}"
+    );
+    assert!(
+        set_up >= Duration::from_millis(100),
+        "five round trips at 20 ms took {set_up:?}"
+    );
+    let database: String = client
+        .query_one("SELECT current_database()", &[])
+        .await
+        .expect("a query over TLS")
+        .get(0);
+    let second_tenant = url::Url::parse(tenants[1].connection_uri.expose()).expect("a URI");
+    assert_eq!(
+        format!("/{database}"),
+        second_tenant.path(),
+        "SNI routed to the second tenant's database"
+    );
+    let ssl: bool = client
+        .query_one(
+            "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+            &[],
+        )
+        .await
+        .expect("pg_stat_ssl")
+        .get(0);
+    assert!(!ssl, "TLS ends at the proxy, as on Neon");
+    drop(client);
+
+    // Without SNI (an address), the endpoint named in options; channel binding still holds.
+    let options_uri = format!(
+        "{}&options=endpoint%3D{endpoint_id}",
+        uri.replace(&format!("{endpoint_id}.localhost"), "127.0.0.1")
+    );
+    let client = connect_tls(&options_uri).await.expect("options over TLS");
+    client.query_one("SELECT 1", &[]).await.expect("SELECT 1");
+    drop(client);
+
+    let first_endpoint = endpoint_of(tenants[0].connection_uri.expose());
+    let refused = [
+        (
+            uri.replace(&format!("{endpoint_id}.localhost"), "127.0.0.1"),
+            MISSING_ENDPOINT_MESSAGE.to_string(),
+        ),
+        (
+            sni_uri.replace(&endpoint_id, "ep-nobody-404"),
+            UNKNOWN_ENDPOINT_MESSAGE.to_string(),
+        ),
+        (
+            format!("{sni_uri}&options=endpoint%3D{first_endpoint}"),
+            format!(
+                "Inconsistent project name inferred from SNI ('{endpoint_id}') and project option ('{first_endpoint}')."
+            ),
+        ),
+        (
+            {
+                let mut wrong = url::Url::parse(&sni_uri).expect("a URI");
+                wrong.set_password(Some("wrong")).expect("a password");
+                wrong.to_string()
+            },
+            "password authentication failed for user 'neondb_owner'".to_string(),
+        ),
+    ];
+    for (bad_uri, expected) in refused {
+        let Err(error) = connect_tls(&bad_uri).await else {
+            panic!("refused: {expected}");
+        };
+        assert_eq!(error_message(&error), expected);
+    }
+    fleet.stop().await.expect("stops");
+}
+
+/// `psql` with neonctl's URI: TLS, SCRAM-SHA-256-PLUS, SNI (libpq sends the host name; where
+/// `*.localhost` does not resolve, `PGHOSTADDR` says where to connect). The connection wakes
+/// the suspended endpoint once authenticated, paying the cold start.
+#[tokio::test]
+async fn psql_connects_with_neonctls_uri_over_tls_with_channel_binding() {
+    let fleet = start(ComputeConfig {
+        cold_start: Duration::from_millis(300),
+        ..ComputeConfig::off()
+    })
+    .await;
+    let api = Api::new(&fleet);
+    let tenants = fleet.seed(1, SEED_SQL, "tenant").await.expect("seeded");
+    let (uri, endpoint_id) = neonctl_uri(&api, &tenants[0].project_id, &tenants[0].branch_id).await;
+    assert_eq!(fleet.suspend_all_endpoints(), 1);
+    let started = Instant::now();
+    let psql = |uri: String, query: &'static str| {
+        tokio::process::Command::new("psql")
+            .env("PGHOSTADDR", "127.0.0.1")
+            .args([uri.as_str(), "-XAtc", query])
+            .output()
+    };
+    let output = psql(uri.clone(), "SELECT count(*) FROM accounts")
+        .await
+        .expect("psql runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "1");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "the TLS connection waited for the wake: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(stats(&api).await["compute"]["cold_starts"], 1);
+    // The options form over TLS, without SNI.
+    let options_uri = format!(
+        "{}&options=endpoint%3D{endpoint_id}",
+        uri.replace(&format!("{endpoint_id}.localhost"), "127.0.0.1")
+    );
+    let output = tokio::process::Command::new("psql")
+        .args([
+            options_uri.as_str(),
+            "-XAtc",
+            "SELECT count(*) FROM accounts",
+        ])
+        .output()
+        .await
+        .expect("psql runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "1");
+    // An endpoint nobody has, named by SNI.
+    let output = psql(uri.replace(&endpoint_id, "ep-nobody-404"), "SELECT 1")
+        .await
+        .expect("psql runs");
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(UNKNOWN_ENDPOINT_MESSAGE),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    fleet.stop().await.expect("stops");
+}

@@ -121,6 +121,13 @@ pub async fn run(args: EmulatorArgs) -> anyhow::Result<ExitStatus> {
         "serving the Neon API emulator; PostgreSQL proxy on {}; press Ctrl-C to stop",
         fleet.proxy_address()
     );
+    if fleet.proxy_address().ip().is_loopback() {
+        eprintln!(
+            "endpoint hosts are ep-….localhost:{} (TLS, routed by SNI); where *.localhost does \
+             not resolve, give libpq PGHOSTADDR=127.0.0.1",
+            fleet.proxy_address().port()
+        );
+    }
 
     signals.recv().await;
     eprintln!("{}", fleet.compute_stats().summary());

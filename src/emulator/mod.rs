@@ -11,7 +11,8 @@
 //!   persisted in that cluster; `state`/`model`: records and their JSON rendering.
 //! - `seed`: fast fleet creation from one template; `reaper`: expiry and history clean-up.
 //! - `proxy`: the PostgreSQL wire-protocol proxy every connection URI points at; `compute`:
-//!   endpoints' lifecycle (cold starts, scale to zero), round-trip time and counters.
+//!   endpoints' lifecycle (cold starts, scale to zero), round-trip time and counters; `tls`,
+//!   `proxy_auth`, `scram`: the proxy's TLS (certificate, SNI) and its own SCRAM on TLS.
 //!
 //! **Invariant:** each branch is exactly one physical database named after its branch id; each
 //! project has its own login role that owns its branches' objects; the API reports that role as
@@ -27,11 +28,14 @@ mod ids;
 mod model;
 mod physical;
 mod proxy;
+mod proxy_auth;
 mod reaper;
+mod scram;
 mod seed;
 mod service;
 mod state;
 mod store;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -186,6 +190,9 @@ impl LocalFleet {
             .await
             .with_context(|| format!("cannot listen on {} for the proxy", config.proxy_listen))?;
         let proxy_address = proxy_listener.local_addr()?;
+        let proxy_security = Arc::new(proxy::Security::new(
+            tls::ProxyTls::generate().context("cannot make the proxy's TLS certificate")?,
+        ));
         let mut initial_state = state::State::default();
         for document in store
             .load()
@@ -260,6 +267,7 @@ impl LocalFleet {
                 host: cluster.host().to_string(),
                 port: cluster.port(),
             },
+            proxy_security,
         ));
         Ok(LocalFleet {
             database_url: cluster.superuser_url().clone(),

@@ -148,11 +148,35 @@ pub struct SnapshotRecord {
     pub physical_database: String,
 }
 
-/// Where the emulator serves connections: the backing cluster's TCP address.
+/// Where the emulator serves connections: its proxy's TCP address.
 #[derive(Debug, Clone)]
 pub struct ConnectionTarget {
     pub host: String,
     pub port: u16,
+}
+
+impl ConnectionTarget {
+    /// An endpoint's `host`: what a client needs to reach the proxy, in the form Neon's
+    /// endpoints have (`ep-….<domain>`, which clients send as TLS SNI) plus the proxy's port,
+    /// since it is not 5432. neonctl builds its URIs from this field. The name resolves where
+    /// `*.localhost` does (systemd's resolver, nss-myhostname); elsewhere a client adds
+    /// `hostaddr=127.0.0.1` (libpq: `PGHOSTADDR`). A proxy on a non-loopback address has no
+    /// such name: the host is its address, and clients name the endpoint in `options`.
+    pub fn endpoint_host(&self, endpoint_id: &str) -> String {
+        let loopback = self.host == "localhost"
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|address| address.is_loopback());
+        let name = if loopback {
+            format!("{endpoint_id}.{}", super::tls::COMMON_NAME)
+        } else if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("{name}:{}", self.port)
+    }
 }
 
 pub fn render_project_list_item(project: &ProjectRecord) -> Value {
@@ -283,7 +307,7 @@ pub fn render_branch(branch: &BranchRecord, now: Millis) -> Value {
 pub fn render_endpoint(endpoint: &EndpointRecord, target: &ConnectionTarget, now: Millis) -> Value {
     let active = now >= endpoint.ready_at;
     let mut value = json!({
-        "host": target.host,
+        "host": target.endpoint_host(&endpoint.id),
         "id": endpoint.id,
         "project_id": endpoint.project_id,
         "branch_id": endpoint.branch_id,
@@ -437,6 +461,30 @@ pub fn render_connection_details(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endpoint_host_names_the_endpoint_and_the_proxy_port() {
+        let target = |host: &str| ConnectionTarget {
+            host: host.into(),
+            port: 6543,
+        };
+        assert_eq!(
+            target("127.0.0.1").endpoint_host("ep-cool-1"),
+            "ep-cool-1.localhost:6543"
+        );
+        assert_eq!(
+            target("::1").endpoint_host("ep-cool-1"),
+            "ep-cool-1.localhost:6543"
+        );
+        assert_eq!(
+            target("10.0.0.5").endpoint_host("ep-cool-1"),
+            "10.0.0.5:6543"
+        );
+        assert_eq!(
+            target("fd00::5").endpoint_host("ep-cool-1"),
+            "[fd00::5]:6543"
+        );
+    }
 
     #[test]
     fn timestamps_round_trip_at_millisecond_precision() {

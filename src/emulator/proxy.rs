@@ -4,16 +4,20 @@
 //! for the endpoint's compute ([`super::compute`]), then relays bytes to the branch's database on
 //! the backing server, charging the configured round-trip time.
 //!
-//! **Invariant:** authentication is the backing server's: the proxy never sees a password, it
-//! relays the SCRAM exchange byte for byte.
+//! **Invariant:** on a plain connection authentication is the backing server's: the proxy never
+//! sees a password, it relays the SCRAM exchange byte for byte. On a TLS connection the proxy
+//! authenticates the client itself, as Neon's does ([`super::proxy_auth`]): channel binding
+//! (`SCRAM-SHA-256-PLUS`) can only be checked by the end of the TLS session it binds to.
 //! **Invariant:** a connection reaches only its endpoint's branch database; the names the API
 //! reports (`neondb`, `neondb_owner`) are mapped to the physical ones, other databases are refused.
 //! **Invariant:** latency is a delay line, not a sleep per message: every chunk is held for half
 //! the round-trip time in its direction, so a pipelined batch pays one round trip and a loop of
-//! queries pays one per query, as on a real network.
+//! queries pays one per query, as on a real network. Round trips the proxy answers itself
+//! (`SSLRequest`, the TLS handshake, SCRAM on TLS) are charged and counted as set-up.
 //!
-//! Deliberately absent: TLS (clients must use `sslmode=disable` or `prefer`; an `SSLRequest` is
-//! answered `N`), SNI, the `endpoint=…;password` form, and channel binding.
+//! TLS: a self-signed certificate made at start ([`super::tls`]); an SNI host
+//! `<endpoint_id>.localhost` names the endpoint as Neon's proxy reads it.
+//! Deliberately absent: GSS encryption, the `endpoint=…;password` form.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +26,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
+use super::compute::Session;
 use super::model::EndpointRecord;
 use super::service::Emulator;
+use super::{proxy_auth, scram, tls};
 
 /// Neon's proxy, word for word (docs `connect/connection-errors`).
 pub const MISSING_ENDPOINT_MESSAGE: &str = "The endpoint ID is not specified. Either please upgrade the postgres client library (libpq) for SNI support or pass the endpoint ID (first part of the domain name) as a parameter: '?options=endpoint%3D<endpoint-id>'. See more at https://neon.tech/sni";
@@ -47,8 +53,28 @@ pub struct Backend {
     pub port: u16,
 }
 
+/// What the proxy needs to terminate TLS and authenticate clients itself.
+pub struct Security {
+    pub tls: tls::ProxyTls,
+    verifiers: proxy_auth::Verifiers,
+}
+
+impl Security {
+    pub fn new(tls: tls::ProxyTls) -> Security {
+        Security {
+            tls,
+            verifiers: proxy_auth::Verifiers::default(),
+        }
+    }
+}
+
 /// Accept connections until the task is aborted (the emulator's stop does).
-pub async fn serve(listener: TcpListener, emulator: Arc<Emulator>, backend: Backend) {
+pub async fn serve(
+    listener: TcpListener,
+    emulator: Arc<Emulator>,
+    backend: Backend,
+    security: Arc<Security>,
+) {
     loop {
         let (client, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -60,8 +86,9 @@ pub async fn serve(listener: TcpListener, emulator: Arc<Emulator>, backend: Back
         };
         let emulator = emulator.clone();
         let backend = backend.clone();
+        let security = security.clone();
         tokio::spawn(async move {
-            if let Err(error) = handle(client, &emulator, &backend).await {
+            if let Err(error) = handle(client, &emulator, &backend, &security).await {
                 tracing::debug!("proxy connection ended: {error}");
             }
         });
@@ -172,10 +199,14 @@ pub fn error_response(severity: &str, code: &str, message: &str) -> Vec<u8> {
 /// Where one endpoint's connections go.
 struct Route {
     endpoint: EndpointRecord,
+    project_id: String,
     physical_database: String,
     physical_role: String,
     database_name: String,
     role_name: String,
+    /// The role's password: only the TLS path uses it (it authenticates the client itself and
+    /// then logs in to the backing server).
+    role_password: String,
 }
 
 fn find_route(emulator: &Emulator, endpoint_id: &str) -> Option<Route> {
@@ -189,15 +220,70 @@ fn find_route(emulator: &Emulator, endpoint_id: &str) -> Option<Route> {
         let branch = document.branch(&endpoint.branch_id)?;
         Some(Route {
             endpoint: endpoint.clone(),
+            project_id: document.project.id.clone(),
             physical_database: branch.physical_database.clone(),
             physical_role: document.project.physical_role.clone(),
             database_name: document.project.database_name.clone(),
             role_name: document.project.role_name.clone(),
+            role_password: document.project.role_password.clone(),
         })
     })
 }
 
-async fn read_startup_packet(client: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+/// Why the proxy refuses a client before any server is involved: SQLSTATE and message.
+struct Refusal {
+    code: &'static str,
+    message: String,
+}
+
+fn refusal(code: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Find the endpoint the client names (SNI and/or `options`) and rewrite its startup message
+/// for the backing server: the API's names mapped to the physical ones, the endpoint option
+/// taken out.
+fn route_startup(
+    emulator: &Emulator,
+    startup: Startup,
+    sni_endpoint: Option<String>,
+) -> Result<(Route, Startup), Refusal> {
+    let (option_endpoint, other_options) =
+        split_endpoint_option(startup.get("options").unwrap_or_default());
+    let endpoint_id = tls::choose_endpoint(sni_endpoint, option_endpoint)
+        .map_err(|message| refusal("08004", message))?
+        .ok_or_else(|| refusal("08004", MISSING_ENDPOINT_MESSAGE))?;
+    let route = find_route(emulator, tls::lookup_id(&endpoint_id))
+        .ok_or_else(|| refusal("08004", UNKNOWN_ENDPOINT_MESSAGE))?;
+    let mut startup = startup;
+    let user = startup.get("user").unwrap_or_default().to_string();
+    let database = startup.get("database").unwrap_or(user.as_str()).to_string();
+    let database = if database == route.database_name {
+        route.physical_database.clone()
+    } else {
+        database
+    };
+    if database != route.physical_database {
+        return Err(refusal(
+            "3D000",
+            format!("database \"{database}\" does not exist"),
+        ));
+    }
+    if user == route.role_name {
+        startup.set("user", Some(route.physical_role.clone()));
+    }
+    startup.set("database", Some(database));
+    startup.set(
+        "options",
+        (!other_options.is_empty()).then_some(other_options),
+    );
+    Ok((route, startup))
+}
+
+async fn read_startup_packet<S: AsyncRead + Unpin>(client: &mut S) -> std::io::Result<Vec<u8>> {
     let length = client.read_u32().await? as usize;
     if !(8..=MAX_STARTUP_LENGTH).contains(&length) {
         return Err(std::io::Error::other(format!(
@@ -210,13 +296,17 @@ async fn read_startup_packet(client: &mut TcpStream) -> std::io::Result<Vec<u8>>
 }
 
 /// One round trip the proxy answers itself: the client waits the full round-trip time.
-async fn answer(client: &mut TcpStream, link: &Link, bytes: &[u8]) -> std::io::Result<()> {
+async fn answer<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    link: &Link,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     tokio::time::sleep(link.round_trip()).await;
     client.write_all(bytes).await
 }
 
-async fn refuse(
-    client: &mut TcpStream,
+async fn refuse<S: AsyncWrite + Unpin>(
+    client: &mut S,
     link: &Link,
     code: &str,
     message: &str,
@@ -225,10 +315,27 @@ async fn refuse(
     client.shutdown().await
 }
 
+/// The key is the backing server's (its BackendKeyData passed through): forward it.
+async fn forward_cancel(body: &[u8], backend: &Backend) -> std::io::Result<()> {
+    let mut server = TcpStream::connect((backend.host.as_str(), backend.port)).await?;
+    let mut message = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    message.extend_from_slice(body);
+    server.write_all(&message).await
+}
+
+fn unsupported_protocol(code: u32) -> String {
+    format!(
+        "unsupported frontend protocol {}.{}",
+        code >> 16,
+        code & 0xffff
+    )
+}
+
 async fn handle(
     mut client: TcpStream,
     emulator: &Arc<Emulator>,
     backend: &Backend,
+    security: &Security,
 ) -> std::io::Result<()> {
     client.set_nodelay(true)?;
     let link = Link::new(&emulator.computes.config);
@@ -237,69 +344,26 @@ async fn handle(
         let body = read_startup_packet(&mut client).await?;
         let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
         match code {
-            SSL_REQUEST | GSSENC_REQUEST => {
+            SSL_REQUEST => {
+                handshakes += 1;
+                answer(&mut client, &link, b"S").await?;
+                return handle_tls(client, emulator, backend, security, &link, handshakes).await;
+            }
+            GSSENC_REQUEST => {
                 handshakes += 1;
                 answer(&mut client, &link, b"N").await?;
             }
-            CANCEL_REQUEST => {
-                // The key is the backing server's (its BackendKeyData passed through): forward it.
-                let mut server = TcpStream::connect((backend.host.as_str(), backend.port)).await?;
-                let mut message = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-                message.extend_from_slice(&body);
-                server.write_all(&message).await?;
-                return Ok(());
-            }
+            CANCEL_REQUEST => return forward_cancel(&body, backend).await,
             _ if code >> 16 == PROTOCOL_MAJOR_3 => {
                 break parse_startup(&body).map_err(std::io::Error::other)?;
             }
-            _ => {
-                return refuse(
-                    &mut client,
-                    &link,
-                    "08P01",
-                    &format!(
-                        "unsupported frontend protocol {}.{}",
-                        code >> 16,
-                        code & 0xffff
-                    ),
-                )
-                .await;
-            }
+            _ => return refuse(&mut client, &link, "08P01", &unsupported_protocol(code)).await,
         }
     };
-    let (endpoint_id, other_options) =
-        split_endpoint_option(startup.get("options").unwrap_or_default());
-    let Some(endpoint_id) = endpoint_id else {
-        return refuse(&mut client, &link, "08004", MISSING_ENDPOINT_MESSAGE).await;
+    let (route, startup) = match route_startup(emulator, startup, None) {
+        Ok(routed) => routed,
+        Err(refused) => return refuse(&mut client, &link, refused.code, &refused.message).await,
     };
-    let Some(route) = find_route(emulator, &endpoint_id) else {
-        return refuse(&mut client, &link, "08004", UNKNOWN_ENDPOINT_MESSAGE).await;
-    };
-    let mut startup = startup;
-    let user = startup.get("user").unwrap_or_default().to_string();
-    let database = startup.get("database").unwrap_or(user.as_str()).to_string();
-    let database = if database == route.database_name {
-        route.physical_database.clone()
-    } else {
-        database
-    };
-    if database != route.physical_database {
-        return refuse(
-            &mut client,
-            &link,
-            "3D000",
-            &format!("database \"{database}\" does not exist"),
-        )
-        .await;
-    }
-    if user == route.role_name {
-        startup.set("user", Some(route.physical_role.clone()));
-    }
-    startup.set("database", Some(database));
-    startup.set(
-        "options",
-        (!other_options.is_empty()).then_some(other_options),
-    );
 
     let session = emulator.computes.open_session(&route.endpoint);
     for _ in 0..handshakes {
@@ -313,13 +377,141 @@ async fn handle(
     server.write_all(&startup.encode()).await?;
 
     let (client_read, client_write) = client.into_split();
+    relay(client_read, client_write, server, &link, &session).await
+}
+
+/// A client that asked for TLS: the handshake (its round trips counted and charged as
+/// connection set-up), then the endpoint from SNI and/or options, then SCRAM with the proxy
+/// itself (channel binding when the client asks), then the backing server, then bytes.
+async fn handle_tls(
+    client: TcpStream,
+    emulator: &Arc<Emulator>,
+    backend: &Backend,
+    security: &Security,
+    link: &Link,
+    mut set_up_round_trips: u64,
+) -> std::io::Result<()> {
+    let mut client = security.tls.acceptor.accept(client).await?;
+    let (sni, handshake_round_trips) = {
+        let (_, connection) = client.get_ref();
+        let round_trips = match connection.protocol_version() {
+            Some(tokio_rustls::rustls::ProtocolVersion::TLSv1_2) => 2,
+            _ => 1,
+        };
+        (connection.server_name().map(str::to_string), round_trips)
+    };
+    set_up_round_trips += handshake_round_trips;
+    tokio::time::sleep(link.round_trip() * handshake_round_trips as u32).await;
+
+    let body = read_startup_packet(&mut client).await?;
+    let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+    let startup = match code {
+        CANCEL_REQUEST => return forward_cancel(&body, backend).await,
+        _ if code >> 16 == PROTOCOL_MAJOR_3 => {
+            parse_startup(&body).map_err(std::io::Error::other)?
+        }
+        _ => return refuse(&mut client, link, "08P01", &unsupported_protocol(code)).await,
+    };
+    let client_user = startup.get("user").unwrap_or_default().to_string();
+    let routed = tls::endpoint_from_sni(sni.as_deref())
+        .map_err(|message| refusal("08004", message))
+        .and_then(|sni_endpoint| route_startup(emulator, startup, sni_endpoint));
+    let (route, startup) = match routed {
+        Ok(routed) => routed,
+        Err(refused) => return refuse(&mut client, link, refused.code, &refused.message).await,
+    };
+    let auth_failed = format!("password authentication failed for user '{client_user}'");
+    if startup.get("user") != Some(route.physical_role.as_str()) {
+        return refuse(&mut client, link, "28P01", &auth_failed).await;
+    }
+
+    // SCRAM with the proxy: offer, client-first → server-first, client-final → server-final.
+    let verifier = security
+        .verifiers
+        .get(&route.project_id, &route.role_password);
+    answer(&mut client, link, &proxy_auth::sasl_offer()).await?;
+    set_up_round_trips += 1;
+    let (tag, body) = proxy_auth::read_message(&mut client, proxy_auth::MAX_AUTH_MESSAGE).await?;
+    let initial = (tag == b'p')
+        .then(|| proxy_auth::parse_sasl_initial(&body).ok())
+        .flatten();
+    let Some((mechanism, client_first)) = initial else {
+        return refuse(
+            &mut client,
+            link,
+            "08P01",
+            "expected a SASL initial response",
+        )
+        .await;
+    };
+    let started = scram::start(
+        &verifier,
+        &mechanism,
+        &client_first,
+        Some(&security.tls.certificate_hash),
+        true,
+    );
+    let (exchange, server_first) = match started {
+        Ok(started) => started,
+        Err(scram::ScramError::Authentication) => {
+            return refuse(&mut client, link, "28P01", &auth_failed).await;
+        }
+        Err(scram::ScramError::Protocol(message)) => {
+            return refuse(&mut client, link, "08P01", &format!("SCRAM: {message}")).await;
+        }
+    };
+    answer(&mut client, link, &proxy_auth::sasl_continue(&server_first)).await?;
+    set_up_round_trips += 1;
+    let (tag, client_final) =
+        proxy_auth::read_message(&mut client, proxy_auth::MAX_AUTH_MESSAGE).await?;
+    let server_final = match (tag, exchange.finish(&client_final)) {
+        (b'p', Ok(server_final)) => server_final,
+        (_, Err(scram::ScramError::Protocol(message))) => {
+            return refuse(&mut client, link, "08P01", &format!("SCRAM: {message}")).await;
+        }
+        _ => return refuse(&mut client, link, "28P01", &auth_failed).await,
+    };
+
+    // Authenticated: now the compute (woken if it sleeps), as Neon's proxy does.
+    let session = emulator.computes.open_session(&route.endpoint);
+    for _ in 0..=set_up_round_trips {
+        session.count_round_trip();
+    }
+    tokio::time::sleep(link.one_way() + session.wait()).await;
+    let login = proxy_auth::login(backend, &startup, &route.role_password).await?;
+    tokio::time::sleep(link.one_way()).await;
+    let (server, greeting) = match login {
+        proxy_auth::Login::Ready(server, greeting) => (server, greeting),
+        proxy_auth::Login::Refused(error) => {
+            client.write_all(&error).await?;
+            return client.shutdown().await;
+        }
+    };
+    let mut reply = proxy_auth::sasl_final(&server_final);
+    reply.extend_from_slice(&greeting);
+    client.write_all(&reply).await?;
+
+    let (client_read, client_write) = tokio::io::split(client);
+    relay(client_read, client_write, server, link, &session).await
+}
+
+/// Relay bytes both ways until either side closes or the endpoint is suspended, counting round
+/// trips against the session.
+async fn relay<R, W>(
+    client_read: R,
+    client_write: W,
+    server: TcpStream,
+    link: &Link,
+    session: &Session,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let (server_read, server_write) = server.into_split();
-    let session_ref = &session;
-    let upstream = pump(client_read, server_write, &link, || {
-        session_ref.client_sent()
-    });
-    let downstream = pump(server_read, client_write, &link, || {
-        session_ref.server_sent();
+    let upstream = pump(client_read, server_write, link, || session.client_sent());
+    let downstream = pump(server_read, client_write, link, || {
+        session.server_sent();
     });
     let relay = async { tokio::try_join!(upstream, downstream).map(|_| ()) };
     let mut suspended = session.suspended_signal();
