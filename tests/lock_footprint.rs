@@ -73,6 +73,7 @@ async fn a_long_lock_hold_fails_the_big_tenant_on_its_branch_and_small_ones_pass
     assert_eq!(failure["phase"], "validate", "{report:#}");
     assert_eq!(failure["migration"], "V5__widen_order_totals", "{report:#}");
     let message = failure["error"].as_str().expect("a message");
+    eprintln!("the big tenant's failure: {message}");
     assert!(
         message.starts_with("V5__widen_order_totals rewrote public.orders (")
             && message.contains(" MB) under ACCESS EXCLUSIVE for ")
@@ -164,6 +165,7 @@ async fn a_long_lock_hold_fails_the_big_tenant_on_its_branch_and_small_ones_pass
     assert_eq!(holds[1]["over_budget"], false, "{status:#}");
     let output = fleet.run(&["status", plan_arg]);
     let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{stdout}");
     assert!(
         stdout.contains("longest write-blocking locks on validation branches")
             && stdout.contains(&format!(
