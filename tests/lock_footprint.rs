@@ -83,6 +83,14 @@ async fn a_long_lock_hold_fails_the_big_tenant_on_its_branch_and_small_ones_pass
         "{message}"
     );
 
+    let next = report["failure_groups"][0]["next_step"]
+        .as_str()
+        .expect("a next step");
+    assert!(
+        next.contains("main was not touched") && next.contains("max_lock_hold"),
+        "{next}"
+    );
+
     // Its main is untouched: no history, the column still bigint, every row there.
     assert!(history(big_uri).await.is_empty(), "big tenant's main changed");
     let main = connect(big_uri).await;
@@ -166,13 +174,14 @@ async fn a_long_lock_hold_fails_the_big_tenant_on_its_branch_and_small_ones_pass
     let output = fleet.run(&["status", plan_arg]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     eprintln!("{stdout}");
+    let flowing = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(
-        stdout.contains("longest write-blocking locks on validation branches")
-            && stdout.contains(&format!(
+        flowing.contains("longest write-blocking locks on validation branches")
+            && flowing.contains(&format!(
                 "all: {} ({}): V5__widen_order_totals rewrote public.orders",
                 big.name, big.project_id
             ))
-            && stdout.contains("(over max_lock_hold: failed)"),
+            && flowing.contains("(over max_lock_hold: failed)"),
         "{}",
         text(&output)
     );

@@ -2,8 +2,6 @@
 //! (issue 15): what the big tenants of a wave will feel, told by the canary wave before the
 //! wide ones start.
 
-use std::fmt::Write as _;
-
 use serde::Serialize;
 
 use crate::journal::TenantState;
@@ -73,9 +71,12 @@ pub fn text(waves: &[(&str, &[TenantLockHold])]) -> String {
     if waves.iter().all(|(_, holds)| holds.is_empty()) {
         return out;
     }
-    let _ = writeln!(
-        out,
-        "\nlongest write-blocking locks on validation branches (main would block writes that long):"
+    out.push('\n');
+    super::render::wrap_into(
+        &mut out,
+        "longest write-blocking locks on validation branches (main would block writes that long):",
+        "",
+        "  ",
     );
     for (wave, holds) in waves {
         for hold in *holds {
@@ -90,10 +91,14 @@ pub fn text(waves: &[(&str, &[TenantLockHold])]) -> String {
             } else {
                 ""
             };
-            let _ = writeln!(
-                out,
-                "  {wave}: {label}: {}{verdict}",
-                crate::terminal::escape_controls(&hold.hold.describe())
+            super::render::wrap_into(
+                &mut out,
+                &format!(
+                    "{wave}: {label}: {}{verdict}",
+                    crate::terminal::escape_controls(&hold.hold.describe())
+                ),
+                "  ",
+                "      ",
             );
         }
     }
