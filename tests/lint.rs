@@ -12,8 +12,8 @@ use std::process::{Command, Output};
 
 use schemafleet::lint::{self, Level, LintSettings};
 use schemafleet::migrations;
-use schemafleet::plan::model::TransactionMode;
 use schemafleet::pgcluster::{PgCluster, PgClusterConfig};
+use schemafleet::plan::model::TransactionMode;
 
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lint")
@@ -40,7 +40,11 @@ fn text(output: &Output) -> String {
 #[test]
 fn fixture_release_is_flagged_rule_by_rule_at_the_right_line() {
     let set = migrations::load(&fixture_dir().join("migrations")).expect("fixtures load");
-    let report = lint::lint_set(&set, &LintSettings::defaults(), TransactionMode::PerMigration);
+    let report = lint::lint_set(
+        &set,
+        &LintSettings::defaults(),
+        TransactionMode::PerMigration,
+    );
     let expected: &[(&str, &str, Level, usize)] = &[
         (
             "V1__change_type.sql",
@@ -326,7 +330,11 @@ async fn lint_predictions_match_the_locks_postgres_takes() {
         .await
         .expect("setup runs");
     let set = migrations::load(&fixture_dir().join("migrations")).expect("fixtures load");
-    let report = lint::lint_set(&set, &LintSettings::defaults(), TransactionMode::PerMigration);
+    let report = lint::lint_set(
+        &set,
+        &LintSettings::defaults(),
+        TransactionMode::PerMigration,
+    );
     let mut n_heavy = 0;
     for migration in set
         .migrations

@@ -92,7 +92,10 @@ async fn a_long_lock_hold_fails_the_big_tenant_on_its_branch_and_small_ones_pass
     );
 
     // Its main is untouched: no history, the column still bigint, every row there.
-    assert!(history(big_uri).await.is_empty(), "big tenant's main changed");
+    assert!(
+        history(big_uri).await.is_empty(),
+        "big tenant's main changed"
+    );
     let main = connect(big_uri).await;
     let row = main
         .query_one(
@@ -148,7 +151,12 @@ async fn a_long_lock_hold_fails_the_big_tenant_on_its_branch_and_small_ones_pass
             }
         }
     }
-    heavy.insert(failure["migration"].as_str().expect("migration").to_string());
+    heavy.insert(
+        failure["migration"]
+            .as_str()
+            .expect("migration")
+            .to_string(),
+    );
     assert!(
         heavy.len() >= 3,
         "the release takes heavy locks in V1, V2 and V5: {heavy:?}"
@@ -169,7 +177,10 @@ async fn a_long_lock_hold_fails_the_big_tenant_on_its_branch_and_small_ones_pass
     assert_eq!(holds.len(), 3, "{status:#}");
     assert_eq!(holds[0]["tenant"], big.project_id.as_str(), "{status:#}");
     assert_eq!(holds[0]["over_budget"], true, "{status:#}");
-    assert!(holds[0]["held_ms"].as_u64().expect("ms") > 200, "{status:#}");
+    assert!(
+        holds[0]["held_ms"].as_u64().expect("ms") > 200,
+        "{status:#}"
+    );
     assert_eq!(holds[1]["over_budget"], false, "{status:#}");
     let output = fleet.run(&["status", plan_arg]);
     let stdout = String::from_utf8_lossy(&output.stdout);

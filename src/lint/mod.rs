@@ -289,9 +289,12 @@ fn enum_labels_used_too_early(
                     break;
                 }
                 let same_migration = user_idx == added_idx;
-                let first_use = squawk::string_literals(&user.sql).into_iter().find(|literal| {
-                    literal.value == added.label && (!same_migration || literal.offset >= added.end)
-                });
+                let first_use = squawk::string_literals(&user.sql)
+                    .into_iter()
+                    .find(|literal| {
+                        literal.value == added.label
+                            && (!same_migration || literal.offset >= added.end)
+                    });
                 let Some(literal) = first_use else {
                     continue;
                 };

@@ -48,11 +48,7 @@ impl LockHold {
     /// The sentence an operator reads: "V7__x rewrote public.orders (1.9 GB) under ACCESS
     /// EXCLUSIVE for 41 s".
     pub fn describe(&self) -> String {
-        let verb = if self.rewritten {
-            "rewrote"
-        } else {
-            "locked"
-        };
+        let verb = if self.rewritten { "rewrote" } else { "locked" };
         format!(
             "{} {verb} {} ({}) under {} for {}",
             self.migration,
@@ -303,8 +299,10 @@ pub fn footprint(rows: &[ProbeRow], label: impl Fn(i32) -> String) -> Vec<LockHo
     let mut holds = Vec::new();
     for probes in by_xact.values() {
         // The probes in the order they ran, each with its time.
-        let mut times: Vec<((i32, i32), f64)> =
-            probes.iter().map(|row| ((row.version, row.seq), row.at_ms)).collect();
+        let mut times: Vec<((i32, i32), f64)> = probes
+            .iter()
+            .map(|row| ((row.version, row.seq), row.at_ms))
+            .collect();
         times.sort_by_key(|(order, _)| *order);
         times.dedup_by_key(|(order, _)| *order);
         let end_ms = times.iter().map(|(_, at)| *at).fold(f64::MIN, f64::max);
@@ -362,7 +360,11 @@ pub fn footprint(rows: &[ProbeRow], label: impl Fn(i32) -> String) -> Vec<LockHo
             });
         }
     }
-    holds.sort_by(|a, b| b.held_ms.cmp(&a.held_ms).then_with(|| a.table.cmp(&b.table)));
+    holds.sort_by(|a, b| {
+        b.held_ms
+            .cmp(&a.held_ms)
+            .then_with(|| a.table.cmp(&b.table))
+    });
     holds.truncate(MAX_HOLDS_KEPT);
     holds
 }
@@ -454,7 +456,10 @@ mod tests {
         ];
         let holds = footprint(&rows, |version| format!("V{version}"));
         assert_eq!(holds.len(), 1, "{holds:?}");
-        assert_eq!((holds[0].migration.as_str(), holds[0].held_ms), ("V1", 3010));
+        assert_eq!(
+            (holds[0].migration.as_str(), holds[0].held_ms),
+            ("V1", 3010)
+        );
         assert!(!holds[0].rewritten);
         let failure = over_budget(&holds, 2000).expect("over budget");
         assert_eq!(failure.migration.as_deref(), Some("V1"));
@@ -475,7 +480,10 @@ mod tests {
         assert!(instrumented.contains("ALTER TABLE a ADD COLUMN b int;"));
         assert!(instrumented.contains(" -- why\nUPDATE a SET b = 1\n;\n"));
         for seq in 0..=2 {
-            assert!(instrumented.contains(&format!(", 4, {seq},")), "{instrumented}");
+            assert!(
+                instrumented.contains(&format!(", 4, {seq},")),
+                "{instrumented}"
+            );
         }
         assert!(!instrumented.contains(", 4, 3,"));
     }
