@@ -13,6 +13,7 @@ use std::process::{Command, Output};
 use schemafleet::lint::{self, Level, LintSettings};
 use schemafleet::migrations;
 use schemafleet::pgcluster::{PgCluster, PgClusterConfig};
+use schemafleet::plan::model::TransactionMode;
 
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lint")
@@ -39,7 +40,11 @@ fn text(output: &Output) -> String {
 #[test]
 fn fixture_release_is_flagged_rule_by_rule_at_the_right_line() {
     let set = migrations::load(&fixture_dir().join("migrations")).expect("fixtures load");
-    let report = lint::lint_set(&set, &LintSettings::defaults());
+    let report = lint::lint_set(
+        &set,
+        &LintSettings::defaults(),
+        TransactionMode::PerMigration,
+    );
     let expected: &[(&str, &str, Level, usize)] = &[
         (
             "V1__change_type.sql",
@@ -325,7 +330,11 @@ async fn lint_predictions_match_the_locks_postgres_takes() {
         .await
         .expect("setup runs");
     let set = migrations::load(&fixture_dir().join("migrations")).expect("fixtures load");
-    let report = lint::lint_set(&set, &LintSettings::defaults());
+    let report = lint::lint_set(
+        &set,
+        &LintSettings::defaults(),
+        TransactionMode::PerMigration,
+    );
     let mut n_heavy = 0;
     for migration in set
         .migrations
@@ -400,4 +409,116 @@ async fn lint_predictions_match_the_locks_postgres_takes() {
     // The check is not vacuous: most fixture migrations lock an existing table heavily.
     assert!(n_heavy >= 10, "only {n_heavy} migrations took a heavy lock");
     cluster.stop().await.expect("PostgreSQL stops");
+}
+
+fn migration_set(files: &[(&str, &str)]) -> (tempfile::TempDir, migrations::MigrationSet) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, sql) in files {
+        fs::write(dir.path().join(name), sql).expect("write a migration");
+    }
+    let set = migrations::load(dir.path()).expect("migrations load");
+    (dir, set)
+}
+
+fn enum_findings(report: &lint::LintReport) -> Vec<(&str, usize, Level)> {
+    report
+        .findings
+        .iter()
+        .filter(|finding| finding.rule == lint::ENUM_LABEL_RULE)
+        .map(|finding| (finding.file.as_str(), finding.line, finding.level))
+        .collect()
+}
+
+/// An enum label used in the transaction that added it: in the same migration always, in a
+/// later migration only when `per_release` runs both in one transaction (and no
+/// `-- no-transaction` migration splits it); acknowledged with `-- squawk-ignore`.
+#[test]
+fn an_enum_label_used_in_the_transaction_that_added_it_is_denied() {
+    let release = [
+        (
+            "V1__state.sql",
+            "CREATE TYPE state AS ENUM ('open', 'paid');\nALTER TABLE orders ADD COLUMN state state;\n",
+        ),
+        ("V2__shipped.sql", "ALTER TYPE state ADD VALUE 'shipped';\n"),
+        (
+            "V3__use.sql",
+            "-- shipped orders\nUPDATE orders\n   SET state = 'shipped' WHERE id < 0;\n",
+        ),
+    ];
+    let (_dir, set) = migration_set(&release);
+    let settings = LintSettings::defaults();
+    let per_migration = lint::lint_set(&set, &settings, TransactionMode::PerMigration);
+    assert!(enum_findings(&per_migration).is_empty(), "{per_migration}");
+    let per_release = lint::lint_set(&set, &settings, TransactionMode::PerRelease);
+    assert_eq!(
+        enum_findings(&per_release),
+        [("V3__use.sql", 3, Level::Deny)],
+        "{per_release}"
+    );
+    let finding = per_release
+        .findings
+        .iter()
+        .find(|finding| finding.rule == lint::ENUM_LABEL_RULE)
+        .expect("the finding");
+    assert!(
+        finding.message.contains("'shipped'")
+            && finding.message.contains("V2__shipped.sql (line 1)")
+            && finding.message.contains("55P04"),
+        "{finding:?}"
+    );
+    assert!(
+        finding
+            .help
+            .as_deref()
+            .is_some_and(|help| help.contains("per_migration")),
+        "{finding:?}"
+    );
+
+    // A `-- no-transaction` migration between them splits the release into transactions.
+    let mut split = release.to_vec();
+    split[2].0 = "V4__use.sql";
+    split.push((
+        "V3__index.sql",
+        "-- no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS orders_id ON orders (id);\n",
+    ));
+    let (_split_dir, split_set) = migration_set(&split);
+    let report = lint::lint_set(&split_set, &settings, TransactionMode::PerRelease);
+    assert!(enum_findings(&report).is_empty(), "{report}");
+
+    // In one migration, any mode; a label of a type created in the same migration is usable.
+    let (_one_dir, one) = migration_set(&[
+        (
+            "V1__both.sql",
+            "ALTER TYPE state ADD VALUE 'lost';\nUPDATE orders SET state = 'lost' WHERE false;\n",
+        ),
+        (
+            "V2__fresh.sql",
+            "CREATE TYPE mood AS ENUM ('ok');\nALTER TYPE mood ADD VALUE 'sad';\nSELECT 'sad'::mood;\n",
+        ),
+        (
+            "V3__acknowledged.sql",
+            "ALTER TYPE state ADD VALUE 'held';\n-- squawk-ignore enum-label-added-and-used -- the comment, not a use\nCOMMENT ON TABLE orders IS 'held';\n",
+        ),
+    ]);
+    let report = lint::lint_set(&one, &settings, TransactionMode::PerMigration);
+    assert_eq!(
+        enum_findings(&report),
+        [("V1__both.sql", 2, Level::Deny)],
+        "{report}"
+    );
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|finding| finding.rule == lint::ENUM_LABEL_RULE
+                && finding.message.contains("used in the same migration")),
+        "{report}"
+    );
+    let acknowledged: Vec<(&str, usize)> = report
+        .acknowledged
+        .iter()
+        .filter(|acknowledged| acknowledged.rule == lint::ENUM_LABEL_RULE)
+        .map(|acknowledged| (acknowledged.file.as_str(), acknowledged.line))
+        .collect();
+    assert_eq!(acknowledged, [("V3__acknowledged.sql", 3)], "{report}");
 }

@@ -84,6 +84,27 @@ async fn an_enum_label_added_then_used_fails_per_release_on_every_branch() {
     fleet.write_policy(&format!(
         "validation: branch\ntransaction: per_release\nsalt: test\n{ONE_WAVE}"
     ));
+    // The lint sees it coming: `plan` refuses the release under per_release.
+    let output = fleet.run(&[
+        "plan",
+        "--policy",
+        "policy.yaml",
+        "--migrations",
+        migrations.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("V3__use_shipped.sql")
+            && stderr.contains("2:")
+            && stderr.contains("[enum-label-added-and-used]"),
+        "{}",
+        text(&output)
+    );
+    // Made a warning, the release is planned and PostgreSQL itself refuses it.
+    fleet.write_policy(&format!(
+        "validation: branch\ntransaction: per_release\nsalt: test\n{ONE_WAVE}lint:\n  pg_version: 16\n  warn: [enum-label-added-and-used]\n"
+    ));
     let (plan, summary) = fleet.plan_with_summary(&migrations);
     assert!(
         summary.contains("`transaction: per_release`"),

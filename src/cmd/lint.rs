@@ -6,15 +6,20 @@
 use crate::cli::{LintArgs, OutputFormat};
 use crate::exit::ExitStatus;
 use crate::lint::{self, LintSettings};
+use crate::plan::model::TransactionMode;
 use crate::{migrations, policy};
 
 pub fn run(args: &LintArgs) -> anyhow::Result<ExitStatus> {
-    let settings = match &args.policy {
-        Some(policy_path) => policy::load(policy_path)?.lint,
-        None => LintSettings::defaults(),
+    // The policy's transaction mode decides which migrations share a transaction.
+    let (settings, transaction) = match &args.policy {
+        Some(policy_path) => {
+            let policy = policy::load(policy_path)?;
+            (policy.lint, policy.transaction)
+        }
+        None => (LintSettings::defaults(), TransactionMode::default()),
     };
     let set = migrations::load(&args.migrations)?;
-    let report = lint::lint_set(&set, &settings);
+    let report = lint::lint_set(&set, &settings, transaction);
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         OutputFormat::Text => print!("{}", crate::terminal::escape_controls(&report.to_string())),

@@ -172,7 +172,7 @@ async fn check(args: &PlanArgs, plan_path: &Path) -> anyhow::Result<ExitStatus> 
     let lint_changes = plan
         .lint
         .as_ref()
-        .map(|planned| lint_changes(planned, &set))
+        .map(|planned| lint_changes(planned, &set, plan.policy.transaction))
         .unwrap_or_default();
     let report = CheckReport {
         plan: plan_path.display().to_string(),
@@ -276,8 +276,12 @@ fn locate_policy(
 }
 
 /// The findings and acknowledgements of the plan's lint settings today, against the plan's.
-fn lint_changes(planned: &PlannedLint, set: &migrations::MigrationSet) -> Vec<String> {
-    let now = lint::lint_set(set, &planned.settings);
+fn lint_changes(
+    planned: &PlannedLint,
+    set: &migrations::MigrationSet,
+    transaction: crate::plan::model::TransactionMode,
+) -> Vec<String> {
+    let now = lint::lint_set(set, &planned.settings, transaction);
     let describe_finding = |finding: &lint::Finding| {
         format!(
             "{}:{}:{} {} [{}] {}",

@@ -15,6 +15,7 @@ use crate::journal::{
     Event, Journal, JournalError, JournalState, Phase, RestorePoint, TenantState,
 };
 use crate::neon::{CreateBranch, NeonClient, NeonError};
+use crate::pg::lock_footprint::{self, LockHold};
 use crate::pg::runner::{self, Timeouts};
 use crate::pg::{self, AppliedMigration, DbFailure, HistoryComparison, PlannedVersion};
 use crate::plan::model::{Plan, RestorePointKind, Validation};
@@ -579,7 +580,7 @@ async fn validate(
     let result = timings
         .time(
             TimedStep::MigrateBranch,
-            migrate_branch(context, tenant_id, &created),
+            migrate_branch(context, tenant_id, &created, pending),
         )
         .await;
     // Delete whatever happened; a failed delete leaves a branch that expires on its own.
@@ -603,15 +604,17 @@ async fn validate(
             tracing::warn!(tenant = tenant_id, branch = %branch.name, error = %error, "could not delete the validation branch; it expires on its own")
         }
     }
-    if let Err(failure) = result {
-        return Ok(Err(failure));
-    }
+    let lock_holds = match result {
+        Ok(lock_holds) => lock_holds,
+        Err(failure) => return Ok(Err(failure)),
+    };
     context
         .recorder
         .record(Event::Validated {
             tenant: tenant_id.into(),
             wave: wave.into(),
             versions: pending.to_vec(),
+            lock_holds,
         })
         .await?;
     let point = match (&branch.parent_id, &branch.parent_lsn) {
@@ -636,11 +639,14 @@ async fn validate(
     Ok(Ok(point))
 }
 
+/// Migrate the validation branch, measuring the locks each migration holds; Ok = those holds
+/// (within the policy's `max_lock_hold`).
 async fn migrate_branch(
     context: &TenantContext,
     tenant_id: &str,
     created: &crate::neon::CreatedBranch,
-) -> Step<()> {
+    pending: &[i32],
+) -> Step<Vec<LockHold>> {
     let policy = &context.plan.policy;
     let uri = match &created.connection_uri {
         Some(uri) => uri.clone(),
@@ -670,22 +676,73 @@ async fn migrate_branch(
     let mut client = pg::connect(&uri, context.config.connect_timeout)
         .await
         .map_err(|failure| (Phase::Validate, failure))?;
+    let enforced = policy.max_lock_hold_ms.is_some();
+    let instrumented =
+        measured_migrations(&client, &context.migrations, pending, enforced, tenant_id).await?;
+    let measuring = instrumented.is_some();
     runner::apply_pending(
         &mut client,
-        &context.migrations,
+        instrumented.as_deref().unwrap_or(&context.migrations),
         context.plan.policy.transaction,
         timeouts(&context.plan),
         context.config.lock_retry,
     )
     .await
     .map_err(|failure| (Phase::Validate, failure.failure))?;
+    let lock_holds = if measuring {
+        measured_holds(&client, &context.migrations).await?
+    } else {
+        Vec::new()
+    };
+    if let Some(failure) = policy
+        .max_lock_hold_ms
+        .and_then(|max_ms| lock_footprint::over_budget(&lock_holds, max_ms))
+    {
+        return Err((Phase::Validate, failure));
+    }
     if let Some(verify_sql) = &context.config.verify_sql {
         client
             .batch_execute(verify_sql)
             .await
             .map_err(|error| (Phase::Validate, DbFailure::from_error("verify SQL", &error)))?;
     }
-    Ok(())
+    Ok(lock_holds)
+}
+
+/// The branch's migrations with the lock probes of [`lock_footprint`] in the pending ones.
+/// `None` when the session cannot hold the probes (no TEMP privilege) and no `max_lock_hold`
+/// is `enforced`: the branch then validates unmeasured rather than failing the tenant.
+async fn measured_migrations(
+    client: &tokio_postgres::Client,
+    migrations: &[refinery::Migration],
+    pending: &[i32],
+    enforced: bool,
+    tenant_id: &str,
+) -> Step<Option<Vec<refinery::Migration>>> {
+    match lock_footprint::prepare(client).await {
+        Ok(()) => Ok(Some(lock_footprint::instrument(migrations, pending))),
+        Err(failure) if enforced => Err((Phase::Validate, failure)),
+        Err(failure) => {
+            tracing::warn!(tenant = tenant_id, error = %failure, "locks not measured on the validation branch");
+            Ok(None)
+        }
+    }
+}
+
+/// What the probes saw, as holds named by migration.
+async fn measured_holds(
+    client: &tokio_postgres::Client,
+    migrations: &[refinery::Migration],
+) -> Step<Vec<LockHold>> {
+    let rows = lock_footprint::read(client)
+        .await
+        .map_err(|failure| (Phase::Validate, failure))?;
+    Ok(lock_footprint::footprint(&rows, |version| {
+        migrations
+            .iter()
+            .find(|migration| migration.version() == version)
+            .map_or_else(|| format!("V{version}"), ToString::to_string)
+    }))
 }
 
 /// Create a branch of main for `purpose` (`validate` or `backup`) expiring after `ttl`,

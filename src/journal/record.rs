@@ -153,6 +153,10 @@ pub enum Event {
         tenant: String,
         wave: String,
         versions: Vec<i32>,
+        /// The write-blocking locks the versions held on existing tables of the branch, and
+        /// for how long, longest first (issue 15).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        lock_holds: Vec<crate::pg::lock_footprint::LockHold>,
     },
     RestorePointRecorded {
         tenant: String,

@@ -68,6 +68,8 @@ pub struct TenantState {
     pub pending: Vec<i32>,
     /// Versions validated on a branch since the tenant was last rolled back or failed.
     pub validated: Option<Vec<i32>>,
+    /// The lock holds the last validation measured on the branch, longest first.
+    pub lock_holds: Vec<crate::pg::lock_footprint::LockHold>,
     /// Versions whose apply to main started and did not finish (kept by `up_to_date`: main
     /// may have changed since the restore point all the same).
     pub apply_started: Option<Vec<i32>>,
@@ -112,6 +114,7 @@ impl TenantState {
             current_version: None,
             pending: Vec::new(),
             validated: None,
+            lock_holds: Vec::new(),
             apply_started: None,
             apply_started_at: None,
             restore_point: None,
@@ -310,9 +313,11 @@ impl JournalState {
                 tenant,
                 wave,
                 versions,
+                lock_holds,
             } => {
                 let state = self.tenant_mut(tenant, wave, &at);
                 state.validated = Some(versions.clone());
+                state.lock_holds = lock_holds.clone();
             }
             Event::RestorePointRecorded {
                 tenant,
@@ -517,6 +522,7 @@ mod tests {
                     tenant: "t1".into(),
                     wave: "canary".into(),
                     versions: vec![1, 2],
+                    lock_holds: Vec::new(),
                 },
             ),
             record(

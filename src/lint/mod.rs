@@ -14,6 +14,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::migrations::{Migration, MigrationSet};
+use crate::plan::model::TransactionMode;
 
 pub mod squawk;
 
@@ -23,6 +24,8 @@ use squawk::{
 
 /// Our rule for a `-- no-transaction` migration with a statement that cannot be re-run.
 pub const NO_TRANSACTION_IDEMPOTENT_RULE: &str = "no-transaction-not-idempotent";
+/// Our release-level rule: an enum label used in the transaction that added it (55P04).
+pub const ENUM_LABEL_RULE: &str = "enum-label-added-and-used";
 /// The PostgreSQL major version rules assume when the policy does not say.
 pub const DEFAULT_PG_VERSION: u32 = 16;
 
@@ -113,6 +116,7 @@ const DENY_BY_DEFAULT: &[&str] = &[
     VACUUM_FULL_RULE,
     CLUSTER_RULE,
     SYNTAX_ERROR_RULE,
+    ENUM_LABEL_RULE,
 ];
 
 /// Squawk's style rules: they say nothing about locks or the rollout.
@@ -161,6 +165,7 @@ fn is_known_rule(name: &str) -> bool {
             ACCESS_EXCLUSIVE_RULE,
             NO_TRANSACTION_IDEMPOTENT_RULE,
             SYNTAX_ERROR_RULE,
+            ENUM_LABEL_RULE,
         ]
         .contains(&name)
 }
@@ -215,18 +220,30 @@ impl LintReport {
     }
 }
 
-/// Lint every migration of the set.
-pub fn lint_set(set: &MigrationSet, settings: &LintSettings) -> LintReport {
+/// Lint every migration of the set, and the release as `transaction` groups it.
+pub fn lint_set(
+    set: &MigrationSet,
+    settings: &LintSettings,
+    transaction: TransactionMode,
+) -> LintReport {
+    let mut release_findings = enum_labels_used_too_early(&set.migrations, transaction);
     let mut report = LintReport::default();
-    for migration in &set.migrations {
-        let migration_report = lint_migration(migration, settings);
+    for (migration_idx, migration) in set.migrations.iter().enumerate() {
+        let extra = release_findings.remove(&migration_idx).unwrap_or_default();
+        let migration_report = lint_sql_with(
+            &migration.file_name,
+            &migration.sql,
+            migration.no_transaction,
+            settings,
+            extra,
+        );
         report.findings.extend(migration_report.findings);
         report.acknowledged.extend(migration_report.acknowledged);
     }
     report
 }
 
-/// Lint one migration.
+/// Lint one migration alone (no release-level rule).
 pub fn lint_migration(migration: &Migration, settings: &LintSettings) -> LintReport {
     lint_sql(
         &migration.file_name,
@@ -242,6 +259,87 @@ pub fn lint_sql(
     sql: &str,
     no_transaction: bool,
     settings: &LintSettings,
+) -> LintReport {
+    lint_sql_with(file, sql, no_transaction, settings, Vec::new())
+}
+
+/// The uses of an enum label in the transaction that added it, by migration index: PostgreSQL
+/// refuses them (55P04 "unsafe use of new value") until that transaction commits. A migration
+/// is one transaction, unless `-- no-transaction`; with `per_release` the transactional
+/// migrations between two `-- no-transaction` ones share one too (a tenant pending both ends
+/// of such a run pends the whole run, and a no-transaction one in it splits the release).
+/// A use is a plain string literal equal to the label after the `ADD VALUE`: a coincidence
+/// can be acknowledged with `-- squawk-ignore`.
+fn enum_labels_used_too_early(
+    migrations: &[Migration],
+    transaction: TransactionMode,
+) -> std::collections::BTreeMap<usize, Vec<RawFinding>> {
+    let mut findings: std::collections::BTreeMap<usize, Vec<RawFinding>> = Default::default();
+    for (added_idx, adder) in migrations.iter().enumerate() {
+        if adder.no_transaction {
+            continue;
+        }
+        for added in squawk::added_enum_labels(&adder.sql) {
+            let mut reported_in: BTreeSet<usize> = BTreeSet::new();
+            for (user_idx, user) in migrations.iter().enumerate().skip(added_idx) {
+                if user.no_transaction {
+                    break;
+                }
+                if user_idx > added_idx && transaction == TransactionMode::PerMigration {
+                    break;
+                }
+                let same_migration = user_idx == added_idx;
+                let first_use = squawk::string_literals(&user.sql)
+                    .into_iter()
+                    .find(|literal| {
+                        literal.value == added.label
+                            && (!same_migration || literal.offset >= added.end)
+                    });
+                let Some(literal) = first_use else {
+                    continue;
+                };
+                if !reported_in.insert(user_idx) {
+                    continue;
+                }
+                let (added_line, _) = line_column(&adder.sql, added.offset);
+                let (message, help) = if same_migration {
+                    (
+                        format!(
+                            "enum label '{}' is added to {} (line {added_line}) and used in the same migration: PostgreSQL refuses a new label until the transaction that added it commits (55P04 unsafe use of new value)",
+                            added.label, added.type_name
+                        ),
+                        "add the label in one migration and use it in the next (with `transaction: per_migration`, each commits on its own)",
+                    )
+                } else {
+                    (
+                        format!(
+                            "enum label '{}' is added to {} in {} (line {added_line}) and used here; with `transaction: per_release` both run in one transaction, which PostgreSQL refuses (55P04 unsafe use of new value)",
+                            added.label, added.type_name, adder.file_name
+                        ),
+                        "use `transaction: per_migration`, or ship the `ADD VALUE` in an earlier release",
+                    )
+                };
+                findings.entry(user_idx).or_default().push(RawFinding {
+                    offset: literal.offset,
+                    end: literal.end,
+                    rule: ENUM_LABEL_RULE.to_string(),
+                    message,
+                    help: Some(help.to_string()),
+                });
+            }
+        }
+    }
+    findings
+}
+
+/// Lint one migration's SQL with `extra` findings from the release-level rules, which are
+/// levelled and acknowledged like the others.
+fn lint_sql_with(
+    file: &str,
+    sql: &str,
+    no_transaction: bool,
+    settings: &LintSettings,
+    extra: Vec<RawFinding>,
 ) -> LintReport {
     let opt_in: Vec<String> = settings
         .deny
@@ -275,7 +373,7 @@ pub fn lint_sql(
         }
     }
     let own = squawk::own_rules(sql);
-    for finding in own {
+    for finding in own.into_iter().chain(extra) {
         // A metadata-only lock is worth saying only when nothing more precise was said.
         if finding.rule == ACCESS_EXCLUSIVE_RULE
             && raw_findings.iter().chain(&acknowledged_raw).any(|other| {

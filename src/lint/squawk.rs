@@ -186,6 +186,109 @@ pub fn own_rules(sql: &str) -> Vec<RawFinding> {
     findings
 }
 
+/// An enum label a migration adds (`ALTER TYPE t ADD VALUE 'label'`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedEnumLabel {
+    /// Byte offsets of the `ALTER TYPE` statement.
+    pub offset: usize,
+    pub end: usize,
+    pub type_name: String,
+    pub label: String,
+}
+
+/// A plain string literal (`'text'`), decoded, with its byte offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StringLiteral {
+    pub offset: usize,
+    pub end: usize,
+    pub value: String,
+}
+
+/// Every `ALTER TYPE … ADD VALUE '…'` of the migration, in order, except on a type the
+/// migration created before it (PostgreSQL lets a transaction use the labels of a type it
+/// created itself).
+pub fn added_enum_labels(sql: &str) -> Vec<AddedEnumLabel> {
+    let file = SourceFile::parse(sql).tree();
+    let mut added = Vec::new();
+    let mut created_types: HashSet<String> = HashSet::new();
+    for statement in file.stmts() {
+        if let ast::Stmt::CreateType(create) = &statement
+            && let Some(name) = create.type_name()
+        {
+            created_types.insert(normalize_name(&name.syntax().text().to_string()));
+        }
+        let ast::Stmt::AlterType(alter) = &statement else {
+            continue;
+        };
+        let Some(ast::AlterTypeAction::AddValue(add_value)) = alter.action() else {
+            continue;
+        };
+        let Some(label) = add_value
+            .literal()
+            .and_then(|literal| plain_string(&literal.syntax().text().to_string()))
+        else {
+            continue;
+        };
+        let type_name = alter
+            .type_name_ref()
+            .map(|name| normalize_name(&name.syntax().text().to_string()))
+            .unwrap_or_default();
+        if created_types.contains(&type_name) {
+            continue;
+        }
+        let (offset, end) = statement_range(statement.syntax());
+        added.push(AddedEnumLabel {
+            offset,
+            end,
+            type_name,
+            label,
+        });
+    }
+    added
+}
+
+/// Every plain string literal of the migration outside function bodies, in order.
+pub fn string_literals(sql: &str) -> Vec<StringLiteral> {
+    let parse = SourceFile::parse(sql);
+    parse
+        .syntax_node()
+        .descendants_with_tokens()
+        .filter_map(|element| element.into_token())
+        .filter(|token| token.kind() == squawk_syntax::SyntaxKind::STRING)
+        .filter_map(|token| {
+            let value = plain_string(token.text())?;
+            Some(StringLiteral {
+                offset: usize::from(token.text_range().start()),
+                end: usize::from(token.text_range().end()),
+                value,
+            })
+        })
+        .collect()
+}
+
+/// `'it''s'` -> `it's`; `None` for anything else (E'', U&'', dollar quoting).
+fn plain_string(text: &str) -> Option<String> {
+    let inner = text.trim().strip_prefix('\'')?.strip_suffix('\'')?;
+    Some(inner.replace("''", "'"))
+}
+
+/// Byte offsets where each statement of `sql` ends (its `;` included), in order, so the
+/// text can be cut between statements; `None` when the SQL does not parse cleanly (a cut
+/// could then land inside a statement).
+pub fn statement_ends(sql: &str) -> Option<Vec<usize>> {
+    let parse = SourceFile::parse(sql);
+    if !parse.errors().is_empty() {
+        return None;
+    }
+    Some(
+        parse
+            .tree()
+            .stmts()
+            .map(|statement| usize::from(statement.syntax().text_range().end()))
+            .collect(),
+    )
+}
+
 /// Whether the migration's statements can all be re-run after a crash halfway through
 /// (what a `-- no-transaction` migration needs): Squawk's `prefer-robust-stmts`, asked outside
 /// a transaction.

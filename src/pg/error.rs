@@ -19,6 +19,9 @@ pub struct DbFailure {
     /// The migration that failed (`V3__name`), when the failure is one migration's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<String>,
+    /// The measured lock hold over the policy's `max_lock_hold`, when that failed validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_hold: Option<Box<super::lock_footprint::LockHold>>,
 }
 
 impl DbFailure {
@@ -38,6 +41,7 @@ impl DbFailure {
                     sqlstate: Some(db_error.code().code().to_string()),
                     message: bounded(crate::secret::redact_uri(&prefix(context, &message))),
                     migration: None,
+                    lock_hold: None,
                 };
             }
             chain.push(cause.to_string());
@@ -51,6 +55,7 @@ impl DbFailure {
                 &chain.join(": "),
             ))),
             migration: None,
+            lock_hold: None,
         }
     }
 
@@ -59,6 +64,7 @@ impl DbFailure {
             sqlstate: sqlstate.map(str::to_string),
             message: bounded(crate::secret::redact_uri(&message.into())),
             migration: None,
+            lock_hold: None,
         }
     }
 

@@ -5,6 +5,7 @@
 //! - [`history`]: reads refinery's history table and compares it with the plan (pure compare).
 //! - [`fingerprint`]: the schema fingerprint, read in one catalog query.
 //! - [`lock`]: one runner per tenant through a polled session advisory lock.
+//! - [`lock_footprint`]: the locks a release takes on a validation branch, measured.
 //! - [`reference`]: reference fingerprints from V1..Vn applied to a throwaway database.
 //! - [`runner`]: refinery with `lock_timeout`/`statement_timeout` and no-transaction migrations.
 //! - [`error`]: SQLSTATE and message extraction from driver errors.
@@ -19,6 +20,7 @@ pub mod fingerprint;
 pub mod history;
 pub mod invalid_index;
 pub mod lock;
+pub mod lock_footprint;
 pub mod reference;
 pub mod runner;
 

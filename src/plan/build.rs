@@ -206,7 +206,7 @@ pub fn build_plan(
         waves,
         lint: Some(PlannedLint::new(
             &policy.lint,
-            crate::lint::lint_set(migrations, &policy.lint),
+            crate::lint::lint_set(migrations, &policy.lint, policy.transaction),
         )),
     };
     plan.plan_id = compute_plan_id(&plan);
@@ -226,6 +226,7 @@ pub fn planned_policy(policy: &Policy, paths: &PlanPaths) -> PlannedPolicy {
         lock_timeout_ms: duration_ms(policy.lock_timeout),
         statement_timeout_ms: duration_ms(policy.statement_timeout),
         branch_ttl_s: policy.branch_ttl.as_secs(),
+        max_lock_hold_ms: policy.max_lock_hold.map(duration_ms),
         salt: policy.salt.clone(),
         verify: policy
             .verify

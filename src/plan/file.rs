@@ -302,6 +302,7 @@ mod round_trip_tests {
                 lock_timeout_ms: 2000,
                 statement_timeout_ms: 600_000,
                 branch_ttl_s: 7200,
+                max_lock_hold_ms: None,
                 salt: "s".into(),
                 verify: Some(VerifyFile {
                     path: "verify.sql".into(),

@@ -79,6 +79,10 @@ pub struct PlannedPolicy {
     pub lock_timeout_ms: u64,
     pub statement_timeout_ms: u64,
     pub branch_ttl_s: u64,
+    /// `max_lock_hold`: a validation branch that holds a write-blocking lock on an existing
+    /// table longer than this fails the tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lock_hold_ms: Option<u64>,
     /// Seeds the stable hash used for wave assignment and validation sampling.
     pub salt: String,
     /// Optional verification SQL run on each validation branch after migrating it.
@@ -398,6 +402,7 @@ pub fn test_plan(waves: Vec<PlannedWave>) -> Plan {
             lock_timeout_ms: 1,
             statement_timeout_ms: 1,
             branch_ttl_s: 1,
+            max_lock_hold_ms: None,
             salt: "s".into(),
             verify: None,
             api_rate_limit_per_min: None,

@@ -47,6 +47,9 @@ pub struct Policy {
     pub lock_timeout: Duration,
     pub statement_timeout: Duration,
     pub branch_ttl: Duration,
+    /// The longest a migration may hold a write-blocking lock on an existing table, as
+    /// measured on a tenant's validation branch; `None`: measured and reported, not enforced.
+    pub max_lock_hold: Option<Duration>,
     pub salt: String,
     pub verify: Option<VerifySql>,
     /// Overrides the command line's API rate limit when set.
@@ -405,7 +408,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
                 return Err(invalid(
                     find_in_section(text, "lint", unknown),
                     format!(
-                        "lint: no rule is named `{unknown}`; use a Squawk rule name (e.g. changing-column-type) or one of schemafleet's (vacuum-full, cluster, access-exclusive-metadata, no-transaction-not-idempotent, syntax-error)"
+                        "lint: no rule is named `{unknown}`; use a Squawk rule name (e.g. changing-column-type) or one of schemafleet's (vacuum-full, cluster, access-exclusive-metadata, no-transaction-not-idempotent, syntax-error, enum-label-added-and-used)"
                     ),
                 ));
             }
@@ -451,6 +454,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
             .statement_timeout
             .map_or(DEFAULT_STATEMENT_TIMEOUT, |value| value.0),
         branch_ttl: raw.branch_ttl.map_or(DEFAULT_BRANCH_TTL, |value| value.0),
+        max_lock_hold: raw.max_lock_hold.map(|value| value.0),
         salt: raw.salt.0,
         verify: raw.verify.map(|verify| VerifySql {
             path: base_dir.join(verify.0),

@@ -30,6 +30,8 @@ pub(crate) struct RawPolicy {
     pub statement_timeout: Option<DurationValue>,
     #[serde(default)]
     pub branch_ttl: Option<DurationValue>,
+    #[serde(default)]
+    pub max_lock_hold: Option<DurationValue>,
     pub salt: NonEmptyString,
     #[serde(default)]
     pub verify: Option<NonEmptyString>,

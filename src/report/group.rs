@@ -284,6 +284,11 @@ fn specific_step(
                 ""
             }
         ),
+        // The lock budget (`max_lock_hold`, measured on the branch): the wording is
+        // pg::lock_footprint::over_budget's.
+        ("validate", None) if cause.contains("main would block writes that long") => {
+            "main was not touched. On these tenants' data the migration holds a lock that blocks writes longer than max_lock_hold: make it cheaper (no table rewrite, `CREATE INDEX CONCURRENTLY`, constraints `NOT VALID` then `VALIDATE`) and re-plan, or migrate these tenants in a maintenance window under a policy with a higher max_lock_hold".to_string()
+        }
         ("validate", _) => format!(
             "main was not touched. Fix the data or the migration (then re-plan), or fix the tenants and run `{retry}`"
         ),

@@ -5,6 +5,7 @@
 //! `apply`'s final report and `status` always agree.
 
 pub mod group;
+pub mod lock_holds;
 pub mod render;
 pub mod summary;
 

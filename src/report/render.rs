@@ -79,6 +79,12 @@ pub fn summary_text_during(
         };
     }
     held_back_text(&mut out, summary);
+    let wave_holds: Vec<(&str, &[super::lock_holds::TenantLockHold])> = summary
+        .waves
+        .iter()
+        .map(|wave| (wave.name.as_str(), wave.lock_holds.as_slice()))
+        .collect();
+    out.push_str(&super::lock_holds::text(&wave_holds));
     if !groups.is_empty() {
         let n_failed: usize = groups.iter().map(|group| group.count).sum();
         let _ = writeln!(

@@ -57,6 +57,10 @@ pub struct WaveSummary {
     pub halted: bool,
     #[serde(flatten)]
     pub counts: Counts,
+    /// The tenants with the longest write-blocking lock holds measured on their validation
+    /// branches, longest first (at most five).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lock_holds: Vec<super::lock_holds::TenantLockHold>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -241,6 +245,11 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
             status: wave_status.as_str(),
             halted: wave_status == WaveStatus::Halted,
             counts,
+            lock_holds: super::lock_holds::worst_in_wave(
+                wave.tenants
+                    .iter()
+                    .map(|planned| (planned, state.tenant(&planned.id))),
+            ),
         });
     }
     Summary {
