@@ -79,6 +79,8 @@ pub struct ApplyConfig {
     pub verify_sql: Option<String>,
     /// Expiry of backup branches (restore_point: backup_branch).
     pub backup_ttl: Duration,
+    /// Checks, approvals and notifications between waves.
+    pub gates: crate::gates::GateConfig,
 }
 
 impl ApplyConfig {
@@ -99,6 +101,7 @@ impl ApplyConfig {
             max_connection_retries: 3,
             verify_sql: None,
             backup_ttl: Duration::from_secs(7 * 24 * 3600),
+            gates: crate::gates::GateConfig::standard(),
         }
     }
 }

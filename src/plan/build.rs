@@ -236,6 +236,7 @@ pub fn planned_policy(policy: &Policy, paths: &PlanPaths) -> PlannedPolicy {
                 sha256: verify.sha256.clone(),
             }),
         api_rate_limit_per_min: policy.api_rate_limit_per_min,
+        notify: policy.notify.clone(),
     }
 }
 
@@ -250,6 +251,8 @@ pub fn planned_waves_without_tenants(policy: &Policy) -> Vec<PlannedWave> {
             max_failures: wave.max_failures,
             max_failure_percent: wave.max_failure_percent,
             bake_s: wave.bake.as_secs(),
+            checks: wave.checks.clone(),
+            approval: wave.approval,
             tenants: Vec::new(),
         })
         .collect()

@@ -308,6 +308,7 @@ mod round_trip_tests {
                     sha256: "ab".into(),
                 }),
                 api_rate_limit_per_min: Some(300),
+                notify: None,
             },
             migrations: PlannedMigrations {
                 dir: "../migrations".into(),
@@ -336,6 +337,8 @@ mod round_trip_tests {
                     max_failures: Some(0),
                     max_failure_percent: Some(0.5),
                     bake_s: 600,
+                    checks: Vec::new(),
+                    approval: Default::default(),
                     tenants: vec![PlannedTenant {
                         id: "p-1".into(),
                         name: "acme".into(),
@@ -348,6 +351,8 @@ mod round_trip_tests {
                     max_failures: None,
                     max_failure_percent: None,
                     bake_s: 0,
+                    checks: Vec::new(),
+                    approval: Default::default(),
                     tenants: vec![PlannedTenant::from_id("p-2")],
                 },
             ],

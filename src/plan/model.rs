@@ -88,6 +88,9 @@ pub struct PlannedPolicy {
     /// the command line's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_rate_limit_per_min: Option<u32>,
+    /// Where rollout events go (webhook by environment variable, command). Part of the plan id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<crate::gates::spec::NotifySpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -255,6 +258,13 @@ pub struct PlannedWave {
     /// Seconds to wait after this wave before the next starts.
     #[serde(default)]
     pub bake_s: u64,
+    /// Run after the wave's tenants finish and at the end of its bake; a failing one halts
+    /// the rollout. Part of the plan id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::gates::spec::CheckSpec>,
+    /// `required`: `apply` stops before this wave until `schemafleet approve` records it.
+    #[serde(default, skip_serializing_if = "crate::gates::spec::Approval::is_none")]
+    pub approval: crate::gates::spec::Approval,
     /// Sorted by id.
     pub tenants: Vec<PlannedTenant>,
 }
@@ -393,6 +403,7 @@ pub fn test_plan(waves: Vec<PlannedWave>) -> Plan {
             salt: "s".into(),
             verify: None,
             api_rate_limit_per_min: None,
+            notify: None,
         },
         migrations: PlannedMigrations {
             dir: "m".into(),
@@ -454,6 +465,8 @@ mod tests {
             max_failures,
             max_failure_percent,
             bake_s: 0,
+            checks: Vec::new(),
+            approval: Default::default(),
             tenants: (0..n)
                 .map(|i| PlannedTenant::from_id(format!("t{i}")))
                 .collect(),
