@@ -101,9 +101,21 @@ pub async fn execute(
         })
         .await?;
     gates
-        .notify(NotifyEvent::RolloutStarted, None, Detail::None, reporter.as_ref())
+        .notify(
+            NotifyEvent::RolloutStarted,
+            None,
+            Detail::None,
+            reporter.as_ref(),
+        )
         .await;
-    let outcome = run_waves(&context, &gates, &inputs.config, reporter.as_ref(), &shutdown).await?;
+    let outcome = run_waves(
+        &context,
+        &gates,
+        &inputs.config,
+        reporter.as_ref(),
+        &shutdown,
+    )
+    .await?;
     recorder
         .record(Event::RunFinished {
             run_id,
@@ -195,7 +207,12 @@ async fn run_waves(
                 .await?;
         }
         gates
-            .notify(NotifyEvent::WaveStarted, Some(&wave.name), Detail::None, reporter)
+            .notify(
+                NotifyEvent::WaveStarted,
+                Some(&wave.name),
+                Detail::None,
+                reporter,
+            )
             .await;
         let halted = run_wave(context, wave, todo, reporter, shutdown).await?;
         if shutdown.is_stopping() && !halted {
@@ -217,7 +234,9 @@ async fn run_waves(
         } else {
             (NotifyEvent::WaveFinished, Detail::None)
         };
-        gates.notify(event, Some(&wave.name), detail, reporter).await;
+        gates
+            .notify(event, Some(&wave.name), detail, reporter)
+            .await;
         if halted {
             return Ok(RunOutcome::Halted {
                 wave: wave.name.clone(),

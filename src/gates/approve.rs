@@ -90,11 +90,17 @@ mod tests {
 
     #[test]
     fn approvals_are_recorded_once_before_the_wave_and_refused_otherwise() {
-        let plan = test_plan(vec![wave("canary", Approval::None), wave("rest", Approval::Required)]);
+        let plan = test_plan(vec![
+            wave("canary", Approval::None),
+            wave("rest", Approval::Required),
+        ]);
         let fresh = state(Vec::new());
         assert_eq!(decide(&plan, &fresh, "rest"), Ok(ApproveDecision::Record));
         let unknown = decide(&plan, &fresh, "middle").unwrap_err();
-        assert!(unknown.contains("no wave `middle` (waves: canary, rest)"), "{unknown}");
+        assert!(
+            unknown.contains("no wave `middle` (waves: canary, rest)"),
+            "{unknown}"
+        );
         let needless = decide(&plan, &fresh, "canary").unwrap_err();
         assert!(needless.contains("does not need approval"), "{needless}");
 
@@ -120,7 +126,9 @@ mod tests {
         let error = decide(&plan, &done, "rest").unwrap_err();
         assert!(error.contains("is finished"), "{error}");
 
-        let started = state(vec![Event::WaveStarted { wave: "rest".into() }]);
+        let started = state(vec![Event::WaveStarted {
+            wave: "rest".into(),
+        }]);
         let error = decide(&plan, &started, "rest").unwrap_err();
         assert!(error.contains("already started"), "{error}");
     }

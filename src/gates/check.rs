@@ -80,7 +80,11 @@ pub struct CheckOutcome {
 }
 
 /// Run `check` against `target`.
-pub async fn run_check(check: &CheckSpec, target: &CheckTarget<'_>, env: &CheckEnv) -> CheckOutcome {
+pub async fn run_check(
+    check: &CheckSpec,
+    target: &CheckTarget<'_>,
+    env: &CheckEnv,
+) -> CheckOutcome {
     let timeout = Duration::from_millis(check.timeout_ms.max(1));
     let (passed, output, failed_tenants, sampled) = match check.kind() {
         CheckKind::Sql {
@@ -145,7 +149,12 @@ async fn sql_check(
                     run_check_query(&client, query, &target.wave_started_at, timeout),
                 )
                 .await
-                .map_err(|_| format!("no answer within {}", super::format_ms(timeout.as_millis() as u64)))?
+                .map_err(|_| {
+                    format!(
+                        "no answer within {}",
+                        super::format_ms(timeout.as_millis() as u64)
+                    )
+                })?
                 .map_err(|failure| match failure.sqlstate {
                     Some(code) => format!("{} (SQLSTATE {code})", failure.message),
                     None => failure.message,
@@ -208,9 +217,12 @@ async fn command_check(
         .migrated
         .iter()
         .map(|id| {
-            let (name, region) = target.plan.tenant(id).map_or((String::new(), String::new()), |(tenant, _)| {
-                (tenant.name.clone(), tenant.region.clone())
-            });
+            let (name, region) = target
+                .plan
+                .tenant(id)
+                .map_or((String::new(), String::new()), |(tenant, _)| {
+                    (tenant.name.clone(), tenant.region.clone())
+                });
             serde_json::json!({"id": id, "name": name, "region": region})
         })
         .collect();
@@ -224,7 +236,10 @@ async fn command_check(
     });
     let context_path = context_file_path();
     if let Err(error) = std::fs::write(&context_path, context.to_string()) {
-        return (false, format!("cannot write the check's context file: {error}"));
+        return (
+            false,
+            format!("cannot write the check's context file: {error}"),
+        );
     }
     let extra = [
         ("SCHEMAFLEET_PLAN_ID", target.plan.plan_id.clone()),
@@ -276,7 +291,11 @@ pub(crate) async fn run_program(
     process
         .current_dir(workdir)
         .envs(extra.iter().map(|(key, value)| (*key, value.as_str())))
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own process group, so a timeout also ends what a shell line started.
@@ -384,7 +403,15 @@ async fn http_check(
     let status = response.status();
     let body = match response.text().await {
         Ok(body) => body,
-        Err(error) => return (false, format!("GET {shown}: HTTP {status}, body unreadable: {}", error.without_url())),
+        Err(error) => {
+            return (
+                false,
+                format!(
+                    "GET {shown}: HTTP {status}, body unreadable: {}",
+                    error.without_url()
+                ),
+            );
+        }
     };
     let excerpt: String = body.chars().take(500).collect();
     if !status.is_success() {
@@ -407,7 +434,9 @@ async fn http_check(
         ),
         None => (
             false,
-            format!("GET {shown}: HTTP {status}, no {pointer} in the answer (expected {expected})\n{excerpt}"),
+            format!(
+                "GET {shown}: HTTP {status}, no {pointer} in the answer (expected {expected})\n{excerpt}"
+            ),
         ),
     }
 }
@@ -418,9 +447,10 @@ fn json_matches(found: &serde_json::Value, expected: &serde_json::Value) -> bool
         return true;
     }
     match (found, expected) {
-        (serde_json::Value::Number(_) | serde_json::Value::Bool(_), serde_json::Value::String(text)) => {
-            found.to_string() == *text
-        }
+        (
+            serde_json::Value::Number(_) | serde_json::Value::Bool(_),
+            serde_json::Value::String(text),
+        ) => found.to_string() == *text,
         (serde_json::Value::Number(found), serde_json::Value::Number(expected)) => {
             found.as_f64() == expected.as_f64()
         }

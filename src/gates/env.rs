@@ -9,7 +9,9 @@
 pub enum TemplateError {
     #[error("`${{` without a closing `}}`")]
     Unclosed,
-    #[error("`${{{0}}}` is not an environment variable name (letters, digits and _, not starting with a digit)")]
+    #[error(
+        "`${{{0}}}` is not an environment variable name (letters, digits and _, not starting with a digit)"
+    )]
     BadName(String),
     #[error("the environment variable {0} is not set")]
     Unset(String),
@@ -80,7 +82,10 @@ mod tests {
             expand("Bearer ${TOKEN}!", lookup).as_deref(),
             Ok("Bearer s3cret!")
         );
-        assert_eq!(expand("no placeholder $x {y}", lookup).as_deref(), Ok("no placeholder $x {y}"));
+        assert_eq!(
+            expand("no placeholder $x {y}", lookup).as_deref(),
+            Ok("no placeholder $x {y}")
+        );
         assert_eq!(
             expand("${MISSING}", lookup),
             Err(TemplateError::Unset("MISSING".into()))

@@ -267,10 +267,9 @@ impl Notifier {
                 .await
                 {
                     Ok((status, _)) if status.success() => Ok(()),
-                    Ok((status, output)) => Err(format!(
-                        "{status}: {}",
-                        output.lines().last().unwrap_or("")
-                    )),
+                    Ok((status, output)) => {
+                        Err(format!("{status}: {}", output.lines().last().unwrap_or("")))
+                    }
                     Err(message) => Err(message),
                 }
             })
@@ -369,7 +368,9 @@ mod tests {
         let failure = CheckFailure {
             check: "errors".into(),
             kind: "sql".into(),
-            output: "1 of 1 failed\np-1: error: postgresql://neondb_owner:hunter2@ep-x/neondb refused".into(),
+            output:
+                "1 of 1 failed\np-1: error: postgresql://neondb_owner:hunter2@ep-x/neondb refused"
+                    .into(),
             failed_tenants: vec!["p-1".into()],
             sampled: Some(1),
         };
@@ -388,7 +389,10 @@ mod tests {
             },
         });
         let text = document.to_string();
-        assert!(!text.contains("hunter2") && !text.contains("postgresql://"), "{text}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("postgresql://"),
+            "{text}"
+        );
         assert_eq!(document["event"], "check_failed");
         assert_eq!(document["check"]["failed_tenants"][0], "p-1");
         assert_eq!(document["wave_counts"]["tenants"], 1);
@@ -403,7 +407,10 @@ mod tests {
 
     #[test]
     fn a_webhook_url_in_clear_over_the_network_is_refused() {
-        assert_eq!(webhook_refusal("https://hooks.slack.com/services/T/B/X"), None);
+        assert_eq!(
+            webhook_refusal("https://hooks.slack.com/services/T/B/X"),
+            None
+        );
         assert_eq!(webhook_refusal("http://127.0.0.1:9/hook"), None);
         assert!(webhook_refusal("http://hooks.example.com/x").is_some());
         assert!(webhook_refusal("ftp://x").is_some());

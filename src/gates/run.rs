@@ -132,7 +132,10 @@ impl Gates {
             return Ok(Gate::Open);
         }
         if !self.config.retry_checks {
-            let names: Vec<&str> = failures.iter().map(|failure| failure.check.as_str()).collect();
+            let names: Vec<&str> = failures
+                .iter()
+                .map(|failure| failure.check.as_str())
+                .collect();
             reporter.note(&format!(
                 "wave {} is halted: its check{} {} failed in an earlier run; roll the wave back (`schemafleet rollback {} --wave {}`) or fix the cause and re-run with --retry-checks",
                 wave.name,
@@ -145,7 +148,10 @@ impl Gates {
                 wave: wave.name.clone(),
             }));
         }
-        reporter.note(&format!("wave {}: running its checks again (--retry-checks)", wave.name));
+        reporter.note(&format!(
+            "wave {}: running its checks again (--retry-checks)",
+            wave.name
+        ));
         let checks: Vec<&CheckSpec> = wave.checks.iter().collect();
         self.run_checks(wave, &checks, Stage::Retry, reporter).await
     }
@@ -231,8 +237,13 @@ impl Gates {
                         "wave {} needs approval before it starts: `schemafleet approve {} {}`, then `schemafleet apply {}` continues",
                         wave.name, self.config.plan_path, wave.name, self.config.plan_path
                     ));
-                    self.notify(NotifyEvent::ApprovalNeeded, Some(&wave.name), Detail::None, reporter)
-                        .await;
+                    self.notify(
+                        NotifyEvent::ApprovalNeeded,
+                        Some(&wave.name),
+                        Detail::None,
+                        reporter,
+                    )
+                    .await;
                     return Ok(Gate::Stop(RunOutcome::AwaitingApproval {
                         wave: wave.name.clone(),
                     }));
@@ -252,7 +263,8 @@ impl Gates {
             return Ok(Gate::Open);
         }
         let checks: Vec<&CheckSpec> = wave.checks.iter().collect();
-        self.run_checks(wave, &checks, Stage::AfterWave, reporter).await
+        self.run_checks(wave, &checks, Stage::AfterWave, reporter)
+            .await
     }
 
     /// Wait out `previous`'s bake, running its interval checks when they fall due.
@@ -276,7 +288,11 @@ impl Gates {
         let interval_checks: Vec<(&CheckSpec, Duration)> = previous
             .checks
             .iter()
-            .filter_map(|check| check.interval_ms.map(|ms| (check, Duration::from_millis(ms))))
+            .filter_map(|check| {
+                check
+                    .interval_ms
+                    .map(|ms| (check, Duration::from_millis(ms)))
+            })
             .collect();
         let mut due: Vec<time::OffsetDateTime> = interval_checks
             .iter()
@@ -287,7 +303,12 @@ impl Gates {
             if now >= until {
                 return Ok(Gate::Open);
             }
-            let wake = due.iter().copied().filter(|at| *at < until).min().unwrap_or(until);
+            let wake = due
+                .iter()
+                .copied()
+                .filter(|at| *at < until)
+                .min()
+                .unwrap_or(until);
             let pause = Duration::from_secs_f64((wake - now).as_seconds_f64().max(0.0));
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}

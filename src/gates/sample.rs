@@ -52,10 +52,19 @@ mod tests {
         reversed.reverse();
         assert_eq!(stable_sample("plan-a", &reversed, Sample::Count(20)), first);
         assert_ne!(stable_sample("plan-b", &tenants, Sample::Count(20)), first);
-        assert_eq!(stable_sample("plan-a", &tenants, Sample::Percent(10.0)).len(), 10);
-        assert_eq!(stable_sample("plan-a", &tenants[..3], Sample::Percent(10.0)).len(), 1);
+        assert_eq!(
+            stable_sample("plan-a", &tenants, Sample::Percent(10.0)).len(),
+            10
+        );
+        assert_eq!(
+            stable_sample("plan-a", &tenants[..3], Sample::Percent(10.0)).len(),
+            1
+        );
         assert_eq!(stable_sample("plan-a", &tenants, Sample::All).len(), 100);
-        assert_eq!(stable_sample("plan-a", &tenants[..5], Sample::Count(20)).len(), 5);
+        assert_eq!(
+            stable_sample("plan-a", &tenants[..5], Sample::Count(20)).len(),
+            5
+        );
         // A smaller sample is the start of a larger one: growing `sample` keeps who was read.
         let ten = stable_sample("plan-a", &tenants, Sample::Count(10));
         assert_eq!(&first[..10], &ten[..]);

@@ -131,10 +131,7 @@ impl CheckSpec {
         CheckKind::Http {
             url,
             headers: &self.headers,
-            expect: self
-                .json_pointer
-                .as_deref()
-                .zip(self.expect.as_ref()),
+            expect: self.json_pointer.as_deref().zip(self.expect.as_ref()),
         }
     }
 
@@ -175,7 +172,10 @@ impl CheckSpec {
         };
         text.push_str(&format!(", timeout {}", super::format_ms(self.timeout_ms)));
         if let Some(interval) = self.interval_ms {
-            text.push_str(&format!(", every {} while baking", super::format_ms(interval)));
+            text.push_str(&format!(
+                ", every {} while baking",
+                super::format_ms(interval)
+            ));
         }
         text
     }

@@ -42,7 +42,10 @@ impl WaveAt<'_> {
 }
 
 /// A wave's checks, checked and named (`sql-1`, `http-2` when unnamed).
-pub(crate) fn wave_checks(at: &WaveAt<'_>, raw_checks: Vec<RawCheck>) -> Result<Vec<CheckSpec>, PolicyError> {
+pub(crate) fn wave_checks(
+    at: &WaveAt<'_>,
+    raw_checks: Vec<RawCheck>,
+) -> Result<Vec<CheckSpec>, PolicyError> {
     let mut checks: Vec<CheckSpec> = Vec::with_capacity(raw_checks.len());
     for (check_idx, raw) in raw_checks.into_iter().enumerate() {
         let field = format!("waves[{}].checks[{check_idx}]", at.wave_idx);
@@ -149,9 +152,8 @@ fn one_check(
     };
     if let Some(url) = &raw.http {
         placeholders(&url.0).map_err(|error| template_error("http", error))?;
-        check_url_template(&url.0).map_err(|message| {
-            at.error("http:", format!("{field}.http: {message}"))
-        })?;
+        check_url_template(&url.0)
+            .map_err(|message| at.error("http:", format!("{field}.http: {message}")))?;
     }
     for (name, value) in &raw.headers {
         if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
@@ -176,18 +178,12 @@ fn one_check(
     };
     let timeout = raw.timeout.map_or(default_timeout, |timeout| timeout.0);
     if timeout.is_zero() {
-        return Err(at.error(
-            "timeout:",
-            format!("{field}.timeout: must be more than 0s"),
-        ));
+        return Err(at.error("timeout:", format!("{field}.timeout: must be more than 0s")));
     }
     let interval = raw.interval.map(|interval| interval.0);
     if let Some(interval) = interval {
         if interval < MIN_INTERVAL {
-            return Err(at.error(
-                "interval:",
-                format!("{field}.interval: at least 1s"),
-            ));
+            return Err(at.error("interval:", format!("{field}.interval: at least 1s")));
         }
         if at.bake.is_zero() {
             return Err(at.error(
@@ -223,13 +219,18 @@ fn one_check(
 fn check_url_template(template: &str) -> Result<(), String> {
     let filled = crate::gates::env::expand(template, |_| Some("x".to_string()))
         .map_err(|error| error.to_string())?;
-    let url = url::Url::parse(&filled).map_err(|error| format!("`{template}` is not a URL: {error}"))?;
+    let url =
+        url::Url::parse(&filled).map_err(|error| format!("`{template}` is not a URL: {error}"))?;
     if url.scheme() != "http" && url.scheme() != "https" {
-        return Err(format!("`{template}`: only http:// and https:// URLs are checked"));
+        return Err(format!(
+            "`{template}`: only http:// and https:// URLs are checked"
+        ));
     }
     let literal = url::Url::parse(template).ok();
     if let Some(literal) = literal
-        && literal.password().is_some_and(|password| !password.contains("%7B"))
+        && literal
+            .password()
+            .is_some_and(|password| !password.contains("%7B"))
         && !template.contains("${")
     {
         return Err(
@@ -241,11 +242,14 @@ fn check_url_template(template: &str) -> Result<(), String> {
 
 /// The policy's `notify:` section, checked.
 pub(crate) fn notify(path: &Path, text: &str, raw: RawNotify) -> Result<NotifySpec, PolicyError> {
-    let at = |needle: &str| FilePosition {
-        path,
-        position: find_in_section(text, "notify", needle).or(find_top_level_key(text, "notify")),
-    }
-    .to_string();
+    let at = |needle: &str| {
+        FilePosition {
+            path,
+            position: find_in_section(text, "notify", needle)
+                .or(find_top_level_key(text, "notify")),
+        }
+        .to_string()
+    };
     // `webhook:` never deserializes (its value is refused where it is written).
     debug_assert!(raw.webhook.is_none());
     if raw.webhook_env.is_none() && raw.command.is_none() {
@@ -264,7 +268,9 @@ pub(crate) fn notify(path: &Path, text: &str, raw: RawNotify) -> Result<NotifySp
             })?;
         }
     }
-    let timeout = raw.timeout.map_or(DEFAULT_NOTIFY_TIMEOUT, |timeout| timeout.0);
+    let timeout = raw
+        .timeout
+        .map_or(DEFAULT_NOTIFY_TIMEOUT, |timeout| timeout.0);
     if timeout.is_zero() {
         return Err(PolicyError::Invalid {
             location: at("timeout:"),
@@ -454,7 +460,10 @@ CHECKS
                 crate::policy::parse(
                     Path::new("plans/r.yaml"),
                     &BASE
-                        .replace("CHECKS\n", "      - sql: SELECT true\n        interval: 10s\n")
+                        .replace(
+                            "CHECKS\n",
+                            "      - sql: SELECT true\n        interval: 10s\n",
+                        )
                         .replace("    bake: 5m\n", ""),
                 )
                 .map(|_| ())

@@ -184,7 +184,11 @@ pub fn gates_text(summary: &Summary, plan_path: &str) -> String {
                         wave.name,
                         approval.by.as_deref().unwrap_or("someone"),
                         approval.at.as_deref().unwrap_or("?"),
-                        approval.note.as_deref().map(|note| format!(": {note}")).unwrap_or_default()
+                        approval
+                            .note
+                            .as_deref()
+                            .map(|note| format!(": {note}"))
+                            .unwrap_or_default()
                     ),
                     "",
                     "  ",

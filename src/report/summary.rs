@@ -79,7 +79,10 @@ pub struct WaveApproval {
 }
 
 /// A wave's approval as reports show it.
-fn wave_approval(wave: &crate::plan::model::PlannedWave, state: &JournalState) -> Option<WaveApproval> {
+fn wave_approval(
+    wave: &crate::plan::model::PlannedWave,
+    state: &JournalState,
+) -> Option<WaveApproval> {
     if wave.approval != crate::gates::spec::Approval::Required {
         return None;
     }
