@@ -617,3 +617,59 @@ async fn a_webhook_gets_every_event_in_order_and_a_dead_one_fails_nothing() {
     );
     assert!(!stderr.contains("s3cr3t-path"), "{stderr}");
 }
+
+/// A check with an `interval` runs while the wave bakes: once it fails, the rollout halts
+/// during the bake instead of waiting for its end, and the next wave never starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interval_check_halts_the_rollout_during_the_bake() {
+    let fleet = TestFleet::start(3).await;
+    fleet.write_policy(&format!(
+        "{FAST}waves:\n  - name: canary\n    tenants: [tenant-0001]\n    percent: 1\n    concurrency: 1\n    bake: 60s\n    checks:\n      - name: no-alert\n        command: 'test ! -f alert.flag'\n        interval: 1s\n  - name: rest\n    percent: 100\n    concurrency: 2\n"
+    ));
+    let plan = fleet.plan(&repo_migrations());
+    let journal = fleet.path("policy.journal.jsonl");
+    let child = Command::new(env!("CARGO_BIN_EXE_schemafleet"))
+        .args(["apply", plan.to_str().expect("utf-8"), "--output", "json"])
+        .current_dir(fleet.dir.path())
+        .env("NEON_API_URL", fleet.fleet.api_url())
+        .env("NEON_API_KEY", fleet.fleet.api_key().expose())
+        .env("SCHEMAFLEET_OPERATION_POLL_MS", "20")
+        .env("SCHEMAFLEET_NO_PROGRESS", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("apply starts");
+    // Once the canary's first checks passed, the bake is under way: raise the alert.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&journal)
+        .unwrap_or_default()
+        .contains(r#""event":"checks_passed""#)
+    {
+        assert!(Instant::now() < deadline, "the canary never finished");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let raised = Instant::now();
+    std::fs::write(fleet.path("alert.flag"), "").expect("flag");
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("apply ends");
+    assert!(
+        raised.elapsed() < Duration::from_secs(20),
+        "the interval check must halt well before the 60s bake ends: {:?}",
+        raised.elapsed()
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let report = json(&output);
+    assert_eq!(report["outcome"], "halted", "{report:#}");
+    assert_eq!(
+        wave_of(&report, "canary")["check_failures"][0]["check"],
+        "no-alert"
+    );
+    assert_eq!(wave_of(&report, "rest")["status"], "not_started");
+    let records = std::fs::read_to_string(&journal).expect("journal");
+    assert!(
+        records.contains(r#""event":"checks_failed","wave":"canary","stage":"during_bake""#),
+        "{records}"
+    );
+}

@@ -450,7 +450,10 @@ fn json_matches(found: &serde_json::Value, expected: &serde_json::Value) -> bool
         (
             serde_json::Value::Number(_) | serde_json::Value::Bool(_),
             serde_json::Value::String(text),
-        ) => found.to_string() == *text,
+        ) => {
+            let found_text: String = found.to_string();
+            found_text == *text
+        }
         (serde_json::Value::Number(found), serde_json::Value::Number(expected)) => {
             found.as_f64() == expected.as_f64()
         }
