@@ -172,11 +172,12 @@ impl Gates {
         if let Some(previous) = wave_idx.checked_sub(1).map(|idx| &self.plan.waves[idx])
             && (!previous.checks.is_empty() || needs_approval)
         {
-            let (bake_until, passed_at) = self.recorder.read(|state| {
+            let (bake_until, passed_at, passed_stage) = self.recorder.read(|state| {
                 let wave_state = state.waves.get(&previous.name);
                 (
                     wave_state.and_then(|wave_state| wave_state.bake_until.clone()),
                     wave_state.and_then(|wave_state| wave_state.checks_passed_at.clone()),
+                    wave_state.and_then(|wave_state| wave_state.checks_passed_stage.clone()),
                 )
             });
             let bake_until = bake_until.as_deref().and_then(crate::clock::parse_rfc3339);
@@ -188,11 +189,14 @@ impl Gates {
             {
                 return Ok(Gate::Stop(outcome));
             }
-            // The end-of-bake checks, unless they passed after the bake ended (a resume) or,
-            // with no bake, after the wave's tenants finished.
+            // The end-of-bake checks, unless they passed at the end of the bake or in a retry
+            // after it (a resume) or, with no bake, after the wave's tenants finished. A pass
+            // right after the wave does not count for a bake, however short: the bake's end is
+            // second-granular and can fall before it.
             let passed_at = passed_at.as_deref().and_then(crate::clock::parse_rfc3339);
+            let after_bake = matches!(passed_stage.as_deref(), Some("bake_end") | Some("retry"));
             let passed_since = match (passed_at, bake_until) {
-                (Some(passed), Some(until)) => passed >= until,
+                (Some(passed), Some(until)) => after_bake && passed >= until,
                 (Some(_), None) => true,
                 (None, _) => false,
             };

@@ -157,8 +157,9 @@ pub struct WaveState {
     pub started_at: Option<String>,
     /// The checks that failed in the latest round; the wave is halted while this is not empty.
     pub check_failures: Vec<CheckFailure>,
-    /// When the wave's checks last passed.
+    /// When the wave's checks last passed, and at which stage (`after_wave`, `bake_end`, …).
     pub checks_passed_at: Option<String>,
+    pub checks_passed_stage: Option<String>,
     /// `apply` stopped before the wave for an approval not given yet.
     pub approval_needed: bool,
     /// Who approved the wave, with their note, and when.
@@ -432,7 +433,7 @@ impl JournalState {
                     state.updated_at = at;
                 }
             }
-            Event::ChecksPassed { wave, .. } => {
+            Event::ChecksPassed { wave, stage, .. } => {
                 let wave_state = self.wave_mut(wave);
                 // Only a halt the checks caused is lifted by their passing.
                 if !wave_state.check_failures.is_empty() && wave_state.status == WaveStatus::Halted
@@ -441,6 +442,7 @@ impl JournalState {
                 }
                 wave_state.check_failures.clear();
                 wave_state.checks_passed_at = Some(at);
+                wave_state.checks_passed_stage = Some(stage.clone());
             }
             Event::ChecksFailed { wave, failures, .. } => {
                 let wave_state = self.wave_mut(wave);
@@ -467,6 +469,7 @@ impl JournalState {
             started_at: None,
             check_failures: Vec::new(),
             checks_passed_at: None,
+            checks_passed_stage: None,
             approval_needed: false,
             approved: None,
         })
