@@ -600,7 +600,24 @@ async fn a_webhook_gets_every_event_in_order_and_a_dead_one_fails_nothing() {
     fleet.write_policy(&format!(
         "{FAST}notify:\n  webhook_env: HOOK_URL\nwaves:\n  - name: all\n    percent: 100\n    concurrency: 3\n    bake: 0s\n"
     ));
-    fleet.plan_at(&repo_migrations(), "down.plan.yaml");
+    // The first plan no longer matches: its notifications changed.
+    let migrations = repo_migrations();
+    let output = fleet.run(&[
+        "plan",
+        "--check",
+        plan,
+        "--policy",
+        "policy.yaml",
+        "--migrations",
+        migrations.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        text(&output).contains(r#"notify: {"command":"cat >> notified.jsonl"#),
+        "{}",
+        text(&output)
+    );
+    fleet.plan_at(&migrations, "down.plan.yaml");
     let dead = format!("http://{closed}/hook/s3cr3t-path");
     let output = run_with(
         &fleet,
