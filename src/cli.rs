@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Roll versioned SQL schema migrations across a fleet of Neon tenant databases, wave by wave.
 ///
 /// Exit codes: 0 all done; 1 a tenant failed, a wave halted or drift was found;
-/// 2 bad input or an error that stopped the run; 130 interrupted (Ctrl-C).
+/// 2 bad input or an error that stopped the run; 3 `apply` waits for `schemafleet approve`
+/// before a wave; 130 interrupted (Ctrl-C).
 #[derive(Debug, Parser)]
 #[command(name = "schemafleet", version, about, long_about = None)]
 pub struct Cli {
@@ -35,7 +36,19 @@ pub enum Command {
     /// Exit codes: 0 no denied finding; 1 a finding the policy denies; 2 bad input.
     Lint(LintArgs),
     /// Execute a plan wave by wave: validate on a branch, apply to main, journal, resume.
+    ///
+    /// Between waves it runs the waves' checks and stops before a wave that needs approval.
+    ///
+    /// Exit codes: 0 every tenant migrated or up to date; 1 a tenant failed, a wave halted or a
+    /// check failed; 2 stopped by an error; 3 waiting for `schemafleet approve`; 130 interrupted.
     Apply(ApplyArgs),
+    /// Approve a wave that has `approval: required`, so the next `apply` starts it.
+    ///
+    /// The approval is recorded in the plan's journal with who gave it and an optional note.
+    ///
+    /// Exit codes: 0 approved (or already approved); 2 no such wave, the wave needs no approval
+    /// or already started, the plan is finished, or the journal is locked by a running `apply`.
+    Approve(ApproveArgs),
     /// Restore tenants' main branches to their restore points.
     Rollback(RollbackArgs),
     /// Show where a rollout stands, from its journal.
@@ -195,6 +208,10 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub retry_failed: bool,
 
+    /// Run the checks of a wave they halted again; when they pass, the rollout continues.
+    #[arg(long)]
+    pub retry_checks: bool,
+
     /// Migrate again the tenants this plan rolled back: all of them, or only those given as
     /// `--include-rolled-back=ID,ID`. Without it they stay back and the report names them.
     #[arg(long, value_name = "ID", num_args = 0..=1, require_equals = true, value_delimiter = ',')]
@@ -229,6 +246,27 @@ pub struct ApplyArgs {
 
     #[command(flatten)]
     pub api: ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// The plan file whose wave to approve.
+    pub plan: PathBuf,
+
+    /// The wave to approve (its name in the plan).
+    pub wave: String,
+
+    /// Who approves (default: $USER); recorded in the journal.
+    #[arg(long, value_name = "NAME")]
+    pub by: Option<String>,
+
+    /// Why, or what was checked; recorded in the journal.
+    #[arg(long, value_name = "TEXT")]
+    pub note: Option<String>,
+
+    /// Journal file (default: beside the plan, <plan-stem>.journal.jsonl).
+    #[arg(long)]
+    pub journal: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,9 @@ pub enum ExitStatus {
     Error,
     /// Interrupted by Ctrl-C; the journal is consistent and a re-run resumes.
     Interrupted,
+    /// `apply` stopped before a wave with `approval: required`: nothing failed, a person must
+    /// run `schemafleet approve`, then `apply` again.
+    AwaitingApproval,
 }
 
 impl ExitStatus {
@@ -22,6 +25,7 @@ impl ExitStatus {
             ExitStatus::Failure => 1,
             ExitStatus::Error => 2,
             ExitStatus::Interrupted => 130,
+            ExitStatus::AwaitingApproval => 3,
         }
     }
 }

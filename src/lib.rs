@@ -11,6 +11,7 @@ pub mod executor;
 pub mod exit;
 pub mod fingerprint;
 pub mod fleet;
+pub mod gates;
 pub mod gc;
 pub mod journal;
 pub mod lint;

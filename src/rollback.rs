@@ -561,6 +561,8 @@ mod tests {
             max_failures: None,
             max_failure_percent: None,
             bake_s: 0,
+            checks: Vec::new(),
+            approval: Default::default(),
             tenants: vec![
                 tenant("p-1", "acme"),
                 tenant("p-2", "twin"),

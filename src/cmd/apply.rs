@@ -98,6 +98,15 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
     config.max_connections = args.max_connections.max(1);
     config.verify_sql = verify_sql;
     config.schema_check = schema_check;
+    config.gates = crate::gates::GateConfig {
+        retry_checks: args.retry_checks,
+        workdir: if plan_dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            plan_dir.clone()
+        },
+        plan_path: args.plan.display().to_string(),
+    };
 
     let planned = crate::plan::planned_versions(&plan);
     let migrations: Vec<refinery::Migration> = set
@@ -155,6 +164,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
         OutputFormat::Text => {
             println!("plan {} ({})", summary.plan_id, plan_display);
             print!("{}", report::render::summary_text(&summary, &groups));
+            print!("{}", report::render::gates_text(&summary, &plan_display));
             let mut text = String::new();
             report::render::wrap_into(
                 &mut text,
@@ -238,6 +248,9 @@ fn outcome_line(
             n_unfinished,
             journal.display()
         ),
+        RunOutcome::Halted { wave } if halted_by_checks(summary, wave) => format!(
+            "wave {wave} HALTED: a check failed (above) and later waves did not start; roll the wave back (`schemafleet rollback {plan} --wave {wave}`), or fix the cause and `schemafleet apply {plan} --retry-checks`"
+        ),
         RunOutcome::Halted { wave } => {
             // The last wave has no later waves to hold back.
             let last = summary.waves.last().is_some_and(|last| &last.name == wave);
@@ -250,6 +263,9 @@ fn outcome_line(
                 "wave {wave} HALTED: its failure budget is spent{held}; fix the cause, then `schemafleet apply {plan} --retry-failed`"
             )
         }
+        RunOutcome::AwaitingApproval { wave } => format!(
+            "waiting for approval before wave {wave}: `schemafleet approve {plan} {wave} --by NAME`, then `schemafleet apply {plan}` continues"
+        ),
         RunOutcome::StoppedAfter { wave } => {
             format!(
                 "stopped after wave {wave} as asked; `schemafleet apply {plan}` continues with the next wave"
@@ -263,10 +279,19 @@ fn outcome_line(
     }
 }
 
+/// Whether `wave` is halted by its checks rather than its failure budget.
+fn halted_by_checks(summary: &report::Summary, wave: &str) -> bool {
+    summary
+        .waves
+        .iter()
+        .any(|summary| summary.name == wave && !summary.check_failures.is_empty())
+}
+
 fn exit_status(outcome: &RunOutcome, summary: &report::Summary) -> ExitStatus {
     match outcome {
         RunOutcome::Interrupted => ExitStatus::Interrupted,
         RunOutcome::Halted { .. } => ExitStatus::Failure,
+        RunOutcome::AwaitingApproval { .. } => ExitStatus::AwaitingApproval,
         RunOutcome::Completed | RunOutcome::StoppedAfter { .. } => {
             if summary.totals.failed + summary.totals.diverged + summary.totals.rollback_failed > 0
             {

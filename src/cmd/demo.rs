@@ -163,6 +163,7 @@ async fn demo_on_fleet(
         journal: None,
         until_wave: None,
         retry_failed: false,
+        retry_checks: false,
         include_rolled_back: None,
         skip_bake: true,
         max_connections: 64,
@@ -617,6 +618,8 @@ mod tests {
             max_failures,
             max_failure_percent: percent,
             bake_s: 0,
+            checks: Vec::new(),
+            approval: Default::default(),
             tenants: (0..n)
                 .map(|i| crate::plan::model::PlannedTenant::from_id(format!("{name}-{i:03}")))
                 .collect(),

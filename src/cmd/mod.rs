@@ -8,6 +8,7 @@ use crate::exit::ExitStatus;
 
 pub mod api;
 pub mod apply;
+pub mod approve;
 pub mod baseline;
 pub mod bench;
 pub mod demo;
@@ -26,6 +27,7 @@ pub async fn run(cli: Cli) -> ExitStatus {
         Command::Plan(args) => plan::run(args).await,
         Command::Lint(args) => lint::run(&args),
         Command::Apply(args) => apply::run(args).await,
+        Command::Approve(args) => approve::run(args).await,
         Command::Rollback(args) => rollback::run(args).await,
         Command::Status(args) => status::run(args).await,
         Command::Drift(args) => drift::run(args).await,

@@ -224,6 +224,10 @@ fn print_text(
         "{}",
         report::render::summary_text_during(summary, groups, apply_pid)
     );
+    print!(
+        "{}",
+        report::render::gates_text(summary, &plan_path.display().to_string())
+    );
     let n_points = restore_points.len();
     let (verb, pronoun) = if n_points == 1 {
         ("tenant holds", "it")

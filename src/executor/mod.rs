@@ -86,6 +86,8 @@ pub struct ApplyConfig {
     /// Policy `verify_schema: true`: the references main's schema must equal before a tenant
     /// is migrated; `None` skips the check.
     pub schema_check: Option<Arc<schema_check::SchemaCheck>>,
+    /// Checks, approvals and notifications between waves.
+    pub gates: crate::gates::GateConfig,
 }
 
 impl ApplyConfig {
@@ -107,6 +109,7 @@ impl ApplyConfig {
             verify_sql: None,
             backup_ttl: Duration::from_secs(7 * 24 * 3600),
             schema_check: None,
+            gates: crate::gates::GateConfig::standard(),
         }
     }
 }

@@ -11,6 +11,9 @@ use super::reporter::Reporter;
 use super::shutdown::Shutdown;
 use super::tenant::{Recorder, TenantContext, TenantOutcome, run_tenant};
 use super::timings::StepTiming;
+use crate::gates::notify::Detail;
+use crate::gates::spec::NotifyEvent;
+use crate::gates::{Gate, Gates};
 use crate::journal::{Event, Journal, JournalError, JournalState, TenantStatus, WaveStatus};
 use crate::neon::NeonClient;
 use crate::pg::PlannedVersion;
@@ -25,6 +28,8 @@ pub enum RunOutcome {
     Halted { wave: String },
     /// `--until-wave` was reached; a later `apply` continues with the next wave.
     StoppedAfter { wave: String },
+    /// The next wave needs `schemafleet approve`; a later `apply` continues with it.
+    AwaitingApproval { wave: String },
     /// Ctrl-C: the journal is consistent, a re-run resumes.
     Interrupted,
 }
@@ -35,6 +40,7 @@ impl RunOutcome {
             RunOutcome::Completed => "completed",
             RunOutcome::Halted { .. } => "halted",
             RunOutcome::StoppedAfter { .. } => "stopped_after_wave",
+            RunOutcome::AwaitingApproval { .. } => "awaiting_approval",
             RunOutcome::Interrupted => "interrupted",
         }
     }
@@ -78,6 +84,14 @@ pub async fn execute(
         connections: Arc::new(Semaphore::new(inputs.config.max_connections.max(1))),
         config: inputs.config.clone(),
     });
+    let gates = Gates::new(
+        inputs.plan.clone(),
+        recorder.clone(),
+        context.client.clone(),
+        &inputs.config,
+        &run_id,
+        reporter.as_ref(),
+    );
     recorder
         .record(Event::RunStarted {
             plan_id: inputs.plan.plan_id.clone(),
@@ -86,13 +100,36 @@ pub async fn execute(
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
         })
         .await?;
-    let outcome = run_waves(&context, &inputs.config, reporter.as_ref(), &shutdown).await?;
+    gates
+        .notify(
+            NotifyEvent::RolloutStarted,
+            None,
+            Detail::None,
+            reporter.as_ref(),
+        )
+        .await;
+    let outcome = run_waves(
+        &context,
+        &gates,
+        &inputs.config,
+        reporter.as_ref(),
+        &shutdown,
+    )
+    .await?;
     recorder
         .record(Event::RunFinished {
             run_id,
             outcome: outcome.as_str().to_string(),
         })
         .await?;
+    gates
+        .notify(
+            NotifyEvent::RolloutFinished,
+            None,
+            Detail::Outcome(outcome.as_str()),
+            reporter.as_ref(),
+        )
+        .await;
     Ok(RunResult {
         outcome,
         state: recorder.take_state(),
@@ -102,6 +139,7 @@ pub async fn execute(
 
 async fn run_waves(
     context: &Arc<TenantContext>,
+    gates: &Gates,
     config: &ApplyConfig,
     reporter: &dyn Reporter,
     shutdown: &Shutdown,
@@ -111,6 +149,13 @@ async fn run_waves(
     for (wave_idx, wave) in plan.waves.iter().enumerate() {
         if shutdown.is_stopping() {
             return Ok(RunOutcome::Interrupted);
+        }
+        // The gates (checks, approval) come first: a passing `--retry-checks` un-halts the wave.
+        if let Gate::Stop(outcome) = gates.held_by_checks(wave, reporter).await? {
+            return Ok(outcome);
+        }
+        if let Gate::Stop(outcome) = gates.before_wave(wave_idx, reporter, shutdown).await? {
+            return Ok(outcome);
         }
         let (wave_status, todo, previous_bake_until) = recorder.read(|state| {
             let todo: Vec<String> = wave
@@ -161,6 +206,14 @@ async fn run_waves(
                 })
                 .await?;
         }
+        gates
+            .notify(
+                NotifyEvent::WaveStarted,
+                Some(&wave.name),
+                Detail::None,
+                reporter,
+            )
+            .await;
         let halted = run_wave(context, wave, todo, reporter, shutdown).await?;
         if shutdown.is_stopping() && !halted {
             return Ok(RunOutcome::Interrupted);
@@ -176,10 +229,21 @@ async fn run_waves(
             })
             .await?;
         reporter.wave_finished(&wave.name, halted);
+        let (event, detail) = if halted {
+            (NotifyEvent::WaveHalted, Detail::Halted("budget"))
+        } else {
+            (NotifyEvent::WaveFinished, Detail::None)
+        };
+        gates
+            .notify(event, Some(&wave.name), detail, reporter)
+            .await;
         if halted {
             return Ok(RunOutcome::Halted {
                 wave: wave.name.clone(),
             });
+        }
+        if let Gate::Stop(outcome) = gates.after_wave(wave, reporter).await? {
+            return Ok(outcome);
         }
         if config.until_wave.as_deref() == Some(wave.name.as_str()) {
             return Ok(RunOutcome::StoppedAfter {

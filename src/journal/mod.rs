@@ -14,5 +14,5 @@ pub mod record;
 pub mod state;
 
 pub use file::{Journal, JournalError, LockHolder, default_journal_path};
-pub use record::{Event, Phase, Record, RestorePoint};
+pub use record::{CheckFailure, Event, Phase, Record, RestorePoint};
 pub use state::{JournalState, TenantState, TenantStatus, WaveStatus};

@@ -214,6 +214,49 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         tools: Vec<String>,
     },
+    /// Every check of the wave passed at `stage` (`after_wave`, `bake_end`, `retry`); the next
+    /// wave's gate does not run them again for a bake that ended before this record.
+    ChecksPassed {
+        wave: String,
+        stage: String,
+        checks: Vec<String>,
+    },
+    /// Checks of the wave failed at `stage`: the wave is halted (like a spent budget) until
+    /// `apply --retry-checks` passes them, or the wave is rolled back.
+    ChecksFailed {
+        wave: String,
+        stage: String,
+        failures: Vec<CheckFailure>,
+    },
+    /// `apply` stopped before this wave: it waits for `schemafleet approve`.
+    ApprovalNeeded {
+        wave: String,
+    },
+    /// A person approved the wave (`schemafleet approve PLAN WAVE`).
+    Approved {
+        wave: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
+}
+
+/// One failed check of a wave, as `status` and the reports show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckFailure {
+    pub check: String,
+    /// `sql`, `command` or `http`.
+    pub kind: String,
+    /// What the check said (its output, the answer, or which tenants failed it), bounded and
+    /// with secrets redacted.
+    pub output: String,
+    /// The tenants (project ids) that failed a `sql` check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_tenants: Vec<String>,
+    /// How many tenants a `sql` check read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampled: Option<usize>,
 }
 
 impl Event {
@@ -241,7 +284,11 @@ impl Event {
             | Event::RunFinished { .. }
             | Event::WaveStarted { .. }
             | Event::WaveFinished { .. }
-            | Event::BakeStarted { .. } => None,
+            | Event::BakeStarted { .. }
+            | Event::ChecksPassed { .. }
+            | Event::ChecksFailed { .. }
+            | Event::ApprovalNeeded { .. }
+            | Event::Approved { .. } => None,
         }
     }
 }

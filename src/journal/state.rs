@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::record::{Event, Phase, Record, RestorePoint};
+use super::record::{CheckFailure, Event, Phase, Record, RestorePoint};
 use crate::pg::DbFailure;
 
 /// Where a tenant stands, as far as the journal knows.
@@ -156,6 +156,25 @@ pub struct WaveState {
     pub status: WaveStatus,
     /// The next wave may not start before this time (RFC 3339).
     pub bake_until: Option<String>,
+    /// When the wave first started (its `wave_started` record): SQL checks get it as `$1`.
+    pub started_at: Option<String>,
+    /// The checks that failed in the latest round; the wave is halted while this is not empty.
+    pub check_failures: Vec<CheckFailure>,
+    /// When the wave's checks last passed, and at which stage (`after_wave`, `bake_end`, …).
+    pub checks_passed_at: Option<String>,
+    pub checks_passed_stage: Option<String>,
+    /// `apply` stopped before the wave for an approval not given yet.
+    pub approval_needed: bool,
+    /// Who approved the wave, with their note, and when.
+    pub approved: Option<Approval>,
+}
+
+/// A recorded `schemafleet approve`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    pub by: Option<String>,
+    pub note: Option<String>,
+    pub at: String,
 }
 
 /// The replayed journal.
@@ -212,7 +231,12 @@ impl JournalState {
             }
             Event::RunFinished { outcome, .. } => self.last_run_outcome = Some(outcome.clone()),
             Event::WaveStarted { wave } => {
-                self.wave_mut(wave).status = WaveStatus::Running;
+                let wave_state = self.wave_mut(wave);
+                wave_state.status = WaveStatus::Running;
+                wave_state.approval_needed = false;
+                if wave_state.started_at.is_none() {
+                    wave_state.started_at = Some(at.clone());
+                }
             }
             Event::WaveFinished {
                 wave,
@@ -423,6 +447,32 @@ impl JournalState {
                     state.updated_at = at;
                 }
             }
+            Event::ChecksPassed { wave, stage, .. } => {
+                let wave_state = self.wave_mut(wave);
+                // Only a halt the checks caused is lifted by their passing.
+                if !wave_state.check_failures.is_empty() && wave_state.status == WaveStatus::Halted
+                {
+                    wave_state.status = WaveStatus::Done;
+                }
+                wave_state.check_failures.clear();
+                wave_state.checks_passed_at = Some(at);
+                wave_state.checks_passed_stage = Some(stage.clone());
+            }
+            Event::ChecksFailed { wave, failures, .. } => {
+                let wave_state = self.wave_mut(wave);
+                wave_state.status = WaveStatus::Halted;
+                wave_state.check_failures = failures.clone();
+            }
+            Event::ApprovalNeeded { wave } => self.wave_mut(wave).approval_needed = true,
+            Event::Approved { wave, by, note } => {
+                let wave_state = self.wave_mut(wave);
+                wave_state.approval_needed = false;
+                wave_state.approved = Some(Approval {
+                    by: by.clone(),
+                    note: note.clone(),
+                    at,
+                });
+            }
         }
     }
 
@@ -430,6 +480,12 @@ impl JournalState {
         self.waves.entry(wave.to_string()).or_insert(WaveState {
             status: WaveStatus::NotStarted,
             bake_until: None,
+            started_at: None,
+            check_failures: Vec::new(),
+            checks_passed_at: None,
+            checks_passed_stage: None,
+            approval_needed: false,
+            approved: None,
         })
     }
 

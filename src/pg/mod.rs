@@ -1,5 +1,6 @@
 //! The only module that knows tokio-postgres and refinery's runner.
 //!
+//! - [`check`]: the query of a `sql:` check between waves (read-only, `$1` = wave start).
 //! - [`connect`]: direct connections (verified TLS to any host but loopback, where
 //!   `sslmode=disable` is allowed for the local emulator).
 //! - [`history`]: reads refinery's history table and compares it with the plan (pure compare).
@@ -14,6 +15,7 @@
 //! nothing here writes history rows except refinery's own insert, in the migration's transaction.
 
 pub mod baseline;
+pub mod check;
 pub mod connect;
 pub mod error;
 pub mod fingerprint;

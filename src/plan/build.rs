@@ -239,6 +239,7 @@ pub fn planned_policy(policy: &Policy, paths: &PlanPaths) -> PlannedPolicy {
         api_rate_limit_per_min: policy.api_rate_limit_per_min,
         schemas: policy.schemas.clone(),
         verify_schema: policy.verify_schema,
+        notify: policy.notify.clone(),
     }
 }
 
@@ -253,6 +254,8 @@ pub fn planned_waves_without_tenants(policy: &Policy) -> Vec<PlannedWave> {
             max_failures: wave.max_failures,
             max_failure_percent: wave.max_failure_percent,
             bake_s: wave.bake.as_secs(),
+            checks: wave.checks.clone(),
+            approval: wave.approval,
             tenants: Vec::new(),
         })
         .collect()

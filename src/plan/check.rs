@@ -222,6 +222,17 @@ fn diff_settings(
         }
         if key == "verify" && !before.is_null() && !after.is_null() {
             differences.push(format!("{prefix}verify: its SQL file changed"));
+        } else if key == "notify" {
+            // Settings, not a file: show them (they hold variable names, never secrets).
+            let shown = |value: &serde_json::Value| match value {
+                serde_json::Value::Null => "(not set)".to_string(),
+                other => other.to_string(),
+            };
+            differences.push(format!(
+                "{prefix}notify: {} -> {}",
+                shown(before),
+                shown(after)
+            ));
         } else {
             differences.push(format!(
                 "{prefix}{key}: {} -> {}",

@@ -311,6 +311,7 @@ mod round_trip_tests {
                 api_rate_limit_per_min: Some(300),
                 schemas: Vec::new(),
                 verify_schema: false,
+                notify: None,
             },
             migrations: PlannedMigrations {
                 dir: "../migrations".into(),
@@ -339,6 +340,8 @@ mod round_trip_tests {
                     max_failures: Some(0),
                     max_failure_percent: Some(0.5),
                     bake_s: 600,
+                    checks: Vec::new(),
+                    approval: Default::default(),
                     tenants: vec![PlannedTenant {
                         id: "p-1".into(),
                         name: "acme".into(),
@@ -351,6 +354,8 @@ mod round_trip_tests {
                     max_failures: None,
                     max_failure_percent: None,
                     bake_s: 0,
+                    checks: Vec::new(),
+                    approval: Default::default(),
                     tenants: vec![PlannedTenant::from_id("p-2")],
                 },
             ],

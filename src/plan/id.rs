@@ -50,6 +50,11 @@ struct IdWave<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     max_failure_percent: Option<f64>,
     bake_s: u64,
+    /// Absent when empty, so plans without gates keep the ids they had.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    checks: &'a [crate::gates::spec::CheckSpec],
+    #[serde(skip_serializing_if = "crate::gates::spec::Approval::is_none")]
+    approval: crate::gates::spec::Approval,
     #[serde(serialize_with = "serialize_ids")]
     tenants: &'a PlannedWave,
 }
@@ -98,6 +103,8 @@ pub fn compute_plan_id(plan: &Plan) -> String {
                 max_failures: wave.max_failures,
                 max_failure_percent: wave.max_failure_percent,
                 bake_s: wave.bake_s,
+                checks: &wave.checks,
+                approval: wave.approval,
                 tenants: wave,
             })
             .collect(),

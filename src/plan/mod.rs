@@ -69,6 +69,8 @@ mod tests {
             max_failures: None,
             max_failure_percent: None,
             bake_s: 0,
+            checks: Vec::new(),
+            approval: Default::default(),
             tenants: (0..n_tenants)
                 .map(|idx| PlannedTenant::from_id(format!("p-{idx}")))
                 .collect(),

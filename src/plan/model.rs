@@ -100,6 +100,9 @@ pub struct PlannedPolicy {
     /// version fails before anything is applied.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub verify_schema: bool,
+    /// Where rollout events go (webhook by environment variable, command). Part of the plan id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<crate::gates::spec::NotifySpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -267,6 +270,13 @@ pub struct PlannedWave {
     /// Seconds to wait after this wave before the next starts.
     #[serde(default)]
     pub bake_s: u64,
+    /// Run after the wave's tenants finish and at the end of its bake; a failing one halts
+    /// the rollout. Part of the plan id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::gates::spec::CheckSpec>,
+    /// `required`: `apply` stops before this wave until `schemafleet approve` records it.
+    #[serde(default, skip_serializing_if = "crate::gates::spec::Approval::is_none")]
+    pub approval: crate::gates::spec::Approval,
     /// Sorted by id.
     pub tenants: Vec<PlannedTenant>,
 }
@@ -408,6 +418,7 @@ pub fn test_plan(waves: Vec<PlannedWave>) -> Plan {
             api_rate_limit_per_min: None,
             schemas: Vec::new(),
             verify_schema: false,
+            notify: None,
         },
         migrations: PlannedMigrations {
             dir: "m".into(),
@@ -469,6 +480,8 @@ mod tests {
             max_failures,
             max_failure_percent,
             bake_s: 0,
+            checks: Vec::new(),
+            approval: Default::default(),
             tenants: (0..n)
                 .map(|i| PlannedTenant::from_id(format!("t{i}")))
                 .collect(),

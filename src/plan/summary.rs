@@ -49,6 +49,8 @@ pub struct PlanSummary {
     /// Minutes the estimated calls take at the rate limit (a lower bound on the run's length).
     pub estimated_api_minutes: f64,
     pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify: Option<crate::gates::spec::NotifySpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -67,6 +69,10 @@ pub struct SummaryWave {
     /// The wave's tenants when it has at most [`LISTED_WAVE_TENANTS`] (the canaries, usually).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub listed_tenants: Vec<PlannedTenant>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::gates::spec::CheckSpec>,
+    #[serde(skip_serializing_if = "crate::gates::spec::Approval::is_none")]
+    pub approval: crate::gates::spec::Approval,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -156,6 +162,8 @@ pub fn summarize(plan: &Plan, plan_path: &str, api_rate_limit_per_min: u32) -> P
                 } else {
                     Vec::new()
                 },
+                checks: wave.checks.clone(),
+                approval: wave.approval,
             })
             .collect(),
         validated_tenants,
@@ -168,6 +176,7 @@ pub fn summarize(plan: &Plan, plan_path: &str, api_rate_limit_per_min: u32) -> P
         api_rate_limit_per_min,
         estimated_api_minutes: total as f64 / f64::from(api_rate_limit_per_min.max(1)),
         warnings,
+        notify: plan.policy.notify.clone(),
     }
 }
 
@@ -240,6 +249,26 @@ impl fmt::Display for PlanSummary {
                 };
                 writeln!(f, "  {:<name_width$}    {}{region}", "", tenant.label())?;
             }
+            if wave.approval == crate::gates::spec::Approval::Required {
+                writeln!(
+                    f,
+                    "  {:<name_width$}    approval required before it starts (`schemafleet approve`)",
+                    ""
+                )?;
+            }
+            for check in &wave.checks {
+                let mut line = String::new();
+                wrap_into(
+                    &mut line,
+                    &format!("check {}: {}", check.name, check.describe()),
+                    &format!("  {:<name_width$}    ", ""),
+                    &format!("  {:<name_width$}      ", ""),
+                );
+                f.write_str(&line)?;
+            }
+        }
+        if let Some(notify) = &self.notify {
+            writeln!(f, "notify: {}", notify.describe())?;
         }
         let mut text = String::new();
         wrap_into(

@@ -17,6 +17,7 @@ use crate::lint::{DEFAULT_PG_VERSION, LintSettings};
 use crate::migrations::sha256_hex;
 use crate::plan::model::{RestorePointKind, TransactionMode, Validation};
 
+mod gates;
 pub mod locate;
 mod raw;
 
@@ -63,6 +64,8 @@ pub struct Policy {
     /// `verify_schema: true`: before applying, a tenant's schema must equal the reference at
     /// its version, or it fails untouched.
     pub verify_schema: bool,
+    /// Where rollout events go (`notify:`).
+    pub notify: Option<crate::gates::spec::NotifySpec>,
     /// The file's text, kept to point later errors (a named tenant not in the fleet) at a line.
     source_text: String,
 }
@@ -101,6 +104,9 @@ pub struct WavePolicy {
     pub max_failure_percent: Option<f64>,
     pub bake: Duration,
     pub match_rule: Option<WaveMatch>,
+    /// Run after the wave's tenants finish and at the end of its bake (`checks:`).
+    pub checks: Vec<crate::gates::spec::CheckSpec>,
+    pub approval: crate::gates::spec::Approval,
 }
 
 /// Restricts a wave to matching tenants; every given condition must hold.
@@ -364,6 +370,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
                 ),
             ));
         }
+        let bake = raw_wave.bake.map_or(Duration::ZERO, |bake| bake.0);
+        let checks = gates::wave_checks(
+            &gates::WaveAt {
+                path,
+                text,
+                wave_idx,
+                bake,
+            },
+            raw_wave.checks,
+        )?;
         waves.push(WavePolicy {
             name,
             tenants,
@@ -371,8 +387,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
             concurrency: raw_wave.concurrency.0,
             max_failures: raw_wave.max_failures,
             max_failure_percent: raw_wave.max_failure_percent.map(|percent| percent.0),
-            bake: raw_wave.bake.map_or(Duration::ZERO, |bake| bake.0),
+            bake,
             match_rule,
+            checks,
+            approval: raw_wave.approval.unwrap_or_default(),
         });
     }
     if previous_percent.is_none_or(|(highest, _)| highest < 100.0) {
@@ -437,8 +455,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
                 .to_string(),
         ));
     }
+    let notify = raw
+        .notify
+        .map(|raw_notify| gates::notify(path, text, raw_notify))
+        .transpose()?;
 
     Ok(Policy {
+        notify,
         path: path.to_path_buf(),
         sha256: sha256_hex(text.as_bytes()),
         fleet: FleetPolicy { source, filters },

@@ -46,6 +46,8 @@ pub(crate) struct RawPolicy {
     /// Compare each tenant's schema with the reference at its version before applying.
     #[serde(default)]
     pub verify_schema: Option<bool>,
+    #[serde(default)]
+    pub notify: Option<RawNotify>,
 }
 
 /// `lint: { pg_version, deny, warn, ignore }`; rule names are checked after parsing.
@@ -104,7 +106,76 @@ pub(crate) struct RawWave {
     pub bake: Option<DurationValue>,
     #[serde(default, rename = "match")]
     pub match_rule: Option<RawMatch>,
+    #[serde(default)]
+    pub checks: Vec<RawCheck>,
+    #[serde(default)]
+    pub approval: Option<crate::gates::spec::Approval>,
 }
+
+/// One item of a wave's `checks:`; which keys go together is checked in `policy/gates.rs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCheck {
+    #[serde(default)]
+    pub name: Option<NonEmptyString>,
+    #[serde(default)]
+    pub sql: Option<NonEmptyString>,
+    #[serde(default)]
+    pub sample: Option<SampleSize>,
+    #[serde(default)]
+    pub sample_percent: Option<Percent>,
+    #[serde(default)]
+    pub threshold: Option<usize>,
+    #[serde(default)]
+    pub command: Option<RawCommand>,
+    #[serde(default)]
+    pub http: Option<NonEmptyString>,
+    #[serde(default)]
+    pub http_env: Option<EnvName>,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub json_pointer: Option<String>,
+    #[serde(default)]
+    pub expect: Option<serde_json::Value>,
+    #[serde(default)]
+    pub timeout: Option<DurationValue>,
+    #[serde(default)]
+    pub interval: Option<DurationValue>,
+}
+
+/// `notify:`, where rollout events go.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNotify {
+    #[serde(default)]
+    pub webhook_env: Option<EnvName>,
+    /// Refused with a hint: a webhook URL is a secret and never belongs in a policy or plan.
+    #[serde(default)]
+    pub webhook: Option<RejectedSecret>,
+    #[serde(default)]
+    pub command: Option<RawCommand>,
+    #[serde(default)]
+    pub events: Vec<crate::gates::spec::NotifyEvent>,
+    #[serde(default)]
+    pub timeout: Option<DurationValue>,
+}
+
+/// A program: a shell line, or a non-empty list of arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RawCommand(pub crate::gates::spec::CommandLine);
+
+/// How many tenants a check samples (at least 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SampleSize(pub usize);
+
+/// An environment variable's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EnvName(pub String);
+
+/// A key whose value would be a secret written in the file: always an error.
+#[derive(Debug)]
+pub(crate) struct RejectedSecret;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -388,6 +459,86 @@ impl<'de> Deserialize<'de> for RawValidation {
             }
         }
         deserializer.deserialize_any(ValidationVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for SampleSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_u64(CheckedNumber {
+            expecting: "a number of tenants",
+            check: |value: f64| {
+                whole_number(value, 1.0, 1_000_000.0)
+                    .map(|value| SampleSize(value as usize))
+                    .map_err(|message| format!("a sample of tenants: {message}"))
+            },
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for EnvName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(CheckedString {
+            expecting: "an environment variable's name",
+            check: |name: &str| {
+                if crate::gates::env::is_env_name(name) {
+                    Ok(EnvName(name.to_string()))
+                } else {
+                    Err(format!(
+                        "`{name}` is not an environment variable's name (letters, digits and _, not starting with a digit); give the variable's name, not its value"
+                    ))
+                }
+            },
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for RejectedSecret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SecretVisitor;
+        impl Visitor<'_> for SecretVisitor {
+            type Value = RejectedSecret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("no value here")
+            }
+            fn visit_str<E: de::Error>(self, _text: &str) -> Result<RejectedSecret, E> {
+                Err(E::custom(
+                    "a webhook URL is a secret and is never written in the policy or the plan; put it in an environment variable and name that with `webhook_env: SCHEMAFLEET_WEBHOOK_URL`",
+                ))
+            }
+        }
+        deserializer.deserialize_str(SecretVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawCommand {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use crate::gates::spec::CommandLine;
+        struct CommandVisitor;
+        impl<'de> Visitor<'de> for CommandVisitor {
+            type Value = RawCommand;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a shell line, or a list of the program and its arguments")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<RawCommand, E> {
+                if text.trim().is_empty() {
+                    return Err(E::custom("must not be empty"));
+                }
+                Ok(RawCommand(CommandLine::Shell(text.to_string())))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<RawCommand, A::Error> {
+                let mut argv = Vec::new();
+                while let Some(argument) = seq.next_element::<String>()? {
+                    argv.push(argument);
+                }
+                if argv.first().is_none_or(|program| program.trim().is_empty()) {
+                    return Err(de::Error::custom(
+                        "an empty command; give the program first, e.g. [./check.sh, --strict]",
+                    ));
+                }
+                Ok(RawCommand(CommandLine::Argv(argv)))
+            }
+        }
+        deserializer.deserialize_any(CommandVisitor)
     }
 }
 

@@ -142,6 +142,70 @@ pub fn summary_text_during(
     crate::terminal::escape_controls(&out)
 }
 
+/// The gates that hold the rollout: waves halted by their checks (each failed check with its
+/// output and tenants, and the next step) and waves waiting for approval.
+pub fn gates_text(summary: &Summary, plan_path: &str) -> String {
+    let mut out = String::new();
+    for wave in &summary.waves {
+        if !wave.check_failures.is_empty() {
+            let _ = writeln!(out, "\nwave {} HALTED by its checks:", wave.name);
+            for failure in &wave.check_failures {
+                let mut lines = failure.output.lines();
+                let head = lines.next().unwrap_or("");
+                wrap_into(
+                    &mut out,
+                    &format!("check {} ({}): {head}", failure.check, failure.kind),
+                    "  ",
+                    "      ",
+                );
+                for line in lines.take(25) {
+                    wrap_into(&mut out, line, "      ", "        ");
+                }
+            }
+            wrap_into(
+                &mut out,
+                &format!(
+                    "next: roll the wave back (`schemafleet rollback {plan_path} --wave {}`), or fix the cause and `schemafleet apply {plan_path} --retry-checks`",
+                    wave.name
+                ),
+                "  ",
+                "    ",
+            );
+        }
+        if let Some(approval) = &wave.approval {
+            match approval.status {
+                "awaiting" => wrap_into(
+                    &mut out,
+                    &format!(
+                        "wave {} waits for approval: `schemafleet approve {plan_path} {}`, then `schemafleet apply {plan_path}`",
+                        wave.name, wave.name
+                    ),
+                    "\n",
+                    "  ",
+                ),
+                "approved" => wrap_into(
+                    &mut out,
+                    &format!(
+                        "wave {} approved by {} at {}{}",
+                        wave.name,
+                        approval.by.as_deref().unwrap_or("someone"),
+                        approval.at.as_deref().unwrap_or("?"),
+                        approval
+                            .note
+                            .as_deref()
+                            .map(|note| format!(": {note}"))
+                            .unwrap_or_default()
+                    ),
+                    "",
+                    "  ",
+                ),
+                _ => {}
+            }
+        }
+    }
+    crate::terminal::escape_controls(&out)
+}
+
 /// Names the tenants this plan rolled back, which `apply` leaves alone until asked.
 fn held_back_text(out: &mut String, summary: &Summary) {
     if summary.held_back_tenants.is_empty() {

@@ -61,6 +61,51 @@ pub struct WaveSummary {
     /// branches, longest first (at most five).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub lock_holds: Vec<super::lock_holds::TenantLockHold>,
+    /// The checks that halted the wave (its latest failed round), with their output and the
+    /// tenants that failed them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub check_failures: Vec<crate::journal::CheckFailure>,
+    /// For a wave with `approval: required`: `required`, `awaiting` (an apply stopped for it)
+    /// or `approved`, with who and when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<WaveApproval>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WaveApproval {
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+}
+
+/// A wave's approval as reports show it.
+fn wave_approval(
+    wave: &crate::plan::model::PlannedWave,
+    state: &JournalState,
+) -> Option<WaveApproval> {
+    if wave.approval != crate::gates::spec::Approval::Required {
+        return None;
+    }
+    let wave_state = state.waves.get(&wave.name);
+    if let Some(approved) = wave_state.and_then(|wave_state| wave_state.approved.as_ref()) {
+        return Some(WaveApproval {
+            status: "approved",
+            by: approved.by.clone(),
+            note: approved.note.clone(),
+            at: Some(approved.at.clone()),
+        });
+    }
+    let awaiting = wave_state.is_some_and(|wave_state| wave_state.approval_needed);
+    Some(WaveApproval {
+        status: if awaiting { "awaiting" } else { "required" },
+        by: None,
+        note: None,
+        at: None,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -250,6 +295,12 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
                     .iter()
                     .map(|planned| (planned, state.tenant(&planned.id))),
             ),
+            check_failures: state
+                .waves
+                .get(&wave.name)
+                .map(|wave_state| wave_state.check_failures.clone())
+                .unwrap_or_default(),
+            approval: wave_approval(wave, state),
         });
     }
     Summary {

@@ -129,6 +129,7 @@ async fn run_job(job: Job) -> anyhow::Result<ChildReport> {
                 journal: Some(journal),
                 until_wave: None,
                 retry_failed: false,
+                retry_checks: false,
                 include_rolled_back: None,
                 skip_bake: true,
                 max_connections: 64,
