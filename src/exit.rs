@@ -1,4 +1,5 @@
-//! Process exit codes, the contract with release pipelines.
+//! Process exit codes, the contract with release pipelines: 0, 1, 2, 75 (stopped on time,
+//! more to do) and 130.
 
 use std::process::ExitCode;
 
@@ -13,6 +14,9 @@ pub enum ExitStatus {
     Error,
     /// Interrupted by Ctrl-C; the journal is consistent and a re-run resumes.
     Interrupted,
+    /// `apply --max-duration` ran out: no tenant started after it, tenants remain; the next
+    /// `apply` continues (CI jobs chain on this code). 75 is sysexits' EX_TEMPFAIL.
+    StoppedOnTime,
 }
 
 impl ExitStatus {
@@ -22,6 +26,7 @@ impl ExitStatus {
             ExitStatus::Failure => 1,
             ExitStatus::Error => 2,
             ExitStatus::Interrupted => 130,
+            ExitStatus::StoppedOnTime => 75,
         }
     }
 }

@@ -169,6 +169,7 @@ async fn demo_on_fleet(
         output: OutputFormat::Text,
         no_progress: false,
         api: api.clone(),
+        runners: crate::cli::RunnerArgs::default(),
     })
     .await?;
     if apply_status == ExitStatus::Interrupted || interrupts.pressed() {
@@ -185,6 +186,7 @@ async fn demo_on_fleet(
         concurrency: 16,
         output: OutputFormat::Text,
         api: api.clone(),
+        state: crate::cli::StateArgs::default(),
     })
     .await?;
     println!();

@@ -6,6 +6,8 @@
 //! - [`timings`]: where a run's time went, step by step (the `timings` of `apply --output json`).
 //! - [`recovery`]: what a retry or resume takes over from the journal (what an interrupted
 //!   apply committed, whether the restore point still serves), decided against main's history.
+//! - [`shared`]: the wave loop of one of several runners sharing a state store (claims, leases);
+//!   [`control`]: pause/abort switches and `--max-duration`, read before each tenant starts.
 //! - [`reporter`]: the trait progress displays implement; the executor never draws anything.
 //!
 //! **Invariant:** a tenant whose probe or validation fails is never touched on main.
@@ -16,8 +18,10 @@
 //! **Invariant:** when a wave's failures exceed its budget no new tenant of it starts and no later
 //! wave starts.
 
+pub mod control;
 pub mod recovery;
 pub mod reporter;
+pub mod shared;
 pub mod shutdown;
 pub mod tenant;
 pub mod timings;
