@@ -245,12 +245,22 @@ pub struct RunnerArgs {
 
     /// Only claim tenants of these regions (repeatable, or comma-separated), so a runner can sit
     /// next to its tenants' computes. Needs --state.
-    #[arg(long = "region", value_name = "REGION", value_delimiter = ',', requires = "state")]
+    #[arg(
+        long = "region",
+        value_name = "REGION",
+        value_delimiter = ',',
+        requires = "state"
+    )]
     pub regions: Vec<String>,
 
     /// How long a claimed tenant stays this runner's without a renewal (renewed every third of
     /// it); after a runner dies, others resume its tenants once this has passed.
-    #[arg(long, value_name = "DURATION", default_value = "30s", requires = "state")]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "30s",
+        requires = "state"
+    )]
     pub lease: String,
 
     /// Stop starting tenants after this long (e.g. 5h30m) and exit 75 when tenants remain, so a
@@ -278,8 +288,13 @@ pub struct StateArgs {
     /// Keep the rollout's state (the journal, claims, pause/abort) in this PostgreSQL database
     /// instead of the journal file, so several runners can share it and it outlives a machine.
     /// A secret: never printed.
-    #[arg(long = "state", value_name = "POSTGRES_URL", env = "SCHEMAFLEET_STATE_URL",
-          hide_env_values = true, conflicts_with = "journal")]
+    #[arg(
+        long = "state",
+        value_name = "POSTGRES_URL",
+        env = "SCHEMAFLEET_STATE_URL",
+        hide_env_values = true,
+        conflicts_with = "journal"
+    )]
     pub state: Option<String>,
 }
 
@@ -337,6 +352,9 @@ pub struct RollbackArgs {
     /// Journal file (default: beside the plan).
     #[arg(long)]
     pub journal: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub state: StateArgs,
 
     /// Do not ask for confirmation.
     #[arg(long)]

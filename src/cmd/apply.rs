@@ -6,10 +6,10 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 
 use crate::cli::{ApplyArgs, OutputFormat};
-use crate::executor::{self, ApplyConfig, Reporter, RunOutcome};
-use crate::exit::ExitStatus;
 use crate::executor::control::RunControl;
 use crate::executor::shared::SharedRun;
+use crate::executor::{self, ApplyConfig, Reporter, RunOutcome};
+use crate::exit::ExitStatus;
 use crate::journal::Journal;
 use crate::journal::coordination::Coordinator;
 use crate::journal::store::{JournalSource, StateStore};
@@ -47,13 +47,20 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
     }
     let verify_sql = read_verify(&plan, &plan_dir)?;
     let max_duration = args
-        .runners.max_duration
+        .runners
+        .max_duration
         .as_deref()
-        .map(|text| parse_duration(text).map_err(|error| anyhow::anyhow!("--max-duration: {error}")))
+        .map(|text| {
+            parse_duration(text).map_err(|error| anyhow::anyhow!("--max-duration: {error}"))
+        })
         .transpose()?;
-    let lease = parse_duration(&args.runners.lease).map_err(|error| anyhow::anyhow!("--lease: {error}"))?;
+    let lease =
+        parse_duration(&args.runners.lease).map_err(|error| anyhow::anyhow!("--lease: {error}"))?;
     if lease < std::time::Duration::from_secs(1) {
-        bail!("--lease {}: at least 1s (it is renewed every third of it)", args.runners.lease);
+        bail!(
+            "--lease {}: at least 1s (it is renewed every third of it)",
+            args.runners.lease
+        );
     }
     let started = std::time::Instant::now();
     let client = super::api::client(&args.api)?;
@@ -80,10 +87,21 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
             });
             let writer = format!("{runner_id}/{}", crate::clock::compact_stamp());
             let store = StateStore::connect(uri).await?;
+            if !store.try_lock_plan(&plan.plan_id, false).await? {
+                bail!(
+                    "a rollback or gc of plan {} holds its lock in the state store; run apply after it ends",
+                    plan.plan_id
+                );
+            }
             let (journal, read) = store.open_journal(&plan.plan_id, &writer).await?;
-            let coordinator =
-                Coordinator::new(uri, &plan.plan_id, &runner_id, args.runners.regions.clone(), lease)
-                    .await?;
+            let coordinator = Coordinator::new(
+                uri,
+                &plan.plan_id,
+                &runner_id,
+                args.runners.regions.clone(),
+                lease,
+            )
+            .await?;
             control.shared = Some(Arc::new(SharedRun::new(
                 store,
                 coordinator,
@@ -295,7 +313,9 @@ fn exit_status(outcome: &RunOutcome, summary: &report::Summary) -> ExitStatus {
 /// `5h30m`, `90s`, `1d2h`: whole numbers each with a unit (ms, s, m, h, d), summed.
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let invalid = || {
-        format!("invalid duration `{text}`: write whole numbers with units (ms, s, m, h, d), e.g. 5h30m")
+        format!(
+            "invalid duration `{text}`: write whole numbers with units (ms, s, m, h, d), e.g. 5h30m"
+        )
     };
     let mut total = std::time::Duration::ZERO;
     let mut rest = text.trim();
@@ -303,7 +323,9 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         return Err(invalid());
     }
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?;
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(invalid)?;
         let unit_len = rest[digits..]
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(rest.len() - digits);
@@ -333,7 +355,10 @@ mod tests {
 
     #[test]
     fn durations_add_their_parts() {
-        assert_eq!(parse_duration("5h30m"), Ok(Duration::from_secs(5 * 3600 + 1800)));
+        assert_eq!(
+            parse_duration("5h30m"),
+            Ok(Duration::from_secs(5 * 3600 + 1800))
+        );
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("1s500ms"), Ok(Duration::from_millis(1500)));
         for bad in ["", "5", "h", "5x", "3m-1s"] {

@@ -38,10 +38,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 );
             }
             let lock_holder = Journal::lock_holder(path, &read)?;
-            let switches = crate::journal::control::read(&crate::journal::control::control_path(
-                path,
-            ))
-            .unwrap_or_default();
+            let switches =
+                crate::journal::control::read(&crate::journal::control::control_path(path))
+                    .unwrap_or_default();
             (read, lock_holder, None, switches)
         }
         JournalSource::Store(uri) => {
@@ -476,37 +475,6 @@ fn stale_reason(journal: TenantStatus, live: &str, current_version: Option<i32>)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_journal_entry_main_contradicts_is_stale() {
-        let reason = stale_reason(TenantStatus::Applied, "behind", None).expect("stale");
-        assert!(
-            reason.contains("main is at no version now, behind"),
-            "{reason}"
-        );
-        let reason = stale_reason(TenantStatus::Failed, "ahead", Some(6)).expect("stale");
-        assert!(
-            reason.contains("says failed, but main is at V6 now"),
-            "{reason}"
-        );
-        assert!(stale_reason(TenantStatus::RolledBack, "up_to_date", Some(3)).is_some());
-        // Agreement, or nothing known, is not stale.
-        assert_eq!(stale_reason(TenantStatus::Applied, "ahead", Some(6)), None);
-        assert_eq!(stale_reason(TenantStatus::Failed, "behind", Some(3)), None);
-        assert_eq!(
-            stale_reason(TenantStatus::NotStarted, "up_to_date", Some(3)),
-            None
-        );
-        assert_eq!(
-            stale_reason(TenantStatus::Applied, "unreachable: refused", None),
-            None
-        );
-    }
-}
-
 /// The rollout's switches and (with a state store) its runners, before the summary.
 fn print_switches(switches: &ControlRow, runners: Option<&[RunnerRow]>) {
     use crate::terminal::escape_controls;
@@ -543,6 +511,37 @@ fn print_switches(switches: &ControlRow, runners: Option<&[RunnerRow]>) {
             runner.seconds_since_seen,
             runner.in_flight,
             if runner.finished { "  (finished)" } else { "" }
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_journal_entry_main_contradicts_is_stale() {
+        let reason = stale_reason(TenantStatus::Applied, "behind", None).expect("stale");
+        assert!(
+            reason.contains("main is at no version now, behind"),
+            "{reason}"
+        );
+        let reason = stale_reason(TenantStatus::Failed, "ahead", Some(6)).expect("stale");
+        assert!(
+            reason.contains("says failed, but main is at V6 now"),
+            "{reason}"
+        );
+        assert!(stale_reason(TenantStatus::RolledBack, "up_to_date", Some(3)).is_some());
+        // Agreement, or nothing known, is not stale.
+        assert_eq!(stale_reason(TenantStatus::Applied, "ahead", Some(6)), None);
+        assert_eq!(stale_reason(TenantStatus::Failed, "behind", Some(3)), None);
+        assert_eq!(
+            stale_reason(TenantStatus::NotStarted, "up_to_date", Some(3)),
+            None
+        );
+        assert_eq!(
+            stale_reason(TenantStatus::Applied, "unreachable: refused", None),
+            None
         );
     }
 }

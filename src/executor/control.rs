@@ -36,7 +36,8 @@ pub enum Gate {
 
 impl RunControl {
     pub fn out_of_time(&self) -> bool {
-        self.deadline.is_some_and(|deadline| Instant::now() >= deadline)
+        self.deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
     }
 
     /// The gate of a file journal's run. An unreadable control file stops nothing (a warning):

@@ -236,8 +236,10 @@ async fn run_shared_waves(
                 })
                 .await?;
         }
-        let halted = match claim_wave(context, shared, wave, control, reporter, shutdown, in_flight)
-            .await?
+        let halted = match claim_wave(
+            context, shared, wave, control, reporter, shutdown, in_flight,
+        )
+        .await?
         {
             WaveEnd::Done => false,
             WaveEnd::Halted => true,
@@ -305,7 +307,10 @@ async fn claim_wave(
     loop {
         let mut idle = false;
         let mut wave_done = false;
-        while !halted && stopped.is_none() && !shutdown.is_stopping() && in_flight.len() < concurrency
+        while !halted
+            && stopped.is_none()
+            && !shutdown.is_stopping()
+            && in_flight.len() < concurrency
         {
             if control.out_of_time() {
                 stopped = Some(RunOutcome::OutOfTime);

@@ -97,8 +97,14 @@ pub async fn execute(
         .await?;
     let outcome = match &inputs.control.shared {
         Some(shared) => {
-            super::shared::run_waves(&context, shared, &inputs.control, reporter.as_ref(), &shutdown)
-                .await?
+            super::shared::run_waves(
+                &context,
+                shared,
+                &inputs.control,
+                reporter.as_ref(),
+                &shutdown,
+            )
+            .await?
         }
         None => {
             run_waves(

@@ -22,15 +22,23 @@ use crate::secret::SecretUri;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// This runner now holds `tenant`; `resumed` when an earlier claim of it lapsed.
-    Tenant { tenant: String, resumed: bool },
+    Tenant {
+        tenant: String,
+        resumed: bool,
+    },
     /// Tenants are left but others hold them (or they are outside this runner's regions).
     Wait,
     /// Every tenant of the wave is finished.
     WaveDone,
     /// The wave's failure budget is spent.
     Halted,
-    Paused { by: String },
-    Aborted { by: String, reason: String },
+    Paused {
+        by: String,
+    },
+    Aborted {
+        by: String,
+        reason: String,
+    },
 }
 
 /// One tenant as the runner that seeds the store sees it.

@@ -25,7 +25,7 @@ mod embedded {
 /// refinery's history table for the state schema (not the tenants' `refinery_schema_history`).
 const HISTORY_TABLE: &str = "schemafleet_state_history";
 /// Advisory lock key held while the state schema is migrated ("sfstate" in ASCII).
-const MIGRATE_LOCK_KEY: i64 = 0x7366_7374_6174_65;
+const MIGRATE_LOCK_KEY: i64 = 0x0073_6673_7461_7465;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection to the state store, its schema current.
@@ -88,6 +88,23 @@ impl StateStore {
         })?;
         unlock.map_err(|error| fail("releasing the schema lock", &error))?;
         Ok(())
+    }
+
+    /// Take the plan's advisory lock on this connection, without waiting: shared for each
+    /// runner of `apply`, exclusive for `rollback` and `gc`, so those never run beside a runner
+    /// (the lock of the file journal, in the store). Held until this connection closes.
+    pub async fn try_lock_plan(&self, plan_id: &str, exclusive: bool) -> Result<bool, JournalError> {
+        let sql = if exclusive {
+            "SELECT pg_try_advisory_lock(29544, hashtext($1))"
+        } else {
+            "SELECT pg_try_advisory_lock_shared(29544, hashtext($1))"
+        };
+        let row = self
+            .client
+            .query_one(sql, &[&plan_id])
+            .await
+            .map_err(|error| self.error("taking the plan's lock", &error))?;
+        Ok(row.get(0))
     }
 
     /// Every record of `plan_id`, in seq order, replayed (no lock: for `status` and friends).
@@ -166,7 +183,10 @@ impl StateStore {
             writer.to_string(),
             receiver,
         ));
-        Ok((Journal::with_writer(Location::Store(self.label()), sender), read))
+        Ok((
+            Journal::with_writer(Location::Store(self.label()), sender),
+            read,
+        ))
     }
 
     /// The records under `plan_id` must be that plan's own (see `journal::file`'s check).
