@@ -394,6 +394,14 @@ async fn pause_from_another_process_stops_new_tenants_and_resume_finishes() {
     let status_text = text(&fleet.run(&["status", &plan, "--state", &state]));
     assert!(status_text.contains("PAUSED by ops"), "{status_text}");
     assert!(status_text.contains("p1"), "{status_text}");
+    // Runners hold the plan's lock in the store: a rollback is refused, a dry run reads.
+    let output = fleet.run(&["rollback", &plan, "--state", &state, "--wave", "all", "--yes"]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(text(&output).contains("runners of plan"), "{}", text(&output));
+    let output = fleet.run(&[
+        "rollback", &plan, "--state", &state, "--wave", "all", "--dry-run",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     eprintln!("paused for {:?}", paused_at.elapsed());
 
     let output = command(&fleet, &["resume", &plan, "--state", &state])
