@@ -49,6 +49,9 @@ pub enum Command {
     /// Abort a rollout: like a spent failure budget, no runner starts another tenant and
     /// `apply` exits 1; recorded with who and why. `resume` lifts it.
     Abort(AbortArgs),
+    /// Manage a rollout's state store (`--state`).
+    #[command(subcommand)]
+    State(StateCommand),
     /// Compare every tenant's migration history with the migrations on disk.
     ///
     /// Lists which tenants are at which version, which are behind (pending versions), which
@@ -296,6 +299,33 @@ pub struct StateArgs {
         conflicts_with = "journal"
     )]
     pub state: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Move a rollout begun with a file journal into the state store, so runners sharing the
+    /// store continue it; refused when the store holds a different history of the plan.
+    Import(StateImportArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(override_usage = "schemafleet state import [OPTIONS] --state <POSTGRES_URL> <PLAN>")]
+pub struct StateImportArgs {
+    /// The plan file of the rollout.
+    pub plan: PathBuf,
+
+    /// Journal file to import (default: beside the plan).
+    #[arg(long)]
+    pub journal: Option<PathBuf>,
+
+    /// The state store to import into (a secret, never printed).
+    #[arg(
+        long = "state",
+        value_name = "POSTGRES_URL",
+        env = "SCHEMAFLEET_STATE_URL",
+        hide_env_values = true
+    )]
+    pub state: String,
 }
 
 #[derive(Debug, Args)]

@@ -395,11 +395,23 @@ async fn pause_from_another_process_stops_new_tenants_and_resume_finishes() {
     assert!(status_text.contains("PAUSED by ops"), "{status_text}");
     assert!(status_text.contains("p1"), "{status_text}");
     // Runners hold the plan's lock in the store: a rollback is refused, a dry run reads.
-    let output = fleet.run(&["rollback", &plan, "--state", &state, "--wave", "all", "--yes"]);
-    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
-    assert!(text(&output).contains("runners of plan"), "{}", text(&output));
     let output = fleet.run(&[
-        "rollback", &plan, "--state", &state, "--wave", "all", "--dry-run",
+        "rollback", &plan, "--state", &state, "--wave", "all", "--yes",
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("runners of plan"),
+        "{}",
+        text(&output)
+    );
+    let output = fleet.run(&[
+        "rollback",
+        &plan,
+        "--state",
+        &state,
+        "--wave",
+        "all",
+        "--dry-run",
     ]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     eprintln!("paused for {:?}", paused_at.elapsed());
@@ -561,4 +573,44 @@ async fn bad_stores_exit_2_before_any_tenant_is_touched() {
         text(&output)
     );
     untouched().await;
+}
+
+/// `state import`: a rollout begun with the file journal continues from the store without
+/// touching its finished tenants again; importing over a different history is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_rollout_is_imported_and_continued_from_the_store() {
+    let fleet = TestFleet::start(6).await;
+    let state = state_database(&fleet, "state_import").await;
+    let plan = plan(
+        &fleet,
+        "  - name: first\n    percent: 50\n    concurrency: 2\n    max_failures: 0\n  - name: second\n    percent: 100\n    concurrency: 2\n    max_failures: 0\n",
+    );
+    let output = fleet.run(&["apply", &plan, "--until-wave", "first"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let output = fleet.run(&["state", "import", &plan, "--state", &state]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(text(&output).contains("imported"), "{}", text(&output));
+    let output = fleet.run(&["state", "import", &plan, "--state", &state]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "a second import is a no-op: {}",
+        text(&output)
+    );
+    let output = fleet.run(&["apply", &plan, "--state", &state, "--output", "json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let applied = count_events(&store_records(&state).await, "applied");
+    assert_eq!(applied.len(), 6, "{applied:?}");
+    assert!(applied.values().all(|count| *count == 1), "{applied:?}");
+    for tenant in &fleet.tenants {
+        assert_repo_migrations_once(&tenant.name, tenant.connection_uri.expose()).await;
+    }
+    // The store moved on; the file did not: importing it again would mix two histories.
+    let output = fleet.run(&["state", "import", &plan, "--state", &state]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("different history"),
+        "{}",
+        text(&output)
+    );
 }

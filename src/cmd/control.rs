@@ -1,7 +1,8 @@
 //! `schemafleet pause|resume|abort PLAN`: flip a rollout's switches, in its state store or
-//! beside its journal file. Running `apply`s read them before each tenant starts.
+//! beside its journal file. Running `apply`s read them before each tenant starts. And
+//! `state import`: a file journal's records into the store.
 
-use crate::cli::{AbortArgs, ControlArgs};
+use crate::cli::{AbortArgs, ControlArgs, StateImportArgs};
 use crate::exit::ExitStatus;
 use crate::journal::coordination::{self, ControlChange};
 use crate::journal::store::{JournalSource, StateStore};
@@ -92,6 +93,34 @@ async fn change(args: &ControlArgs, change: ControlChange) -> anyhow::Result<Exi
         plan.plan_id,
         crate::terminal::escape_controls(&source.describe()),
         crate::terminal::escape_controls(&what)
+    );
+    Ok(ExitStatus::Success)
+}
+
+pub async fn import(args: StateImportArgs) -> anyhow::Result<ExitStatus> {
+    let plan = crate::plan::load_plan(&args.plan)?;
+    let journal = args
+        .journal
+        .clone()
+        .unwrap_or_else(|| crate::journal::default_journal_path(&args.plan));
+    // The lock: no apply may append to the file while its records move.
+    let (file, read) = crate::journal::Journal::open(&journal, &plan.plan_id)?;
+    let uri = crate::secret::SecretUri::new(args.state.clone());
+    let store = StateStore::connect(&uri).await?;
+    let result = store.import(&plan.plan_id, &read.records).await;
+    file.close().await;
+    let imported = result?;
+    let what = if imported == 0 {
+        "the store already holds these records".to_string()
+    } else {
+        format!("imported {imported} records")
+    };
+    println!(
+        "plan {}: {what} from {} into state store {}; `schemafleet apply {} --state …` continues it",
+        plan.plan_id,
+        journal.display(),
+        uri.redacted(),
+        args.plan.display()
     );
     Ok(ExitStatus::Success)
 }

@@ -32,6 +32,7 @@ pub async fn run(cli: Cli) -> ExitStatus {
         Command::Pause(args) => control::pause(args).await,
         Command::Resume(args) => control::resume(args).await,
         Command::Abort(args) => control::abort(args).await,
+        Command::State(crate::cli::StateCommand::Import(args)) => control::import(args).await,
         Command::Drift(args) => drift::run(args).await,
         Command::Baseline(args) => baseline::run(args).await,
         Command::Gc(args) => gc::run(args).await,

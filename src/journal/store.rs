@@ -93,7 +93,11 @@ impl StateStore {
     /// Take the plan's advisory lock on this connection, without waiting: shared for each
     /// runner of `apply`, exclusive for `rollback` and `gc`, so those never run beside a runner
     /// (the lock of the file journal, in the store). Held until this connection closes.
-    pub async fn try_lock_plan(&self, plan_id: &str, exclusive: bool) -> Result<bool, JournalError> {
+    pub async fn try_lock_plan(
+        &self,
+        plan_id: &str,
+        exclusive: bool,
+    ) -> Result<bool, JournalError> {
         let sql = if exclusive {
             "SELECT pg_try_advisory_lock(29544, hashtext($1))"
         } else {
@@ -187,6 +191,67 @@ impl StateStore {
             Journal::with_writer(Location::Store(self.label()), sender),
             read,
         ))
+    }
+
+    /// Move a rollout begun with a file journal into the store (`state import`): its records,
+    /// seqs kept, in one transaction. Returns how many were imported; none when the store holds
+    /// exactly these records already. A store holding a different history of the plan is refused.
+    pub async fn import(&self, plan_id: &str, records: &[Record]) -> Result<usize, JournalError> {
+        let existing = self.read(plan_id).await?;
+        if !existing.records.is_empty() {
+            if existing.records == records {
+                return Ok(0);
+            }
+            return Err(JournalError::Store {
+                store: self.label(),
+                reason: format!(
+                    "it already holds a different history of plan {plan_id} ({} records, the journal has {}); refusing to import over it",
+                    existing.records.len(),
+                    records.len()
+                ),
+            });
+        }
+        let mut seqs = Vec::with_capacity(records.len());
+        let mut texts = Vec::with_capacity(records.len());
+        for record in records {
+            seqs.push(record.seq as i64);
+            texts.push(
+                serde_json::to_string(record).map_err(|error| JournalError::Store {
+                    store: self.label(),
+                    reason: format!("cannot encode record {}: {error}", record.seq),
+                })?,
+            );
+        }
+        let last = seqs.iter().copied().max().unwrap_or(0);
+        let fail = |error: tokio_postgres::Error| self.error("importing", &error);
+        self.client.batch_execute("BEGIN").await.map_err(fail)?;
+        let result = async {
+            self.client
+                .execute(
+                    "INSERT INTO schemafleet_plan (plan_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                    &[&plan_id],
+                )
+                .await?;
+            self.client
+                .execute(
+                    "UPDATE schemafleet_plan SET last_seq = greatest(last_seq, $2) WHERE plan_id = $1",
+                    &[&plan_id, &last],
+                )
+                .await?;
+            self.client
+                .execute(
+                    "INSERT INTO schemafleet_record (plan_id, seq, writer, record) SELECT $1, unnest($2::bigint[]), 'import', unnest($3::text[])",
+                    &[&plan_id, &seqs, &texts],
+                )
+                .await?;
+            self.client.batch_execute("COMMIT").await
+        }
+        .await;
+        if let Err(error) = result {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+            return Err(fail(error));
+        }
+        Ok(records.len())
     }
 
     /// The records under `plan_id` must be that plan's own (see `journal::file`'s check).
