@@ -11,7 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 ///
 /// Exit codes: 0 all done; 1 a tenant failed, a wave halted or drift was found;
 /// 2 bad input or an error that stopped the run; 3 `apply` waits for `schemafleet approve`
-/// before a wave; 130 interrupted (Ctrl-C).
+/// before a wave; 75 `apply --max-duration` ran out with tenants left (re-run to continue);
+/// 130 interrupted (Ctrl-C).
 #[derive(Debug, Parser)]
 #[command(name = "schemafleet", version, about, long_about = None)]
 pub struct Cli {
@@ -53,6 +54,17 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// Show where a rollout stands, from its journal.
     Status(StatusArgs),
+    /// Pause a rollout: every runner of the plan stops starting tenants within 2 s; tenants in
+    /// flight finish, and the runners wait for `resume`.
+    Pause(ControlArgs),
+    /// Resume a paused (or aborted) rollout: its runners start tenants again.
+    Resume(ControlArgs),
+    /// Abort a rollout: like a spent failure budget, no runner starts another tenant and
+    /// `apply` exits 1; recorded with who and why. `resume` lifts it.
+    Abort(AbortArgs),
+    /// Manage a rollout's state store (`--state`).
+    #[command(subcommand)]
+    State(StateCommand),
     /// Compare every tenant's migration history with the migrations on disk.
     ///
     /// Lists which tenants are at which version, which are behind (pending versions), which
@@ -246,6 +258,130 @@ pub struct ApplyArgs {
 
     #[command(flatten)]
     pub api: ApiArgs,
+
+    #[command(flatten)]
+    pub runners: RunnerArgs,
+}
+
+/// `apply`'s options for a rollout whose state is in a store, and its time limit.
+#[derive(Debug, Clone, Args)]
+pub struct RunnerArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+
+    /// This runner's name among the plan's runners (default: host:pid); unique per live runner.
+    #[arg(long, value_name = "ID", requires = "state")]
+    pub runner_id: Option<String>,
+
+    /// Only claim tenants of these regions (repeatable, or comma-separated), so a runner can sit
+    /// next to its tenants' computes. Needs --state.
+    #[arg(
+        long = "region",
+        value_name = "REGION",
+        value_delimiter = ',',
+        requires = "state"
+    )]
+    pub regions: Vec<String>,
+
+    /// How long a claimed tenant stays this runner's without a renewal (renewed every third of
+    /// it); after a runner dies, others resume its tenants once this has passed.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "30s",
+        requires = "state"
+    )]
+    pub lease: String,
+
+    /// Stop starting tenants after this long (e.g. 5h30m) and exit 75 when tenants remain, so a
+    /// CI job that may not outlive its time limit can chain another `apply`.
+    #[arg(long, value_name = "DURATION")]
+    pub max_duration: Option<String>,
+}
+
+impl Default for RunnerArgs {
+    /// A single runner with the file journal and no time limit (library callers: demo, bench).
+    fn default() -> Self {
+        RunnerArgs {
+            state: StateArgs::default(),
+            runner_id: None,
+            regions: Vec::new(),
+            lease: "30s".into(),
+            max_duration: None,
+        }
+    }
+}
+
+/// Where the rollout's state lives when it is not the journal file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct StateArgs {
+    /// Keep the rollout's state (the journal, claims, pause/abort) in this PostgreSQL database
+    /// instead of the journal file, so several runners can share it and it outlives a machine.
+    /// A secret: never printed.
+    #[arg(
+        long = "state",
+        value_name = "POSTGRES_URL",
+        env = "SCHEMAFLEET_STATE_URL",
+        hide_env_values = true,
+        conflicts_with = "journal"
+    )]
+    pub state: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Move a rollout begun with a file journal into the state store, so runners sharing the
+    /// store continue it; refused when the store holds a different history of the plan.
+    Import(StateImportArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(override_usage = "schemafleet state import [OPTIONS] --state <POSTGRES_URL> <PLAN>")]
+pub struct StateImportArgs {
+    /// The plan file of the rollout.
+    pub plan: PathBuf,
+
+    /// Journal file to import (default: beside the plan).
+    #[arg(long)]
+    pub journal: Option<PathBuf>,
+
+    /// The state store to import into (a secret, never printed).
+    #[arg(
+        long = "state",
+        value_name = "POSTGRES_URL",
+        env = "SCHEMAFLEET_STATE_URL",
+        hide_env_values = true
+    )]
+    pub state: String,
+}
+
+#[derive(Debug, Args)]
+#[command(override_usage = "schemafleet pause|resume [OPTIONS] <PLAN>")]
+pub struct ControlArgs {
+    /// The plan file of the rollout.
+    pub plan: PathBuf,
+
+    /// Journal file (default: beside the plan); its switches live beside it.
+    #[arg(long)]
+    pub journal: Option<PathBuf>,
+
+    /// Who asks (default: $USER@host); recorded.
+    #[arg(long, value_name = "NAME")]
+    pub by: Option<String>,
+
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(override_usage = "schemafleet abort [OPTIONS] --reason <TEXT> <PLAN>")]
+pub struct AbortArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+
+    /// Why the rollout is aborted; recorded and shown by `status` and `apply`.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
 }
 
 #[derive(Debug, Args)]
@@ -295,6 +431,9 @@ pub struct RollbackArgs {
     #[arg(long)]
     pub journal: Option<PathBuf>,
 
+    #[command(flatten)]
+    pub state: StateArgs,
+
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
@@ -338,6 +477,9 @@ pub struct StatusArgs {
     /// Also probe every tenant's history table (needs the API and database access).
     #[arg(long)]
     pub live: bool,
+
+    #[command(flatten)]
+    pub state: StateArgs,
 
     /// Tenants probed at once with --live.
     #[arg(long, default_value_t = 16)]

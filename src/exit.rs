@@ -1,4 +1,5 @@
-//! Process exit codes, the contract with release pipelines.
+//! Process exit codes, the contract with release pipelines: 0, 1, 2, 75 (stopped on time,
+//! more to do) and 130.
 
 use std::process::ExitCode;
 
@@ -16,6 +17,9 @@ pub enum ExitStatus {
     /// `apply` stopped before a wave with `approval: required`: nothing failed, a person must
     /// run `schemafleet approve`, then `apply` again.
     AwaitingApproval,
+    /// `apply --max-duration` ran out: no tenant started after it, tenants remain; the next
+    /// `apply` continues (CI jobs chain on this code). 75 is sysexits' EX_TEMPFAIL.
+    StoppedOnTime,
 }
 
 impl ExitStatus {
@@ -26,6 +30,7 @@ impl ExitStatus {
             ExitStatus::Error => 2,
             ExitStatus::Interrupted => 130,
             ExitStatus::AwaitingApproval => 3,
+            ExitStatus::StoppedOnTime => 75,
         }
     }
 }

@@ -6,9 +6,13 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 
 use crate::cli::{ApplyArgs, OutputFormat};
+use crate::executor::control::RunControl;
+use crate::executor::shared::SharedRun;
 use crate::executor::{self, ApplyConfig, Reporter, RunOutcome};
 use crate::exit::ExitStatus;
-use crate::journal::{Journal, default_journal_path};
+use crate::journal::Journal;
+use crate::journal::coordination::Coordinator;
+use crate::journal::store::{JournalSource, StateStore};
 use crate::plan::model::Plan;
 use crate::report;
 
@@ -69,14 +73,85 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
     }
     let verify_sql = read_verify(&plan, &plan_dir)?;
     let schema_check = schema_check(&args, &plan, &set).await?;
+    let max_duration = args
+        .runners
+        .max_duration
+        .as_deref()
+        .map(|text| {
+            parse_duration(text).map_err(|error| anyhow::anyhow!("--max-duration: {error}"))
+        })
+        .transpose()?;
+    let lease =
+        parse_duration(&args.runners.lease).map_err(|error| anyhow::anyhow!("--lease: {error}"))?;
+    if lease < std::time::Duration::from_secs(1) {
+        bail!(
+            "--lease {}: at least 1s (it is renewed every third of it)",
+            args.runners.lease
+        );
+    }
+    let started = std::time::Instant::now();
     let client = super::api::client(&args.api)?;
     super::api::preflight(&client, &args.api.api_url).await?;
 
-    let journal_path = args
-        .journal
-        .clone()
-        .unwrap_or_else(|| default_journal_path(&args.plan));
-    let (journal, read) = Journal::open(&journal_path, &plan.plan_id)?;
+    let source = JournalSource::choose(
+        args.runners.state.state.as_deref(),
+        args.journal.as_deref(),
+        &args.plan,
+    );
+    // The shared runners' wave loop does not run checks or wait for approvals yet: refuse
+    // rather than let a gated wave start unchecked or unapproved.
+    if matches!(source, JournalSource::Store(_))
+        && let Some(wave) = plan.waves.iter().find(|wave| {
+            !wave.checks.is_empty() || wave.approval == crate::gates::spec::Approval::Required
+        })
+    {
+        bail!(
+            "wave {} has checks or `approval: required`, which `--state` (several runners) does \
+             not enforce yet; apply this plan with the file journal (drop --state)",
+            wave.name
+        );
+    }
+    let journal_path = std::path::PathBuf::from(source.describe());
+    let mut control = RunControl {
+        deadline: max_duration.map(|duration| started + duration),
+        ..RunControl::default()
+    };
+    let (journal, read) = match &source {
+        JournalSource::File(path) => {
+            control.file = Some(crate::journal::control::control_path(path));
+            Journal::open(path, &plan.plan_id)?
+        }
+        JournalSource::Store(uri) => {
+            let runner_id = args.runners.runner_id.clone().unwrap_or_else(|| {
+                format!("{}:{}", super::control::host_name(), std::process::id())
+            });
+            let writer = format!("{runner_id}/{}", crate::clock::compact_stamp());
+            let store = StateStore::connect(uri).await?;
+            if !store.try_lock_plan(&plan.plan_id, false).await? {
+                bail!(
+                    "a rollback or gc of plan {} holds its lock in the state store; run apply after it ends",
+                    plan.plan_id
+                );
+            }
+            let (journal, read) = store.open_journal(&plan.plan_id, &writer).await?;
+            let coordinator = Coordinator::new(
+                uri,
+                &plan.plan_id,
+                &runner_id,
+                args.runners.regions.clone(),
+                lease,
+            )
+            .await?;
+            control.shared = Some(Arc::new(SharedRun::new(
+                store,
+                coordinator,
+                &plan.plan_id,
+                &writer,
+                read.state.last_seq,
+            )));
+            (journal, read)
+        }
+    };
     // Keep the replayed state only: the raw records would stay resident for the whole run.
     let crate::journal::file::ReadJournal {
         state: prior,
@@ -129,6 +204,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
         journal: journal.clone(),
         prior,
         config,
+        control,
     };
     let result = executor::execute(inputs, reporter, shutdown).await;
     journal.close().await;
@@ -276,6 +352,12 @@ fn outcome_line(
                 "interrupted; the journal is consistent: `schemafleet apply {plan}` resumes where this run stopped"
             )
         }
+        RunOutcome::Aborted { by, reason } => format!(
+            "ABORTED by {by}: {reason}; no tenant started after it. `schemafleet resume {plan}` lifts the abort, then `schemafleet apply {plan}` continues"
+        ),
+        RunOutcome::OutOfTime => format!(
+            "stopped on time (--max-duration): tenants remain; `schemafleet apply {plan}` continues (exit code 75)"
+        ),
     }
 }
 
@@ -290,8 +372,9 @@ fn halted_by_checks(summary: &report::Summary, wave: &str) -> bool {
 fn exit_status(outcome: &RunOutcome, summary: &report::Summary) -> ExitStatus {
     match outcome {
         RunOutcome::Interrupted => ExitStatus::Interrupted,
-        RunOutcome::Halted { .. } => ExitStatus::Failure,
+        RunOutcome::Halted { .. } | RunOutcome::Aborted { .. } => ExitStatus::Failure,
         RunOutcome::AwaitingApproval { .. } => ExitStatus::AwaitingApproval,
+        RunOutcome::OutOfTime => ExitStatus::StoppedOnTime,
         RunOutcome::Completed | RunOutcome::StoppedAfter { .. } => {
             if summary.totals.failed + summary.totals.diverged + summary.totals.rollback_failed > 0
             {
@@ -299,6 +382,63 @@ fn exit_status(outcome: &RunOutcome, summary: &report::Summary) -> ExitStatus {
             } else {
                 ExitStatus::Success
             }
+        }
+    }
+}
+
+/// `5h30m`, `90s`, `1d2h`: whole numbers each with a unit (ms, s, m, h, d), summed.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let invalid = || {
+        format!(
+            "invalid duration `{text}`: write whole numbers with units (ms, s, m, h, d), e.g. 5h30m"
+        )
+    };
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(invalid());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(invalid)?;
+        let unit_len = rest[digits..]
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len() - digits);
+        let (amount, unit) = (&rest[..digits], &rest[digits..digits + unit_len]);
+        let amount: u64 = amount.parse().map_err(|_| invalid())?;
+        let unit_ms: u64 = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(invalid()),
+        };
+        let part = amount.checked_mul(unit_ms).ok_or_else(invalid)?;
+        total = total
+            .checked_add(std::time::Duration::from_millis(part))
+            .ok_or_else(invalid)?;
+        rest = &rest[digits + unit_len..];
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_add_their_parts() {
+        assert_eq!(
+            parse_duration("5h30m"),
+            Ok(Duration::from_secs(5 * 3600 + 1800))
+        );
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1s500ms"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "5", "h", "5x", "3m-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
 }

@@ -172,6 +172,7 @@ async fn demo_on_fleet(
         reference_url: None,
         reference_cache: None,
         api: api.clone(),
+        runners: crate::cli::RunnerArgs::default(),
     })
     .await?;
     if apply_status == ExitStatus::Interrupted || interrupts.pressed() {
@@ -188,6 +189,7 @@ async fn demo_on_fleet(
         concurrency: 16,
         output: OutputFormat::Text,
         api: api.clone(),
+        state: crate::cli::StateArgs::default(),
     })
     .await?;
     println!();

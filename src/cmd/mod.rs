@@ -11,6 +11,7 @@ pub mod apply;
 pub mod approve;
 pub mod baseline;
 pub mod bench;
+pub mod control;
 pub mod demo;
 pub mod drift;
 pub mod emulator;
@@ -30,6 +31,10 @@ pub async fn run(cli: Cli) -> ExitStatus {
         Command::Approve(args) => approve::run(args).await,
         Command::Rollback(args) => rollback::run(args).await,
         Command::Status(args) => status::run(args).await,
+        Command::Pause(args) => control::pause(args).await,
+        Command::Resume(args) => control::resume(args).await,
+        Command::Abort(args) => control::abort(args).await,
+        Command::State(crate::cli::StateCommand::Import(args)) => control::import(args).await,
         Command::Drift(args) => drift::run(args).await,
         Command::Baseline(args) => baseline::run(args).await,
         Command::Gc(args) => gc::run(args).await,

@@ -9,7 +9,8 @@ use futures::StreamExt;
 use crate::cli::{OutputFormat, RollbackArgs};
 use crate::executor::tenant::Recorder;
 use crate::exit::ExitStatus;
-use crate::journal::{Journal, default_journal_path};
+use crate::journal::Journal;
+use crate::journal::store::{JournalSource, StateStore};
 use crate::rollback::{self, Candidate, Selection};
 
 /// One tenant's rollback: the inner result is the tenant's fate, the outer the journal's.
@@ -17,17 +18,12 @@ type TenantRollback = Result<Result<(), String>, crate::journal::JournalError>;
 
 pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
     let plan = crate::plan::load_plan(&args.plan)?;
-    let journal_path = args
-        .journal
-        .clone()
-        .unwrap_or_else(|| default_journal_path(&args.plan));
-    if !journal_path.exists() {
-        bail!(
-            "journal {} does not exist: nothing of plan {} was applied, so there is nothing to roll back",
-            journal_path.display(),
-            plan.plan_id
-        );
-    }
+    let source = JournalSource::choose(
+        args.state.state.as_deref(),
+        args.journal.as_deref(),
+        &args.plan,
+    );
+    let journal_path = std::path::PathBuf::from(source.describe());
     let selection = if let Some(wave) = &args.wave {
         Selection::Wave(wave.clone())
     } else if args.failed {
@@ -37,12 +33,53 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitStatus> {
     };
     // A dry run reads without the lock: it must work while an apply holds the journal. A real
     // rollback locks the journal before it selects, so no apply can move a tenant between the
-    // list the operator confirms and the restore.
-    let (locked, read) = if args.dry_run {
-        (None, Journal::read(&journal_path)?)
-    } else {
-        let (journal, read) = Journal::open(&journal_path, &plan.plan_id)?;
-        (Some(journal), read)
+    // list the operator confirms and the restore. In a state store the lock is the plan's
+    // advisory lock there, which every runner holds shared.
+    let (locked, read, _store) = match &source {
+        JournalSource::File(path) => {
+            if !path.exists() {
+                bail!(
+                    "journal {} does not exist: nothing of plan {} was applied, so there is nothing to roll back",
+                    path.display(),
+                    plan.plan_id
+                );
+            }
+            if args.dry_run {
+                (None, Journal::read(path)?, None)
+            } else {
+                let (journal, read) = Journal::open(path, &plan.plan_id)?;
+                (Some(journal), read, None)
+            }
+        }
+        JournalSource::Store(uri) => {
+            let store = StateStore::connect(uri).await?;
+            let read = store.read(&plan.plan_id).await?;
+            store.check_plan(&read.state, &plan.plan_id)?;
+            if read.records.is_empty() {
+                bail!(
+                    "the state store holds nothing of plan {}, so there is nothing to roll back",
+                    plan.plan_id
+                );
+            }
+            if args.dry_run {
+                (None, read, Some(store))
+            } else {
+                if !store.try_lock_plan(&plan.plan_id, true).await? {
+                    bail!(
+                        "runners of plan {} are working (they hold its lock in the state store): `schemafleet pause` it and let them finish, then roll back",
+                        plan.plan_id
+                    );
+                }
+                let writer = format!(
+                    "rollback:{}:{}/{}",
+                    super::control::host_name(),
+                    std::process::id(),
+                    crate::clock::compact_stamp()
+                );
+                let (journal, read) = store.open_journal(&plan.plan_id, &writer).await?;
+                (Some(journal), read, Some(store))
+            }
+        }
     };
     let stamp = crate::clock::compact_stamp();
     let preserve_until = preserve_until(args.preserve_for.as_deref())?;

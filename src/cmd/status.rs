@@ -10,30 +10,57 @@ use futures::StreamExt;
 
 use crate::cli::{OutputFormat, StatusArgs};
 use crate::exit::ExitStatus;
-use crate::journal::{
-    Journal, JournalState, LockHolder, RestorePoint, TenantStatus, default_journal_path,
-};
+use crate::journal::coordination::{self, ControlRow, RunnerRow};
+use crate::journal::store::{JournalSource, StateStore};
+use crate::journal::{Journal, JournalState, LockHolder, RestorePoint, TenantStatus};
 use crate::pg::{self, HistoryComparison};
 use crate::plan::model::Plan;
 use crate::report;
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
     let plan = crate::plan::load_plan(&args.plan)?;
-    let journal_path = args
-        .journal
-        .clone()
-        .unwrap_or_else(|| default_journal_path(&args.plan));
-    let read = Journal::read(&journal_path)?;
-    if let Some(plan_id) = &read.state.plan_id
-        && plan_id != &plan.plan_id
-    {
-        anyhow::bail!(
-            "journal {} belongs to plan {plan_id}, not {}",
-            journal_path.display(),
-            plan.plan_id
-        );
-    }
-    let lock_holder = Journal::lock_holder(&journal_path, &read)?;
+    let source = JournalSource::choose(
+        args.state.state.as_deref(),
+        args.journal.as_deref(),
+        &args.plan,
+    );
+    let journal_path = std::path::PathBuf::from(source.describe());
+    let (read, lock_holder, runners, switches) = match &source {
+        JournalSource::File(path) => {
+            let read = Journal::read(path)?;
+            if let Some(plan_id) = &read.state.plan_id
+                && plan_id != &plan.plan_id
+            {
+                anyhow::bail!(
+                    "journal {} belongs to plan {plan_id}, not {}",
+                    path.display(),
+                    plan.plan_id
+                );
+            }
+            let lock_holder = Journal::lock_holder(path, &read)?;
+            let switches =
+                crate::journal::control::read(&crate::journal::control::control_path(path))
+                    .unwrap_or_default();
+            (read, lock_holder, None, switches)
+        }
+        JournalSource::Store(uri) => {
+            let store = StateStore::connect(uri).await?;
+            let read = store.read(&plan.plan_id).await?;
+            store.check_plan(&read.state, &plan.plan_id)?;
+            let runners = coordination::runners(store.client(), uri, &plan.plan_id).await?;
+            let switches = coordination::control(store.client(), uri, &plan.plan_id).await?;
+            // A runner that is not finished and has a live claim or was seen recently is running.
+            let live = runners.iter().any(|runner| {
+                !runner.finished && (runner.in_flight > 0 || runner.seconds_since_seen < 60.0)
+            });
+            let holder = if live {
+                LockHolder::Other
+            } else {
+                LockHolder::Nobody
+            };
+            (read, holder, Some(runners), switches)
+        }
+    };
     let mut summary = report::summarize(&plan, &read.state);
     if lock_holder == LockHolder::Nobody {
         summary.no_run_active();
@@ -70,7 +97,12 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
             let document = serde_json::json!({
                 "plan_id": summary.plan_id,
                 "journal": journal_path,
-                "journal_exists": journal_path.exists(),
+                "journal_exists": !read.records.is_empty() || journal_path.exists(),
+                "runners": runners,
+                "paused_by": switches.paused_by,
+                "paused_at": switches.paused_at,
+                "aborted_by": switches.aborted_by,
+                "abort_reason": switches.abort_reason,
                 "runs": read.state.runs,
                 "outcome": read.state.last_run_outcome,
                 "apply_running_pid": apply_pid,
@@ -97,6 +129,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
             println!("{}", serde_json::to_string_pretty(&document)?);
         }
         OutputFormat::Text => {
+            print_switches(&switches, runners.as_deref());
             print_text(
                 &args.plan,
                 &journal_path,
@@ -592,6 +625,46 @@ fn stale_reason(journal: TenantStatus, live: &str, current_version: Option<i32>)
             journal.as_str()
         )),
         _ => None,
+    }
+}
+
+/// The rollout's switches and (with a state store) its runners, before the summary.
+fn print_switches(switches: &ControlRow, runners: Option<&[RunnerRow]>) {
+    use crate::terminal::escape_controls;
+    if let Some(by) = &switches.aborted_by {
+        println!(
+            "ABORTED by {}: {} (`schemafleet resume` lifts it)",
+            escape_controls(by),
+            escape_controls(switches.abort_reason.as_deref().unwrap_or(""))
+        );
+    }
+    if let Some(by) = &switches.paused_by {
+        println!(
+            "PAUSED by {} since {} (`schemafleet resume` continues)",
+            escape_controls(by),
+            switches.paused_at.as_deref().unwrap_or("?")
+        );
+    }
+    let Some(runners) = runners else { return };
+    if runners.is_empty() {
+        println!("runners: none yet");
+        return;
+    }
+    println!("runners:");
+    for runner in runners {
+        println!(
+            "  {}  region {}  last seen {} ({:.0}s ago)  {} in flight{}",
+            escape_controls(&runner.runner_id),
+            if runner.regions.is_empty() {
+                "any".to_string()
+            } else {
+                escape_controls(&runner.regions)
+            },
+            runner.last_seen,
+            runner.seconds_since_seen,
+            runner.in_flight,
+            if runner.finished { "  (finished)" } else { "" }
+        );
     }
 }
 

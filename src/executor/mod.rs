@@ -6,6 +6,8 @@
 //! - [`timings`]: where a run's time went, step by step (the `timings` of `apply --output json`).
 //! - [`recovery`]: what a retry or resume takes over from the journal (what an interrupted
 //!   apply committed, whether the restore point still serves), decided against main's history.
+//! - [`shared`]: the wave loop of one of several runners sharing a state store (claims, leases);
+//!   [`control`]: pause/abort switches and `--max-duration`, read before each tenant starts.
 //! - [`reporter`]: the trait progress displays implement; the executor never draws anything.
 //! - [`schema_check`]: the opt-in check (`verify_schema`) that main's schema is what its
 //!   history says, before anything is applied.
@@ -18,9 +20,11 @@
 //! **Invariant:** when a wave's failures exceed its budget no new tenant of it starts and no later
 //! wave starts.
 
+pub mod control;
 pub mod recovery;
 pub mod reporter;
 pub mod schema_check;
+pub mod shared;
 pub mod shutdown;
 pub mod tenant;
 pub mod timings;

@@ -60,6 +60,15 @@ impl Recorder {
         &self.timings
     }
 
+    /// Fold in records other runners of the plan wrote (a shared state store), so a tenant
+    /// one of them left unfinished resumes from its records here.
+    pub fn absorb<'a>(&self, records: impl IntoIterator<Item = &'a crate::journal::Record>) {
+        let mut state = self.lock_state();
+        for record in records {
+            state.apply(record);
+        }
+    }
+
     pub fn tenant(&self, tenant_id: &str) -> Option<TenantState> {
         self.lock_state().tenant(tenant_id).cloned()
     }

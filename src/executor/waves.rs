@@ -7,6 +7,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::ApplyConfig;
+use super::control::{GATE_POLL, Gate as ControlGate, RunControl};
 use super::reporter::Reporter;
 use super::shutdown::Shutdown;
 use super::tenant::{Recorder, TenantContext, TenantOutcome, run_tenant};
@@ -32,6 +33,10 @@ pub enum RunOutcome {
     AwaitingApproval { wave: String },
     /// Ctrl-C: the journal is consistent, a re-run resumes.
     Interrupted,
+    /// `abort PLAN`: no tenant starts, like a spent budget; who and why.
+    Aborted { by: String, reason: String },
+    /// `--max-duration` passed: no tenant started after it; a re-run continues.
+    OutOfTime,
 }
 
 impl RunOutcome {
@@ -42,6 +47,8 @@ impl RunOutcome {
             RunOutcome::StoppedAfter { .. } => "stopped_after_wave",
             RunOutcome::AwaitingApproval { .. } => "awaiting_approval",
             RunOutcome::Interrupted => "interrupted",
+            RunOutcome::Aborted { .. } => "aborted",
+            RunOutcome::OutOfTime => "out_of_time",
         }
     }
 }
@@ -57,6 +64,8 @@ pub struct RunInputs {
     /// The journal as replayed when it was opened.
     pub prior: JournalState,
     pub config: ApplyConfig,
+    /// Pause/abort switches, `--max-duration`, and the runners sharing a state store.
+    pub control: RunControl,
 }
 
 pub struct RunResult {
@@ -108,14 +117,29 @@ pub async fn execute(
             reporter.as_ref(),
         )
         .await;
-    let outcome = run_waves(
-        &context,
-        &gates,
-        &inputs.config,
-        reporter.as_ref(),
-        &shutdown,
-    )
-    .await?;
+    let outcome = match &inputs.control.shared {
+        Some(shared) => {
+            super::shared::run_waves(
+                &context,
+                shared,
+                &inputs.control,
+                reporter.as_ref(),
+                &shutdown,
+            )
+            .await?
+        }
+        None => {
+            run_waves(
+                &context,
+                &gates,
+                &inputs.config,
+                &inputs.control,
+                reporter.as_ref(),
+                &shutdown,
+            )
+            .await?
+        }
+    };
     recorder
         .record(Event::RunFinished {
             run_id,
@@ -141,6 +165,7 @@ async fn run_waves(
     context: &Arc<TenantContext>,
     gates: &Gates,
     config: &ApplyConfig,
+    control: &RunControl,
     reporter: &dyn Reporter,
     shutdown: &Shutdown,
 ) -> Result<RunOutcome, JournalError> {
@@ -149,6 +174,11 @@ async fn run_waves(
     for (wave_idx, wave) in plan.waves.iter().enumerate() {
         if shutdown.is_stopping() {
             return Ok(RunOutcome::Interrupted);
+        }
+        match control.file_gate() {
+            ControlGate::Aborted { by, reason } => return Ok(RunOutcome::Aborted { by, reason }),
+            ControlGate::OutOfTime => return Ok(RunOutcome::OutOfTime),
+            ControlGate::Go | ControlGate::Paused { .. } => {}
         }
         // The gates (checks, approval) come first: a passing `--retry-checks` un-halts the wave.
         if let Gate::Stop(outcome) = gates.held_by_checks(wave, reporter).await? {
@@ -214,7 +244,10 @@ async fn run_waves(
                 reporter,
             )
             .await;
-        let halted = run_wave(context, wave, todo, reporter, shutdown).await?;
+        let halted = match run_wave(context, wave, todo, control, reporter, shutdown).await? {
+            WaveEnd::Ran { halted } => halted,
+            WaveEnd::Stopped(outcome) => return Ok(outcome),
+        };
         if shutdown.is_stopping() && !halted {
             return Ok(RunOutcome::Interrupted);
         }
@@ -256,7 +289,7 @@ async fn run_waves(
 
 /// Whether `tenant` still needs work in this run. A tenant this plan rolled back stays back
 /// unless the operator included it: the rollback was their decision.
-fn needs_work(state: &JournalState, tenant: &str, config: &ApplyConfig) -> bool {
+pub(super) fn needs_work(state: &JournalState, tenant: &str, config: &ApplyConfig) -> bool {
     match state.tenant_status(tenant) {
         TenantStatus::Failed => config.retry_failed,
         TenantStatus::RolledBack | TenantStatus::RollbackFailed => {
@@ -267,7 +300,7 @@ fn needs_work(state: &JournalState, tenant: &str, config: &ApplyConfig) -> bool 
 }
 
 /// Wait until `until`; false when interrupted.
-async fn bake(
+pub(super) async fn bake(
     until: &str,
     baked_wave: &str,
     next_wave: &str,
@@ -293,14 +326,23 @@ async fn bake(
     }
 }
 
-/// Run one wave's tenants with bounded concurrency. Returns whether the wave halted.
+/// How a wave's tenants stopped being started.
+enum WaveEnd {
+    /// Every tenant ran (or the budget halted the wave).
+    Ran { halted: bool },
+    /// An abort or `--max-duration` stopped it; its tenants in flight finished first.
+    Stopped(RunOutcome),
+}
+
+/// Run one wave's tenants with bounded concurrency.
 async fn run_wave(
     context: &Arc<TenantContext>,
     wave: &PlannedWave,
     todo: Vec<String>,
+    control: &RunControl,
     reporter: &dyn Reporter,
     shutdown: &Shutdown,
-) -> Result<bool, JournalError> {
+) -> Result<WaveEnd, JournalError> {
     let todo_set: std::collections::HashSet<&str> = todo.iter().map(String::as_str).collect();
     // Failures from earlier runs that are not being retried still count against the budget.
     let mut n_failed = context.recorder.read(|state| {
@@ -324,8 +366,33 @@ async fn run_wave(
     let mut queue = todo.into_iter();
     let mut in_flight: JoinSet<Result<(String, TenantOutcome), JournalError>> = JoinSet::new();
     let concurrency = wave.concurrency.max(1);
+    let mut stopped: Option<RunOutcome> = None;
     loop {
-        while !halted && !shutdown.is_stopping() && in_flight.len() < concurrency {
+        let mut paused = false;
+        while !halted
+            && stopped.is_none()
+            && !shutdown.is_stopping()
+            && in_flight.len() < concurrency
+            && !queue.as_slice().is_empty()
+        {
+            match control.file_gate() {
+                ControlGate::Go => {}
+                ControlGate::Paused { by } => {
+                    if !paused {
+                        tracing::info!(%by, "paused: no tenant starts until `schemafleet resume`");
+                    }
+                    paused = true;
+                    break;
+                }
+                ControlGate::Aborted { by, reason } => {
+                    stopped = Some(RunOutcome::Aborted { by, reason });
+                    break;
+                }
+                ControlGate::OutOfTime => {
+                    stopped = Some(RunOutcome::OutOfTime);
+                    break;
+                }
+            }
             let Some(tenant) = queue.next() else { break };
             reporter.tenant_started(&wave.name, &tenant);
             let tenant_context = context.clone();
@@ -336,9 +403,18 @@ async fn run_wave(
             });
         }
         if in_flight.is_empty() {
+            if paused && !shutdown.is_stopping() {
+                // Paused with nothing in flight: look at the switches again shortly.
+                tokio::select! {
+                    () = tokio::time::sleep(GATE_POLL) => {}
+                    () = shutdown.stopping() => {}
+                }
+                continue;
+            }
             break;
         }
         tokio::select! {
+            () = tokio::time::sleep(GATE_POLL), if paused => {}
             joined = in_flight.join_next() => {
                 let Some(joined) = joined else { break };
                 let (tenant, outcome) = match joined {
@@ -380,7 +456,7 @@ async fn run_wave(
                 // transactions roll back; the journal holds only what completed.
                 in_flight.abort_all();
                 while in_flight.join_next().await.is_some() {}
-                return Ok(false);
+                return Ok(WaveEnd::Ran { halted: false });
             }
         }
     }
@@ -390,7 +466,14 @@ async fn run_wave(
             wave.name
         ));
     }
-    Ok(halted || n_panicked > 0)
+    if let Some(outcome) = stopped
+        && !halted
+    {
+        return Ok(WaveEnd::Stopped(outcome));
+    }
+    Ok(WaveEnd::Ran {
+        halted: halted || n_panicked > 0,
+    })
 }
 
 #[cfg(test)]

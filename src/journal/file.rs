@@ -57,6 +57,9 @@ pub enum JournalError {
         "journal {path}: the writer stopped after an earlier error; nothing more can be recorded"
     )]
     WriterGone { path: PathBuf },
+    /// The journal in a PostgreSQL state store (`--state`); `store` is its redacted URI.
+    #[error("state store {store}: {reason}")]
+    Store { store: String, reason: String },
 }
 
 /// The conventional journal path: beside the plan, `<plan-stem>.journal.jsonl`.
@@ -78,21 +81,31 @@ pub fn default_journal_path(plan_path: &Path) -> PathBuf {
 /// making `status` or `apply` read an unbounded line into memory.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
 
-type Ack = oneshot::Sender<Result<Record, String>>;
+pub(super) type Ack = oneshot::Sender<Result<Record, String>>;
 
-/// A request to the writer thread.
-enum Request {
+/// A request to the writer (the file's thread, or the state store's task).
+pub(super) enum Request {
     Append(Event, Ack),
     /// Stop and release the file (and its lock) once everything before is durable.
     Close(oneshot::Sender<()>),
 }
 
-/// An open, locked journal accepting appends.
+/// An open, locked journal accepting appends: a file, or a PostgreSQL state store
+/// ([`super::store`]); both take the same records through the same group-committing writer
+/// protocol, so the executor cannot tell them apart.
 #[derive(Clone)]
 pub struct Journal {
-    path: PathBuf,
+    location: Location,
     sender: mpsc::UnboundedSender<Request>,
     appended: Arc<AtomicU64>,
+}
+
+/// Where a journal lives, for messages.
+#[derive(Clone, Debug)]
+pub(super) enum Location {
+    File(PathBuf),
+    /// A state store, by its redacted URI.
+    Store(String),
 }
 
 /// Who holds a journal's lock (see [`Journal::lock_holder`]).
@@ -108,6 +121,7 @@ pub enum LockHolder {
 }
 
 /// What reading a journal found.
+#[derive(Default)]
 pub struct ReadJournal {
     pub records: Vec<Record>,
     pub state: JournalState,
@@ -167,13 +181,21 @@ impl Journal {
             .spawn(move || write_loop(file, writer_path, next_seq, receiver))
             .map_err(io_error)?;
         Ok((
-            Journal {
-                path: path.to_path_buf(),
-                sender,
-                appended: Arc::new(AtomicU64::new(0)),
-            },
+            Journal::with_writer(Location::File(path.to_path_buf()), sender),
             parsed.read,
         ))
+    }
+
+    /// A journal whose records go to `sender`'s writer.
+    pub(super) fn with_writer(
+        location: Location,
+        sender: mpsc::UnboundedSender<Request>,
+    ) -> Journal {
+        Journal {
+            location,
+            sender,
+            appended: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// Read a journal without locking it (for `status` while an `apply` runs). A torn last line
@@ -233,8 +255,23 @@ impl Journal {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The state store's redacted URI, when this journal lives in one.
+    pub fn store(&self) -> Option<&str> {
+        match &self.location {
+            Location::File(_) => None,
+            Location::Store(store) => Some(store),
+        }
+    }
+
+    fn writer_gone(&self) -> JournalError {
+        match &self.location {
+            Location::File(path) => JournalError::WriterGone { path: path.clone() },
+            Location::Store(store) => JournalError::Store {
+                store: store.clone(),
+                reason: "the writer stopped after an earlier error; nothing more can be recorded"
+                    .into(),
+            },
+        }
     }
 
     /// Number of records this handle appended.
@@ -256,21 +293,23 @@ impl Journal {
         let (ack_sender, ack_receiver) = oneshot::channel();
         self.sender
             .send(Request::Append(event, ack_sender))
-            .map_err(|_| JournalError::WriterGone {
-                path: self.path.clone(),
-            })?;
+            .map_err(|_| self.writer_gone())?;
         match ack_receiver.await {
             Ok(Ok(record)) => {
                 self.appended.fetch_add(1, Ordering::Relaxed);
                 Ok(record)
             }
-            Ok(Err(message)) => Err(JournalError::Io {
-                path: self.path.clone(),
-                source: io::Error::other(message),
+            Ok(Err(message)) => Err(match &self.location {
+                Location::File(path) => JournalError::Io {
+                    path: path.clone(),
+                    source: io::Error::other(message),
+                },
+                Location::Store(store) => JournalError::Store {
+                    store: store.clone(),
+                    reason: message,
+                },
             }),
-            Err(_) => Err(JournalError::WriterGone {
-                path: self.path.clone(),
-            }),
+            Err(_) => Err(self.writer_gone()),
         }
     }
 }

@@ -3,15 +3,22 @@
 //! - [`record`]: the record types (a serialization boundary, versioned with `"v": 1`).
 //! - [`state`]: pure replay of records into per-tenant and per-wave state.
 //! - [`file`]: the file itself: exclusive lock, torn-tail repair, group-committed fsync'd appends.
+//! - [`store`]: the same journal in PostgreSQL (`--state URL`), one row per record, its schema
+//!   embedded refinery migrations (`state_migrations/`); [`coordination`]: what several runners
+//!   of a plan share there (claims under leases, wave budgets, runners, pause/abort);
+//!   [`control`]: the pause/abort switches of a file journal.
 //!
 //! **Invariant:** a record is on disk (fsync'd) before any step that depends on it starts, and
 //! no record claims work that was not done: intents (`apply_started`) are written before the
 //! work, facts (`applied`) after it.
 //! **Invariant:** the journal never holds a secret; URIs are not recorded at all.
 
+pub mod control;
+pub mod coordination;
 pub mod file;
 pub mod record;
 pub mod state;
+pub mod store;
 
 pub use file::{Journal, JournalError, LockHolder, default_journal_path};
 pub use record::{CheckFailure, Event, Phase, Record, RestorePoint};

@@ -143,6 +143,7 @@ async fn run_job(job: Job) -> anyhow::Result<ChildReport> {
                     api_rate_limit_per_min,
                     operation_poll_ms,
                 },
+                runners: crate::cli::RunnerArgs::default(),
             };
             let started = Instant::now();
             let result = crate::cmd::apply::run(args).await;

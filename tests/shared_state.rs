@@ -1,0 +1,616 @@
+//! Rollout state in PostgreSQL (`--state URL`) shared by several runners: claims under leases,
+//! a runner SIGKILLed mid-wave, the failure budget counted in the store, pause/resume/abort from
+//! another process, `--max-duration`, and bad stores. The binary runs against the local fleet
+//! (emulator + real PostgreSQL); the store is a database of the same PostgreSQL server.
+
+#[path = "support/faults.rs"]
+mod fault_support;
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use schemafleet::emulator::LocalFleetConfig;
+use serde_json::Value;
+
+use fault_support::{
+    Api, Spawned, assert_repo_migrations_once, command, history_rows, policy_with_waves, wait_for,
+    wait_for_async,
+};
+use support::{TestFleet, connect, json, repo_migrations, text};
+
+/// Three waves with validation branches and no bake.
+const WAVES: &str = "  - name: canary\n    percent: 10\n    concurrency: 2\n    max_failures: 0\n  - name: early\n    percent: 50\n    concurrency: 2\n    max_failures: 2\n  - name: rest\n    percent: 100\n    concurrency: 2\n    max_failures: 2\n";
+
+/// A fresh database for the state store on the fleet's PostgreSQL server; its URL.
+async fn state_database(fleet: &TestFleet, name: &str) -> String {
+    let admin = fleet.fleet.database_url().expose().to_string();
+    let client = connect(&admin).await;
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create the state database");
+    admin.replace("/postgres?", &format!("/{name}?"))
+}
+
+/// A plan of the seeded fleet with the repository's migrations.
+fn plan(fleet: &TestFleet, waves: &str) -> String {
+    fleet.write_policy(&policy_with_waves(waves));
+    fleet
+        .plan(&repo_migrations())
+        .to_str()
+        .expect("utf-8")
+        .to_string()
+}
+
+fn start_runner(fleet: &TestFleet, plan: &str, state: &str, id: &str, extra: &[&str]) -> Spawned {
+    let mut args = vec![
+        "apply",
+        plan,
+        "--state",
+        state,
+        "--runner-id",
+        id,
+        "--lease",
+        "2s",
+        "--output",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    Spawned::start(fleet, &args, id)
+}
+
+/// Every record of the store, as JSON, with its writer (none before a runner made the schema).
+async fn store_records(state: &str) -> Vec<(String, Value)> {
+    let client = connect(state).await;
+    let rows = match client
+        .query(
+            "SELECT writer, record FROM schemafleet_record ORDER BY seq",
+            &[],
+        )
+        .await
+    {
+        Ok(rows) => rows,
+        Err(error) if error.code().map(|code| code.code()) == Some("42P01") => Vec::new(),
+        Err(error) => panic!("reading records: {error}"),
+    };
+    rows.iter()
+        .map(|row| {
+            (
+                row.get::<_, String>(0),
+                serde_json::from_str(row.get::<_, &str>(1)).expect("a record"),
+            )
+        })
+        .collect()
+}
+
+fn count_events(records: &[(String, Value)], event: &str) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (_, record) in records {
+        if record["event"] == event {
+            *counts
+                .entry(record["tenant"].as_str().expect("tenant").to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// Every tenant holds the migrations once, and has no branch besides main.
+async fn assert_exactly_once_and_no_leaks(fleet: &TestFleet) {
+    let api = Api::new(fleet);
+    for tenant in &fleet.tenants {
+        assert_repo_migrations_once(&tenant.name, tenant.connection_uri.expose()).await;
+        let branches = api.branch_names(&tenant.project_id).await;
+        assert_eq!(branches, vec!["main".to_string()], "{}", tenant.name);
+    }
+}
+
+fn waves_of(status: &Value) -> Vec<Value> {
+    status["waves"]
+        .as_array()
+        .expect("waves")
+        .iter()
+        .map(|wave| {
+            let mut wave = wave.clone();
+            wave.as_object_mut().expect("object").remove("name");
+            wave
+        })
+        .collect()
+}
+
+/// 3 runners on one plan: every tenant applied exactly once (one `applied` record each, one
+/// set of history rows), no branch left, and `status` per wave equals a single runner's run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_runners_apply_every_tenant_exactly_once() {
+    let fleet = TestFleet::start(18).await;
+    let state = state_database(&fleet, "state_three").await;
+    let plan = plan(&fleet, WAVES);
+    let mut runners: Vec<Spawned> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|id| start_runner(&fleet, &plan, &state, id, &[]))
+        .collect();
+    for runner in &mut runners {
+        let status = runner.wait(Duration::from_secs(180));
+        assert_eq!(status.code(), Some(0), "{}", runner.stderr());
+    }
+    let records = store_records(&state).await;
+    let applied = count_events(&records, "applied");
+    assert_eq!(applied.len(), 18, "{applied:?}");
+    assert!(applied.values().all(|count| *count == 1), "{applied:?}");
+    let writers: std::collections::BTreeSet<&str> = records
+        .iter()
+        .filter(|(_, record)| record["event"] == "applied")
+        .map(|(writer, _)| writer.split('/').next().expect("runner id"))
+        .collect();
+    assert!(
+        writers.len() >= 2,
+        "the runners shared the work: {writers:?}"
+    );
+    assert_exactly_once_and_no_leaks(&fleet).await;
+
+    let status = fleet.run(&["status", &plan, "--state", &state, "--output", "json"]);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+    let shared = json(&status);
+    assert_eq!(shared["runners"].as_array().expect("runners").len(), 3);
+    let password = url::Url::parse(&state)
+        .expect("url")
+        .password()
+        .expect("a password")
+        .to_string();
+    assert!(
+        !text(&status).contains(&password),
+        "the store's password is a secret"
+    );
+
+    // What one runner would have reported: each wave done with all its planned tenants
+    // applied; and the store's records, as a journal file, replay to the same status.
+    let plan_doc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&plan).expect("plan")).expect("yaml");
+    let waves = shared["waves"].as_array().expect("waves");
+    for (idx, wave) in waves.iter().enumerate() {
+        let planned = plan_doc["waves"][idx]["tenants"]
+            .as_sequence()
+            .map_or(0, Vec::len) as u64;
+        assert_eq!(wave["status"], "done", "{wave}");
+        assert_eq!(wave["tenants"], planned, "{wave}");
+        assert_eq!(wave["applied"], planned, "{wave}");
+    }
+    let client = connect(&state).await;
+    let mut lines = String::new();
+    for row in client
+        .query("SELECT record FROM schemafleet_record ORDER BY seq", &[])
+        .await
+        .expect("records")
+    {
+        lines.push_str(row.get::<_, &str>(0));
+        lines.push('\n');
+    }
+    std::fs::write(fleet.path("exported.journal.jsonl"), lines).expect("export");
+    let from_file = json(&fleet.run(&[
+        "status",
+        &plan,
+        "--journal",
+        "exported.journal.jsonl",
+        "--output",
+        "json",
+    ]));
+    assert_eq!(waves_of(&shared), waves_of(&from_file));
+    assert_eq!(shared["totals"], from_file["totals"]);
+}
+
+/// A runner SIGKILLed in the middle of a wave: after its lease lapses the others resume its
+/// tenants (re-probe, sweep its requested branches) and finish; exactly-once holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_runner_is_finished_by_the_others_after_its_lease() {
+    // Inside validation (a branch requested, maybe created), and inside an apply to main.
+    for (event, count) in [("branch_requested", 1), ("apply_started", 2)] {
+        killed_runner_round(event, count).await;
+    }
+}
+
+async fn killed_runner_round(kill_after: &str, kill_count: usize) {
+    let config = LocalFleetConfig {
+        op_delay: Duration::from_millis(60),
+        ..LocalFleetConfig::for_tests()
+    };
+    let fleet = TestFleet::start_with(config, 15).await;
+    let state = state_database(&fleet, &format!("state_kill_{kill_after}")).await;
+    let plan = plan(
+        &fleet,
+        "  - name: all\n    percent: 100\n    concurrency: 2\n    max_failures: 0\n",
+    );
+    let mut victim = start_runner(&fleet, &plan, &state, "victim", &[]);
+    // Kill it inside a tenant's pipeline, right after the record named by `kill_after`.
+    let mut others: Vec<Spawned> = ["r2", "r3"]
+        .iter()
+        .map(|id| start_runner(&fleet, &plan, &state, id, &[]))
+        .collect();
+    let started = Instant::now();
+    loop {
+        let records = store_records(&state).await;
+        let victim_steps = records
+            .iter()
+            .filter(|(writer, record)| {
+                writer.starts_with("victim/") && record["event"] == kill_after
+            })
+            .count();
+        if victim_steps >= kill_count || !victim.is_running() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the victim never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(victim.is_running(), "the victim finished before the kill");
+    victim.child.kill().expect("SIGKILL");
+    victim.wait(Duration::from_secs(10));
+    let last_victim_record = store_records(&state)
+        .await
+        .into_iter()
+        .rev()
+        .find(|(writer, _)| writer.starts_with("victim/"))
+        .map(|(_, record)| record["event"].clone());
+    eprintln!("killed after {last_victim_record:?}");
+    for runner in &mut others {
+        let status = runner.wait(Duration::from_secs(180));
+        assert_eq!(status.code(), Some(0), "{}", runner.stderr());
+    }
+    let client = connect(&state).await;
+    let resumed: i64 = client
+        .query_one(
+            "SELECT count(*) FROM schemafleet_tenant WHERE claims > 1",
+            &[],
+        )
+        .await
+        .expect("claims")
+        .get(0);
+    assert!(resumed >= 1, "a tenant of the victim was claimed again");
+    let left: i64 = client
+        .query_one(
+            "SELECT count(*) FROM schemafleet_tenant WHERE NOT done",
+            &[],
+        )
+        .await
+        .expect("left")
+        .get(0);
+    assert_eq!(left, 0);
+    assert_exactly_once_and_no_leaks(&fleet).await;
+    let status = json(&fleet.run(&["status", &plan, "--state", &state, "--output", "json"]));
+    assert_eq!(status["totals"]["failed"], 0, "{status:#}");
+    assert_eq!(
+        status["totals"]["applied"].as_u64().unwrap()
+            + status["totals"]["up_to_date"].as_u64().unwrap(),
+        15,
+        "{status:#}"
+    );
+}
+
+/// A wave with more bad tenants than its budget, 3 runners: failures never exceed the budget
+/// plus what was in flight when it was spent, and no runner starts the next wave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_runners_never_overspend_the_budget() {
+    let fleet = TestFleet::start(16).await;
+    let state = state_database(&fleet, "state_budget").await;
+    let plan = plan(
+        &fleet,
+        "  - name: first\n    percent: 50\n    concurrency: 1\n    max_failures: 1\n  - name: second\n    percent: 100\n    concurrency: 1\n    max_failures: 0\n",
+    );
+    let plan_doc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&plan).expect("plan")).expect("yaml");
+    let first: Vec<String> = plan_doc["waves"][0]["tenants"]
+        .as_sequence()
+        .expect("tenants")
+        .iter()
+        .map(|tenant| tenant["id"].as_str().expect("id").to_string())
+        .collect();
+    // Every tenant of the first wave is bad: V3 creates audit_log, which they already have.
+    for id in &first {
+        let tenant = fleet
+            .tenants
+            .iter()
+            .find(|tenant| &tenant.project_id == id)
+            .expect("tenant");
+        connect(tenant.connection_uri.expose())
+            .await
+            .batch_execute("CREATE TABLE audit_log (id int)")
+            .await
+            .expect("sabotage");
+    }
+    let mut runners: Vec<Spawned> = ["b1", "b2", "b3"]
+        .iter()
+        .map(|id| start_runner(&fleet, &plan, &state, id, &[]))
+        .collect();
+    for runner in &mut runners {
+        let status = runner.wait(Duration::from_secs(180));
+        assert_eq!(status.code(), Some(1), "halted: {}", runner.stderr());
+    }
+    let records = store_records(&state).await;
+    let failed = count_events(&records, "failed");
+    // Budget 1 (the 2nd failure halts), plus at most one in flight on each of the 3 runners.
+    assert!(
+        failed.len() >= 2 && failed.len() <= 2 + 2,
+        "{} failures of {}: {failed:?}",
+        failed.len(),
+        first.len()
+    );
+    let second_started = records.iter().any(|(_, record)| record["wave"] == "second");
+    assert!(!second_started, "no runner starts the next wave");
+    let status = json(&fleet.run(&["status", &plan, "--state", &state, "--output", "json"]));
+    assert_eq!(status["halted_wave"], "first", "{status:#}");
+}
+
+/// `pause` from a fourth process: no tenant starts 2 s after it, the runners wait; `resume`
+/// finishes the rollout. `status` shows the runners and the pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_from_another_process_stops_new_tenants_and_resume_finishes() {
+    let config = LocalFleetConfig {
+        op_delay: Duration::from_millis(40),
+        ..LocalFleetConfig::for_tests()
+    };
+    let fleet = TestFleet::start_with(config, 15).await;
+    let state = state_database(&fleet, "state_pause").await;
+    let plan = plan(
+        &fleet,
+        "  - name: all\n    percent: 100\n    concurrency: 1\n    max_failures: 0\n",
+    );
+    let mut runners: Vec<Spawned> = ["p1", "p2", "p3"]
+        .iter()
+        .map(|id| start_runner(&fleet, &plan, &state, id, &[]))
+        .collect();
+    wait_for_async(
+        "a few tenants to finish",
+        Duration::from_secs(60),
+        || async { count_events(&store_records(&state).await, "applied").len() >= 2 },
+    )
+    .await;
+    let paused_at = Instant::now();
+    let output = command(&fleet, &["pause", &plan, "--state", &state, "--by", "ops"])
+        .output()
+        .expect("pause runs");
+    assert!(output.status.success(), "{}", text(&output));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started_by = |records: &[(String, Value)]| {
+        records
+            .iter()
+            .filter(|(_, record)| record["event"] == "tenant_probed")
+            .filter_map(|(_, record)| record["tenant"].as_str().map(str::to_string))
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let after_two_seconds = started_by(&store_records(&state).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = started_by(&store_records(&state).await);
+    assert_eq!(after_two_seconds, later, "a tenant started while paused");
+    assert!(later.len() < 15, "the pause landed before the end");
+    for runner in &mut runners {
+        assert!(runner.is_running(), "a paused runner waits");
+    }
+    let status = fleet.run(&["status", &plan, "--state", &state, "--output", "json"]);
+    let document = json(&status);
+    assert_eq!(document["paused_by"], "ops", "{document:#}");
+    assert_eq!(document["runners"].as_array().expect("runners").len(), 3);
+    let status_text = text(&fleet.run(&["status", &plan, "--state", &state]));
+    assert!(status_text.contains("PAUSED by ops"), "{status_text}");
+    assert!(status_text.contains("p1"), "{status_text}");
+    // Runners hold the plan's lock in the store: a rollback is refused, a dry run reads.
+    let output = fleet.run(&[
+        "rollback", &plan, "--state", &state, "--wave", "all", "--yes",
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("runners of plan"),
+        "{}",
+        text(&output)
+    );
+    let output = fleet.run(&[
+        "rollback",
+        &plan,
+        "--state",
+        &state,
+        "--wave",
+        "all",
+        "--dry-run",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    eprintln!("paused for {:?}", paused_at.elapsed());
+
+    let output = command(&fleet, &["resume", &plan, "--state", &state])
+        .output()
+        .expect("resume runs");
+    assert!(output.status.success(), "{}", text(&output));
+    for runner in &mut runners {
+        let status = runner.wait(Duration::from_secs(120));
+        assert_eq!(status.code(), Some(0), "{}", runner.stderr());
+    }
+    assert_exactly_once_and_no_leaks(&fleet).await;
+}
+
+/// `abort` of a file-journal run: it stops starting tenants and exits 1 naming who and why;
+/// `--max-duration` stops on time with exit 75 and a re-run finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_and_max_duration_with_the_file_journal() {
+    let config = LocalFleetConfig {
+        op_delay: Duration::from_millis(40),
+        ..LocalFleetConfig::for_tests()
+    };
+    let fleet = TestFleet::start_with(config, 10).await;
+    let plan = plan(
+        &fleet,
+        "  - name: all\n    percent: 100\n    concurrency: 1\n    max_failures: 0\n",
+    );
+    let output = fleet.run(&["apply", &plan, "--max-duration", "1s", "--output", "json"]);
+    assert_eq!(output.status.code(), Some(75), "{}", text(&output));
+    let report = json(&output);
+    assert_eq!(report["outcome"], "out_of_time");
+    let applied = report["totals"]["applied"].as_u64().expect("applied");
+    assert!(applied < 10, "{report:#}");
+
+    let mut run = Spawned::start(&fleet, &["apply", &plan], "aborted");
+    wait_for("the run to go on", Duration::from_secs(30), || {
+        std::fs::read_to_string(fleet.path("policy.journal.jsonl"))
+            .unwrap_or_default()
+            .matches("\"event\":\"applied\"")
+            .count()
+            > applied as usize
+    });
+    let output = fleet.run(&[
+        "abort",
+        &plan,
+        "--by",
+        "ana",
+        "--reason",
+        "orders lock storm",
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let status = run.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{}", run.stderr());
+    assert!(
+        run.stdout().contains("ABORTED by ana: orders lock storm"),
+        "{}",
+        run.stdout()
+    );
+    let status_text = text(&fleet.run(&["status", &plan]));
+    assert!(status_text.contains("ABORTED by ana"), "{status_text}");
+
+    let output = fleet.run(&["resume", &plan]);
+    assert!(output.status.success(), "{}", text(&output));
+    let output = fleet.run(&["apply", &plan, "--output", "json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    for tenant in &fleet.tenants {
+        assert_repo_migrations_once(&tenant.name, tenant.connection_uri.expose()).await;
+    }
+}
+
+/// Bad stores stop `apply` with exit 2 before any tenant is touched, naming the reason and
+/// never the password: unreachable, read-only, and one holding another plan's history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_stores_exit_2_before_any_tenant_is_touched() {
+    let fleet = TestFleet::start(2).await;
+    let plan = plan(
+        &fleet,
+        "  - name: all\n    percent: 100\n    concurrency: 1\n    max_failures: 0\n",
+    );
+    let untouched = || async {
+        for tenant in &fleet.tenants {
+            assert!(
+                history_rows(tenant.connection_uri.expose())
+                    .await
+                    .is_empty(),
+                "{} was touched",
+                tenant.name
+            );
+        }
+    };
+
+    let unreachable = "postgresql://state:hunter2-secret@127.0.0.1:9/state?sslmode=disable";
+    let output = fleet.run(&["apply", &plan, "--state", unreachable]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let shown = text(&output);
+    assert!(
+        shown.contains("state store") && shown.contains("cannot connect"),
+        "{shown}"
+    );
+    assert!(!shown.contains("hunter2-secret"), "{shown}");
+    untouched().await;
+
+    // Read-only: a role that may connect but not create the state schema.
+    let state = state_database(&fleet, "state_readonly").await;
+    connect(&state)
+        .await
+        .batch_execute(
+            "CREATE ROLE state_reader LOGIN PASSWORD 'reader-secret-pw'; REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+        )
+        .await
+        .expect("role");
+    let mut reader = url::Url::parse(&state).expect("url");
+    reader.set_username("state_reader").expect("user");
+    reader
+        .set_password(Some("reader-secret-pw"))
+        .expect("password");
+    let reader = reader.to_string();
+    let output = fleet.run(&["apply", &plan, "--state", &reader]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let shown = text(&output);
+    assert!(shown.contains("state schema"), "{shown}");
+    assert!(!shown.contains("reader-secret-pw"), "{shown}");
+    untouched().await;
+
+    // Another plan's history under this plan's id.
+    let plan_id = json(&fleet.run(&["status", &plan, "--output", "json"]))["plan_id"]
+        .as_str()
+        .expect("plan id")
+        .to_string();
+    let output = fleet.run(&["status", &plan, "--state", &state]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "status creates the schema: {}",
+        text(&output)
+    );
+    let store = connect(&state).await;
+    let foreign = serde_json::json!({"v": 1, "seq": 1, "at": "2026-12-01T10:00:00Z", "event": "run_started", "plan_id": "ffffffffffffffff", "run_id": "run-x", "pid": 1, "tool_version": "0.1.0"});
+    store
+        .execute(
+            "INSERT INTO schemafleet_plan (plan_id, last_seq) VALUES ($1, 1) ON CONFLICT (plan_id) DO UPDATE SET last_seq = 1",
+            &[&plan_id],
+        )
+        .await
+        .expect("plan row");
+    store
+        .execute(
+            "INSERT INTO schemafleet_record (plan_id, seq, writer, record) VALUES ($1, 1, 'other', $2)",
+            &[&plan_id, &foreign.to_string()],
+        )
+        .await
+        .expect("foreign record");
+    let output = fleet.run(&["apply", &plan, "--state", &state]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("belongs to plan ffffffffffffffff"),
+        "{}",
+        text(&output)
+    );
+    untouched().await;
+}
+
+/// `state import`: a rollout begun with the file journal continues from the store without
+/// touching its finished tenants again; importing over a different history is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_rollout_is_imported_and_continued_from_the_store() {
+    let fleet = TestFleet::start(6).await;
+    let state = state_database(&fleet, "state_import").await;
+    let plan = plan(
+        &fleet,
+        "  - name: first\n    percent: 50\n    concurrency: 2\n    max_failures: 0\n  - name: second\n    percent: 100\n    concurrency: 2\n    max_failures: 0\n",
+    );
+    let output = fleet.run(&["apply", &plan, "--until-wave", "first"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let output = fleet.run(&["state", "import", &plan, "--state", &state]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(text(&output).contains("imported"), "{}", text(&output));
+    let output = fleet.run(&["state", "import", &plan, "--state", &state]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "a second import is a no-op: {}",
+        text(&output)
+    );
+    let output = fleet.run(&["apply", &plan, "--state", &state, "--output", "json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let applied = count_events(&store_records(&state).await, "applied");
+    assert_eq!(applied.len(), 6, "{applied:?}");
+    assert!(applied.values().all(|count| *count == 1), "{applied:?}");
+    for tenant in &fleet.tenants {
+        assert_repo_migrations_once(&tenant.name, tenant.connection_uri.expose()).await;
+    }
+    // The store moved on; the file did not: importing it again would mix two histories.
+    let output = fleet.run(&["state", "import", &plan, "--state", &state]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("different history"),
+        "{}",
+        text(&output)
+    );
+}
