@@ -489,10 +489,12 @@ fn timeouts(plan: &Plan) -> Timeouts {
     }
 }
 
-/// An open connection to main with its slot in the connection bound.
+/// An open connection to main with its slot in the connection bound, and what its probe read.
 struct MainSession {
     client: tokio_postgres::Client,
     _permit: OwnedSemaphorePermit,
+    /// The lock and the history as this session's last read found them.
+    read: pg::lock::LockedRead,
 }
 
 async fn probe(
@@ -512,9 +514,15 @@ async fn probe(
             pg::connect(uri, context.config.connect_timeout),
         )
         .await?;
-    let history = timings
-        .time(TimedStep::ProbeMain, pg::read_history(&client))
+    // The lock is tried with the read (one round trip): when something is pending and no
+    // branch comes in between, the apply then needs neither another read nor a lock.
+    let read = timings
+        .time(
+            TimedStep::ProbeMain,
+            pg::lock::try_lock_and_read_history(&client),
+        )
         .await?;
+    let history = read.history.rows.clone();
     let comparison = pg::compare_history(&history, &context.planned);
     Ok((
         comparison,
@@ -522,6 +530,7 @@ async fn probe(
         MainSession {
             client,
             _permit: permit,
+            read,
         },
     ))
 }
@@ -557,18 +566,19 @@ async fn validate(
             migrate_branch(context, tenant_id, &created),
         )
         .await;
-    // Delete whatever happened; a failed delete leaves a branch that expires on its own.
+    // Delete whatever happened; a failed delete leaves a branch that expires on its own. The
+    // delete's operations are not waited for: nothing after depends on them.
     match timings
         .time(
             TimedStep::DeleteBranch,
-            context.client.delete_branch(tenant_id, &branch.id),
+            context.client.request_branch_delete(tenant_id, &branch.id),
         )
         .await
     {
         Ok(()) => {
             context
                 .recorder
-                .record(Event::BranchDeleted {
+                .record(Event::BranchDeleteRequested {
                     tenant: tenant_id.into(),
                     branch_id: branch.id.clone(),
                 })
@@ -645,12 +655,18 @@ async fn migrate_branch(
     let mut client = pg::connect(&uri, context.config.connect_timeout)
         .await
         .map_err(|failure| (Phase::Validate, failure))?;
-    runner::apply_pending(
+    // Lock and history in one round trip, the release in one more, as on main. (Main's
+    // probe cannot stand in for the read: main may have changed before the branch was made.)
+    let read = pg::lock::try_lock_and_read_history(&client)
+        .await
+        .map_err(|failure| (Phase::Validate, failure))?;
+    runner::apply_pending_known(
         &mut client,
         &context.migrations,
         context.plan.policy.transaction,
         timeouts(&context.plan),
         context.config.lock_retry,
+        read.locked.then_some(read.history),
     )
     .await
     .map_err(|failure| (Phase::Validate, failure.failure))?;
@@ -765,8 +781,12 @@ async fn apply_to_main(
     session: Option<MainSession>,
 ) -> Result<Step<TenantOutcome>, JournalError> {
     let recorder = &context.recorder;
-    let (mut reusable_client, _permit) = match session {
-        Some(MainSession { client, _permit }) => (Some(client), _permit),
+    let (mut reusable, _permit) = match session {
+        Some(MainSession {
+            client,
+            _permit,
+            read,
+        }) => (Some((client, read)), _permit),
         None => match context.connections.clone().acquire_owned().await {
             Ok(permit) => (None, permit),
             Err(_) => {
@@ -783,20 +803,32 @@ async fn apply_to_main(
     let mut started = false;
     loop {
         connection_attempt += 1;
-        let connected = match reusable_client.take() {
-            Some(client) if !client.is_closed() => Ok(client),
+        // A session whose probe took the lock and read the history goes straight to the
+        // release; a new one takes the lock and reads the history in one round trip.
+        let connected = match reusable.take() {
+            Some((client, read)) if !client.is_closed() => Ok((client, read)),
             _ => {
-                recorder
-                    .timings()
+                let timings = recorder.timings();
+                match timings
                     .time(
                         TimedStep::ConnectMain,
                         pg::connect(main_uri, context.config.connect_timeout),
                     )
                     .await
+                {
+                    Ok(client) => timings
+                        .time(
+                            TimedStep::LockMain,
+                            pg::lock::try_lock_and_read_history(&client),
+                        )
+                        .await
+                        .map(|read| (client, read)),
+                    Err(failure) => Err(failure),
+                }
             }
         };
-        let mut client = match connected {
-            Ok(client) => client,
+        let (mut client, read) = match connected {
+            Ok(connected) => connected,
             Err(failure)
                 if failure.is_connection_loss()
                     && connection_attempt <= context.config.max_connection_retries =>
@@ -809,33 +841,41 @@ async fn apply_to_main(
             }
             Err(failure) => return fail_apply(recorder, tenant_id, wave, failure, applied).await,
         };
-        match recorder
-            .timings()
-            .time(
-                TimedStep::LockMain,
-                pg::lock::try_lock_for(&client, context.config.lock_wait),
-            )
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => {
-                let failure = DbFailure::new(
-                    None,
-                    format!(
-                        "another runner held this tenant's migration lock for over {:?}",
-                        context.config.lock_wait
-                    ),
-                );
-                return fail_apply(recorder, tenant_id, wave, failure, applied).await;
-            }
-            Err(failure)
-                if failure.is_connection_loss()
-                    && connection_attempt <= context.config.max_connection_retries =>
+        // Another runner held the lock when it was tried: wait for it, and since it may have
+        // migrated meanwhile, let the runner read the history again once the lock is ours.
+        let known = if read.locked {
+            Some(read.history)
+        } else {
+            match recorder
+                .timings()
+                .time(
+                    TimedStep::LockMain,
+                    pg::lock::try_lock_for(&client, context.config.lock_wait),
+                )
+                .await
             {
-                continue;
+                Ok(true) => None,
+                Ok(false) => {
+                    let failure = DbFailure::new(
+                        None,
+                        format!(
+                            "another runner held this tenant's migration lock for over {:?}",
+                            context.config.lock_wait
+                        ),
+                    );
+                    return fail_apply(recorder, tenant_id, wave, failure, applied).await;
+                }
+                Err(failure)
+                    if failure.is_connection_loss()
+                        && connection_attempt <= context.config.max_connection_retries =>
+                {
+                    continue;
+                }
+                Err(failure) => {
+                    return fail_apply(recorder, tenant_id, wave, failure, applied).await;
+                }
             }
-            Err(failure) => return fail_apply(recorder, tenant_id, wave, failure, applied).await,
-        }
+        };
         if !started {
             recorder
                 .record(Event::ApplyStarted {
@@ -847,8 +887,16 @@ async fn apply_to_main(
             started = true;
         } else {
             // Reconnected after a lost connection: a COMMIT whose answer was lost did commit.
-            match committed_before_reconnect(recorder, tenant_id, &client, &applied).await {
-                Ok(committed) => applied.extend(committed),
+            let history = match &known {
+                Some(history) => Ok(history.rows.clone()),
+                None => pg::read_history(&client).await,
+            };
+            match history {
+                Ok(history) => {
+                    applied.extend(committed_before_reconnect(
+                        recorder, tenant_id, &history, &applied,
+                    ));
+                }
                 Err(failure)
                     if failure.is_connection_loss()
                         && connection_attempt <= context.config.max_connection_retries =>
@@ -864,12 +912,13 @@ async fn apply_to_main(
             .timings()
             .time(
                 TimedStep::MigrateMain,
-                runner::apply_pending(
+                runner::apply_pending_known(
                     &mut client,
                     &context.migrations,
                     context.plan.policy.transaction,
                     timeouts(&context.plan),
                     context.config.lock_retry,
+                    known,
                 ),
             )
             .await;
@@ -914,20 +963,19 @@ async fn apply_to_main(
     }
 }
 
-/// Versions of this apply that main's history shows committed and `applied` does not hold
+/// Versions of this apply that main's `history` shows committed and `applied` does not hold
 /// yet: their COMMIT went through although its answer never arrived. The history row's time
 /// against the `apply_started` record tells them from another runner's.
-async fn committed_before_reconnect(
+fn committed_before_reconnect(
     recorder: &Recorder,
     tenant_id: &str,
-    client: &tokio_postgres::Client,
+    history: &[AppliedMigration],
     applied: &[i32],
-) -> Result<Vec<i32>, DbFailure> {
-    let history = pg::read_history(client).await?;
+) -> Vec<i32> {
     let mut committed =
-        recovery::committed_since_apply_started(recorder.tenant(tenant_id).as_ref(), &history);
+        recovery::committed_since_apply_started(recorder.tenant(tenant_id).as_ref(), history);
     committed.retain(|version| !applied.contains(version));
-    Ok(committed)
+    committed
 }
 
 async fn fail_apply(

@@ -132,6 +132,9 @@ pub struct Operation {
     pub status: String,
     #[serde(default)]
     pub error: Option<String>,
+    /// How long it ran (Neon's required field; the poller learns its first wait from it).
+    #[serde(default)]
+    pub total_duration_ms: Option<u64>,
 }
 
 // ---- wire envelopes -------------------------------------------------------------------------

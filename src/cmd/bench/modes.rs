@@ -503,13 +503,13 @@ impl FleetRun<'_> {
                 .collect(),
         };
         let offset = self.fleet.log_offset()?;
-        let compute_before = self.fleet.suspend_all();
+        let compute_before = self.fleet.begin_measure().await?;
         let (_, child) = run_child(&job).await?;
-        let compute_after = self.fleet.compute_stats();
+        let compute = self.fleet.end_measure(&compute_before).await?;
         let connections = self.fleet.connections_since(offset)?;
         let tenants = self.fleet.tenants.len();
         Ok(ModeResult {
-            compute: ComputeUse::between(&compute_before, &compute_after, tenants),
+            compute,
             mode: if probe_connection { "raw-probe" } else { "raw" }.into(),
             tenants,
             concurrency: self.concurrency,
@@ -543,9 +543,9 @@ impl FleetRun<'_> {
         };
         let offset = self.fleet.log_offset()?;
         let emulator_before = self.fleet.emulator_stats();
-        let compute_before = self.fleet.suspend_all();
+        let compute_before = self.fleet.begin_measure().await?;
         let (_, child) = run_child(&job).await?;
-        let compute_after = self.fleet.compute_stats();
+        let compute = self.fleet.end_measure(&compute_before).await?;
         let emulator_after = self.fleet.emulator_stats();
         let connections = self.fleet.connections_since(offset)?;
         let tenants = self.fleet.tenants.len();
@@ -567,7 +567,7 @@ impl FleetRun<'_> {
             failed: child.failed,
             verified_complete: None,
             note: child.first_error,
-            compute: ComputeUse::between(&compute_before, &compute_after, tenants),
+            compute,
             timings: Vec::new(),
         })
     }
@@ -627,9 +627,9 @@ async fn measure_apply(fleet: &BenchFleet, run: ApplyRun<'_>) -> anyhow::Result<
     };
     let offset = fleet.log_offset()?;
     let emulator_before = fleet.emulator_stats();
-    let compute_before = fleet.suspend_all();
+    let compute_before = fleet.begin_measure().await?;
     let (apply_stdout, child) = run_child(&job).await?;
-    let compute_after = fleet.compute_stats();
+    let compute = fleet.end_measure(&compute_before).await?;
     let connections = fleet.connections_since(offset)?;
     let emulator_after = fleet.emulator_stats();
     let tenants = fleet.tenants.len();
@@ -684,7 +684,7 @@ async fn measure_apply(fleet: &BenchFleet, run: ApplyRun<'_>) -> anyhow::Result<
         failed: tenants.saturating_sub(succeeded),
         verified_complete: None,
         note,
-        compute: ComputeUse::between(&compute_before, &compute_after, tenants),
+        compute,
         timings: serde_json::from_value(document["timings"].clone()).unwrap_or_default(),
     })
 }
