@@ -110,7 +110,15 @@ pub async fn run_tenant(
     let prior = context.recorder.tenant(&tenant_id);
     cleanup_open_branches(&context, &tenant_id, prior.as_ref()).await?;
     sweep_requested_branches(&context, &tenant_id, false).await?;
-    let result = pipeline(&context, &tenant_id, &wave, prior.as_ref()).await?;
+    let mut unsettled = Vec::new();
+    let result = pipeline(&context, &tenant_id, &wave, prior.as_ref(), &mut unsettled).await;
+    // The validation branch's create and delete, checked in one read now that main is done
+    // (their operations have mostly finished meanwhile): off main's path, before the slot
+    // goes to the next tenant.
+    for branch in unsettled {
+        settle_branch(&context, &tenant_id, branch).await;
+    }
+    let result = result?;
     // A create that a killed run sent may land after the first sweep (Neon reads can lag
     // writes); by now it has, so a second look finds it.
     sweep_requested_branches(&context, &tenant_id, true).await?;
@@ -218,6 +226,7 @@ async fn pipeline(
     tenant_id: &str,
     wave: &str,
     prior: Option<&TenantState>,
+    unsettled: &mut Vec<UnsettledBranch>,
 ) -> Result<Step<TenantOutcome>, JournalError> {
     let policy = &context.plan.policy;
     let recorder = &context.recorder;
@@ -314,7 +323,7 @@ async fn pipeline(
         policy.restore_point == RestorePointKind::BranchPoint && restore_point.is_none();
     if wants_validation && (!already_validated || needs_branch_point) {
         main_session = None;
-        match validate(context, tenant_id, wave, &pending).await? {
+        match validate(context, tenant_id, wave, &pending, unsettled).await? {
             Ok(branch_point) => {
                 if restore_point.is_none() && policy.restore_point == RestorePointKind::BranchPoint
                 {
@@ -535,6 +544,39 @@ async fn probe(
     ))
 }
 
+/// A validation branch whose create and delete operations were not waited for.
+struct UnsettledBranch {
+    branch_name: String,
+    created: Vec<crate::neon::Operation>,
+    deleted: Vec<crate::neon::Operation>,
+    delete_requested_at: tokio::time::Instant,
+}
+
+/// Wait for a validation branch's create and delete operations, in one read when they have
+/// typically finished. Best effort: main's outcome is journaled already, and a delete that
+/// failed leaves a branch that expires on its own (and that `gc` removes).
+async fn settle_branch(context: &TenantContext, tenant_id: &str, branch: UnsettledBranch) {
+    if branch.created.is_empty() && branch.deleted.is_empty() {
+        return;
+    }
+    let settled = context
+        .recorder
+        .timings()
+        .time(
+            TimedStep::DeleteBranch,
+            context.client.settle_operations(
+                tenant_id,
+                &branch.deleted,
+                &branch.created,
+                branch.delete_requested_at,
+            ),
+        )
+        .await;
+    if let Err(error) = settled {
+        tracing::warn!(tenant = tenant_id, branch = %branch.branch_name, error = %error, "the validation branch's operations did not finish; it expires on its own");
+    }
+}
+
 /// A branch name that says where it came from and cannot collide with an earlier attempt's.
 fn branch_name(purpose: &str, plan_id: &str) -> String {
     let plan_prefix: String = plan_id.chars().take(12).collect();
@@ -551,10 +593,11 @@ async fn validate(
     tenant_id: &str,
     wave: &str,
     pending: &[i32],
+    unsettled: &mut Vec<UnsettledBranch>,
 ) -> Result<Step<RestorePoint>, JournalError> {
     let policy = &context.plan.policy;
     let ttl = std::time::Duration::from_secs(policy.branch_ttl_s);
-    let created = match create_branch(context, tenant_id, wave, "validate", ttl).await? {
+    let created = match create_branch(context, tenant_id, wave, "validate", ttl, true).await? {
         Ok(created) => created,
         Err(failure) => return Ok(Err(failure)),
     };
@@ -575,14 +618,20 @@ async fn validate(
         )
         .await
     {
-        Ok(()) => {
+        Ok(operations) => {
             context
                 .recorder
                 .record(Event::BranchDeleteRequested {
                     tenant: tenant_id.into(),
                     branch_id: branch.id.clone(),
                 })
-                .await?
+                .await?;
+            unsettled.push(UnsettledBranch {
+                branch_name: branch.name.clone(),
+                created: created.unsettled.clone(),
+                deleted: operations,
+                delete_requested_at: tokio::time::Instant::now(),
+            });
         }
         Err(error) => {
             tracing::warn!(tenant = tenant_id, branch = %branch.name, error = %error, "could not delete the validation branch; it expires on its own")
@@ -652,9 +701,25 @@ async fn migrate_branch(
             DbFailure::new(None, "connection pool closed"),
         )
     })?;
-    let mut client = pg::connect(&uri, context.config.connect_timeout)
-        .await
-        .map_err(|failure| (Phase::Validate, failure))?;
+    // The create's operations were not waited for: the new endpoint's compute accepts the
+    // connection once it runs. Should it refuse one, wait for them and try once more.
+    let mut client = match pg::connect(&uri, context.config.connect_timeout).await {
+        Ok(client) => client,
+        Err(failure) if !created.unsettled.is_empty() => {
+            tracing::info!(tenant = tenant_id, error = %failure, "the new branch refused a connection; waiting for its operations");
+            context
+                .client
+                .wait_for_operations(tenant_id, &created.unsettled)
+                .await
+                .map_err(|error| {
+                    api_failure(Phase::Branch, "waiting for the validation branch", &error)
+                })?;
+            pg::connect(&uri, context.config.connect_timeout)
+                .await
+                .map_err(|failure| (Phase::Validate, failure))?
+        }
+        Err(failure) => return Err((Phase::Validate, failure)),
+    };
     // Lock and history in one round trip, the release in one more, as on main. (Main's
     // probe cannot stand in for the read: main may have changed before the branch was made.)
     let read = pg::lock::try_lock_and_read_history(&client)
@@ -687,6 +752,7 @@ async fn create_branch(
     wave: &str,
     purpose: &str,
     ttl: std::time::Duration,
+    connect_at_once: bool,
 ) -> Result<Step<crate::neon::CreatedBranch>, JournalError> {
     let request = CreateBranch {
         name: branch_name(purpose, &context.plan.plan_id),
@@ -707,7 +773,16 @@ async fn create_branch(
         .timings()
         .time(
             TimedStep::CreateBranch,
-            context.client.create_branch(tenant_id, &request),
+            async {
+                if connect_at_once {
+                    context
+                        .client
+                        .create_branch_unsettled(tenant_id, &request)
+                        .await
+                } else {
+                    context.client.create_branch(tenant_id, &request).await
+                }
+            },
         )
         .await
     {
@@ -746,6 +821,7 @@ async fn backup(
         wave,
         "backup",
         context.config.backup_ttl,
+        false,
     )
     .await?
     {

@@ -396,6 +396,28 @@ impl NeonClient {
         project_id: &str,
         request: &CreateBranch,
     ) -> Result<CreatedBranch, NeonError> {
+        self.create_branch_then(project_id, request, true).await
+    }
+
+    /// [`NeonClient::create_branch`] for a branch that is connected to at once: when the
+    /// answer carries the branch point and a connection URI, it returns without waiting for the
+    /// operations (`unsettled`): a connection to the new endpoint waits for its compute, and
+    /// the caller checks the operations later with [`NeonClient::settle_operations`], in the
+    /// same read as the delete's. Otherwise it waits as `create_branch` does.
+    pub async fn create_branch_unsettled(
+        &self,
+        project_id: &str,
+        request: &CreateBranch,
+    ) -> Result<CreatedBranch, NeonError> {
+        self.create_branch_then(project_id, request, false).await
+    }
+
+    async fn create_branch_then(
+        &self,
+        project_id: &str,
+        request: &CreateBranch,
+        settle: bool,
+    ) -> Result<CreatedBranch, NeonError> {
         let deadline = Instant::now() + self.inner.config.operation_timeout;
         let body = create_branch_body(request);
         let mut unknown_outcomes: u32 = 0;
@@ -410,6 +432,18 @@ impl NeonClient {
                         .into_iter()
                         .next()
                         .map(|details| SecretUri::new(details.connection_uri));
+                    if !settle && connection_uri.is_some() && created.branch.parent_lsn.is_some() {
+                        if let Some(failed) = created.operations.iter().find(|operation| {
+                            operation_progress(&operation.status) == OperationProgress::Failed
+                        }) {
+                            return Err(operation_failed(project_id, failed));
+                        }
+                        return Ok(CreatedBranch {
+                            branch: created.branch,
+                            connection_uri,
+                            unsettled: created.operations,
+                        });
+                    }
                     self.wait_for_operations(project_id, &created.operations)
                         .await?;
                     // Its operations finished, so the branch is ready: the answer's branch
@@ -424,6 +458,7 @@ impl NeonClient {
                     return Ok(CreatedBranch {
                         branch,
                         connection_uri,
+                        unsettled: Vec::new(),
                     });
                 }
                 Err(error) if error.status() == Some(409) || error.is_outcome_unknown() => error,
@@ -472,6 +507,7 @@ impl NeonClient {
                 return Ok(CreatedBranch {
                     branch,
                     connection_uri: None,
+                    unsettled: Vec::new(),
                 });
             }
             if error.status() == Some(409) {
@@ -539,7 +575,9 @@ impl NeonClient {
 
     /// Waits for its operations; 204/404 count as already deleted.
     pub async fn delete_branch(&self, project_id: &str, branch_id: &str) -> Result<(), NeonError> {
-        self.delete_branch_then(project_id, branch_id, true).await
+        self.delete_branch_then(project_id, branch_id, true)
+            .await
+            .map(|_| ())
     }
 
     /// Asks Neon to delete the branch and returns once Neon accepted it, without waiting for
@@ -549,16 +587,17 @@ impl NeonClient {
         &self,
         project_id: &str,
         branch_id: &str,
-    ) -> Result<(), NeonError> {
+    ) -> Result<Vec<Operation>, NeonError> {
         self.delete_branch_then(project_id, branch_id, false).await
     }
 
+    /// Deletes; with `wait`, waits for the operations and returns none, otherwise returns them.
     async fn delete_branch_then(
         &self,
         project_id: &str,
         branch_id: &str,
         wait: bool,
-    ) -> Result<(), NeonError> {
+    ) -> Result<Vec<Operation>, NeonError> {
         let mut unknown_outcomes: u32 = 0;
         loop {
             let call = ApiCall::new(
@@ -566,20 +605,24 @@ impl NeonClient {
                 &["projects", project_id, "branches", branch_id],
             );
             let error = match self.call(&call).await {
-                Ok(answer) if answer.status == 204 || answer.body.is_empty() => return Ok(()),
-                Ok(_) if !wait => return Ok(()),
+                Ok(answer) if answer.status == 204 || answer.body.is_empty() => {
+                    return Ok(Vec::new());
+                }
                 Ok(answer) => {
                     let deleted: BranchOperationsResponse = self.decode(&call, &answer)?;
-                    return self
-                        .wait_for_operations(project_id, &deleted.operations)
-                        .await;
+                    if !wait {
+                        return Ok(deleted.operations);
+                    }
+                    self.wait_for_operations(project_id, &deleted.operations)
+                        .await?;
+                    return Ok(Vec::new());
                 }
-                Err(error) if error.status() == Some(404) => return Ok(()),
+                Err(error) if error.status() == Some(404) => return Ok(Vec::new()),
                 Err(error) if error.is_outcome_unknown() => error,
                 Err(error) => return Err(error),
             };
             match self.get_branch(project_id, branch_id).await {
-                Err(reread) if reread.status() == Some(404) => return Ok(()),
+                Err(reread) if reread.status() == Some(404) => return Ok(Vec::new()),
                 Err(reread) => return Err(reread),
                 Ok(_still_there) => {}
             }
@@ -717,15 +760,33 @@ impl NeonClient {
         project_id: &str,
         operations: &[Operation],
     ) -> Result<(), NeonError> {
-        let started = Instant::now();
+        self.settle_operations(project_id, operations, &[], Instant::now())
+            .await
+    }
+
+    /// Wait for `operations`, started by a mutation answered at `since`: the first poll goes
+    /// out when this run's mutations of their kind have typically settled since then. The
+    /// `earlier` ones (of a mutation before, never polled: a create whose branch was used at
+    /// once) are checked in the same reads, so a create and its delete settle in one request.
+    pub async fn settle_operations(
+        &self,
+        project_id: &str,
+        operations: &[Operation],
+        earlier: &[Operation],
+        since: Instant,
+    ) -> Result<(), NeonError> {
+        let started = since;
         let deadline = started + self.inner.config.operation_timeout;
         let kind = SettleTimes::kind(operations.iter().map(|operation| operation.action.as_str()));
+        let timed: HashSet<&str> = operations.iter().map(|operation| operation.id.as_str()).collect();
         let mut durations: HashMap<String, Option<u64>> = HashMap::new();
         let mut pending = Vec::new();
-        for operation in operations {
+        for operation in earlier.iter().chain(operations) {
             match operation_progress(&operation.status) {
                 OperationProgress::Succeeded => {
-                    durations.insert(operation.id.clone(), operation.total_duration_ms);
+                    if timed.contains(operation.id.as_str()) {
+                        durations.insert(operation.id.clone(), operation.total_duration_ms);
+                    }
                 }
                 OperationProgress::Failed => return Err(operation_failed(project_id, operation)),
                 OperationProgress::InFlight | OperationProgress::FailedRetrying => {
@@ -743,7 +804,9 @@ impl NeonClient {
                 let times = self.settle_times();
                 let interval = self.jittered_poll_interval();
                 if first {
-                    times.first_poll(&kind, interval)
+                    times
+                        .first_poll(&kind, interval)
+                        .saturating_sub(started.elapsed())
                 } else {
                     times.next_poll(&kind, interval)
                 }
@@ -753,7 +816,9 @@ impl NeonClient {
             for fresh in self.read_operations(project_id, &pending).await? {
                 match operation_progress(&fresh.status) {
                     OperationProgress::Succeeded => {
-                        durations.insert(fresh.id.clone(), fresh.total_duration_ms);
+                        if timed.contains(fresh.id.as_str()) {
+                            durations.insert(fresh.id.clone(), fresh.total_duration_ms);
+                        }
                         pending.retain(|operation| operation.id != fresh.id);
                     }
                     OperationProgress::Failed => {

@@ -64,6 +64,9 @@ pub struct CreatedBranch {
     /// `connection_uris[0]` of the create answer. `None` when Neon omits it (the parent has more
     /// than one role or database) or when the branch was adopted after an unknown outcome.
     pub connection_uri: Option<SecretUri>,
+    /// Operations of the create not known to have finished: empty when the create waited for
+    /// them; see [`crate::neon::NeonClient::create_branch_unsettled`].
+    pub unsettled: Vec<Operation>,
 }
 
 /// What [`crate::neon::NeonClient::restore_branch`] asks for (Neon's `BranchRestoreRequest`).
