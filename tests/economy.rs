@@ -38,14 +38,26 @@ fn release(fleet: &TestFleet) -> std::path::PathBuf {
     let dir = fleet.path("release");
     std::fs::create_dir_all(&dir).expect("a migrations directory");
     for (name, sql) in [
-        ("V1__notes", "CREATE TABLE notes (id bigint PRIMARY KEY, body text);"),
-        ("V2__notes_author", "ALTER TABLE notes ADD COLUMN author text;"),
+        (
+            "V1__notes",
+            "CREATE TABLE notes (id bigint PRIMARY KEY, body text);",
+        ),
+        (
+            "V2__notes_author",
+            "ALTER TABLE notes ADD COLUMN author text;",
+        ),
         (
             "V3__notes_author_idx",
             "-- squawk-ignore require-concurrent-index-creation -- created with its table\nCREATE INDEX notes_author_idx ON notes (author);",
         ),
-        ("V4__tags", "CREATE TABLE tags (note_id bigint REFERENCES notes, tag text);"),
-        ("V5__seed_tag", "INSERT INTO notes VALUES (1, 'hello', 'economy');"),
+        (
+            "V4__tags",
+            "CREATE TABLE tags (note_id bigint REFERENCES notes, tag text);",
+        ),
+        (
+            "V5__seed_tag",
+            "INSERT INTO notes VALUES (1, 'hello', 'economy');",
+        ),
     ] {
         std::fs::write(dir.join(format!("{name}.sql")), sql).expect("a migration");
     }
@@ -53,7 +65,9 @@ fn release(fleet: &TestFleet) -> std::path::PathBuf {
 }
 
 fn endpoint_of(uri: &str) -> String {
-    let (_, rest) = uri.split_once("endpoint%3D").expect("the URI names its endpoint");
+    let (_, rest) = uri
+        .split_once("endpoint%3D")
+        .expect("the URI names its endpoint");
     rest.split(['&', '%', '#'])
         .next()
         .unwrap_or(rest)
@@ -134,13 +148,24 @@ async fn main_costs_two_round_trips_to_migrate_and_one_when_up_to_date() {
 
     // Another journal: a fresh run that finds every tenant up to date.
     let before = fleet.fleet.compute_stats();
-    let output = fleet.run(&["apply", plan, "--journal", "again.jsonl", "--output", "json"]);
+    let output = fleet.run(&[
+        "apply",
+        plan,
+        "--journal",
+        "again.jsonl",
+        "--output",
+        "json",
+    ]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     assert_eq!(json(&output)["totals"]["up_to_date"], 3);
     let after = fleet.fleet.compute_stats();
     for (endpoint, connections, round_trips) in main_costs(&fleet, &before, &after) {
         assert_eq!(connections, 1, "{endpoint}");
-        assert_eq!(round_trips - SETUP * connections, 1, "{endpoint}: the probe");
+        assert_eq!(
+            round_trips - SETUP * connections,
+            1,
+            "{endpoint}: the probe"
+        );
     }
 }
 

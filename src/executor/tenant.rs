@@ -771,19 +771,16 @@ async fn create_branch(
     let created = match context
         .recorder
         .timings()
-        .time(
-            TimedStep::CreateBranch,
-            async {
-                if connect_at_once {
-                    context
-                        .client
-                        .create_branch_unsettled(tenant_id, &request)
-                        .await
-                } else {
-                    context.client.create_branch(tenant_id, &request).await
-                }
-            },
-        )
+        .time(TimedStep::CreateBranch, async {
+            if connect_at_once {
+                context
+                    .client
+                    .create_branch_unsettled(tenant_id, &request)
+                    .await
+            } else {
+                context.client.create_branch(tenant_id, &request).await
+            }
+        })
         .await
     {
         Ok(created) => created,

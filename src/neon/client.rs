@@ -778,7 +778,10 @@ impl NeonClient {
         let started = since;
         let deadline = started + self.inner.config.operation_timeout;
         let kind = SettleTimes::kind(operations.iter().map(|operation| operation.action.as_str()));
-        let timed: HashSet<&str> = operations.iter().map(|operation| operation.id.as_str()).collect();
+        let timed: HashSet<&str> = operations
+            .iter()
+            .map(|operation| operation.id.as_str())
+            .collect();
         let mut durations: HashMap<String, Option<u64>> = HashMap::new();
         let mut pending = Vec::new();
         for operation in earlier.iter().chain(operations) {
@@ -883,7 +886,11 @@ impl NeonClient {
         let page: OperationsPage = self.fetch(&call).await?;
         let mut fresh = Vec::with_capacity(pending.len());
         for operation in pending {
-            match page.operations.iter().find(|listed| listed.id == operation.id) {
+            match page
+                .operations
+                .iter()
+                .find(|listed| listed.id == operation.id)
+            {
                 Some(listed) => fresh.push(listed.clone()),
                 None => fresh.push(read_one(&operation.id).await?),
             }
@@ -1300,11 +1307,7 @@ fn operation_failed(project_id: &str, operation: &Operation) -> NeonError {
     }
 }
 
-fn operations_timed_out(
-    project_id: &str,
-    pending: &[Operation],
-    waited: Duration,
-) -> NeonError {
+fn operations_timed_out(project_id: &str, pending: &[Operation], waited: Duration) -> NeonError {
     // An operation still `failed` at the deadline is a failure, not a slow operation.
     if let Some(failed) = pending.iter().find(|operation| {
         operation_progress(&operation.status) == OperationProgress::FailedRetrying

@@ -99,7 +99,10 @@ mod tests {
     fn the_first_poll_follows_what_this_run_observed() {
         let mut times = SettleTimes::default();
         let fallback = Duration::from_secs(1);
-        assert_eq!(times.first_poll("create_branch+start_compute", fallback), fallback);
+        assert_eq!(
+            times.first_poll("create_branch+start_compute", fallback),
+            fallback
+        );
         times.observe("create_branch+start_compute", 100.0);
         assert_eq!(
             times.first_poll("create_branch+start_compute", fallback),

@@ -27,8 +27,7 @@ pub use connect::connect;
 pub use error::DbFailure;
 pub use fingerprint::read_fingerprint;
 pub use history::{
-    AppliedMigration, HistoryComparison, HistoryRead, PlannedVersion, compare_history,
-    read_history,
+    AppliedMigration, HistoryComparison, HistoryRead, PlannedVersion, compare_history, read_history,
 };
 
 /// refinery's default history table; tenants migrated by refinery or refinery_cli use it too.

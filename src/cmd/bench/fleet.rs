@@ -91,7 +91,9 @@ impl BenchFleet {
             .await?
             .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             .await
-            .context("cannot create pg_stat_statements (the benchmark counts statements with it)")?;
+            .context(
+                "cannot create pg_stat_statements (the benchmark counts statements with it)",
+            )?;
         let started = Instant::now();
         self.tenants = self
             .fleet()
