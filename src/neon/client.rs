@@ -446,15 +446,10 @@ impl NeonClient {
                     }
                     self.wait_for_operations(project_id, &created.operations)
                         .await?;
-                    // Its operations finished, so the branch is ready: the answer's branch
-                    // object already carries the branch point. Read it again only when Neon
-                    // left that out.
-                    let branch = if created.branch.parent_lsn.is_some() {
-                        created.branch
-                    } else {
-                        self.wait_until_branch_ready(project_id, &created.branch.id, deadline)
-                            .await?
-                    };
+                    // A branch waited for is returned `ready`, as Neon reports it then.
+                    let branch = self
+                        .wait_until_branch_ready(project_id, &created.branch.id, deadline)
+                        .await?;
                     return Ok(CreatedBranch {
                         branch,
                         connection_uri,

@@ -502,11 +502,11 @@ impl FleetRun<'_> {
                 .map(|tenant| tenant.connection_uri.expose().to_string())
                 .collect(),
         };
-        let offset = self.fleet.log_offset()?;
         let compute_before = self.fleet.begin_measure().await?;
+        let offset = self.fleet.log_offset()?;
         let (_, child) = run_child(&job).await?;
-        let compute = self.fleet.end_measure(&compute_before).await?;
         let connections = self.fleet.connections_since(offset)?;
+        let compute = self.fleet.end_measure(&compute_before).await?;
         let tenants = self.fleet.tenants.len();
         Ok(ModeResult {
             compute,
@@ -541,13 +541,13 @@ impl FleetRun<'_> {
                 .map(|tenant| tenant.project_id.clone())
                 .collect(),
         };
+        let compute_before = self.fleet.begin_measure().await?;
         let offset = self.fleet.log_offset()?;
         let emulator_before = self.fleet.emulator_stats();
-        let compute_before = self.fleet.begin_measure().await?;
         let (_, child) = run_child(&job).await?;
-        let compute = self.fleet.end_measure(&compute_before).await?;
         let emulator_after = self.fleet.emulator_stats();
         let connections = self.fleet.connections_since(offset)?;
+        let compute = self.fleet.end_measure(&compute_before).await?;
         let tenants = self.fleet.tenants.len();
         let requests = emulator_after.requests - emulator_before.requests;
         Ok(ModeResult {
@@ -625,12 +625,12 @@ async fn measure_apply(fleet: &BenchFleet, run: ApplyRun<'_>) -> anyhow::Result<
         api_rate_limit_per_min: run.client_rate_limit_per_min,
         operation_poll_ms: run.operation_poll_ms,
     };
+    let compute_before = fleet.begin_measure().await?;
     let offset = fleet.log_offset()?;
     let emulator_before = fleet.emulator_stats();
-    let compute_before = fleet.begin_measure().await?;
     let (apply_stdout, child) = run_child(&job).await?;
-    let compute = fleet.end_measure(&compute_before).await?;
     let connections = fleet.connections_since(offset)?;
+    let compute = fleet.end_measure(&compute_before).await?;
     let emulator_after = fleet.emulator_stats();
     let tenants = fleet.tenants.len();
     let document: serde_json::Value = serde_json::from_str(&apply_stdout).map_err(|error| {
