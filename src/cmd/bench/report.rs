@@ -339,7 +339,7 @@ mod tests {
         );
         assert_eq!(
             results[0].line(),
-            "mode=raw tenants=10 concurrency=16 wall_s=1.000 tenants_per_s=80.00 peak_rss_mb=12.0 api_calls_per_tenant=1.00 connections_per_tenant=2.00 round_trips_per_tenant=0.0 cold_starts_per_tenant=0.00 compute_s_per_tenant=0.00"
+            "mode=raw tenants=10 concurrency=16 wall_s=1.000 tenants_per_s=80.00 peak_rss_mb=12.0 api_calls_per_tenant=1.00 connections_per_tenant=2.00 round_trips_per_tenant=0.0 main_round_trips_after_connect_per_tenant=0.00 main_connections_per_tenant=0.00 statements_per_tenant=0.0 cold_starts_per_tenant=0.00 compute_s_per_tenant=0.00"
         );
     }
 
