@@ -431,6 +431,11 @@ fn server_settings(
             // every naptime / databases (every 60 ms for 1,000 tenants): a process start as
             // costly as a tenant's connection, at random moments of every measured mode.
             ("autovacuum", "off".to_string()),
+            // The benchmark counts the statements tenants' sessions run (top level, so a DO
+            // block is one); enough entries for a database per tenant and branch.
+            ("shared_preload_libraries", "pg_stat_statements".to_string()),
+            ("pg_stat_statements.max", "50000".to_string()),
+            ("pg_stat_statements.save", "off".to_string()),
         ]);
     }
     settings

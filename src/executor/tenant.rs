@@ -120,7 +120,15 @@ pub async fn run_tenant(
     let prior = context.recorder.tenant(&tenant_id);
     cleanup_open_branches(&context, &tenant_id, prior.as_ref()).await?;
     sweep_requested_branches(&context, &tenant_id, false).await?;
-    let result = pipeline(&context, &tenant_id, &wave, prior.as_ref()).await?;
+    let mut unsettled = Vec::new();
+    let result = pipeline(&context, &tenant_id, &wave, prior.as_ref(), &mut unsettled).await;
+    // The validation branch's create and delete, checked in one read now that main is done
+    // (their operations have mostly finished meanwhile): off main's path, before the slot
+    // goes to the next tenant.
+    for branch in unsettled {
+        settle_branch(&context, &tenant_id, branch).await;
+    }
+    let result = result?;
     // A create that a killed run sent may land after the first sweep (Neon reads can lag
     // writes); by now it has, so a second look finds it.
     sweep_requested_branches(&context, &tenant_id, true).await?;
@@ -228,6 +236,7 @@ async fn pipeline(
     tenant_id: &str,
     wave: &str,
     prior: Option<&TenantState>,
+    unsettled: &mut Vec<UnsettledBranch>,
 ) -> Result<Step<TenantOutcome>, JournalError> {
     let policy = &context.plan.policy;
     let recorder = &context.recorder;
@@ -327,7 +336,7 @@ async fn pipeline(
         policy.restore_point == RestorePointKind::BranchPoint && restore_point.is_none();
     if wants_validation && (!already_validated || needs_branch_point) {
         main_session = None;
-        match validate(context, tenant_id, wave, &pending).await? {
+        match validate(context, tenant_id, wave, &pending, unsettled).await? {
             Ok(branch_point) => {
                 if restore_point.is_none() && policy.restore_point == RestorePointKind::BranchPoint
                 {
@@ -524,10 +533,12 @@ fn timeouts(plan: &Plan) -> Timeouts {
     }
 }
 
-/// An open connection to main with its slot in the connection bound.
+/// An open connection to main with its slot in the connection bound, and what its probe read.
 struct MainSession {
     client: tokio_postgres::Client,
     _permit: OwnedSemaphorePermit,
+    /// The lock and the history as this session's last read found them.
+    read: pg::lock::LockedRead,
 }
 
 async fn probe(
@@ -547,9 +558,15 @@ async fn probe(
             pg::connect(uri, context.config.connect_timeout),
         )
         .await?;
-    let history = timings
-        .time(TimedStep::ProbeMain, pg::read_history(&client))
+    // The lock is tried with the read (one round trip): when something is pending and no
+    // branch comes in between, the apply then needs neither another read nor a lock.
+    let read = timings
+        .time(
+            TimedStep::ProbeMain,
+            pg::lock::try_lock_and_read_history(&client),
+        )
         .await?;
+    let history = read.history.rows.clone();
     let comparison = pg::compare_history(&history, &context.planned);
     Ok((
         comparison,
@@ -557,8 +574,42 @@ async fn probe(
         MainSession {
             client,
             _permit: permit,
+            read,
         },
     ))
+}
+
+/// A validation branch whose create and delete operations were not waited for.
+struct UnsettledBranch {
+    branch_name: String,
+    created: Vec<crate::neon::Operation>,
+    deleted: Vec<crate::neon::Operation>,
+    delete_requested_at: tokio::time::Instant,
+}
+
+/// Wait for a validation branch's create and delete operations, in one read when they have
+/// typically finished. Best effort: main's outcome is journaled already, and a delete that
+/// failed leaves a branch that expires on its own (and that `gc` removes).
+async fn settle_branch(context: &TenantContext, tenant_id: &str, branch: UnsettledBranch) {
+    if branch.created.is_empty() && branch.deleted.is_empty() {
+        return;
+    }
+    let settled = context
+        .recorder
+        .timings()
+        .time(
+            TimedStep::DeleteBranch,
+            context.client.settle_operations(
+                tenant_id,
+                &branch.deleted,
+                &branch.created,
+                branch.delete_requested_at,
+            ),
+        )
+        .await;
+    if let Err(error) = settled {
+        tracing::warn!(tenant = tenant_id, branch = %branch.branch_name, error = %error, "the validation branch's operations did not finish; it expires on its own");
+    }
 }
 
 /// A branch name that says where it came from and cannot collide with an earlier attempt's.
@@ -577,10 +628,11 @@ async fn validate(
     tenant_id: &str,
     wave: &str,
     pending: &[i32],
+    unsettled: &mut Vec<UnsettledBranch>,
 ) -> Result<Step<RestorePoint>, JournalError> {
     let policy = &context.plan.policy;
     let ttl = std::time::Duration::from_secs(policy.branch_ttl_s);
-    let created = match create_branch(context, tenant_id, wave, "validate", ttl).await? {
+    let created = match create_branch(context, tenant_id, wave, "validate", ttl, true).await? {
         Ok(created) => created,
         Err(failure) => return Ok(Err(failure)),
     };
@@ -592,22 +644,29 @@ async fn validate(
             migrate_branch(context, tenant_id, &created, pending),
         )
         .await;
-    // Delete whatever happened; a failed delete leaves a branch that expires on its own.
+    // Delete whatever happened; a failed delete leaves a branch that expires on its own. The
+    // delete's operations are not waited for: nothing after depends on them.
     match timings
         .time(
             TimedStep::DeleteBranch,
-            context.client.delete_branch(tenant_id, &branch.id),
+            context.client.request_branch_delete(tenant_id, &branch.id),
         )
         .await
     {
-        Ok(()) => {
+        Ok(operations) => {
             context
                 .recorder
-                .record(Event::BranchDeleted {
+                .record(Event::BranchDeleteRequested {
                     tenant: tenant_id.into(),
                     branch_id: branch.id.clone(),
                 })
-                .await?
+                .await?;
+            unsettled.push(UnsettledBranch {
+                branch_name: branch.name.clone(),
+                created: created.unsettled.clone(),
+                deleted: operations,
+                delete_requested_at: tokio::time::Instant::now(),
+            });
         }
         Err(error) => {
             tracing::warn!(tenant = tenant_id, branch = %branch.name, error = %error, "could not delete the validation branch; it expires on its own")
@@ -682,19 +741,41 @@ async fn migrate_branch(
             DbFailure::new(None, "connection pool closed"),
         )
     })?;
-    let mut client = pg::connect(&uri, context.config.connect_timeout)
+    // The create's operations were not waited for: the new endpoint's compute accepts the
+    // connection once it runs. Should it refuse one, wait for them and try once more.
+    let mut client = match pg::connect(&uri, context.config.connect_timeout).await {
+        Ok(client) => client,
+        Err(failure) if !created.unsettled.is_empty() => {
+            tracing::info!(tenant = tenant_id, error = %failure, "the new branch refused a connection; waiting for its operations");
+            context
+                .client
+                .wait_for_operations(tenant_id, &created.unsettled)
+                .await
+                .map_err(|error| {
+                    api_failure(Phase::Branch, "waiting for the validation branch", &error)
+                })?;
+            pg::connect(&uri, context.config.connect_timeout)
+                .await
+                .map_err(|failure| (Phase::Validate, failure))?
+        }
+        Err(failure) => return Err((Phase::Validate, failure)),
+    };
+    // Lock and history in one round trip, the release in one more, as on main. (Main's
+    // probe cannot stand in for the read: main may have changed before the branch was made.)
+    let read = pg::lock::try_lock_and_read_history(&client)
         .await
         .map_err(|failure| (Phase::Validate, failure))?;
     let enforced = policy.max_lock_hold_ms.is_some();
     let instrumented =
         measured_migrations(&client, &context.migrations, pending, enforced, tenant_id).await?;
     let measuring = instrumented.is_some();
-    runner::apply_pending(
+    runner::apply_pending_known(
         &mut client,
         instrumented.as_deref().unwrap_or(&context.migrations),
         context.plan.policy.transaction,
         timeouts(&context.plan),
         context.config.lock_retry,
+        read.locked.then_some(read.history),
     )
     .await
     .map_err(|failure| (Phase::Validate, failure.failure))?;
@@ -762,6 +843,7 @@ async fn create_branch(
     wave: &str,
     purpose: &str,
     ttl: std::time::Duration,
+    connect_at_once: bool,
 ) -> Result<Step<crate::neon::CreatedBranch>, JournalError> {
     let request = CreateBranch {
         name: branch_name(purpose, &context.plan.plan_id),
@@ -780,10 +862,16 @@ async fn create_branch(
     let created = match context
         .recorder
         .timings()
-        .time(
-            TimedStep::CreateBranch,
-            context.client.create_branch(tenant_id, &request),
-        )
+        .time(TimedStep::CreateBranch, async {
+            if connect_at_once {
+                context
+                    .client
+                    .create_branch_unsettled(tenant_id, &request)
+                    .await
+            } else {
+                context.client.create_branch(tenant_id, &request).await
+            }
+        })
         .await
     {
         Ok(created) => created,
@@ -821,6 +909,7 @@ async fn backup(
         wave,
         "backup",
         context.config.backup_ttl,
+        false,
     )
     .await?
     {
@@ -856,8 +945,12 @@ async fn apply_to_main(
     session: Option<MainSession>,
 ) -> Result<Step<TenantOutcome>, JournalError> {
     let recorder = &context.recorder;
-    let (mut reusable_client, _permit) = match session {
-        Some(MainSession { client, _permit }) => (Some(client), _permit),
+    let (mut reusable, _permit) = match session {
+        Some(MainSession {
+            client,
+            _permit,
+            read,
+        }) => (Some((client, read)), _permit),
         None => match context.connections.clone().acquire_owned().await {
             Ok(permit) => (None, permit),
             Err(_) => {
@@ -874,20 +967,32 @@ async fn apply_to_main(
     let mut started = false;
     loop {
         connection_attempt += 1;
-        let connected = match reusable_client.take() {
-            Some(client) if !client.is_closed() => Ok(client),
+        // A session whose probe took the lock and read the history goes straight to the
+        // release; a new one takes the lock and reads the history in one round trip.
+        let connected = match reusable.take() {
+            Some((client, read)) if !client.is_closed() => Ok((client, read)),
             _ => {
-                recorder
-                    .timings()
+                let timings = recorder.timings();
+                match timings
                     .time(
                         TimedStep::ConnectMain,
                         pg::connect(main_uri, context.config.connect_timeout),
                     )
                     .await
+                {
+                    Ok(client) => timings
+                        .time(
+                            TimedStep::LockMain,
+                            pg::lock::try_lock_and_read_history(&client),
+                        )
+                        .await
+                        .map(|read| (client, read)),
+                    Err(failure) => Err(failure),
+                }
             }
         };
-        let mut client = match connected {
-            Ok(client) => client,
+        let (mut client, read) = match connected {
+            Ok(connected) => connected,
             Err(failure)
                 if failure.is_connection_loss()
                     && connection_attempt <= context.config.max_connection_retries =>
@@ -900,33 +1005,41 @@ async fn apply_to_main(
             }
             Err(failure) => return fail_apply(recorder, tenant_id, wave, failure, applied).await,
         };
-        match recorder
-            .timings()
-            .time(
-                TimedStep::LockMain,
-                pg::lock::try_lock_for(&client, context.config.lock_wait),
-            )
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => {
-                let failure = DbFailure::new(
-                    None,
-                    format!(
-                        "another runner held this tenant's migration lock for over {:?}",
-                        context.config.lock_wait
-                    ),
-                );
-                return fail_apply(recorder, tenant_id, wave, failure, applied).await;
-            }
-            Err(failure)
-                if failure.is_connection_loss()
-                    && connection_attempt <= context.config.max_connection_retries =>
+        // Another runner held the lock when it was tried: wait for it, and since it may have
+        // migrated meanwhile, let the runner read the history again once the lock is ours.
+        let known = if read.locked {
+            Some(read.history)
+        } else {
+            match recorder
+                .timings()
+                .time(
+                    TimedStep::LockMain,
+                    pg::lock::try_lock_for(&client, context.config.lock_wait),
+                )
+                .await
             {
-                continue;
+                Ok(true) => None,
+                Ok(false) => {
+                    let failure = DbFailure::new(
+                        None,
+                        format!(
+                            "another runner held this tenant's migration lock for over {:?}",
+                            context.config.lock_wait
+                        ),
+                    );
+                    return fail_apply(recorder, tenant_id, wave, failure, applied).await;
+                }
+                Err(failure)
+                    if failure.is_connection_loss()
+                        && connection_attempt <= context.config.max_connection_retries =>
+                {
+                    continue;
+                }
+                Err(failure) => {
+                    return fail_apply(recorder, tenant_id, wave, failure, applied).await;
+                }
             }
-            Err(failure) => return fail_apply(recorder, tenant_id, wave, failure, applied).await,
-        }
+        };
         if !started {
             recorder
                 .record(Event::ApplyStarted {
@@ -938,8 +1051,16 @@ async fn apply_to_main(
             started = true;
         } else {
             // Reconnected after a lost connection: a COMMIT whose answer was lost did commit.
-            match committed_before_reconnect(recorder, tenant_id, &client, &applied).await {
-                Ok(committed) => applied.extend(committed),
+            let history = match &known {
+                Some(history) => Ok(history.rows.clone()),
+                None => pg::read_history(&client).await,
+            };
+            match history {
+                Ok(history) => {
+                    applied.extend(committed_before_reconnect(
+                        recorder, tenant_id, &history, &applied,
+                    ));
+                }
                 Err(failure)
                     if failure.is_connection_loss()
                         && connection_attempt <= context.config.max_connection_retries =>
@@ -955,12 +1076,13 @@ async fn apply_to_main(
             .timings()
             .time(
                 TimedStep::MigrateMain,
-                runner::apply_pending(
+                runner::apply_pending_known(
                     &mut client,
                     &context.migrations,
                     context.plan.policy.transaction,
                     timeouts(&context.plan),
                     context.config.lock_retry,
+                    known,
                 ),
             )
             .await;
@@ -1005,20 +1127,19 @@ async fn apply_to_main(
     }
 }
 
-/// Versions of this apply that main's history shows committed and `applied` does not hold
+/// Versions of this apply that main's `history` shows committed and `applied` does not hold
 /// yet: their COMMIT went through although its answer never arrived. The history row's time
 /// against the `apply_started` record tells them from another runner's.
-async fn committed_before_reconnect(
+fn committed_before_reconnect(
     recorder: &Recorder,
     tenant_id: &str,
-    client: &tokio_postgres::Client,
+    history: &[AppliedMigration],
     applied: &[i32],
-) -> Result<Vec<i32>, DbFailure> {
-    let history = pg::read_history(client).await?;
+) -> Vec<i32> {
     let mut committed =
-        recovery::committed_since_apply_started(recorder.tenant(tenant_id).as_ref(), &history);
+        recovery::committed_since_apply_started(recorder.tenant(tenant_id).as_ref(), history);
     committed.retain(|version| !applied.contains(version));
-    Ok(committed)
+    committed
 }
 
 async fn fail_apply(

@@ -149,6 +149,12 @@ pub enum Event {
         tenant: String,
         branch_id: String,
     },
+    /// Neon accepted the delete of a throwaway branch, whose operations were not waited for:
+    /// the branch is no longer ours to clean up (its expiry and `gc` are the backstop).
+    BranchDeleteRequested {
+        tenant: String,
+        branch_id: String,
+    },
     Validated {
         tenant: String,
         wave: String,
@@ -270,6 +276,7 @@ impl Event {
             | Event::BranchAbandoned { tenant, .. }
             | Event::BranchCreated { tenant, .. }
             | Event::BranchDeleted { tenant, .. }
+            | Event::BranchDeleteRequested { tenant, .. }
             | Event::Validated { tenant, .. }
             | Event::RestorePointRecorded { tenant, .. }
             | Event::ApplyStarted { tenant, .. }

@@ -327,7 +327,8 @@ impl JournalState {
                     .open_branches
                     .insert(branch_id.clone(), (branch_name.clone(), purpose.clone()));
             }
-            Event::BranchDeleted { tenant, branch_id } => {
+            Event::BranchDeleted { tenant, branch_id }
+            | Event::BranchDeleteRequested { tenant, branch_id } => {
                 if let Some(state) = self.tenants.get_mut(tenant.as_str()) {
                     state.open_branches.remove(branch_id);
                     state.updated_at = at;

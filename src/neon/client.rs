@@ -16,7 +16,7 @@
 //! Neon), an answer that says it was not applied (423, 429, 503, 422 `branch not ready yet`), or
 //! a re-read that shows it did not take effect.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::error::NeonError;
-use super::operations::{OperationProgress, operation_progress};
+use super::operations::{OperationProgress, SettleTimes, operation_progress};
 use super::pagination::{PageStep, next_page};
 use super::rate_limit::RateLimiter;
 use super::retry::{
@@ -129,6 +129,8 @@ struct Inner {
     /// far more likely a wrong NEON_API_URL than a blip: it gets the brief retry budget, so the
     /// operator hears of it in seconds rather than after the full backoff.
     answered: AtomicBool,
+    /// How long this run's mutations took to settle, for the first poll's timing.
+    settle_times: std::sync::Mutex<SettleTimes>,
 }
 
 #[derive(Default)]
@@ -276,6 +278,7 @@ impl NeonClient {
                 limiter,
                 stats: StatCounters::default(),
                 answered: AtomicBool::new(false),
+                settle_times: std::sync::Mutex::new(SettleTimes::default()),
             }),
         })
     }
@@ -393,6 +396,28 @@ impl NeonClient {
         project_id: &str,
         request: &CreateBranch,
     ) -> Result<CreatedBranch, NeonError> {
+        self.create_branch_then(project_id, request, true).await
+    }
+
+    /// [`NeonClient::create_branch`] for a branch that is connected to at once: when the
+    /// answer carries the branch point and a connection URI, it returns without waiting for the
+    /// operations (`unsettled`): a connection to the new endpoint waits for its compute, and
+    /// the caller checks the operations later with [`NeonClient::settle_operations`], in the
+    /// same read as the delete's. Otherwise it waits as `create_branch` does.
+    pub async fn create_branch_unsettled(
+        &self,
+        project_id: &str,
+        request: &CreateBranch,
+    ) -> Result<CreatedBranch, NeonError> {
+        self.create_branch_then(project_id, request, false).await
+    }
+
+    async fn create_branch_then(
+        &self,
+        project_id: &str,
+        request: &CreateBranch,
+        settle: bool,
+    ) -> Result<CreatedBranch, NeonError> {
         let deadline = Instant::now() + self.inner.config.operation_timeout;
         let body = create_branch_body(request);
         let mut unknown_outcomes: u32 = 0;
@@ -407,14 +432,28 @@ impl NeonClient {
                         .into_iter()
                         .next()
                         .map(|details| SecretUri::new(details.connection_uri));
+                    if !settle && connection_uri.is_some() && created.branch.parent_lsn.is_some() {
+                        if let Some(failed) = created.operations.iter().find(|operation| {
+                            operation_progress(&operation.status) == OperationProgress::Failed
+                        }) {
+                            return Err(operation_failed(project_id, failed));
+                        }
+                        return Ok(CreatedBranch {
+                            branch: created.branch,
+                            connection_uri,
+                            unsettled: created.operations,
+                        });
+                    }
                     self.wait_for_operations(project_id, &created.operations)
                         .await?;
+                    // A branch waited for is returned `ready`, as Neon reports it then.
                     let branch = self
                         .wait_until_branch_ready(project_id, &created.branch.id, deadline)
                         .await?;
                     return Ok(CreatedBranch {
                         branch,
                         connection_uri,
+                        unsettled: Vec::new(),
                     });
                 }
                 Err(error) if error.status() == Some(409) || error.is_outcome_unknown() => error,
@@ -463,6 +502,7 @@ impl NeonClient {
                 return Ok(CreatedBranch {
                     branch,
                     connection_uri: None,
+                    unsettled: Vec::new(),
                 });
             }
             if error.status() == Some(409) {
@@ -530,6 +570,29 @@ impl NeonClient {
 
     /// Waits for its operations; 204/404 count as already deleted.
     pub async fn delete_branch(&self, project_id: &str, branch_id: &str) -> Result<(), NeonError> {
+        self.delete_branch_then(project_id, branch_id, true)
+            .await
+            .map(|_| ())
+    }
+
+    /// Asks Neon to delete the branch and returns once Neon accepted it, without waiting for
+    /// its operations: a throwaway branch's deletion decides nothing that follows, and its
+    /// expiry (and `gc`) remove it should the operation fail. 204/404 count as already deleted.
+    pub async fn request_branch_delete(
+        &self,
+        project_id: &str,
+        branch_id: &str,
+    ) -> Result<Vec<Operation>, NeonError> {
+        self.delete_branch_then(project_id, branch_id, false).await
+    }
+
+    /// Deletes; with `wait`, waits for the operations and returns none, otherwise returns them.
+    async fn delete_branch_then(
+        &self,
+        project_id: &str,
+        branch_id: &str,
+        wait: bool,
+    ) -> Result<Vec<Operation>, NeonError> {
         let mut unknown_outcomes: u32 = 0;
         loop {
             let call = ApiCall::new(
@@ -537,19 +600,24 @@ impl NeonClient {
                 &["projects", project_id, "branches", branch_id],
             );
             let error = match self.call(&call).await {
-                Ok(answer) if answer.status == 204 || answer.body.is_empty() => return Ok(()),
+                Ok(answer) if answer.status == 204 || answer.body.is_empty() => {
+                    return Ok(Vec::new());
+                }
                 Ok(answer) => {
                     let deleted: BranchOperationsResponse = self.decode(&call, &answer)?;
-                    return self
-                        .wait_for_operations(project_id, &deleted.operations)
-                        .await;
+                    if !wait {
+                        return Ok(deleted.operations);
+                    }
+                    self.wait_for_operations(project_id, &deleted.operations)
+                        .await?;
+                    return Ok(Vec::new());
                 }
-                Err(error) if error.status() == Some(404) => return Ok(()),
+                Err(error) if error.status() == Some(404) => return Ok(Vec::new()),
                 Err(error) if error.is_outcome_unknown() => error,
                 Err(error) => return Err(error),
             };
             match self.get_branch(project_id, branch_id).await {
-                Err(reread) if reread.status() == Some(404) => return Ok(()),
+                Err(reread) if reread.status() == Some(404) => return Ok(Vec::new()),
                 Err(reread) => return Err(reread),
                 Ok(_still_there) => {}
             }
@@ -678,54 +746,151 @@ impl NeonClient {
     /// Poll until every operation is terminal: `finished`/`skipped` succeed, `error`/`cancelled`
     /// fail at once, `failed` is given until the deadline to recover (Neon retries it).
     ///
-    /// Operations are polled in the order given, and only the first unfinished one per round:
-    /// Neon runs a mutation's operations as a chain, so later ones cannot finish first, and
-    /// this keeps the request count per mutation low.
+    /// The first poll goes out when this run's mutations of the same kind have typically
+    /// settled ([`SettleTimes`]), later ones at half that; each round reads every pending
+    /// operation in one request (the project's operation list, newest first), so a create's
+    /// `create_branch` and `start_compute` cost one poll together.
     pub async fn wait_for_operations(
         &self,
         project_id: &str,
         operations: &[Operation],
     ) -> Result<(), NeonError> {
-        let started = Instant::now();
+        self.settle_operations(project_id, operations, &[], Instant::now())
+            .await
+    }
+
+    /// Wait for `operations`, started by a mutation answered at `since`: the first poll goes
+    /// out when this run's mutations of their kind have typically settled since then. The
+    /// `earlier` ones (of a mutation before, never polled: a create whose branch was used at
+    /// once) are checked in the same reads, so a create and its delete settle in one request.
+    pub async fn settle_operations(
+        &self,
+        project_id: &str,
+        operations: &[Operation],
+        earlier: &[Operation],
+        since: Instant,
+    ) -> Result<(), NeonError> {
+        let started = since;
         let deadline = started + self.inner.config.operation_timeout;
-        let mut pending = VecDeque::new();
-        for operation in operations {
+        let kind = SettleTimes::kind(operations.iter().map(|operation| operation.action.as_str()));
+        let timed: HashSet<&str> = operations
+            .iter()
+            .map(|operation| operation.id.as_str())
+            .collect();
+        let mut durations: HashMap<String, Option<u64>> = HashMap::new();
+        let mut pending = Vec::new();
+        for operation in earlier.iter().chain(operations) {
             match operation_progress(&operation.status) {
-                OperationProgress::Succeeded => {}
+                OperationProgress::Succeeded => {
+                    if timed.contains(operation.id.as_str()) {
+                        durations.insert(operation.id.clone(), operation.total_duration_ms);
+                    }
+                }
                 OperationProgress::Failed => return Err(operation_failed(project_id, operation)),
                 OperationProgress::InFlight | OperationProgress::FailedRetrying => {
-                    pending.push_back(operation.clone());
+                    pending.push(operation.clone());
                 }
             }
         }
+        let mut first = true;
         while !pending.is_empty() {
             let now = Instant::now();
             if now >= deadline {
                 return Err(operations_timed_out(project_id, &pending, now - started));
             }
-            tokio::time::sleep(self.jittered_poll_interval().min(deadline - now)).await;
-            while let Some(front) = pending.front_mut() {
-                let call = ApiCall::new(
-                    Method::GET,
-                    &["projects", project_id, "operations", &front.id],
-                )
-                .retry_not_found();
-                let fresh: OperationResponse = self.fetch(&call).await?;
-                match operation_progress(&fresh.operation.status) {
+            let wait = {
+                let times = self.settle_times();
+                let interval = self.jittered_poll_interval();
+                if first {
+                    times
+                        .first_poll(&kind, interval)
+                        .saturating_sub(started.elapsed())
+                } else {
+                    times.next_poll(&kind, interval)
+                }
+            };
+            first = false;
+            tokio::time::sleep(wait.min(deadline - now)).await;
+            for fresh in self.read_operations(project_id, &pending).await? {
+                match operation_progress(&fresh.status) {
                     OperationProgress::Succeeded => {
-                        pending.pop_front();
+                        if timed.contains(fresh.id.as_str()) {
+                            durations.insert(fresh.id.clone(), fresh.total_duration_ms);
+                        }
+                        pending.retain(|operation| operation.id != fresh.id);
                     }
                     OperationProgress::Failed => {
-                        return Err(operation_failed(project_id, &fresh.operation));
+                        return Err(operation_failed(project_id, &fresh));
                     }
                     OperationProgress::InFlight | OperationProgress::FailedRetrying => {
-                        *front = fresh.operation;
-                        break;
+                        if let Some(slot) = pending.iter_mut().find(|op| op.id == fresh.id) {
+                            *slot = fresh;
+                        }
                     }
                 }
             }
         }
+        if !durations.is_empty() {
+            // The chain's own run time when Neon reports it, else what we waited (an upper
+            // bound, which only errs towards one poll).
+            let reported: Option<u64> = durations.values().copied().sum();
+            let settled_ms = reported.map_or_else(
+                || started.elapsed().as_secs_f64() * 1000.0,
+                |total| total as f64,
+            );
+            self.settle_times().observe(&kind, settled_ms);
+        }
         Ok(())
+    }
+
+    fn settle_times(&self) -> std::sync::MutexGuard<'_, SettleTimes> {
+        // A plain table of numbers: a poisoned lock is still usable.
+        self.inner
+            .settle_times
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The current state of `pending` operations in one request: one `GET` of the operation
+    /// when there is one, else the project's newest operations (those of a mutation just made
+    /// are on the first page); any the page does not show are read one by one.
+    async fn read_operations(
+        &self,
+        project_id: &str,
+        pending: &[Operation],
+    ) -> Result<Vec<Operation>, NeonError> {
+        let read_one = |id: &str| {
+            let call = ApiCall::new(Method::GET, &["projects", project_id, "operations", id])
+                .retry_not_found();
+            async move {
+                let fresh: OperationResponse = self.fetch(&call).await?;
+                Ok::<Operation, NeonError>(fresh.operation)
+            }
+        };
+        if let [only] = pending {
+            return Ok(vec![read_one(&only.id).await?]);
+        }
+        #[derive(serde::Deserialize)]
+        struct OperationsPage {
+            #[serde(default)]
+            operations: Vec<Operation>,
+        }
+        let limit = (pending.len() * 4).clamp(10, 100);
+        let call = ApiCall::new(Method::GET, &["projects", project_id, "operations"])
+            .query("limit", limit.to_string());
+        let page: OperationsPage = self.fetch(&call).await?;
+        let mut fresh = Vec::with_capacity(pending.len());
+        for operation in pending {
+            match page
+                .operations
+                .iter()
+                .find(|listed| listed.id == operation.id)
+            {
+                Some(listed) => fresh.push(listed.clone()),
+                None => fresh.push(read_one(&operation.id).await?),
+            }
+        }
+        Ok(fresh)
     }
 
     pub fn stats(&self) -> ClientStats {
@@ -1137,11 +1302,7 @@ fn operation_failed(project_id: &str, operation: &Operation) -> NeonError {
     }
 }
 
-fn operations_timed_out(
-    project_id: &str,
-    pending: &VecDeque<Operation>,
-    waited: Duration,
-) -> NeonError {
+fn operations_timed_out(project_id: &str, pending: &[Operation], waited: Duration) -> NeonError {
     // An operation still `failed` at the deadline is a failure, not a slow operation.
     if let Some(failed) = pending.iter().find(|operation| {
         operation_progress(&operation.status) == OperationProgress::FailedRetrying
@@ -1296,7 +1457,7 @@ mod tests {
             status: "running".into(),
             ..Operation::default()
         };
-        let pending: VecDeque<_> = [running.clone()].into();
+        let pending = vec![running.clone()];
         let error = operations_timed_out("p", &pending, Duration::from_secs(300));
         assert!(
             error.to_string().contains("op-1 (create_branch: running)"),
@@ -1307,7 +1468,7 @@ mod tests {
             error: Some("storage timeout".into()),
             ..running
         };
-        let pending: VecDeque<_> = [failed].into();
+        let pending = vec![failed];
         let error = operations_timed_out("p", &pending, Duration::from_secs(300));
         assert!(
             matches!(error, NeonError::OperationFailed { .. }),

@@ -64,6 +64,9 @@ pub struct CreatedBranch {
     /// `connection_uris[0]` of the create answer. `None` when Neon omits it (the parent has more
     /// than one role or database) or when the branch was adopted after an unknown outcome.
     pub connection_uri: Option<SecretUri>,
+    /// Operations of the create not known to have finished: empty when the create waited for
+    /// them; see [`crate::neon::NeonClient::create_branch_unsettled`].
+    pub unsettled: Vec<Operation>,
 }
 
 /// What [`crate::neon::NeonClient::restore_branch`] asks for (Neon's `BranchRestoreRequest`).
@@ -132,6 +135,9 @@ pub struct Operation {
     pub status: String,
     #[serde(default)]
     pub error: Option<String>,
+    /// How long it ran (Neon's required field; the poller learns its first wait from it).
+    #[serde(default)]
+    pub total_duration_ms: Option<u64>,
 }
 
 // ---- wire envelopes -------------------------------------------------------------------------

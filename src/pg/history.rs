@@ -44,35 +44,61 @@ pub enum HistoryComparison {
     Diverged { reason: String },
 }
 
+/// What a read of the history table found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRead {
+    /// The rows in version order.
+    pub rows: Vec<AppliedMigration>,
+    /// The table exists (when it does not, nothing was ever applied and the apply creates it).
+    pub table_exists: bool,
+}
+
+/// The query [`read_history`] sends; simple protocol, one round trip.
+pub(crate) fn history_query() -> String {
+    format!("SELECT version, name, checksum, applied_on FROM {HISTORY_TABLE} ORDER BY version")
+}
+
 /// Read the history rows in version order. A missing table means nothing was ever applied
 /// (refinery itself errors with 42P01 there, see crates-and-refinery.md §2.6).
 pub async fn read_history(client: &Client) -> Result<Vec<AppliedMigration>, DbFailure> {
-    let query =
-        format!("SELECT version, name, checksum, applied_on FROM {HISTORY_TABLE} ORDER BY version");
     // The simple protocol: one round trip, where a prepared query costs two.
-    match client.simple_query(&query).await {
-        Ok(messages) => messages
-            .iter()
-            .filter_map(|message| match message {
-                SimpleQueryMessage::Row(row) => Some(row),
-                _ => None,
-            })
-            .map(|row| {
-                let version = row.get(0).unwrap_or_default();
-                Ok(AppliedMigration {
-                    version: version.parse().map_err(|_| {
-                        DbFailure::new(
-                            None,
-                            format!("read history: {HISTORY_TABLE} has a version that is not an integer: {version:?}"),
-                        )
-                    })?,
-                    name: row.get(1).unwrap_or_default().to_string(),
-                    checksum: row.get(2).unwrap_or_default().to_string(),
-                    applied_on: row.get(3).unwrap_or_default().to_string(),
+    let answer = client.simple_query(&history_query()).await;
+    history_from_answer(answer).map(|read| read.rows)
+}
+
+/// The rows of an answer to [`history_query`]; a missing table is an empty history.
+pub(crate) fn history_from_answer(
+    answer: Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>,
+) -> Result<HistoryRead, DbFailure> {
+    match answer {
+        Ok(messages) => Ok(HistoryRead {
+            rows: messages
+                .iter()
+                .filter_map(|message| match message {
+                    SimpleQueryMessage::Row(row) => Some(row),
+                    _ => None,
                 })
-            })
-            .collect(),
-        Err(error) if error.code().map(|code| code.code()) == Some("42P01") => Ok(Vec::new()),
+                .map(|row| {
+                    let version = row.get(0).unwrap_or_default();
+                    Ok(AppliedMigration {
+                        version: version.parse().map_err(|_| {
+                            DbFailure::new(
+                                None,
+                                format!("read history: {HISTORY_TABLE} has a version that is not an integer: {version:?}"),
+                            )
+                        })?,
+                        name: row.get(1).unwrap_or_default().to_string(),
+                        checksum: row.get(2).unwrap_or_default().to_string(),
+                        applied_on: row.get(3).unwrap_or_default().to_string(),
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            table_exists: true,
+        }),
+        Err(error) if error.code().map(|code| code.code()) == Some("42P01") => Ok(HistoryRead {
+            rows: Vec::new(),
+            table_exists: false,
+        }),
         Err(error) => Err(DbFailure::from_error("read history", &error)),
     }
 }

@@ -5,7 +5,8 @@
 //!   `sslmode=disable` is allowed for the local emulator).
 //! - [`history`]: reads refinery's history table and compares it with the plan (pure compare).
 //! - [`fingerprint`]: the schema fingerprint, read in one catalog query.
-//! - [`lock`]: one runner per tenant through a polled session advisory lock.
+//! - [`lock`]: one runner per tenant through a polled session advisory lock; the probe's
+//!   lock-and-read in one round trip.
 //! - [`lock_footprint`]: the locks a release takes on a validation branch, measured.
 //! - [`reference`]: reference fingerprints from V1..Vn applied to a throwaway database.
 //! - [`runner`]: refinery with `lock_timeout`/`statement_timeout` and no-transaction migrations.
@@ -30,7 +31,7 @@ pub use connect::connect;
 pub use error::DbFailure;
 pub use fingerprint::read_fingerprint;
 pub use history::{
-    AppliedMigration, HistoryComparison, PlannedVersion, compare_history, read_history,
+    AppliedMigration, HistoryComparison, HistoryRead, PlannedVersion, compare_history, read_history,
 };
 
 /// refinery's default history table; tenants migrated by refinery or refinery_cli use it too.

@@ -25,6 +25,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::HISTORY_TABLE;
 use super::error::DbFailure;
+use super::history::HistoryRead;
 use super::invalid_index;
 
 /// What Neon's guide and most teams run: refinery's [`Runner`] with its defaults (one
@@ -90,8 +91,25 @@ pub async fn apply_pending(
     timeouts: Timeouts,
     retry: LockRetry,
 ) -> Result<ApplyReport, ApplyFailure> {
+    apply_pending_known(client, migrations, mode, timeouts, retry, None).await
+}
+
+/// [`apply_pending`] when this session has just read the history under the advisory lock
+/// ([`super::lock::try_lock_and_read_history`]): refinery is answered from `known` instead of
+/// reading again, and the history table's creation (when it was missing) rides in the first
+/// transaction, so the whole release is one round trip. Nobody else can have changed the
+/// history since (the lock), so refinery's verification against it is as good as a read.
+pub async fn apply_pending_known(
+    client: &mut Client,
+    migrations: &[Migration],
+    mode: TransactionMode,
+    timeouts: Timeouts,
+    retry: LockRetry,
+    known: Option<HistoryRead>,
+) -> Result<ApplyReport, ApplyFailure> {
     let mut applied = Vec::new();
     let mut lock_retries = 0;
+    let mut known = known;
     loop {
         let mut runner = Runner::new(migrations)
             .set_grouped(true)
@@ -106,6 +124,9 @@ pub async fn apply_pending(
             timeouts,
             committed: Vec::new(),
             failed_migration: None,
+            // A retry reads the history again: the first attempt may have committed some.
+            known: known.take(),
+            table_statement: None,
         };
         let result = runner.run_async(&mut guarded).await;
         // Ours, not refinery's report: a grouped run's error carries none, and ours knows
@@ -174,6 +195,12 @@ struct Guarded<'c> {
     committed: Vec<i32>,
     /// `V3__name` of the migration that failed, when one did.
     failed_migration: Option<String>,
+    /// The history as this session read it under the lock: refinery's read is answered from
+    /// it once, without a round trip.
+    known: Option<HistoryRead>,
+    /// refinery's `CREATE TABLE IF NOT EXISTS` of the history table, held back to open the
+    /// first transaction that is sent (the table was missing when the history was read).
+    table_statement: Option<String>,
 }
 
 /// One pending migration as refinery hands it over: its SQL and its history row's insert.
@@ -196,6 +223,15 @@ impl Guarded<'_> {
             millis(self.timeouts.lock_timeout),
             millis(self.timeouts.statement_timeout)
         )
+    }
+
+    /// `; CREATE TABLE …` when the history table's creation is still held back (taken: it
+    /// goes into the first statement sent), else nothing.
+    fn table_suffix(&mut self) -> String {
+        self.table_statement
+            .take()
+            .map(|statement| format!("; {}", statement.trim().trim_end_matches(';')))
+            .unwrap_or_default()
     }
 
     /// Pair refinery's `[sql, insert, sql, insert, …]` with the migrations they come from.
@@ -228,7 +264,7 @@ impl Guarded<'_> {
 
     /// Every step and its history row in one transaction (`per_release`).
     async fn run_as_one(&mut self, steps: &[PendingStep<'_>]) -> Result<(), tokio_postgres::Error> {
-        let begin = format!("BEGIN; {}", self.settings("LOCAL "));
+        let begin = format!("BEGIN; {}{}", self.settings("LOCAL "), self.table_suffix());
         let mut statements = Vec::with_capacity(steps.len() * 2 + 2);
         statements.push(begin.as_str());
         for step in steps {
@@ -261,11 +297,12 @@ impl Guarded<'_> {
             return Ok(());
         }
         let settings = self.settings("LOCAL ");
+        let table = self.table_suffix();
         let heads: Vec<String> = steps
             .iter()
             .enumerate()
             .map(|(step_idx, _)| match step_idx.checked_sub(1) {
-                None => format!("BEGIN; {settings}"),
+                None => format!("BEGIN; {settings}{table}"),
                 Some(previous_idx) => format!(
                     "BEGIN; {settings}; {}",
                     committed_guard(steps[previous_idx].version)
@@ -294,7 +331,7 @@ impl Guarded<'_> {
     /// A `-- no-transaction` step: alone, outside a transaction, then its history row.
     async fn run_alone(&mut self, step: &PendingStep<'_>) -> Result<(), tokio_postgres::Error> {
         // Session-level settings: there is no transaction for SET LOCAL to live in.
-        let settings = self.settings("");
+        let settings = format!("{}{}", self.settings(""), self.table_suffix());
         let result = async {
             self.client.batch_execute(&settings).await?;
             // An earlier attempt's interrupted concurrent build must not pass for this one.
@@ -330,6 +367,14 @@ impl AsyncTransaction for Guarded<'_> {
         let queries: Vec<&str> = queries.collect();
         if queries.len() == 1 {
             // refinery's `CREATE TABLE IF NOT EXISTS` for the history table, before it reads it.
+            // With the history known, it was read already: the table is created (if it was
+            // missing) in the first transaction of the release instead.
+            if let Some(known) = &self.known {
+                if !known.table_exists {
+                    self.table_statement = Some(queries[0].to_string());
+                }
+                return Ok(1);
+            }
             let begin = format!("BEGIN; {}", self.settings("LOCAL "));
             pipelined(self.client, &[begin.as_str(), queries[0], "COMMIT"])
                 .await
@@ -399,6 +444,9 @@ async fn pipelined(
 
 impl AsyncQuery<Vec<Migration>> for Guarded<'_> {
     async fn query<'a>(&'a mut self, query: &'a str) -> Result<Vec<Migration>, Self::Error> {
+        if let Some(known) = self.known.take() {
+            return Ok(known.rows.into_iter().map(applied_migration).collect());
+        }
         // The simple protocol: one round trip, where a prepared query costs two.
         let messages = self.client.simple_query(query).await?;
         let mut migrations = Vec::new();
@@ -422,6 +470,14 @@ impl AsyncQuery<Vec<Migration>> for Guarded<'_> {
 }
 
 impl AsyncMigrate for Guarded<'_> {}
+
+/// A history row as refinery's own read would have returned it (same fallbacks as `query`).
+fn applied_migration(row: super::AppliedMigration) -> Migration {
+    let applied_on =
+        OffsetDateTime::parse(&row.applied_on, &Rfc3339).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let checksum = row.checksum.parse().unwrap_or(0);
+    Migration::applied(row.version, row.name, applied_on, checksum)
+}
 
 #[cfg(test)]
 mod tests {

@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use futures::StreamExt;
 
 use super::assets;
+use super::report::ComputeUse;
 use crate::emulator::{
     ComputeConfig, ComputeStats, EmulatorStats, LocalFleet, LocalFleetConfig, SeededTenant,
 };
@@ -86,6 +87,13 @@ impl BenchFleet {
 
     async fn prepare(&mut self, options: &FleetOptions) -> anyhow::Result<()> {
         self.enable_log_connections().await?;
+        self.admin()
+            .await?
+            .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .await
+            .context(
+                "cannot create pg_stat_statements (the benchmark counts statements with it)",
+            )?;
         let started = Instant::now();
         self.tenants = self
             .fleet()
@@ -170,6 +178,45 @@ impl BenchFleet {
 
     pub fn compute_stats(&self) -> ComputeStats {
         self.fleet().compute_stats()
+    }
+
+    /// Start measuring a mode: every endpoint suspended, the statement counts zeroed.
+    pub async fn begin_measure(&self) -> anyhow::Result<ComputeStats> {
+        self.admin()
+            .await?
+            .batch_execute("SELECT pg_stat_statements_reset()")
+            .await
+            .context("cannot reset pg_stat_statements")?;
+        Ok(self.suspend_all())
+    }
+
+    /// What the mode cost the computes since [`BenchFleet::begin_measure`] returned `before`.
+    pub async fn end_measure(&self, before: &ComputeStats) -> anyhow::Result<ComputeUse> {
+        let after = self.compute_stats();
+        // Statements of tenants' roles only: the emulator and this benchmark work as superuser.
+        let row = self
+            .admin()
+            .await?
+            .query_one(
+                "SELECT coalesce(sum(s.calls), 0)::int8 FROM pg_stat_statements s \
+                 JOIN pg_roles r ON r.oid = s.userid WHERE NOT r.rolsuper",
+                &[],
+            )
+            .await
+            .context("cannot read pg_stat_statements")?;
+        let statements: i64 = row.get(0);
+        let main_endpoints: std::collections::HashSet<&str> = self
+            .tenants
+            .iter()
+            .filter_map(|tenant| endpoint_of(tenant.connection_uri.expose()))
+            .collect();
+        Ok(ComputeUse::between(
+            before,
+            &after,
+            &main_endpoints,
+            statements.max(0) as u64,
+            self.tenants.len(),
+        ))
     }
 
     fn server_log(&self) -> PathBuf {
@@ -325,6 +372,12 @@ impl Drop for BenchFleet {
 }
 
 /// `connection authorized` lines of sessions named `schemafleet…`.
+/// The endpoint a proxy URI names (`options=endpoint%3D<id>`).
+fn endpoint_of(uri: &str) -> Option<&str> {
+    let (_, rest) = uri.split_once("endpoint%3D")?;
+    Some(rest.split(['&', '%', '#']).next().unwrap_or(rest))
+}
+
 pub fn count_tool_connections(log: &str) -> usize {
     log.lines()
         .filter(|line| line.contains("connection authorized:"))

@@ -502,14 +502,14 @@ impl FleetRun<'_> {
                 .map(|tenant| tenant.connection_uri.expose().to_string())
                 .collect(),
         };
+        let compute_before = self.fleet.begin_measure().await?;
         let offset = self.fleet.log_offset()?;
-        let compute_before = self.fleet.suspend_all();
         let (_, child) = run_child(&job).await?;
-        let compute_after = self.fleet.compute_stats();
         let connections = self.fleet.connections_since(offset)?;
+        let compute = self.fleet.end_measure(&compute_before).await?;
         let tenants = self.fleet.tenants.len();
         Ok(ModeResult {
-            compute: ComputeUse::between(&compute_before, &compute_after, tenants),
+            compute,
             mode: if probe_connection { "raw-probe" } else { "raw" }.into(),
             tenants,
             concurrency: self.concurrency,
@@ -541,13 +541,13 @@ impl FleetRun<'_> {
                 .map(|tenant| tenant.project_id.clone())
                 .collect(),
         };
+        let compute_before = self.fleet.begin_measure().await?;
         let offset = self.fleet.log_offset()?;
         let emulator_before = self.fleet.emulator_stats();
-        let compute_before = self.fleet.suspend_all();
         let (_, child) = run_child(&job).await?;
-        let compute_after = self.fleet.compute_stats();
         let emulator_after = self.fleet.emulator_stats();
         let connections = self.fleet.connections_since(offset)?;
+        let compute = self.fleet.end_measure(&compute_before).await?;
         let tenants = self.fleet.tenants.len();
         let requests = emulator_after.requests - emulator_before.requests;
         Ok(ModeResult {
@@ -567,7 +567,7 @@ impl FleetRun<'_> {
             failed: child.failed,
             verified_complete: None,
             note: child.first_error,
-            compute: ComputeUse::between(&compute_before, &compute_after, tenants),
+            compute,
             timings: Vec::new(),
         })
     }
@@ -625,12 +625,12 @@ async fn measure_apply(fleet: &BenchFleet, run: ApplyRun<'_>) -> anyhow::Result<
         api_rate_limit_per_min: run.client_rate_limit_per_min,
         operation_poll_ms: run.operation_poll_ms,
     };
+    let compute_before = fleet.begin_measure().await?;
     let offset = fleet.log_offset()?;
     let emulator_before = fleet.emulator_stats();
-    let compute_before = fleet.suspend_all();
     let (apply_stdout, child) = run_child(&job).await?;
-    let compute_after = fleet.compute_stats();
     let connections = fleet.connections_since(offset)?;
+    let compute = fleet.end_measure(&compute_before).await?;
     let emulator_after = fleet.emulator_stats();
     let tenants = fleet.tenants.len();
     let document: serde_json::Value = serde_json::from_str(&apply_stdout).map_err(|error| {
@@ -684,7 +684,7 @@ async fn measure_apply(fleet: &BenchFleet, run: ApplyRun<'_>) -> anyhow::Result<
         failed: tenants.saturating_sub(succeeded),
         verified_complete: None,
         note,
-        compute: ComputeUse::between(&compute_before, &compute_after, tenants),
+        compute,
         timings: serde_json::from_value(document["timings"].clone()).unwrap_or_default(),
     })
 }

@@ -51,12 +51,27 @@ pub struct ComputeUse {
     pub cold_starts_per_tenant: f64,
     /// Seconds computes ran during the mode (from each wake to its suspension or the mode's end).
     pub compute_s_per_tenant: f64,
+    /// Round trips on the tenants' main endpoints alone, connection set-ups included.
+    pub main_round_trips_per_tenant: f64,
+    /// Connections to the tenants' main endpoints.
+    pub main_connections_per_tenant: f64,
+    /// Main's round trips after its connections were set up: each set-up costs
+    /// [`SETUP_ROUND_TRIPS`] (startup, then SCRAM's two exchanges; no TLS behind the proxy).
+    pub main_round_trips_after_connect_per_tenant: f64,
+    /// Top-level statements tenants' sessions ran (main and branches; PostgreSQL's own count,
+    /// `pg_stat_statements`, so a failed statement is not counted).
+    pub statements_per_tenant: f64,
 }
+
+/// Round trips a connection's set-up costs through the emulator's proxy with `sslmode=disable`:
+/// the startup message (answered by the SCRAM challenge request), SCRAM's client-first and
+/// client-final messages. Checked against the proxy's counters in `tests/economy.rs`.
+pub const SETUP_ROUND_TRIPS: u64 = 3;
 
 impl ModeResult {
     pub fn line(&self) -> String {
         format!(
-            "mode={} tenants={} concurrency={} wall_s={:.3} tenants_per_s={:.2} peak_rss_mb={:.1} api_calls_per_tenant={:.2} connections_per_tenant={:.2} round_trips_per_tenant={:.1} cold_starts_per_tenant={:.2} compute_s_per_tenant={:.2}",
+            "mode={} tenants={} concurrency={} wall_s={:.3} tenants_per_s={:.2} peak_rss_mb={:.1} api_calls_per_tenant={:.2} connections_per_tenant={:.2} round_trips_per_tenant={:.1} main_round_trips_after_connect_per_tenant={:.2} main_connections_per_tenant={:.2} statements_per_tenant={:.1} cold_starts_per_tenant={:.2} compute_s_per_tenant={:.2}",
             self.mode,
             self.tenants,
             self.concurrency,
@@ -66,6 +81,9 @@ impl ModeResult {
             self.api_calls_per_tenant,
             self.connections_per_tenant,
             self.compute.round_trips_per_tenant,
+            self.compute.main_round_trips_after_connect_per_tenant,
+            self.compute.main_connections_per_tenant,
+            self.compute.statements_per_tenant,
             self.compute.cold_starts_per_tenant,
             self.compute.compute_s_per_tenant
         )
@@ -74,9 +92,12 @@ impl ModeResult {
 
 impl ComputeUse {
     /// The counters' growth from `before` (taken with every endpoint suspended) to `after`.
+    /// `main_endpoints` are the tenants' main endpoints; `statements` what they ran.
     pub fn between(
         before: &crate::emulator::ComputeStats,
         after: &crate::emulator::ComputeStats,
+        main_endpoints: &std::collections::HashSet<&str>,
+        statements: u64,
         tenants: usize,
     ) -> ComputeUse {
         let per_tenant = |value: f64| {
@@ -86,6 +107,20 @@ impl ComputeUse {
                 value / tenants as f64
             }
         };
+        // Endpoints counted before the mode started their counters there; new ones from 0.
+        let grown = |pick: fn(&crate::emulator::EndpointStats) -> u64| -> u64 {
+            after
+                .endpoints
+                .iter()
+                .filter(|(id, _)| main_endpoints.contains(id.as_str()))
+                .map(|(id, stats)| {
+                    let earlier = before.endpoints.get(id).map_or(0, pick);
+                    pick(stats).saturating_sub(earlier)
+                })
+                .sum()
+        };
+        let main_round_trips = grown(|stats| stats.round_trips);
+        let main_connections = grown(|stats| stats.connections);
         ComputeUse {
             round_trips_per_tenant: per_tenant(
                 after.round_trips.saturating_sub(before.round_trips) as f64,
@@ -94,6 +129,12 @@ impl ComputeUse {
                 after.cold_starts.saturating_sub(before.cold_starts) as f64,
             ),
             compute_s_per_tenant: per_tenant((after.compute_s - before.compute_s).max(0.0)),
+            main_round_trips_per_tenant: per_tenant(main_round_trips as f64),
+            main_connections_per_tenant: per_tenant(main_connections as f64),
+            main_round_trips_after_connect_per_tenant: per_tenant(
+                main_round_trips.saturating_sub(SETUP_ROUND_TRIPS * main_connections) as f64,
+            ),
+            statements_per_tenant: per_tenant(statements as f64),
         }
     }
 }
@@ -298,7 +339,7 @@ mod tests {
         );
         assert_eq!(
             results[0].line(),
-            "mode=raw tenants=10 concurrency=16 wall_s=1.000 tenants_per_s=80.00 peak_rss_mb=12.0 api_calls_per_tenant=1.00 connections_per_tenant=2.00 round_trips_per_tenant=0.0 cold_starts_per_tenant=0.00 compute_s_per_tenant=0.00"
+            "mode=raw tenants=10 concurrency=16 wall_s=1.000 tenants_per_s=80.00 peak_rss_mb=12.0 api_calls_per_tenant=1.00 connections_per_tenant=2.00 round_trips_per_tenant=0.0 main_round_trips_after_connect_per_tenant=0.00 main_connections_per_tenant=0.00 statements_per_tenant=0.0 cold_starts_per_tenant=0.00 compute_s_per_tenant=0.00"
         );
     }
 
