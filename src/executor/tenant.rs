@@ -598,7 +598,7 @@ async fn settle_branch(context: &TenantContext, tenant_id: &str, branch: Unsettl
         .recorder
         .timings()
         .time(
-            TimedStep::DeleteBranch,
+            TimedStep::SettleBranch,
             context.client.settle_operations(
                 tenant_id,
                 &branch.deleted,

@@ -24,8 +24,11 @@ pub enum TimedStep {
     CreateBranch,
     /// Connecting to the validation branch, migrating it, running the verify SQL.
     MigrateBranch,
-    /// Neon API: deleting a branch and waiting for its operations.
+    /// Neon API: requesting a branch's delete (its operations are not waited for here).
     DeleteBranch,
+    /// Neon API: the one read, after main is done, of the validation branch's create and
+    /// delete operations.
+    SettleBranch,
     /// Taking main's advisory lock (polling while another runner holds it).
     LockMain,
     /// Applying the pending migrations to main, lock-timeout retries included.
@@ -35,13 +38,14 @@ pub enum TimedStep {
 }
 
 impl TimedStep {
-    const ALL: [TimedStep; 9] = [
+    const ALL: [TimedStep; 10] = [
         TimedStep::ConnectionUri,
         TimedStep::ConnectMain,
         TimedStep::ProbeMain,
         TimedStep::CreateBranch,
         TimedStep::MigrateBranch,
         TimedStep::DeleteBranch,
+        TimedStep::SettleBranch,
         TimedStep::LockMain,
         TimedStep::MigrateMain,
         TimedStep::Journal,
@@ -55,6 +59,7 @@ impl TimedStep {
             TimedStep::CreateBranch => "create_branch",
             TimedStep::MigrateBranch => "migrate_branch",
             TimedStep::DeleteBranch => "delete_branch",
+            TimedStep::SettleBranch => "settle_branch",
             TimedStep::LockMain => "lock_main",
             TimedStep::MigrateMain => "migrate_main",
             TimedStep::Journal => "journal",

@@ -251,7 +251,12 @@ pub fn breakdown(timings: &[StepTiming], tenants: usize, in_flight_ms: f64) -> B
         tenants,
         in_flight_ms,
         unaccounted_ms: (in_flight_ms - measured).max(0.0),
-        api_ms: sum_of(&["connection_uri", "create_branch", "delete_branch"]),
+        api_ms: sum_of(&[
+            "connection_uri",
+            "create_branch",
+            "delete_branch",
+            "settle_branch",
+        ]),
         migration_ms: sum_of(&["migrate_branch", "migrate_main"]),
         steps,
         one_branch_copy_alone_ms: 0.0,
