@@ -70,6 +70,13 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
     config.skip_bake = args.skip_bake;
     config.max_connections = args.max_connections.max(1);
     config.verify_sql = verify_sql;
+    config.source_connections = source_connections(&plan, &args.plan).await?;
+    config.skip_recorded =
+        recorded_versions(&plan, &args, config.source_connections.as_deref())?;
+    let n_source_uris = config
+        .source_connections
+        .as_ref()
+        .map_or(0, |book| book.n_connection_uris());
 
     let planned = crate::plan::planned_versions(&plan);
     let migrations: Vec<refinery::Migration> = set
@@ -117,6 +124,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
                 "failures": summary.failures,
                 "failure_groups": groups,
                 "held_back": summary.held_back,
+                "connection_uris_from_source": n_source_uris,
                 "api": {"requests": api_stats.requests, "retries": api_stats.retries, "mutations": api_stats.mutations, "rate_limited": api_stats.rate_limited, "rate_limiter_wait_ms": api_stats.rate_limiter_wait_ms},
                 "timings": result.timings,
                 "journal": journal_path,
@@ -188,6 +196,89 @@ fn read_verify(plan: &Plan, plan_dir: &Path) -> anyhow::Result<Option<String>> {
     let text = String::from_utf8(bytes)
         .with_context(|| format!("verify SQL {} is not UTF-8", path.display()))?;
     Ok(Some(text))
+}
+
+/// `fleet.source: postgres`: the catalog query again, for main's connection URIs and recorded
+/// versions of the plan's tenants (held in memory only: they are secrets).
+async fn source_connections(
+    plan: &Plan,
+    plan_path: &Path,
+) -> anyhow::Result<Option<Arc<crate::fleet::ConnectionBook>>> {
+    let Some(catalog) = &plan.fleet.catalog else {
+        return Ok(None);
+    };
+    let query = crate::fleet::postgres::CatalogQuery {
+        url_env: &catalog.url_env,
+        query: &catalog.query,
+        location: plan_path.display().to_string(),
+        key: "fleet.catalog.query",
+    };
+    let planned: std::collections::HashSet<&str> = plan
+        .waves
+        .iter()
+        .flat_map(|wave| wave.tenant_ids())
+        .collect();
+    let book = crate::fleet::connections::load_catalog(&query, |id| planned.contains(id)).await?;
+    tracing::info!(
+        source = %book.source,
+        with_uri = book.n_connection_uris(),
+        tenants = planned.len(),
+        "main's connection URIs from the fleet's source"
+    );
+    Ok(Some(Arc::new(book)))
+}
+
+/// `--skip-recorded`: every tenant's recorded version, from the catalog's `schema_version` and
+/// the `--recorded-from` plans' journals.
+fn recorded_versions(
+    plan: &Plan,
+    args: &ApplyArgs,
+    book: Option<&crate::fleet::ConnectionBook>,
+) -> anyhow::Result<Option<Arc<executor::recorded::RecordedVersions>>> {
+    use executor::recorded::{Recorded, RecordedVersions};
+    if !args.skip_recorded {
+        return Ok(None);
+    }
+    let mut recorded = RecordedVersions::default();
+    if let Some(book) = book {
+        for tenant_id in plan.waves.iter().flat_map(|wave| wave.tenant_ids()) {
+            if let Some(version) = book.schema_version(tenant_id) {
+                recorded.add(
+                    tenant_id,
+                    Recorded {
+                        version,
+                        source: "catalog".to_string(),
+                    },
+                );
+            }
+        }
+    }
+    for earlier_path in &args.recorded_from {
+        let earlier = crate::plan::load_plan(earlier_path)
+            .with_context(|| format!("--recorded-from {}", earlier_path.display()))?;
+        let journal_path = default_journal_path(earlier_path);
+        let read = Journal::read(&journal_path).with_context(|| {
+            format!(
+                "--recorded-from {}: reading its journal {}",
+                earlier_path.display(),
+                journal_path.display()
+            )
+        })?;
+        recorded
+            .add_from_journal(plan, &earlier, &read.state)
+            .map_err(|message| {
+                anyhow::anyhow!(
+                    "--recorded-from {}: {message}; without a record of these files, drop --skip-recorded (every tenant is then probed)",
+                    earlier_path.display()
+                )
+            })?;
+    }
+    if recorded.is_empty() {
+        bail!(
+            "--skip-recorded: no tenant has a recorded version: the plan's fleet source returns no `schema_version` (fleet.source: postgres) and no --recorded-from plan recorded a finished tenant"
+        );
+    }
+    Ok(Some(Arc::new(recorded)))
 }
 
 fn outcome_line(

@@ -4,6 +4,7 @@
 //! - [`tenant`]: one tenant's pipeline: probe, validate on a branch, restore point, apply to main.
 //! - [`waves`]: the wave loop: bounded concurrency, failure budget, bake, `--until-wave`, resume.
 //! - [`timings`]: where a run's time went, step by step (the `timings` of `apply --output json`).
+//! - [`recorded`]: which tenants `--skip-recorded` skips without connecting (pure).
 //! - [`recovery`]: what a retry or resume takes over from the journal (what an interrupted
 //!   apply committed, whether the restore point still serves), decided against main's history.
 //! - [`reporter`]: the trait progress displays implement; the executor never draws anything.
@@ -16,6 +17,7 @@
 //! **Invariant:** when a wave's failures exceed its budget no new tenant of it starts and no later
 //! wave starts.
 
+pub mod recorded;
 pub mod recovery;
 pub mod reporter;
 pub mod shutdown;
@@ -31,6 +33,7 @@ pub use tenant::TenantOutcome;
 pub use waves::{RunOutcome, execute};
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::pg::runner::LockRetry;
@@ -79,6 +82,12 @@ pub struct ApplyConfig {
     pub verify_sql: Option<String>,
     /// Expiry of backup branches (restore_point: backup_branch).
     pub backup_ttl: Duration,
+    /// Main's connection URIs from the fleet's source (the catalog): those tenants are
+    /// connected to without a Neon API call.
+    pub source_connections: Option<Arc<crate::fleet::ConnectionBook>>,
+    /// `--skip-recorded`: tenants whose recorded version covers the plan are skipped without
+    /// connecting (journaled `skipped_recorded`).
+    pub skip_recorded: Option<Arc<recorded::RecordedVersions>>,
 }
 
 impl ApplyConfig {
@@ -99,6 +108,8 @@ impl ApplyConfig {
             max_connection_retries: 3,
             verify_sql: None,
             backup_ttl: Duration::from_secs(7 * 24 * 3600),
+            source_connections: None,
+            skip_recorded: None,
         }
     }
 }

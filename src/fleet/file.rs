@@ -24,6 +24,8 @@ const CSV_COLUMNS: [&str; 4] = ["id", "name", "region", "labels"];
 pub enum TenantPlace {
     Line(u64),
     Entry(u64),
+    /// A row of a catalog query's result (`fleet.source: postgres`).
+    Row(u64),
 }
 
 impl std::fmt::Display for TenantPlace {
@@ -31,6 +33,7 @@ impl std::fmt::Display for TenantPlace {
         match self {
             TenantPlace::Line(line) => write!(f, "line {line}"),
             TenantPlace::Entry(entry) => write!(f, "entry {entry}"),
+            TenantPlace::Row(row) => write!(f, "row {row}"),
         }
     }
 }
@@ -49,7 +52,9 @@ pub fn load_tenants_file(path: &Path) -> Result<FleetInventory, FleetError> {
             format!("{}:{line}", path.display()),
             places[tenant_idx].to_string(),
         ),
-        TenantPlace::Entry(_) => (path.display().to_string(), places[tenant_idx].to_string()),
+        TenantPlace::Entry(_) | TenantPlace::Row(_) => {
+            (path.display().to_string(), places[tenant_idx].to_string())
+        }
     })?;
     Ok(FleetInventory {
         source,

@@ -1,4 +1,5 @@
-//! The fleet: which tenants (Neon projects) a rollout covers, from a tenants file or the Neon API,
+//! The fleet: which tenants (Neon projects) a rollout covers, from a tenants file, the Neon API
+//! or the user's own catalog database (`postgres.rs`),
 //! and the policy's filters over them.
 //!
 //! **Invariant:** a tenant is never dropped silently: every tenant a source returned is either
@@ -10,8 +11,11 @@ use std::collections::BTreeMap;
 pub mod file;
 pub mod filter;
 pub mod neon;
+pub mod connections;
+pub mod postgres;
 
 pub use file::{TenantPlace, load_tenants_file, read_tenants_file};
+pub use connections::{ConnectionBook, SourceEntry};
 pub use filter::{FilteredFleet, FleetFilter, FleetFilters, apply_filters};
 
 /// One tenant: a Neon project whose database the rollout migrates.

@@ -2,6 +2,7 @@
 //!
 //! - [`connect`]: direct connections (verified TLS to any host but loopback, where
 //!   `sslmode=disable` is allowed for the local emulator).
+//! - [`catalog`]: streams the rows of the user's catalog query (`fleet.source: postgres`).
 //! - [`history`]: reads refinery's history table and compares it with the plan (pure compare).
 //! - [`fingerprint`]: the schema fingerprint, read in one catalog query.
 //! - [`lock`]: one runner per tenant through a polled session advisory lock.
@@ -13,6 +14,7 @@
 //! nothing here writes history rows except refinery's own insert, in the migration's transaction.
 
 pub mod baseline;
+pub mod catalog;
 pub mod connect;
 pub mod error;
 pub mod fingerprint;
