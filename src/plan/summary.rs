@@ -273,7 +273,7 @@ impl fmt::Display for PlanSummary {
         let mut text = String::new();
         let from_source = if self.connection_uris_from_source > 0 {
             format!(
-                "; {} connected without one, their URI from {}",
+                "; none for the connection URIs of {}, which {} gives",
                 plural(self.connection_uris_from_source, "tenant"),
                 self.fleet_source
             )
