@@ -209,8 +209,8 @@ pub struct ApplyArgs {
     pub max_connections: usize,
 
     /// Skip, without connecting (which wakes a suspended compute), every tenant whose recorded
-    /// version already covers the plan: the catalog's `schema_version` column
-    /// (`fleet.source: postgres`) and/or `--recorded-from`. Journaled `skipped_recorded`, never
+    /// version already covers the plan: the fleet source's `schema_version` (a catalog query's
+    /// column, or a tenants file's) and/or `--recorded-from`. Journaled `skipped_recorded`, never
     /// `up_to_date`: check the record with `schemafleet drift` or `status --live`.
     #[arg(long)]
     pub skip_recorded: bool,

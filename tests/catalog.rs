@@ -239,7 +239,7 @@ async fn a_catalog_fleet_costs_no_api_request_per_tenant_and_skip_recorded_wakes
     assert!(
         skipped
             .iter()
-            .all(|record| record["recorded_version"] == 4 && record["source"] == "catalog"),
+            .all(|record| record["recorded_version"] == 4 && record["source"] == format!("postgres:{CATALOG_ENV}")),
         "{skipped:#?}"
     );
     // `status` says what the record is worth.
@@ -417,4 +417,61 @@ async fn a_bad_catalog_query_names_the_policy_field_and_the_column() {
         "{}",
         text(&output)
     );
+}
+
+/// A tenants file with each main's `connection_uri`: planned without writing a URI, applied
+/// (and re-run with nothing pending) without one API request per tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_file_with_uris_costs_no_api_request_per_tenant() {
+    let fleet = TestFleet::start(4).await;
+    let mut csv = String::from("id,name,connection_uri\n");
+    for tenant in &fleet.tenants {
+        csv.push_str(&format!(
+            "{},{},{}\n",
+            tenant.project_id,
+            tenant.name,
+            tenant.connection_uri.expose()
+        ));
+    }
+    std::fs::write(fleet.path("tenants.csv"), csv).expect("write the tenants file");
+    fleet.write_policy(
+        "validation: none\nrestore_point: none\nsalt: s\nwaves:\n  - name: all\n    percent: 100\n    concurrency: 4\n",
+    );
+    let secrets = passwords(&fleet, "postgresql://x@h/d");
+    let migrations = repo_migrations();
+    let (plan_path, summary) = fleet.plan_with_summary(&migrations);
+    let summary = summary.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        summary.contains("~0 requests") && summary.contains("connection URIs of 4 tenants"),
+        "{summary}"
+    );
+    let plan_text = std::fs::read_to_string(&plan_path).expect("the plan");
+    assert_no_secret("the plan", &plan_text, &secrets);
+    let plan_path = plan_path.to_str().expect("utf-8").to_string();
+
+    for (run, expected) in [("first", "applied"), ("nothing pending", "up_to_date")] {
+        if run != "first" {
+            fleet.plan_at(&migrations, "again.plan.yaml");
+        }
+        let plan = if run == "first" {
+            plan_path.as_str()
+        } else {
+            "again.plan.yaml"
+        };
+        fleet.fleet.suspend_all_endpoints();
+        let before = fleet.fleet.stats().requests;
+        let compute_before = fleet.fleet.compute_stats();
+        let output = fleet.run(&["apply", plan, "--output", "json"]);
+        assert_eq!(output.status.code(), Some(0), "{run}: {}", text(&output));
+        let report = json(&output);
+        assert_eq!(report["totals"][expected], 4, "{run}: {report:#}");
+        assert_eq!(report["connection_uris_from_source"], 4, "{run}: {report:#}");
+        let requests = fleet.fleet.stats().requests - before;
+        assert!(requests <= 1, "{run}: {requests} requests for 4 tenants");
+        let cold_starts = fleet.fleet.compute_stats().cold_starts - compute_before.cold_starts;
+        assert!(cold_starts <= 4, "{run}: {cold_starts} cold starts for 4 tenants");
+        assert_no_secret("apply's report", &text(&output), &secrets);
+    }
+    let journal = std::fs::read_to_string(fleet.path("policy.journal.jsonl")).expect("journal");
+    assert_no_secret("the journal", &journal, &secrets);
 }

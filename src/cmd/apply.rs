@@ -198,27 +198,41 @@ fn read_verify(plan: &Plan, plan_dir: &Path) -> anyhow::Result<Option<String>> {
     Ok(Some(text))
 }
 
-/// `fleet.source: postgres`: the catalog query again, for main's connection URIs and recorded
-/// versions of the plan's tenants (held in memory only: they are secrets).
+/// The fleet's source again (the catalog query, or a tenants file with `connection_uri`), for
+/// main's connection URIs and recorded versions of the plan's tenants (held in memory only:
+/// they are secrets). `None` when the source gave no URI and has no catalog.
 async fn source_connections(
     plan: &Plan,
     plan_path: &Path,
 ) -> anyhow::Result<Option<Arc<crate::fleet::ConnectionBook>>> {
-    let Some(catalog) = &plan.fleet.catalog else {
-        return Ok(None);
-    };
-    let query = crate::fleet::postgres::CatalogQuery {
-        url_env: &catalog.url_env,
-        query: &catalog.query,
-        location: plan_path.display().to_string(),
-        key: "fleet.catalog.query",
-    };
     let planned: std::collections::HashSet<&str> = plan
         .waves
         .iter()
         .flat_map(|wave| wave.tenant_ids())
         .collect();
-    let book = crate::fleet::connections::load_catalog(&query, |id| planned.contains(id)).await?;
+    let wanted = |id: &str| planned.contains(id);
+    let book = match (&plan.fleet.catalog, plan.fleet.source.strip_prefix("file:")) {
+        (Some(catalog), _) => {
+            let query = crate::fleet::postgres::CatalogQuery {
+                url_env: &catalog.url_env,
+                query: &catalog.query,
+                location: plan_path.display().to_string(),
+                key: "fleet.catalog.query",
+            };
+            crate::fleet::connections::load_catalog(&query, wanted).await?
+        }
+        (None, Some(file)) if plan.fleet.connection_uris > 0 => {
+            crate::fleet::connections::load_tenants_file(Path::new(file), wanted).with_context(
+                || {
+                    format!(
+                        "the plan's tenants file gave {} tenants' connection URIs, which apply reads from it again; run apply where plan ran, or plan again",
+                        plan.fleet.connection_uris
+                    )
+                },
+            )?
+        }
+        _ => return Ok(None),
+    };
     tracing::info!(
         source = %book.source,
         with_uri = book.n_connection_uris(),
@@ -247,7 +261,7 @@ fn recorded_versions(
                     tenant_id,
                     Recorded {
                         version,
-                        source: "catalog".to_string(),
+                        source: book.source.clone(),
                     },
                 );
             }
@@ -275,7 +289,7 @@ fn recorded_versions(
     }
     if recorded.is_empty() {
         bail!(
-            "--skip-recorded: no tenant has a recorded version: the plan's fleet source returns no `schema_version` (fleet.source: postgres) and no --recorded-from plan recorded a finished tenant"
+            "--skip-recorded: no tenant has a recorded version: the plan's fleet source gives no `schema_version` (a catalog query's or tenants file's column) and no --recorded-from plan recorded a finished tenant"
         );
     }
     Ok(Some(Arc::new(recorded)))

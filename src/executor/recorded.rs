@@ -3,8 +3,8 @@
 //! compute wakes it (and bills it for its idle timeout), so a release that touches nobody should
 //! not wake 300,000 computes to find that out.
 //!
-//! The record is either the catalog's `schema_version` column (`fleet.source: postgres`) or an
-//! earlier release's plan and journal (`--recorded-from PLAN`). It is a claim, not a check:
+//! The record is either the fleet source's `schema_version` (the catalog's column with
+//! `fleet.source: postgres`, or a tenants file's) or an earlier release's plan and journal (`--recorded-from PLAN`). It is a claim, not a check:
 //! skipped tenants are journaled `skipped_recorded`, never `up_to_date`, and `drift` or
 //! `status --live` is how the record is verified.
 //!
@@ -21,7 +21,8 @@ use crate::plan::model::Plan;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recorded {
     pub version: i32,
-    /// `catalog` or `plan <id>`: journaled with the skip.
+    /// The fleet source (`postgres:<VARIABLE>`, `file:<path>`) or `plan <id>`: journaled with
+    /// the skip.
     pub source: String,
 }
 

@@ -1,6 +1,6 @@
 //! What a fleet source knows of each tenant beyond the plan: main's connection URI and the
-//! schema version the source records. `apply` reads it once at its start (the catalog query
-//! again), keeps it in memory only, and then connects to those tenants without a Neon API call.
+//! schema version the source records. `apply` reads it once at its start (the catalog query or
+//! the tenants file again), keeps it in memory only, and then connects to those tenants without a Neon API call.
 //!
 //! **Invariant:** the URIs here are [`SecretUri`]s and are never written anywhere; a tenant the
 //! source gives no URI falls back to the Neon API's `connection_uri`.
@@ -64,6 +64,21 @@ impl ConnectionBook {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// Read the tenants file again and keep the entries of the tenants `wanted` accepts.
+pub fn load_tenants_file(
+    path: &std::path::Path,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<ConnectionBook, FleetError> {
+    let mut book = ConnectionBook::new(format!("file:{}", path.display()));
+    super::read_tenants_file_with_sources(path, |tenant, _place, entry| {
+        if wanted(&tenant.id) {
+            book.insert(tenant.id, entry);
+        }
+        Ok(())
+    })?;
+    Ok(book)
 }
 
 /// Run the catalog query again and keep the entries of the tenants `wanted` accepts (the plan's).

@@ -14,7 +14,9 @@ pub mod neon;
 pub mod connections;
 pub mod postgres;
 
-pub use file::{TenantPlace, load_tenants_file, read_tenants_file};
+pub use file::{
+    TenantPlace, load_tenants_file, read_tenants_file, read_tenants_file_with_sources,
+};
 pub use connections::{ConnectionBook, SourceEntry};
 pub use filter::{FilteredFleet, FleetFilter, FleetFilters, apply_filters};
 

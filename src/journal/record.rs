@@ -117,8 +117,9 @@ pub enum Event {
         tenant: String,
         wave: String,
     },
-    /// `apply --skip-recorded` did not connect: a record (`source`: `catalog`, or `plan <id>`
-    /// for an earlier release's journal) says main has `recorded_version`, which covers the
+    /// `apply --skip-recorded` did not connect: a record (`source`: the fleet source's
+    /// `schema_version`, `postgres:<VARIABLE>` or `file:<path>`, or `plan <id>` for an earlier
+    /// release's journal) says main has `recorded_version`, which covers the
     /// plan. Not verified against main: `drift` or `status --live` checks it.
     SkippedRecorded {
         tenant: String,

@@ -10,7 +10,7 @@ use super::collect::{CollectedFleet, FleetCollector, collect_inventory};
 use super::file::{PlanWriteError, relative_path, write_plan};
 use super::model::Plan;
 use super::summary::{PlanSummary, summarize_paced};
-use crate::fleet::{FleetError, read_tenants_file};
+use crate::fleet::{FleetError, read_tenants_file_with_sources};
 use crate::migrations::{self, MigrationError, MigrationSet};
 use crate::neon::{ClientConfig, NeonClient};
 use crate::policy::{self, FleetSource, Policy, PolicyError};
@@ -174,8 +174,10 @@ pub async fn collect_catalog(
 /// The fleet for planning from a tenants file, streamed (see [`super::collect`]).
 pub fn collect_tenants_file(policy: &Policy, path: &Path) -> Result<CollectedFleet, PlanningError> {
     let mut collector = FleetCollector::new(policy, format!("file:{}", path.display()));
-    read_tenants_file(path, |tenant, place| {
-        collector.add(tenant, Some(place));
+    read_tenants_file_with_sources(path, |tenant, place, entry| {
+        if collector.add(tenant, Some(place)) && entry.connection_uri.is_some() {
+            collector.count_connection_uri();
+        }
         Ok(())
     })?;
     Ok(collector.finish(Vec::new())?)
