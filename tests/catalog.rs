@@ -122,7 +122,10 @@ fn assert_no_secret(what: &str, body: &str, passwords: &[String]) {
             "{what} holds a password:\n{body}"
         );
     }
-    assert!(!body.contains("postgresql://"), "{what} holds a URI:\n{body}");
+    assert!(
+        !body.contains("postgresql://"),
+        "{what} holds a URI:\n{body}"
+    );
 }
 
 /// The catalog plans the fleet (names, regions, JSON labels, no URI written), `apply` connects
@@ -164,7 +167,10 @@ async fn a_catalog_fleet_costs_no_api_request_per_tenant_and_skip_recorded_wakes
     assert_eq!(report["connection_uris_from_source"], 6, "{report:#}");
     let requests = fleet.fleet.stats().requests - before;
     // The run's one access check; nothing per tenant.
-    assert!(requests <= 1, "{requests} API requests for 6 tenants: {report:#}");
+    assert!(
+        requests <= 1,
+        "{requests} API requests for 6 tenants: {report:#}"
+    );
     assert_eq!(report["api"]["requests"].as_u64(), Some(requests));
     for tenant in &fleet.tenants {
         let versions: Vec<i32> = history(tenant.connection_uri.expose())
@@ -174,8 +180,7 @@ async fn a_catalog_fleet_costs_no_api_request_per_tenant_and_skip_recorded_wakes
             .collect();
         assert_eq!(versions, vec![1, 2, 3, 4], "{}", tenant.name);
     }
-    let journal =
-        std::fs::read_to_string(fleet.path("first.journal.jsonl")).expect("the journal");
+    let journal = std::fs::read_to_string(fleet.path("first.journal.jsonl")).expect("the journal");
     assert_no_secret("the journal", &journal, &secrets);
     assert_no_secret("apply's report", &text(&output), &secrets);
 
@@ -225,7 +230,10 @@ async fn a_catalog_fleet_costs_no_api_request_per_tenant_and_skip_recorded_wakes
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     let report = json(&output);
     assert_eq!(report["totals"]["skipped_recorded"], 6, "{report:#}");
-    assert_eq!(report["totals"]["up_to_date"], 0, "never counted as checked");
+    assert_eq!(
+        report["totals"]["up_to_date"], 0,
+        "never counted as checked"
+    );
     let compute_after = fleet.fleet.compute_stats();
     assert_eq!(compute_after.connections, compute_before.connections);
     assert_eq!(compute_after.cold_starts, compute_before.cold_starts);
@@ -237,9 +245,8 @@ async fn a_catalog_fleet_costs_no_api_request_per_tenant_and_skip_recorded_wakes
         .collect();
     assert_eq!(skipped.len(), 6, "{journal:#?}");
     assert!(
-        skipped
-            .iter()
-            .all(|record| record["recorded_version"] == 4 && record["source"] == format!("postgres:{CATALOG_ENV}")),
+        skipped.iter().all(|record| record["recorded_version"] == 4
+            && record["source"] == format!("postgres:{CATALOG_ENV}")),
         "{skipped:#?}"
     );
     // `status` says what the record is worth.
@@ -308,8 +315,12 @@ async fn skip_recorded_from_an_earlier_journal_connects_to_nobody() {
     assert_eq!(compute_after.cold_starts, compute_before.cold_starts);
     let journal = faults::journal_records(&fleet.path("second.journal.jsonl"));
     assert!(
-        journal.iter().any(|record| record["event"] == "skipped_recorded"
-            && record["source"].as_str().is_some_and(|source| source.starts_with("plan "))),
+        journal
+            .iter()
+            .any(|record| record["event"] == "skipped_recorded"
+                && record["source"]
+                    .as_str()
+                    .is_some_and(|source| source.starts_with("plan "))),
         "{journal:#?}"
     );
 
@@ -325,18 +336,26 @@ async fn skip_recorded_from_an_earlier_journal_connects_to_nobody() {
     sql.push_str("\n-- edited\n");
     std::fs::write(&v4, sql).expect("edit V4");
     let third = fleet.plan_at(&edited, "third.plan.yaml");
-    let output = fleet.run(&["apply", &third, "--skip-recorded", "--recorded-from", &first]);
+    let output = fleet.run(&[
+        "apply",
+        &third,
+        "--skip-recorded",
+        "--recorded-from",
+        &first,
+    ]);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert!(
         text(&output).contains("V4__create_audit_log") && text(&output).contains("checksums"),
         "{}",
         text(&output)
     );
-    assert!(!Path::new(&fleet.path("third.journal.jsonl")).exists() || {
-        faults::journal_records(&fleet.path("third.journal.jsonl"))
-            .iter()
-            .all(|record| record["event"] != "skipped_recorded")
-    });
+    assert!(
+        !Path::new(&fleet.path("third.journal.jsonl")).exists() || {
+            faults::journal_records(&fleet.path("third.journal.jsonl"))
+                .iter()
+                .all(|record| record["event"] != "skipped_recorded")
+        }
+    );
 }
 
 /// A catalog query that cannot give a fleet is refused at `plan`, naming the policy file, the
@@ -359,7 +378,10 @@ async fn a_bad_catalog_query_names_the_policy_field_and_the_column() {
             "SELECT neon_project_id AS id, customer AS nmae FROM customer_databases",
             "column `nmae`",
         ),
-        ("SELECT customer AS name FROM customer_databases", "no `id` column"),
+        (
+            "SELECT customer AS name FROM customer_databases",
+            "no `id` column",
+        ),
         (
             "SELECT neon_project_id AS id, deleted_at AS region FROM customer_databases",
             "region::text",
@@ -404,7 +426,11 @@ async fn a_bad_catalog_query_names_the_policy_field_and_the_column() {
     .expect("write");
     let output = run(&fleet, &url, &plan_args);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
-    assert!(text(&output).contains("NAME of the environment variable"), "{}", text(&output));
+    assert!(
+        text(&output).contains("NAME of the environment variable"),
+        "{}",
+        text(&output)
+    );
     assert_no_secret("the error", &text(&output), &passwords(&fleet, &url));
     // A catalog whose password is wrong: the error names the variable, never the password.
     let mut wrong = url::Url::parse(&url).expect("a URL");
@@ -413,7 +439,8 @@ async fn a_bad_catalog_query_names_the_policy_field_and_the_column() {
     let output = run(&fleet, wrong.as_str(), &plan_args);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert!(
-        text(&output).contains(&format!("${CATALOG_ENV}")) && !text(&output).contains("not-the-password"),
+        text(&output).contains(&format!("${CATALOG_ENV}"))
+            && !text(&output).contains("not-the-password"),
         "{}",
         text(&output)
     );
@@ -465,11 +492,17 @@ async fn a_tenants_file_with_uris_costs_no_api_request_per_tenant() {
         assert_eq!(output.status.code(), Some(0), "{run}: {}", text(&output));
         let report = json(&output);
         assert_eq!(report["totals"][expected], 4, "{run}: {report:#}");
-        assert_eq!(report["connection_uris_from_source"], 4, "{run}: {report:#}");
+        assert_eq!(
+            report["connection_uris_from_source"], 4,
+            "{run}: {report:#}"
+        );
         let requests = fleet.fleet.stats().requests - before;
         assert!(requests <= 1, "{run}: {requests} requests for 4 tenants");
         let cold_starts = fleet.fleet.compute_stats().cold_starts - compute_before.cold_starts;
-        assert!(cold_starts <= 4, "{run}: {cold_starts} cold starts for 4 tenants");
+        assert!(
+            cold_starts <= 4,
+            "{run}: {cold_starts} cold starts for 4 tenants"
+        );
         assert_no_secret("apply's report", &text(&output), &secrets);
     }
     let journal = std::fs::read_to_string(fleet.path("policy.journal.jsonl")).expect("journal");

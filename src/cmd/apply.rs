@@ -71,8 +71,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
     config.max_connections = args.max_connections.max(1);
     config.verify_sql = verify_sql;
     config.source_connections = source_connections(&plan, &args.plan).await?;
-    config.skip_recorded =
-        recorded_versions(&plan, &args, config.source_connections.as_deref())?;
+    config.skip_recorded = recorded_versions(&plan, &args, config.source_connections.as_deref())?;
     let n_source_uris = config
         .source_connections
         .as_ref()

@@ -191,7 +191,10 @@ mod tests {
         let mut recorded = RecordedVersions::default();
         assert_eq!(recorded.add_from_journal(&current, &earlier, &state), Ok(1));
         assert_eq!(recorded.covering("p-1", 2).map(|r| r.version), Some(2));
-        assert!(recorded.covering("p-2", 2).is_none(), "a failed tenant has no record");
+        assert!(
+            recorded.covering("p-2", 2).is_none(),
+            "a failed tenant has no record"
+        );
         let later = plan("next", &[(1, "a"), (2, "b"), (3, "c")]);
         let mut for_later = RecordedVersions::default();
         for_later
@@ -210,7 +213,10 @@ mod tests {
         let error = RecordedVersions::default()
             .add_from_journal(&current, &earlier, &journal("old", Vec::new()))
             .unwrap_err();
-        assert!(error.contains("V2__m2") && error.contains("checksums"), "{error}");
+        assert!(
+            error.contains("V2__m2") && error.contains("checksums"),
+            "{error}"
+        );
         let same = plan("old", &[(1, "a"), (2, "b")]);
         let error = RecordedVersions::default()
             .add_from_journal(&current, &same, &journal("other", Vec::new()))
@@ -230,6 +236,9 @@ mod tests {
                 },
             );
         }
-        assert_eq!(recorded.covering("p", 3).map(|r| r.source.as_str()), Some("catalog"));
+        assert_eq!(
+            recorded.covering("p", 3).map(|r| r.source.as_str()),
+            Some("catalog")
+        );
     }
 }

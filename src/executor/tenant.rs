@@ -23,12 +23,19 @@ use crate::secret::SecretUri;
 /// How a tenant ended in this run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TenantOutcome {
-    Applied { versions: Vec<i32> },
+    Applied {
+        versions: Vec<i32>,
+    },
     UpToDate,
     /// `--skip-recorded`: not connected to; a record says it is up to date.
     SkippedRecorded,
-    Diverged { reason: String },
-    Failed { phase: Phase, error: DbFailure },
+    Diverged {
+        reason: String,
+    },
+    Failed {
+        phase: Phase,
+        error: DbFailure,
+    },
 }
 
 /// Appends to the journal and keeps the replayed state current, so summaries need no re-read;
@@ -110,7 +117,11 @@ fn skip_by_record<'c>(
     if prior.is_some_and(|state| state.status != crate::journal::TenantStatus::NotStarted) {
         return None;
     }
-    let plan_max_version = context.planned.iter().map(|planned| planned.version).max()?;
+    let plan_max_version = context
+        .planned
+        .iter()
+        .map(|planned| planned.version)
+        .max()?;
     recorded.covering(tenant_id, plan_max_version)
 }
 
@@ -266,12 +277,9 @@ async fn pipeline(
                 .timings()
                 .time(
                     TimedStep::ConnectionUri,
-                    context.client.connection_uri(
-                        tenant_id,
-                        None,
-                        &policy.database,
-                        &policy.role,
-                    ),
+                    context
+                        .client
+                        .connection_uri(tenant_id, None, &policy.database, &policy.role),
                 )
                 .await
         }

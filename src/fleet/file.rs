@@ -17,8 +17,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::{FleetError, FleetInventory, SourceEntry, Tenant};
-use crate::secret::SecretUri;
 use crate::policy::locate::{FilePosition, split_yaml_error};
+use crate::secret::SecretUri;
 
 /// The largest YAML tenants file read (CSV has no limit).
 const MAX_YAML_BYTES: u64 = 8 << 20;

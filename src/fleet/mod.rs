@@ -8,16 +8,14 @@
 
 use std::collections::BTreeMap;
 
+pub mod connections;
 pub mod file;
 pub mod filter;
 pub mod neon;
-pub mod connections;
 pub mod postgres;
 
-pub use file::{
-    TenantPlace, load_tenants_file, read_tenants_file, read_tenants_file_with_sources,
-};
 pub use connections::{ConnectionBook, SourceEntry};
+pub use file::{TenantPlace, load_tenants_file, read_tenants_file, read_tenants_file_with_sources};
 pub use filter::{FilteredFleet, FleetFilter, FleetFilters, apply_filters};
 
 /// One tenant: a Neon project whose database the rollout migrates.

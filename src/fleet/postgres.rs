@@ -332,10 +332,8 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(twice.contains("twice"), "{twice}");
-        let mistyped = ColumnLayout::check(&columns(&[
-            ("id", ColumnKind::Other("uuid".into())),
-        ]))
-        .unwrap_err();
+        let mistyped =
+            ColumnLayout::check(&columns(&[("id", ColumnKind::Other("uuid".into()))])).unwrap_err();
         assert!(
             mistyped.contains("of type uuid") && mistyped.contains("id::text"),
             "{mistyped}"
@@ -382,7 +380,10 @@ mod tests {
         let mut text_labels = row(Some("p-3"));
         text_labels.labels = Some(CatalogLabels::Text("tier=paid".into()));
         assert_eq!(
-            tenant_from_row(text_labels, 3).expect("valid").tenant.labels["tier"],
+            tenant_from_row(text_labels, 3)
+                .expect("valid")
+                .tenant
+                .labels["tier"],
             "paid"
         );
     }
@@ -395,7 +396,11 @@ mod tests {
         );
         let mut array = row(Some("p"));
         array.labels = Some(CatalogLabels::Json("[1]".into()));
-        assert!(tenant_from_row(array, 2).unwrap_err().starts_with("row 2: labels"));
+        assert!(
+            tenant_from_row(array, 2)
+                .unwrap_err()
+                .starts_with("row 2: labels")
+        );
         let mut huge = row(Some("p"));
         huge.schema_version = Some(1 << 40);
         assert!(

@@ -18,7 +18,10 @@ use crate::secret::SecretUri;
 #[derive(Debug)]
 pub enum CatalogReadError {
     /// Connecting, preparing or running the query failed (the server's message, redacted).
-    Database { step: &'static str, failure: DbFailure },
+    Database {
+        step: &'static str,
+        failure: DbFailure,
+    },
     /// The query's columns are not what a fleet needs (names the column and what to do).
     Columns(String),
     /// The visitor refused a row (its message names the row).

@@ -194,7 +194,9 @@ impl<'p> FleetCollector<'p> {
             let file_path = fleet.source.strip_prefix("file:").unwrap_or(&fleet.source);
             let location = match pair[1].place {
                 Some(TenantPlace::Line(line)) => format!("{file_path}:{line}"),
-                Some(TenantPlace::Row(row)) => format!("{file_path} (the catalog query's row {row})"),
+                Some(TenantPlace::Row(row)) => {
+                    format!("{file_path} (the catalog query's row {row})")
+                }
                 _ => file_path.to_string(),
             };
             return Err(PlanBuildError::DuplicateTenant {

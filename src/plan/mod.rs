@@ -10,9 +10,9 @@
 //! `pipeline` touch the filesystem.
 
 pub mod build;
-pub mod cost;
 pub mod check;
 pub mod collect;
+pub mod cost;
 pub mod file;
 pub mod id;
 pub mod model;
@@ -172,7 +172,10 @@ mod tests {
         let text = words(&summary);
         assert!(text.contains("≈ 57 h at 700 requests/min"), "{text}");
         assert!(
-            summary.suggestion.as_deref().is_some_and(|s| s.contains("sample_percent: 10")),
+            summary
+                .suggestion
+                .as_deref()
+                .is_some_and(|s| s.contains("sample_percent: 10")),
             "{text}"
         );
     }

@@ -16,7 +16,6 @@ use crate::report::render::{plural, wrap_into};
 /// Waves this small list their tenants in the summary, so a reviewer sees who the canaries are.
 const LISTED_WAVE_TENANTS: usize = 10;
 
-
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PlanSummary {
     pub plan_id: String,

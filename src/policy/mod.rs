@@ -236,9 +236,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
     };
     let base_dir = parent_dir(path);
 
-    let source = fleet_source(text, &base_dir, &mut raw.fleet).map_err(|(position, message)| {
-        invalid(position, message)
-    })?;
+    let source = fleet_source(text, &base_dir, &mut raw.fleet)
+        .map_err(|(position, message)| invalid(position, message))?;
     let filters = FleetFilters {
         name_prefix: raw.fleet.name_prefix.map(|prefix| prefix.0),
         name_regex: raw.fleet.name_regex.map(|name_regex| name_regex.0),
@@ -431,7 +430,9 @@ fn fleet_source(
     let only = |key: &str, wanted: &str| {
         (
             at(&format!("{key}:")),
-            format!("fleet.{key}: only used with `source: {wanted}`; remove it or set `source: {wanted}`"),
+            format!(
+                "fleet.{key}: only used with `source: {wanted}`; remove it or set `source: {wanted}`"
+            ),
         )
     };
     if source != RawFleetSource::File && fleet.file.is_some() {

@@ -64,8 +64,16 @@ pub fn summary_text_during(
             out,
             "{} skipped without connecting (`--skip-recorded`): a record says {} up to date, not checked; `schemafleet drift` or `status --live` checks {}",
             plural(totals.skipped_recorded, "tenant"),
-            if totals.skipped_recorded == 1 { "it is" } else { "they are" },
-            if totals.skipped_recorded == 1 { "it" } else { "them" },
+            if totals.skipped_recorded == 1 {
+                "it is"
+            } else {
+                "they are"
+            },
+            if totals.skipped_recorded == 1 {
+                "it"
+            } else {
+                "them"
+            },
         );
     }
     if totals.in_flight > 0 {
