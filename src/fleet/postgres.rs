@@ -158,7 +158,7 @@ pub fn tenant_from_row(row: CatalogRow, row_number: u64) -> Result<CatalogTenant
         Some(CatalogLabels::Text(text)) => {
             super::file::parse_labels(&text).map_err(|message| at(format!("labels: {message}")))?
         }
-        Some(CatalogLabels::Json(json)) => json_labels(&json).map_err(|message| at(message))?,
+        Some(CatalogLabels::Json(json)) => json_labels(&json).map_err(&at)?,
     };
     let name = row
         .name
