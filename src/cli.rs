@@ -237,6 +237,18 @@ pub struct ApplyArgs {
     #[arg(long, default_value_t = 64)]
     pub max_connections: usize,
 
+    /// Skip, without connecting (which wakes a suspended compute), every tenant whose recorded
+    /// version already covers the plan: the fleet source's `schema_version` (a catalog query's
+    /// column, or a tenants file's) and/or `--recorded-from`. Journaled `skipped_recorded`, never
+    /// `up_to_date`: check the record with `schemafleet drift` or `status --live`.
+    #[arg(long)]
+    pub skip_recorded: bool,
+
+    /// With `--skip-recorded`: an earlier release's plan whose journal (beside it) records the
+    /// tenants it migrated or found up to date. Its migrations must be this plan's files.
+    #[arg(long, value_name = "PLAN", requires = "skip_recorded")]
+    pub recorded_from: Vec<PathBuf>,
+
     /// Text for people, or one JSON document on stdout.
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,

@@ -17,6 +17,8 @@ use crate::executor::{Reporter, TenantOutcome};
 struct WaveCounts {
     applied: u64,
     up_to_date: u64,
+    /// `--skip-recorded`: not connected to, so not "up to date".
+    skipped_recorded: u64,
     failed: u64,
     in_flight: u64,
 }
@@ -55,8 +57,13 @@ impl ProgressReporter {
 }
 
 fn message(counts: &WaveCounts) -> String {
+    let skipped = if counts.skipped_recorded > 0 {
+        format!(", skipped (recorded) {}", counts.skipped_recorded)
+    } else {
+        String::new()
+    };
     format!(
-        "applied {}, up to date {}, failed {}, in flight {}",
+        "applied {}, up to date {}{skipped}, failed {}, in flight {}",
         counts.applied, counts.up_to_date, counts.failed, counts.in_flight
     )
 }
@@ -93,6 +100,7 @@ impl Reporter for ProgressReporter {
                 match outcome {
                     TenantOutcome::Applied { .. } => counts.applied += 1,
                     TenantOutcome::UpToDate => counts.up_to_date += 1,
+                    TenantOutcome::SkippedRecorded => counts.skipped_recorded += 1,
                     TenantOutcome::Diverged { .. } | TenantOutcome::Failed { .. } => {
                         counts.failed += 1
                     }

@@ -161,7 +161,10 @@ pub fn select(
             None => {
                 let status = tenant_state.map_or(TenantStatus::NotStarted, |state| state.status);
                 let reason = match status {
-                    TenantStatus::NotStarted | TenantStatus::UpToDate | TenantStatus::Diverged => {
+                    TenantStatus::NotStarted
+                    | TenantStatus::UpToDate
+                    | TenantStatus::SkippedRecorded
+                    | TenantStatus::Diverged => {
                         format!(
                             "no restore point: main was not changed by this plan (status {})",
                             status.as_str()

@@ -10,7 +10,7 @@ use crate::executor::control::RunControl;
 use crate::executor::shared::SharedRun;
 use crate::executor::{self, ApplyConfig, Reporter, RunOutcome};
 use crate::exit::ExitStatus;
-use crate::journal::Journal;
+use crate::journal::{Journal, default_journal_path};
 use crate::journal::coordination::Coordinator;
 use crate::journal::store::{JournalSource, StateStore};
 use crate::plan::model::Plan;
@@ -182,6 +182,12 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
         },
         plan_path: args.plan.display().to_string(),
     };
+    config.source_connections = source_connections(&plan, &args.plan).await?;
+    config.skip_recorded = recorded_versions(&plan, &args, config.source_connections.as_deref())?;
+    let n_source_uris = config
+        .source_connections
+        .as_ref()
+        .map_or(0, |book| book.n_connection_uris());
 
     let planned = crate::plan::planned_versions(&plan);
     let migrations: Vec<refinery::Migration> = set
@@ -231,6 +237,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
                 "failure_groups": groups,
                 "held_back": summary.held_back,
                 "held_back_tenants": summary.held_back_tenants,
+                "connection_uris_from_source": n_source_uris,
                 "api": {"requests": api_stats.requests, "retries": api_stats.retries, "mutations": api_stats.mutations, "rate_limited": api_stats.rate_limited, "rate_limiter_wait_ms": api_stats.rate_limiter_wait_ms},
                 "timings": result.timings,
                 "journal": journal_path,
@@ -303,6 +310,103 @@ fn read_verify(plan: &Plan, plan_dir: &Path) -> anyhow::Result<Option<String>> {
     let text = String::from_utf8(bytes)
         .with_context(|| format!("verify SQL {} is not UTF-8", path.display()))?;
     Ok(Some(text))
+}
+
+/// The fleet's source again (the catalog query, or a tenants file with `connection_uri`), for
+/// main's connection URIs and recorded versions of the plan's tenants (held in memory only:
+/// they are secrets). `None` when the source gave no URI and has no catalog.
+async fn source_connections(
+    plan: &Plan,
+    plan_path: &Path,
+) -> anyhow::Result<Option<Arc<crate::fleet::ConnectionBook>>> {
+    let planned: std::collections::HashSet<&str> = plan
+        .waves
+        .iter()
+        .flat_map(|wave| wave.tenant_ids())
+        .collect();
+    let wanted = |id: &str| planned.contains(id);
+    let book = match (&plan.fleet.catalog, plan.fleet.source.strip_prefix("file:")) {
+        (Some(catalog), _) => {
+            let query = crate::fleet::postgres::CatalogQuery {
+                url_env: &catalog.url_env,
+                query: &catalog.query,
+                location: plan_path.display().to_string(),
+                key: "fleet.catalog.query",
+            };
+            crate::fleet::connections::load_catalog(&query, wanted).await?
+        }
+        (None, Some(file)) if plan.fleet.connection_uris > 0 => {
+            crate::fleet::connections::load_tenants_file(Path::new(file), wanted).with_context(
+                || {
+                    format!(
+                        "the plan's tenants file gave {} tenants' connection URIs, which apply reads from it again; run apply where plan ran, or plan again",
+                        plan.fleet.connection_uris
+                    )
+                },
+            )?
+        }
+        _ => return Ok(None),
+    };
+    tracing::info!(
+        source = %book.source,
+        with_uri = book.n_connection_uris(),
+        tenants = planned.len(),
+        "main's connection URIs from the fleet's source"
+    );
+    Ok(Some(Arc::new(book)))
+}
+
+/// `--skip-recorded`: every tenant's recorded version, from the catalog's `schema_version` and
+/// the `--recorded-from` plans' journals.
+fn recorded_versions(
+    plan: &Plan,
+    args: &ApplyArgs,
+    book: Option<&crate::fleet::ConnectionBook>,
+) -> anyhow::Result<Option<Arc<executor::recorded::RecordedVersions>>> {
+    use executor::recorded::{Recorded, RecordedVersions};
+    if !args.skip_recorded {
+        return Ok(None);
+    }
+    let mut recorded = RecordedVersions::default();
+    if let Some(book) = book {
+        for tenant_id in plan.waves.iter().flat_map(|wave| wave.tenant_ids()) {
+            if let Some(version) = book.schema_version(tenant_id) {
+                recorded.add(
+                    tenant_id,
+                    Recorded {
+                        version,
+                        source: book.source.clone(),
+                    },
+                );
+            }
+        }
+    }
+    for earlier_path in &args.recorded_from {
+        let earlier = crate::plan::load_plan(earlier_path)
+            .with_context(|| format!("--recorded-from {}", earlier_path.display()))?;
+        let journal_path = default_journal_path(earlier_path);
+        let read = Journal::read(&journal_path).with_context(|| {
+            format!(
+                "--recorded-from {}: reading its journal {}",
+                earlier_path.display(),
+                journal_path.display()
+            )
+        })?;
+        recorded
+            .add_from_journal(plan, &earlier, &read.state)
+            .map_err(|message| {
+                anyhow::anyhow!(
+                    "--recorded-from {}: {message}; without a record of these files, drop --skip-recorded (every tenant is then probed)",
+                    earlier_path.display()
+                )
+            })?;
+    }
+    if recorded.is_empty() {
+        bail!(
+            "--skip-recorded: no tenant has a recorded version: the plan's fleet source gives no `schema_version` (a catalog query's or tenants file's column) and no --recorded-from plan recorded a finished tenant"
+        );
+    }
+    Ok(Some(Arc::new(recorded)))
 }
 
 fn outcome_line(

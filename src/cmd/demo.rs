@@ -167,6 +167,8 @@ async fn demo_on_fleet(
         include_rolled_back: None,
         skip_bake: true,
         max_connections: 64,
+        skip_recorded: false,
+        recorded_from: Vec::new(),
         output: OutputFormat::Text,
         no_progress: false,
         reference_url: None,

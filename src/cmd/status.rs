@@ -150,10 +150,22 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
             print!("{}", baseline_text(&baselined));
         }
     }
+    // A tenant `--skip-recorded` skipped whose main is not up to date was never migrated: the
+    // record was wrong, which is a failure, not a note.
+    let wrong_records = live
+        .as_ref()
+        .and_then(|live| live["stale"].as_array())
+        .map_or(0, |stale| {
+            stale
+                .iter()
+                .filter(|entry| entry["journal"] == "skipped_recorded")
+                .count()
+        });
     let live_problems = live
         .as_ref()
         .and_then(|live| live["problems"].as_array())
-        .map_or(0, Vec::len);
+        .map_or(0, Vec::len)
+        + wrong_records;
     Ok(
         if summary.totals.failed + summary.totals.diverged + summary.totals.rollback_failed > 0
             || halted.is_some()
@@ -613,6 +625,10 @@ fn stale_reason(journal: TenantStatus, live: &str, current_version: Option<i32>)
         (TenantStatus::Applied | TenantStatus::UpToDate, "behind") => Some(format!(
             "the journal says {}, but main is at {at} now, behind this plan (another plan's rollback?)",
             journal.as_str()
+        )),
+        // `apply --skip-recorded` trusted a record without connecting: this is its check.
+        (TenantStatus::SkippedRecorded, "behind" | "diverged") => Some(format!(
+            "skipped by its recorded version, but main is at {at} now, not up to date: the record (catalog or earlier journal) is wrong; run `apply` without --skip-recorded"
         )),
         (
             TenantStatus::Failed

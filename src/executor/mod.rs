@@ -4,6 +4,7 @@
 //! - [`tenant`]: one tenant's pipeline: probe, validate on a branch, restore point, apply to main.
 //! - [`waves`]: the wave loop: bounded concurrency, failure budget, bake, `--until-wave`, resume.
 //! - [`timings`]: where a run's time went, step by step (the `timings` of `apply --output json`).
+//! - [`recorded`]: which tenants `--skip-recorded` skips without connecting (pure).
 //! - [`recovery`]: what a retry or resume takes over from the journal (what an interrupted
 //!   apply committed, whether the restore point still serves), decided against main's history.
 //! - [`shared`]: the wave loop of one of several runners sharing a state store (claims, leases);
@@ -21,6 +22,7 @@
 //! wave starts.
 
 pub mod control;
+pub mod recorded;
 pub mod recovery;
 pub mod reporter;
 pub mod schema_check;
@@ -92,6 +94,12 @@ pub struct ApplyConfig {
     pub schema_check: Option<Arc<schema_check::SchemaCheck>>,
     /// Checks, approvals and notifications between waves.
     pub gates: crate::gates::GateConfig,
+    /// Main's connection URIs from the fleet's source (the catalog): those tenants are
+    /// connected to without a Neon API call.
+    pub source_connections: Option<Arc<crate::fleet::ConnectionBook>>,
+    /// `--skip-recorded`: tenants whose recorded version covers the plan are skipped without
+    /// connecting (journaled `skipped_recorded`).
+    pub skip_recorded: Option<Arc<recorded::RecordedVersions>>,
 }
 
 impl ApplyConfig {
@@ -114,6 +122,8 @@ impl ApplyConfig {
             backup_ttl: Duration::from_secs(7 * 24 * 3600),
             schema_check: None,
             gates: crate::gates::GateConfig::standard(),
+            source_connections: None,
+            skip_recorded: None,
         }
     }
 }

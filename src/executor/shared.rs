@@ -282,6 +282,7 @@ fn outcome_name(outcome: &TenantOutcome) -> &'static str {
         TenantOutcome::UpToDate => "up_to_date",
         TenantOutcome::Diverged { .. } => "diverged",
         TenantOutcome::Failed { .. } => "failed",
+        TenantOutcome::SkippedRecorded => "skipped_recorded",
     }
 }
 

@@ -24,10 +24,19 @@ use crate::secret::SecretUri;
 /// How a tenant ended in this run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TenantOutcome {
-    Applied { versions: Vec<i32> },
+    Applied {
+        versions: Vec<i32>,
+    },
     UpToDate,
-    Diverged { reason: String },
-    Failed { phase: Phase, error: DbFailure },
+    /// `--skip-recorded`: not connected to; a record says it is up to date.
+    SkippedRecorded,
+    Diverged {
+        reason: String,
+    },
+    Failed {
+        phase: Phase,
+        error: DbFailure,
+    },
 }
 
 /// Appends to the journal and keeps the replayed state current, so summaries need no re-read;
@@ -106,6 +115,24 @@ pub struct TenantContext {
     pub recorder: Arc<Recorder>,
     pub connections: Arc<Semaphore>,
     pub config: ApplyConfig,
+}
+
+/// The record that lets `--skip-recorded` skip this tenant, if any.
+fn skip_by_record<'c>(
+    context: &'c TenantContext,
+    tenant_id: &str,
+    prior: Option<&TenantState>,
+) -> Option<&'c super::recorded::Recorded> {
+    let recorded = context.config.skip_recorded.as_ref()?;
+    if prior.is_some_and(|state| state.status != crate::journal::TenantStatus::NotStarted) {
+        return None;
+    }
+    let plan_max_version = context
+        .planned
+        .iter()
+        .map(|planned| planned.version)
+        .max()?;
+    recorded.covering(tenant_id, plan_max_version)
 }
 
 /// Result of a step that may fail the tenant.
@@ -241,17 +268,42 @@ async fn pipeline(
     let policy = &context.plan.policy;
     let recorder = &context.recorder;
 
-    // 1. Probe main: what does its history say is pending?
-    let main_uri = match recorder
-        .timings()
-        .time(
-            TimedStep::ConnectionUri,
-            context
-                .client
-                .connection_uri(tenant_id, None, &policy.database, &policy.role),
-        )
-        .await
-    {
+    // 0. Skip without connecting (which would wake its compute) when a record says main has
+    // the whole plan. Only a tenant this plan never started: otherwise its history decides.
+    if let Some(recorded) = skip_by_record(context, tenant_id, prior) {
+        recorder
+            .record(Event::SkippedRecorded {
+                tenant: tenant_id.into(),
+                wave: wave.into(),
+                recorded_version: recorded.version,
+                source: recorded.source.clone(),
+            })
+            .await?;
+        return Ok(Ok(TenantOutcome::SkippedRecorded));
+    }
+
+    // 1. Probe main: what does its history say is pending? The URI comes from the fleet's
+    // source when it has one (no API request), else from the Neon API.
+    let source_uri = context
+        .config
+        .source_connections
+        .as_ref()
+        .and_then(|book| book.connection_uri(tenant_id));
+    let main_uri = match source_uri {
+        Some(uri) => Ok(uri.clone()),
+        None => {
+            recorder
+                .timings()
+                .time(
+                    TimedStep::ConnectionUri,
+                    context
+                        .client
+                        .connection_uri(tenant_id, None, &policy.database, &policy.role),
+                )
+                .await
+        }
+    };
+    let main_uri = match main_uri {
         Ok(uri) => uri,
         Err(error) => {
             let what = if error.status() == Some(404) {

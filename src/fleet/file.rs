@@ -1,7 +1,12 @@
 //! Tenants files: CSV with a header row, or a YAML list, with the same fields.
 //!
-//! CSV columns: `id` (required), `name`, `region`, `labels` (`k=v;k=v`). YAML: a list of
-//! `{id, name, region, labels: {k: v}}`.
+//! CSV columns: `id` (required), `name`, `region`, `labels` (`k=v;k=v`), and optionally
+//! `connection_uri` (main's direct URI, so `apply` needs no API request to connect) and
+//! `schema_version` (the version a platform records, for `apply --skip-recorded`). YAML: a list
+//! of `{id, name, region, labels: {k: v}, connection_uri, schema_version}`.
+//!
+//! A file with `connection_uri` holds secrets: the plan records only how many tenants have one,
+//! and `apply` reads the file again for them.
 //!
 //! **Invariant:** a loaded tenants file has no empty and no duplicate id; an unknown column or
 //! key is an error, never ignored (a typo like `regoin` would otherwise drop every region).
@@ -11,19 +16,29 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{FleetError, FleetInventory, Tenant};
+use super::{FleetError, FleetInventory, SourceEntry, Tenant};
 use crate::policy::locate::{FilePosition, split_yaml_error};
+use crate::secret::SecretUri;
 
 /// The largest YAML tenants file read (CSV has no limit).
 const MAX_YAML_BYTES: u64 = 8 << 20;
 
-const CSV_COLUMNS: [&str; 4] = ["id", "name", "region", "labels"];
+const CSV_COLUMNS: [&str; 6] = [
+    "id",
+    "name",
+    "region",
+    "labels",
+    "connection_uri",
+    "schema_version",
+];
 
 /// Where in a tenants file a tenant was read: a CSV line or a YAML list entry (1-based).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TenantPlace {
     Line(u64),
     Entry(u64),
+    /// A row of a catalog query's result (`fleet.source: postgres`).
+    Row(u64),
 }
 
 impl std::fmt::Display for TenantPlace {
@@ -31,6 +46,7 @@ impl std::fmt::Display for TenantPlace {
         match self {
             TenantPlace::Line(line) => write!(f, "line {line}"),
             TenantPlace::Entry(entry) => write!(f, "entry {entry}"),
+            TenantPlace::Row(row) => write!(f, "row {row}"),
         }
     }
 }
@@ -49,7 +65,9 @@ pub fn load_tenants_file(path: &Path) -> Result<FleetInventory, FleetError> {
             format!("{}:{line}", path.display()),
             places[tenant_idx].to_string(),
         ),
-        TenantPlace::Entry(_) => (path.display().to_string(), places[tenant_idx].to_string()),
+        TenantPlace::Entry(_) | TenantPlace::Row(_) => {
+            (path.display().to_string(), places[tenant_idx].to_string())
+        }
     })?;
     Ok(FleetInventory {
         source,
@@ -64,7 +82,16 @@ pub fn load_tenants_file(path: &Path) -> Result<FleetInventory, FleetError> {
 /// plans (`file:<path>`).
 pub fn read_tenants_file(
     path: &Path,
-    visit: impl FnMut(Tenant, TenantPlace) -> Result<(), FleetError>,
+    mut visit: impl FnMut(Tenant, TenantPlace) -> Result<(), FleetError>,
+) -> Result<String, FleetError> {
+    read_tenants_file_with_sources(path, |tenant, place, _entry| visit(tenant, place))
+}
+
+/// [`read_tenants_file`], with each tenant's connection URI and recorded version (a
+/// [`SourceEntry`], empty when the file has no such columns).
+pub fn read_tenants_file_with_sources(
+    path: &Path,
+    visit: impl FnMut(Tenant, TenantPlace, SourceEntry) -> Result<(), FleetError>,
 ) -> Result<String, FleetError> {
     let extension = path
         .extension()
@@ -91,7 +118,7 @@ fn invalid(path: &Path, line: Option<u64>, message: String) -> FleetError {
 
 fn read_csv(
     path: &Path,
-    mut visit: impl FnMut(Tenant, TenantPlace) -> Result<(), FleetError>,
+    mut visit: impl FnMut(Tenant, TenantPlace, SourceEntry) -> Result<(), FleetError>,
 ) -> Result<(), FleetError> {
     let file = std::fs::File::open(path).map_err(|source| FleetError::Read {
         path: path.to_path_buf(),
@@ -106,14 +133,14 @@ fn read_csv(
         .headers()
         .map_err(|error| csv_error(path, &error))?
         .clone();
-    let mut column_of = [None; 4];
+    let mut column_of = [None; 6];
     for (column_idx, header) in headers.iter().enumerate() {
         let Some(known_idx) = CSV_COLUMNS.iter().position(|known| *known == header) else {
             return Err(invalid(
                 path,
                 Some(1),
                 format!(
-                    "unknown column `{header}`; the columns are id (required), name, region, labels"
+                    "unknown column `{header}`; the columns are id (required), name, region, labels, connection_uri, schema_version"
                 ),
             ));
         };
@@ -126,7 +153,15 @@ fn read_csv(
         }
         column_of[known_idx] = Some(column_idx);
     }
-    let [Some(id_column), name_column, region_column, labels_column] = column_of else {
+    let [
+        Some(id_column),
+        name_column,
+        region_column,
+        labels_column,
+        uri_column,
+        version_column,
+    ] = column_of
+    else {
         return Err(invalid(
             path,
             Some(1),
@@ -155,13 +190,30 @@ fn read_csv(
                 .map_err(|message| invalid(path, Some(line), format!("tenant {id}: {message}")))?,
             None => BTreeMap::new(),
         };
+        let schema_version = field(version_column)
+            .map(|version| {
+                version.parse::<i32>().map_err(|_| {
+                    invalid(
+                        path,
+                        Some(line),
+                        format!(
+                            "tenant {id}: schema_version `{version}` is not a whole number (a migration version)"
+                        ),
+                    )
+                })
+            })
+            .transpose()?;
+        let entry = SourceEntry {
+            connection_uri: field(uri_column).map(SecretUri::new),
+            schema_version,
+        };
         let tenant = Tenant {
             id: id.to_string(),
             name: field(name_column).unwrap_or(id).to_string(),
             region: field(region_column).map(str::to_string),
             labels,
         };
-        visit(tenant, TenantPlace::Line(line))?;
+        visit(tenant, TenantPlace::Line(line), entry)?;
     }
     Ok(())
 }
@@ -217,11 +269,15 @@ struct RawTenant {
     region: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    #[serde(default)]
+    connection_uri: Option<String>,
+    #[serde(default)]
+    schema_version: Option<i32>,
 }
 
 fn read_yaml(
     path: &Path,
-    mut visit: impl FnMut(Tenant, TenantPlace) -> Result<(), FleetError>,
+    mut visit: impl FnMut(Tenant, TenantPlace, SourceEntry) -> Result<(), FleetError>,
 ) -> Result<(), FleetError> {
     let read_error = |source| FleetError::Read {
         path: path.to_path_buf(),
@@ -247,7 +303,9 @@ fn read_yaml(
         let (position, message) = split_yaml_error(&error);
         FleetError::Invalid {
             location: FilePosition { path, position }.to_string(),
-            message: format!("{message}; a tenants file is a list of {{id, name, region, labels}}"),
+            message: format!(
+                "{message}; a tenants file is a list of {{id, name, region, labels, connection_uri, schema_version}}"
+            ),
         }
     })?;
     for (entry_idx, raw) in raw_tenants.into_iter().enumerate() {
@@ -267,7 +325,14 @@ fn read_yaml(
             region: raw.region.filter(|region| !region.trim().is_empty()),
             labels: raw.labels,
         };
-        visit(tenant, TenantPlace::Entry(entry_idx as u64 + 1))?;
+        let entry = SourceEntry {
+            connection_uri: raw
+                .connection_uri
+                .filter(|uri| !uri.trim().is_empty())
+                .map(SecretUri::new),
+            schema_version: raw.schema_version,
+        };
+        visit(tenant, TenantPlace::Entry(entry_idx as u64 + 1), entry)?;
     }
     Ok(())
 }

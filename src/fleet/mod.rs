@@ -1,4 +1,5 @@
-//! The fleet: which tenants (Neon projects) a rollout covers, from a tenants file or the Neon API,
+//! The fleet: which tenants (Neon projects) a rollout covers, from a tenants file, the Neon API
+//! or the user's own catalog database (`postgres.rs`),
 //! and the policy's filters over them.
 //!
 //! **Invariant:** a tenant is never dropped silently: every tenant a source returned is either
@@ -7,11 +8,14 @@
 
 use std::collections::BTreeMap;
 
+pub mod connections;
 pub mod file;
 pub mod filter;
 pub mod neon;
+pub mod postgres;
 
-pub use file::{TenantPlace, load_tenants_file, read_tenants_file};
+pub use connections::{ConnectionBook, SourceEntry};
+pub use file::{TenantPlace, load_tenants_file, read_tenants_file, read_tenants_file_with_sources};
 pub use filter::{FilteredFleet, FleetFilter, FleetFilters, apply_filters};
 
 /// One tenant: a Neon project whose database the rollout migrates.

@@ -117,6 +117,16 @@ pub enum Event {
         tenant: String,
         wave: String,
     },
+    /// `apply --skip-recorded` did not connect: a record (`source`: the fleet source's
+    /// `schema_version`, `postgres:<VARIABLE>` or `file:<path>`, or `plan <id>` for an earlier
+    /// release's journal) says main has `recorded_version`, which covers the
+    /// plan. Not verified against main: `drift` or `status --live` checks it.
+    SkippedRecorded {
+        tenant: String,
+        wave: String,
+        recorded_version: i32,
+        source: String,
+    },
     Diverged {
         tenant: String,
         wave: String,
@@ -271,6 +281,7 @@ impl Event {
         match self {
             Event::TenantProbed { tenant, .. }
             | Event::UpToDate { tenant, .. }
+            | Event::SkippedRecorded { tenant, .. }
             | Event::Diverged { tenant, .. }
             | Event::BranchRequested { tenant, .. }
             | Event::BranchAbandoned { tenant, .. }

@@ -17,6 +17,9 @@ pub enum TenantStatus {
     InFlight,
     Applied,
     UpToDate,
+    /// Skipped without connecting: a record (catalog, earlier journal) says it is up to date;
+    /// unverified, so never counted as `up_to_date`.
+    SkippedRecorded,
     Failed,
     Diverged,
     RolledBack,
@@ -30,6 +33,7 @@ impl TenantStatus {
             self,
             TenantStatus::Applied
                 | TenantStatus::UpToDate
+                | TenantStatus::SkippedRecorded
                 | TenantStatus::Failed
                 | TenantStatus::Diverged
         )
@@ -41,6 +45,7 @@ impl TenantStatus {
             TenantStatus::InFlight => "in_flight",
             TenantStatus::Applied => "applied",
             TenantStatus::UpToDate => "up_to_date",
+            TenantStatus::SkippedRecorded => "skipped_recorded",
             TenantStatus::Failed => "failed",
             TenantStatus::Diverged => "diverged",
             TenantStatus::RolledBack => "rolled_back",
@@ -273,6 +278,13 @@ impl JournalState {
             Event::UpToDate { tenant, wave } => {
                 let state = self.tenant_mut(tenant, wave, &at);
                 state.status = TenantStatus::UpToDate;
+                state.phase = None;
+                state.pending.clear();
+            }
+            Event::SkippedRecorded { tenant, wave, .. } => {
+                // The recorded version is a claim, so it does not become `current_version`.
+                let state = self.tenant_mut(tenant, wave, &at);
+                state.status = TenantStatus::SkippedRecorded;
                 state.phase = None;
                 state.pending.clear();
             }

@@ -3,6 +3,7 @@
 //! - [`check`]: the query of a `sql:` check between waves (read-only, `$1` = wave start).
 //! - [`connect`]: direct connections (verified TLS to any host but loopback, where
 //!   `sslmode=disable` is allowed for the local emulator).
+//! - [`catalog`]: streams the rows of the user's catalog query (`fleet.source: postgres`).
 //! - [`history`]: reads refinery's history table and compares it with the plan (pure compare).
 //! - [`fingerprint`]: the schema fingerprint, read in one catalog query.
 //! - [`lock`]: one runner per tenant through a polled session advisory lock; the probe's
@@ -17,6 +18,7 @@
 
 pub mod baseline;
 pub mod check;
+pub mod catalog;
 pub mod connect;
 pub mod error;
 pub mod fingerprint;

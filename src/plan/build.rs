@@ -136,6 +136,8 @@ pub fn build_plan(
         tenants: mut kept,
         excluded,
         unavailable,
+        catalog,
+        connection_uris,
         ..
     } = fleet;
     let wave_members = assign_waves(&kept, &specs, &policy.salt).map_err(|unassigned| {
@@ -202,6 +204,8 @@ pub fn build_plan(
             planned: kept.len(),
             excluded,
             unavailable,
+            catalog,
+            connection_uris,
         },
         waves,
         lint: Some(PlannedLint::new(

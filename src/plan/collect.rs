@@ -50,6 +50,10 @@ pub struct CollectedFleet {
     /// Sorted by id.
     pub excluded: Vec<ExcludedTenant>,
     pub unavailable: Vec<String>,
+    /// `source: postgres`: the query `apply` runs again for connection URIs.
+    pub catalog: Option<super::model::PlannedCatalog>,
+    /// Kept tenants whose source gave them a connection URI.
+    pub connection_uris: usize,
     /// For names the policy's waves refer to: the ids of kept tenants with that name.
     ids_by_referenced_name: HashMap<String, Vec<String>>,
     /// For ids and names the policy's waves refer to: why that tenant was excluded.
@@ -101,13 +105,22 @@ impl<'p> FleetCollector<'p> {
                 tenants: Vec::new(),
                 excluded: Vec::new(),
                 unavailable: Vec::new(),
+                catalog: None,
+                connection_uris: 0,
                 ids_by_referenced_name: HashMap::new(),
                 excluded_references: HashMap::new(),
             },
         }
     }
 
-    pub fn add(&mut self, tenant: Tenant, place: Option<TenantPlace>) {
+    /// Count a kept tenant that came with a connection URI (call after [`FleetCollector::add`]
+    /// returned true).
+    pub fn count_connection_uri(&mut self) {
+        self.fleet.connection_uris += 1;
+    }
+
+    /// Judge one tenant; true when it is kept.
+    pub fn add(&mut self, tenant: Tenant, place: Option<TenantPlace>) -> bool {
         self.fleet.n_discovered += 1;
         if let Some(reason) = self.filter.exclusion_reason(&tenant) {
             for reference in [&tenant.id, &tenant.name] {
@@ -121,7 +134,7 @@ impl<'p> FleetCollector<'p> {
                 id: tenant.id,
                 reason,
             });
-            return;
+            return false;
         }
         let mut rejected_by = 0u64;
         for (wave_idx, wave) in self.policy.waves.iter().enumerate() {
@@ -152,11 +165,22 @@ impl<'p> FleetCollector<'p> {
             rejected_by,
             place,
         });
+        true
     }
 
     /// Sort, check for duplicate ids and an empty fleet, and hand the fleet over.
     pub fn finish(self, unavailable: Vec<String>) -> Result<CollectedFleet, PlanBuildError> {
+        self.finish_with(unavailable, None)
+    }
+
+    /// [`FleetCollector::finish`] for a catalog source, which `apply` reads again.
+    pub fn finish_with(
+        self,
+        unavailable: Vec<String>,
+        catalog: Option<super::model::PlannedCatalog>,
+    ) -> Result<CollectedFleet, PlanBuildError> {
         let mut fleet = self.fleet;
+        fleet.catalog = catalog;
         fleet.unavailable = unavailable;
         fleet.tenants.sort_unstable_by(|left, right| {
             left.id.cmp(&right.id).then(left.place.cmp(&right.place))
@@ -170,6 +194,9 @@ impl<'p> FleetCollector<'p> {
             let file_path = fleet.source.strip_prefix("file:").unwrap_or(&fleet.source);
             let location = match pair[1].place {
                 Some(TenantPlace::Line(line)) => format!("{file_path}:{line}"),
+                Some(TenantPlace::Row(row)) => {
+                    format!("{file_path} (the catalog query's row {row})")
+                }
                 _ => file_path.to_string(),
             };
             return Err(PlanBuildError::DuplicateTenant {

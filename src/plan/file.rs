@@ -332,6 +332,8 @@ mod round_trip_tests {
                     reason: "listed in fleet.exclude".into(),
                 }],
                 unavailable: vec!["p-9".into()],
+                catalog: None,
+                connection_uris: 0,
             },
             waves: vec![
                 PlannedWave {

@@ -89,6 +89,8 @@ pub fn compute_plan_id(plan: &Plan) -> String {
     }
     let mut fleet = plan.fleet.clone();
     fleet.source = String::new();
+    fleet.catalog = None;
+    fleet.connection_uris = 0;
     let content = IdContent {
         format_version: ID_CONTENT_VERSION,
         policy: &policy,

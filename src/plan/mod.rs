@@ -12,6 +12,7 @@
 pub mod build;
 pub mod check;
 pub mod collect;
+pub mod cost;
 pub mod file;
 pub mod id;
 pub mod model;
@@ -141,8 +142,43 @@ mod tests {
         assert!((summary.estimated_api_minutes - 800.0 / 600.0).abs() < 1e-9);
         let backup = plan(Validation::None, RestorePointKind::BackupBranch, 100);
         let summary = summary::summarize(&backup, "p.plan.yaml", 100);
+        let words = |summary: &summary::PlanSummary| {
+            summary
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         assert_eq!(summary.api_calls.total, 100 + 200);
         assert_eq!(summary.estimated_api_minutes, 3.0);
-        assert!(summary.to_string().contains("~300 calls"), "{summary}");
+        assert!(
+            words(&summary).contains("~300 requests")
+                && words(&summary).contains("≈ 3 min at 100 requests/min"),
+            "{summary}"
+        );
+        // A catalog that gives every URI: validation's requests only.
+        let mut catalog = plan(Validation::Branch, RestorePointKind::BranchPoint, 100);
+        catalog.fleet.connection_uris = 100;
+        let summary = summary::summarize(&catalog, "p.plan.yaml", 700);
+        assert_eq!(summary.api_calls.connection, 0);
+        assert_eq!(summary.api_calls.total, 700);
+        assert!(
+            words(&summary).contains("≈ 1 min at 700 requests/min")
+                && words(&summary).contains("none for the connection URIs of 100 tenants"),
+            "{summary}"
+        );
+        assert!(summary.suggestion.is_none());
+        // 300,000 validated tenants: days, and a suggestion to sample.
+        let fleet = plan(Validation::Branch, RestorePointKind::BranchPoint, 300_000);
+        let summary = summary::summarize(&fleet, "p.plan.yaml", 700);
+        let text = words(&summary);
+        assert!(text.contains("≈ 57 h at 700 requests/min"), "{text}");
+        assert!(
+            summary
+                .suggestion
+                .as_deref()
+                .is_some_and(|s| s.contains("sample_percent: 10")),
+            "{text}"
+        );
     }
 }

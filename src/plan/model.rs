@@ -249,6 +249,28 @@ pub struct FleetSummary {
     /// Projects the Neon API could not list (`unavailable_project_ids`): never silently dropped.
     #[serde(default)]
     pub unavailable: Vec<String>,
+    /// `source: postgres`: how `apply` reads the catalog again for main's connection URIs.
+    /// Neither this nor `connection_uris` is part of the plan id: they say how to reach the
+    /// tenants, not what to do to them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<PlannedCatalog>,
+    /// How many planned tenants the source gave a connection URI (connected to without an API
+    /// call); the URIs themselves are never in the plan.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub connection_uris: usize,
+}
+
+/// The catalog query of `fleet.source: postgres`, as `apply` runs it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlannedCatalog {
+    /// The environment variable holding the catalog database's URL (the name, never the URL).
+    pub url_env: String,
+    pub query: String,
+}
+
+fn is_zero(count: &usize) -> bool {
+    *count == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -430,6 +452,8 @@ pub fn test_plan(waves: Vec<PlannedWave>) -> Plan {
             planned: n_tenants,
             excluded: Vec::new(),
             unavailable: Vec::new(),
+            catalog: None,
+            connection_uris: 0,
         },
         waves,
     }

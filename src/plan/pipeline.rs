@@ -9,14 +9,15 @@ use super::build::{PlanBuildError, PlanPaths, build_plan};
 use super::collect::{CollectedFleet, FleetCollector, collect_inventory};
 use super::file::{PlanWriteError, relative_path, write_plan};
 use super::model::Plan;
-use super::summary::{PlanSummary, summarize};
-use crate::fleet::{FleetError, read_tenants_file};
+use super::summary::{PlanSummary, summarize_paced};
+use crate::fleet::{FleetError, read_tenants_file_with_sources};
 use crate::migrations::{self, MigrationError, MigrationSet};
 use crate::neon::{ClientConfig, NeonClient};
 use crate::policy::{self, FleetSource, Policy, PolicyError};
 use crate::secret::SecretString;
 
-/// The rate limit assumed for estimates when neither the policy nor the command line gives one.
+/// The client's rate limit assumed when planning without a command line (`--api-rate-limit-per-min`'s
+/// default).
 pub const DEFAULT_API_RATE_LIMIT_PER_MIN: u32 = 600;
 
 /// A written plan and its summary.
@@ -117,6 +118,9 @@ pub async fn collect_fleet(
     let org_id = match (tenants_file, &policy.fleet.source) {
         (Some(path), _) => return collect_tenants_file(policy, path),
         (None, FleetSource::File { path }) => return collect_tenants_file(policy, path),
+        (None, FleetSource::Postgres { url_env, query }) => {
+            return collect_catalog(policy, url_env, query).await;
+        }
         (None, FleetSource::Neon { org_id }) => org_id,
     };
     let Some(neon) = neon else {
@@ -137,11 +141,43 @@ pub async fn collect_fleet(
     Ok(collect_inventory(policy, inventory)?)
 }
 
+/// The fleet for planning from the user's catalog database, streamed like a tenants file. Only
+/// the number of connection URIs is kept: the URIs are secrets, and `apply` reads them again.
+pub async fn collect_catalog(
+    policy: &Policy,
+    url_env: &str,
+    query: &str,
+) -> Result<CollectedFleet, PlanningError> {
+    let catalog = crate::fleet::postgres::CatalogQuery {
+        url_env,
+        query,
+        location: policy.fleet_key_location("query:"),
+        key: "fleet.query",
+    };
+    let mut collector = FleetCollector::new(policy, catalog.source_label());
+    crate::fleet::postgres::read_catalog(&catalog, |row, place| {
+        if collector.add(row.tenant, Some(place)) && row.connection_uri.is_some() {
+            collector.count_connection_uri();
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(collector.finish_with(
+        Vec::new(),
+        Some(super::model::PlannedCatalog {
+            url_env: url_env.to_string(),
+            query: query.to_string(),
+        }),
+    )?)
+}
+
 /// The fleet for planning from a tenants file, streamed (see [`super::collect`]).
 pub fn collect_tenants_file(policy: &Policy, path: &Path) -> Result<CollectedFleet, PlanningError> {
     let mut collector = FleetCollector::new(policy, format!("file:{}", path.display()));
-    read_tenants_file(path, |tenant, place| {
-        collector.add(tenant, Some(place));
+    read_tenants_file_with_sources(path, |tenant, place, entry| {
+        if collector.add(tenant, Some(place)) && entry.connection_uri.is_some() {
+            collector.count_connection_uri();
+        }
         Ok(())
     })?;
     Ok(collector.finish(Vec::new())?)
@@ -159,7 +195,7 @@ pub fn plan_from_tenants_file(
     let fleet = match (tenants_file, &inputs.policy.fleet.source) {
         (Some(path), _) => collect_tenants_file(&inputs.policy, path)?,
         (None, FleetSource::File { path }) => collect_tenants_file(&inputs.policy, path)?,
-        (None, FleetSource::Neon { .. }) => {
+        (None, FleetSource::Neon { .. } | FleetSource::Postgres { .. }) => {
             return Err(PlanningError::NeedsNeonAccess {
                 policy: inputs.policy.path.clone(),
             });
@@ -169,7 +205,8 @@ pub fn plan_from_tenants_file(
 }
 
 /// Build the plan from a fleet, write it to `out` (default: [`default_plan_path`]) and
-/// summarize it. `cli_rate_limit_per_min` is used for estimates unless the policy sets one.
+/// summarize it. The estimate is at the policy's `api_rate_limit_per_min` (the account's
+/// limit, default Neon's 700), and says how long when `cli_rate_limit_per_min` paces it slower.
 pub fn write_planned(
     inputs: &PlanInputs,
     fleet: CollectedFleet,
@@ -214,8 +251,13 @@ pub fn write_planned(
     write_plan(&plan_path, &plan)?;
     let rate_limit = policy
         .api_rate_limit_per_min
-        .unwrap_or(cli_rate_limit_per_min);
-    let summary = summarize(&plan, &plan_path.display().to_string(), rate_limit);
+        .unwrap_or(super::cost::ACCOUNT_RATE_LIMIT_PER_MIN);
+    let summary = summarize_paced(
+        &plan,
+        &plan_path.display().to_string(),
+        rate_limit,
+        Some(cli_rate_limit_per_min),
+    );
     Ok(PlanOutcome {
         plan_path,
         plan,

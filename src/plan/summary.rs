@@ -8,21 +8,13 @@ use std::fmt;
 
 use serde::Serialize;
 
+use super::cost;
 use super::model::{Plan, PlannedTenant, RestorePointKind, TransactionMode, Validation};
 use super::sampled_for_validation;
 use crate::report::render::{plural, wrap_into};
 
 /// Waves this small list their tenants in the summary, so a reviewer sees who the canaries are.
 const LISTED_WAVE_TENANTS: usize = 10;
-
-/// API calls per tenant for its connection URI.
-const CALLS_CONNECTION: usize = 1;
-/// API calls per validated tenant: create the branch, its operation polls, a readiness read,
-/// delete it, its polls. `schemafleet bench` measures 8.1 requests per validated tenant in all
-/// (`validated_api`), the connection URI included, so 7 here.
-const CALLS_VALIDATION: usize = 7;
-/// API calls per tenant for a backup branch: create it, about one operation poll.
-const CALLS_BACKUP_BRANCH: usize = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PlanSummary {
@@ -45,9 +37,20 @@ pub struct PlanSummary {
     pub waves: Vec<SummaryWave>,
     pub validated_tenants: usize,
     pub api_calls: ApiCallEstimate,
+    /// The account's limit the estimate assumes: the policy's `api_rate_limit_per_min`, else
+    /// Neon's 700.
     pub api_rate_limit_per_min: u32,
     /// Minutes the estimated calls take at the rate limit (a lower bound on the run's length).
     pub estimated_api_minutes: f64,
+    /// The client's own limit (`--api-rate-limit-per-min`) when it is lower: apply is paced
+    /// by it, so the run takes this long instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_rate_limit_per_min: Option<u32>,
+    /// Planned tenants connected to without an API call (the source gave their URI).
+    pub connection_uris_from_source: usize,
+    /// For a long run: what sampling the validation would bring it down to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suggestion: Option<String>,
     pub warnings: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notify: Option<crate::gates::spec::NotifySpec>,
@@ -83,8 +86,20 @@ pub struct ApiCallEstimate {
     pub total: usize,
 }
 
-/// Summarize `plan` (written at `plan_path`) at `api_rate_limit_per_min` requests per minute.
+/// Summarize `plan` (written at `plan_path`) at `api_rate_limit_per_min` requests per minute
+/// (the account's limit).
 pub fn summarize(plan: &Plan, plan_path: &str, api_rate_limit_per_min: u32) -> PlanSummary {
+    summarize_paced(plan, plan_path, api_rate_limit_per_min, None)
+}
+
+/// [`summarize`], also saying how long the run takes when the client's own rate limit
+/// (`client_rate_limit_per_min`) is below the account's.
+pub fn summarize_paced(
+    plan: &Plan,
+    plan_path: &str,
+    api_rate_limit_per_min: u32,
+    client_rate_limit_per_min: Option<u32>,
+) -> PlanSummary {
     let n_tenants = plan.tenant_count();
     let validated_tenants = match plan.policy.validation {
         Validation::Branch => n_tenants,
@@ -100,10 +115,37 @@ pub fn summarize(plan: &Plan, plan_path: &str, api_rate_limit_per_min: u32) -> P
         RestorePointKind::BackupBranch => n_tenants,
         RestorePointKind::BranchPoint | RestorePointKind::None => 0,
     };
-    let connection = n_tenants * CALLS_CONNECTION;
-    let validation = validated_tenants * CALLS_VALIDATION;
-    let backup_branch = backup_branches * CALLS_BACKUP_BRANCH;
-    let total = connection + validation + backup_branch;
+    let from_source = plan.fleet.connection_uris.min(n_tenants);
+    let needs = cost::TenantNeeds {
+        connection_uri: n_tenants - from_source,
+        validation: validated_tenants,
+        backup_branch: backup_branches,
+    };
+    let requests = cost::estimate(needs, cost::REQUESTS_PER_TENANT);
+    let (connection, validation, backup_branch) = (
+        requests.connection_uri.round() as usize,
+        requests.validation.round() as usize,
+        requests.backup_branch.round() as usize,
+    );
+    let total = requests.total().round() as usize;
+    let minutes = requests.minutes_at(api_rate_limit_per_min);
+    let client_rate_limit_per_min =
+        client_rate_limit_per_min.filter(|client| *client < api_rate_limit_per_min);
+    let suggestion = (minutes > cost::LONG_RUN_MINUTES && validated_tenants > 0).then(|| {
+        let sampled = cost::estimate(
+            cost::TenantNeeds {
+                validation: (validated_tenants as f64 * cost::SUGGESTED_SAMPLE_PERCENT / 100.0)
+                    .ceil() as usize,
+                ..needs
+            },
+            cost::REQUESTS_PER_TENANT,
+        );
+        format!(
+            "that is a long run: validating a sample (`validation: {{sample_percent: {}}}`) takes {}; or run it a few waves at a time (`apply --until-wave`)",
+            cost::SUGGESTED_SAMPLE_PERCENT,
+            cost::approximate_duration(sampled.minutes_at(api_rate_limit_per_min))
+        )
+    });
 
     let mut warnings = Vec::new();
     for (wave_idx, wave) in plan.waves.iter().enumerate() {
@@ -174,7 +216,10 @@ pub fn summarize(plan: &Plan, plan_path: &str, api_rate_limit_per_min: u32) -> P
             total,
         },
         api_rate_limit_per_min,
-        estimated_api_minutes: total as f64 / f64::from(api_rate_limit_per_min.max(1)),
+        estimated_api_minutes: minutes,
+        client_rate_limit_per_min,
+        connection_uris_from_source: from_source,
+        suggestion,
         warnings,
         notify: plan.policy.notify.clone(),
     }
@@ -271,21 +316,44 @@ impl fmt::Display for PlanSummary {
             writeln!(f, "notify: {}", notify.describe())?;
         }
         let mut text = String::new();
+        let from_source = if self.connection_uris_from_source > 0 {
+            format!(
+                "; none for the connection URIs of {}, which {} gives",
+                plural(self.connection_uris_from_source, "tenant"),
+                self.fleet_source
+            )
+        } else {
+            String::new()
+        };
+        let paced = self
+            .client_rate_limit_per_min
+            .map(|client| {
+                format!(
+                    " ({} at this client's --api-rate-limit-per-min {client})",
+                    cost::approximate_duration(
+                        self.api_calls.total as f64 / f64::from(client.max(1))
+                    )
+                )
+            })
+            .unwrap_or_default();
         wrap_into(
             &mut text,
             &format!(
-                "Neon API: ~{} calls ({} connection, {} validation for {}, {} backup branch), ~{} at {} requests/min",
+                "Neon API: ~{} requests ({} connection, {} validation for {}, {} backup branch{from_source}), {} at {} requests/min{paced}, if every tenant has migrations pending",
                 self.api_calls.total,
                 self.api_calls.connection,
                 self.api_calls.validation,
                 plural(self.validated_tenants, "tenant"),
                 self.api_calls.backup_branch,
-                format_seconds((self.estimated_api_minutes * 60.0).ceil() as u64),
+                cost::approximate_duration(self.estimated_api_minutes),
                 self.api_rate_limit_per_min
             ),
             "",
             "  ",
         );
+        if let Some(suggestion) = &self.suggestion {
+            wrap_into(&mut text, &format!("note: {suggestion}"), "", "  ");
+        }
         for project_id in self.unavailable.iter().take(20) {
             text.push_str(&format!("unavailable: {project_id}\n"));
         }

@@ -82,6 +82,9 @@ pub enum FleetSource {
     Neon { org_id: Option<String> },
     /// A tenants file, resolved against the policy file's directory.
     File { path: PathBuf },
+    /// A query against the user's own catalog (control-plane) database, whose URL is in the
+    /// environment variable `url_env` (a secret: never in the policy, plan or journal).
+    Postgres { url_env: String, query: String },
 }
 
 /// The optional verification SQL run on each validation branch.
@@ -179,6 +182,15 @@ impl Policy {
         .to_string()
     }
 
+    /// Where a key of the `fleet:` section is written (`query:`), for error messages.
+    pub fn fleet_key_location(&self, key: &str) -> String {
+        FilePosition {
+            path: &self.path,
+            position: find_in_section(&self.source_text, "fleet", key),
+        }
+        .to_string()
+    }
+
     /// The directory paths in the policy are relative to.
     pub fn base_dir(&self) -> PathBuf {
         parent_dir(&self.path)
@@ -226,7 +238,7 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
 /// Check a policy's text. Paths are resolved against `path`'s directory but not read.
 pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
     let at = |position: Option<SourcePosition>| FilePosition { path, position }.to_string();
-    let raw: RawPolicy = serde_yaml::from_str(text).map_err(|error| {
+    let mut raw: RawPolicy = serde_yaml::from_str(text).map_err(|error| {
         let (position, message) = locate::split_yaml_error(&error);
         PolicyError::Invalid {
             location: at(position),
@@ -239,36 +251,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
     };
     let base_dir = parent_dir(path);
 
-    let source = match (raw.fleet.source, raw.fleet.file) {
-        (RawFleetSource::File, Some(file)) => {
-            if raw.fleet.org_id.is_some() {
-                return Err(invalid(
-                    find_in_section(text, "fleet", "org_id:"),
-                    "fleet.org_id: only used with `source: neon`; remove it".to_string(),
-                ));
-            }
-            FleetSource::File {
-                path: base_dir.join(file.0),
-            }
-        }
-        (RawFleetSource::File, None) => {
-            return Err(invalid(
-                find_in_section(text, "fleet", "source:"),
-                "fleet: `source: file` needs `file: tenants.csv` (relative to the policy file)"
-                    .to_string(),
-            ));
-        }
-        (RawFleetSource::Neon, Some(_)) => {
-            return Err(invalid(
-                find_in_section(text, "fleet", "file:"),
-                "fleet.file: only used with `source: file`; remove it or set `source: file`"
-                    .to_string(),
-            ));
-        }
-        (RawFleetSource::Neon, None) => FleetSource::Neon {
-            org_id: raw.fleet.org_id.map(|org_id| org_id.0),
-        },
-    };
+    let source = fleet_source(text, &base_dir, &mut raw.fleet)
+        .map_err(|(position, message)| invalid(position, message))?;
     let filters = FleetFilters {
         name_prefix: raw.fleet.name_prefix.map(|prefix| prefix.0),
         name_regex: raw.fleet.name_regex.map(|name_regex| name_regex.0),
@@ -489,6 +473,73 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
         schemas,
         verify_schema: raw.verify_schema.unwrap_or(false),
         source_text: text.to_string(),
+    })
+}
+
+/// The `fleet:` section's source and the keys that only one source takes.
+fn fleet_source(
+    text: &str,
+    base_dir: &Path,
+    fleet: &mut raw::RawFleet,
+) -> Result<FleetSource, (Option<SourcePosition>, String)> {
+    let at = |key: &str| find_in_section(text, "fleet", key);
+    let source = fleet.source;
+    let only = |key: &str, wanted: &str| {
+        (
+            at(&format!("{key}:")),
+            format!(
+                "fleet.{key}: only used with `source: {wanted}`; remove it or set `source: {wanted}`"
+            ),
+        )
+    };
+    if source != RawFleetSource::File && fleet.file.is_some() {
+        return Err(only("file", "file"));
+    }
+    if source != RawFleetSource::Neon && fleet.org_id.is_some() {
+        return Err(only("org_id", "neon"));
+    }
+    if source != RawFleetSource::Postgres {
+        if fleet.url_env.is_some() {
+            return Err(only("url_env", "postgres"));
+        }
+        if fleet.query.is_some() {
+            return Err(only("query", "postgres"));
+        }
+    }
+    Ok(match source {
+        RawFleetSource::Neon => FleetSource::Neon {
+            org_id: fleet.org_id.take().map(|org_id| org_id.0),
+        },
+        RawFleetSource::File => match fleet.file.take() {
+            Some(file) => FleetSource::File {
+                path: base_dir.join(file.0),
+            },
+            None => {
+                return Err((
+                    at("source:"),
+                    "fleet: `source: file` needs `file: tenants.csv` (relative to the policy file)"
+                        .to_string(),
+                ));
+            }
+        },
+        RawFleetSource::Postgres => match (fleet.url_env.take(), fleet.query.take()) {
+            (Some(url_env), Some(query)) => FleetSource::Postgres {
+                url_env: url_env.0,
+                query: query.0,
+            },
+            (None, _) => {
+                return Err((
+                    at("source:"),
+                    "fleet: `source: postgres` needs `url_env: NAME`, the environment variable holding your catalog database's URL".to_string(),
+                ));
+            }
+            (Some(_), None) => {
+                return Err((
+                    at("source:"),
+                    "fleet: `source: postgres` needs `query:`, SQL returning the columns id (required), name, region, labels, connection_uri, schema_version".to_string(),
+                ));
+            }
+        },
     })
 }
 

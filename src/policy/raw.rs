@@ -69,6 +69,7 @@ pub(crate) struct RawLint {
 pub(crate) enum RawFleetSource {
     Neon,
     File,
+    Postgres,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +78,12 @@ pub(crate) struct RawFleet {
     pub source: RawFleetSource,
     #[serde(default)]
     pub file: Option<NonEmptyString>,
+    /// `source: postgres`: the environment variable holding the catalog database's URL.
+    #[serde(default)]
+    pub url_env: Option<EnvVarName>,
+    /// `source: postgres`: the SQL that lists the tenants.
+    #[serde(default)]
+    pub query: Option<NonEmptyString>,
     #[serde(default)]
     pub org_id: Option<NonEmptyString>,
     #[serde(default)]
@@ -213,6 +220,11 @@ pub(crate) struct Concurrency(pub usize);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RateLimit(pub u32);
 
+/// The name of an environment variable (never its value: the catalog's URL is a secret and
+/// the policy is committed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EnvVarName(pub String);
+
 #[derive(Debug, Clone)]
 pub(crate) struct RegexValue(pub regex::Regex);
 
@@ -292,6 +304,30 @@ impl<'de> Deserialize<'de> for SchemaName {
             check: |text: &str| {
                 crate::fingerprint::check_schema_name(text)?;
                 Ok(SchemaName(text.to_string()))
+            },
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for EnvVarName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(CheckedString {
+            expecting: "the name of an environment variable",
+            check: |text: &str| {
+                if text.contains("://") || text.contains('@') {
+                    return Err("give the NAME of the environment variable that holds the catalog's URL (e.g. CATALOG_DATABASE_URL), never the URL itself: it holds a password and the policy is committed".to_string());
+                }
+                let mut chars = text.chars();
+                let valid = chars
+                    .next()
+                    .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+                    && chars.all(|rest| rest.is_ascii_alphanumeric() || rest == '_');
+                if !valid {
+                    return Err(format!(
+                        "`{text}` is not an environment variable name (letters, digits and `_`, not starting with a digit)"
+                    ));
+                }
+                Ok(EnvVarName(text.to_string()))
             },
         })
     }

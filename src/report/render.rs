@@ -59,6 +59,23 @@ pub fn summary_text_during(
     }
     line(&mut out, "total", "", &summary.totals);
     let totals = &summary.totals;
+    if totals.skipped_recorded > 0 {
+        let _ = writeln!(
+            out,
+            "{} skipped without connecting (`--skip-recorded`): a record says {} up to date, not checked; `schemafleet drift` or `status --live` checks {}",
+            plural(totals.skipped_recorded, "tenant"),
+            if totals.skipped_recorded == 1 {
+                "it is"
+            } else {
+                "they are"
+            },
+            if totals.skipped_recorded == 1 {
+                "it"
+            } else {
+                "them"
+            },
+        );
+    }
     if totals.in_flight > 0 {
         let (noun, pronoun) = if totals.in_flight == 1 {
             ("tenant is", "it")

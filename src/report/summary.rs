@@ -10,6 +10,9 @@ pub struct Counts {
     pub tenants: usize,
     pub applied: usize,
     pub up_to_date: usize,
+    /// `apply --skip-recorded` skipped them without connecting: a record (catalog, earlier
+    /// journal) says they are up to date; `drift` or `status --live` checks it.
+    pub skipped_recorded: usize,
     pub failed: usize,
     pub diverged: usize,
     /// Not started: in a halted or not-started wave, or left when the run stopped.
@@ -28,6 +31,7 @@ impl Counts {
             TenantStatus::InFlight => self.in_flight += 1,
             TenantStatus::Applied => self.applied += 1,
             TenantStatus::UpToDate => self.up_to_date += 1,
+            TenantStatus::SkippedRecorded => self.skipped_recorded += 1,
             TenantStatus::Failed => self.failed += 1,
             TenantStatus::Diverged => self.diverged += 1,
             TenantStatus::RolledBack => self.rolled_back += 1,
@@ -39,6 +43,7 @@ impl Counts {
         self.tenants += other.tenants;
         self.applied += other.applied;
         self.up_to_date += other.up_to_date;
+        self.skipped_recorded += other.skipped_recorded;
         self.failed += other.failed;
         self.diverged += other.diverged;
         self.not_started += other.not_started;

@@ -38,6 +38,9 @@ pub enum Job {
         api_key: String,
         api_rate_limit_per_min: u32,
         operation_poll_ms: u64,
+        /// `--skip-recorded --recorded-from PLAN` (the `noop-recorded` mode).
+        #[serde(default)]
+        recorded_from: Option<PathBuf>,
     },
     /// Neon's guide, one tenant at a time: its URI from the API, refinery's `Runner` with its
     /// defaults, disconnect.
@@ -122,6 +125,7 @@ async fn run_job(job: Job) -> anyhow::Result<ChildReport> {
             api_key,
             api_rate_limit_per_min,
             operation_poll_ms,
+            recorded_from,
         } => {
             let args = ApplyArgs {
                 plan,
@@ -133,6 +137,8 @@ async fn run_job(job: Job) -> anyhow::Result<ChildReport> {
                 include_rolled_back: None,
                 skip_bake: true,
                 max_connections: 64,
+                skip_recorded: recorded_from.is_some(),
+                recorded_from: recorded_from.into_iter().collect(),
                 output: OutputFormat::Json,
                 no_progress: true,
                 reference_url: None,

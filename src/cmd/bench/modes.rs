@@ -395,12 +395,25 @@ impl FleetRun<'_> {
                 let fresh = self
                     .apply("noop-fresh", &fresh_plan, &fresh_journal, Expect::UpToDate)
                     .await?;
+                // A fresh plan again, skipping by the first plan's journal: no compute woken.
+                let recorded_dir = self.mode_dir("noop-recorded")?;
+                let recorded_plan = self.write_plan(&recorded_dir, "none", "none")?;
+                let recorded = self
+                    .apply_recorded(
+                        "noop-recorded",
+                        &recorded_plan,
+                        &recorded_dir.join("plan.journal.jsonl"),
+                        Expect::SkippedRecorded,
+                        Some(&plan),
+                    )
+                    .await?;
                 apply.verified_complete = Some(self.fleet.reset(release_len).await?);
                 if self.selection.apply {
                     record(document, apply);
                 }
                 record(document, from_journal);
                 record(document, fresh);
+                record(document, recorded);
             } else {
                 apply.verified_complete = Some(self.fleet.reset(release_len).await?);
                 record(document, apply);
@@ -579,6 +592,18 @@ impl FleetRun<'_> {
         journal: &Path,
         expect: Expect,
     ) -> anyhow::Result<ModeResult> {
+        self.apply_recorded(mode, plan, journal, expect, None).await
+    }
+
+    /// [`FleetRun::apply`], with `--skip-recorded --recorded-from recorded_from` when given.
+    async fn apply_recorded(
+        &self,
+        mode: &str,
+        plan: &Path,
+        journal: &Path,
+        expect: Expect,
+        recorded_from: Option<&Path>,
+    ) -> anyhow::Result<ModeResult> {
         measure_apply(
             self.fleet,
             ApplyRun {
@@ -589,6 +614,7 @@ impl FleetRun<'_> {
                 client_rate_limit_per_min: UNLIMITED_CLIENT_RATE_PER_MIN,
                 operation_poll_ms: self.args.operation_poll_ms,
                 expect,
+                recorded_from,
             },
         )
         .await
@@ -604,6 +630,8 @@ enum Expect {
     UpToDate,
     /// Finished in the journal already (applied or up to date).
     Finished,
+    /// Skipped without connecting: an earlier plan's journal records them up to date.
+    SkippedRecorded,
 }
 
 struct ApplyRun<'a> {
@@ -614,6 +642,8 @@ struct ApplyRun<'a> {
     client_rate_limit_per_min: u32,
     operation_poll_ms: u64,
     expect: Expect,
+    /// `--skip-recorded --recorded-from` this plan.
+    recorded_from: Option<&'a Path>,
 }
 
 async fn measure_apply(fleet: &BenchFleet, run: ApplyRun<'_>) -> anyhow::Result<ModeResult> {
@@ -624,6 +654,7 @@ async fn measure_apply(fleet: &BenchFleet, run: ApplyRun<'_>) -> anyhow::Result<
         api_key: fleet.api_key().to_string(),
         api_rate_limit_per_min: run.client_rate_limit_per_min,
         operation_poll_ms: run.operation_poll_ms,
+        recorded_from: run.recorded_from.map(Path::to_path_buf),
     };
     let compute_before = fleet.begin_measure().await?;
     let offset = fleet.log_offset()?;
@@ -652,6 +683,7 @@ async fn measure_apply(fleet: &BenchFleet, run: ApplyRun<'_>) -> anyhow::Result<
     let succeeded = match run.expect {
         Expect::Applied => applied,
         Expect::UpToDate => up_to_date,
+        Expect::SkippedRecorded => count(&["totals", "skipped_recorded"]) as usize,
         Expect::Finished => applied + up_to_date,
     };
     let note = match (&child.first_error, child.exit_code) {
@@ -756,6 +788,7 @@ async fn rate_limited_run(
                 client_rate_limit_per_min: client_limit,
                 operation_poll_ms: args.operation_poll_ms,
                 expect: Expect::Applied,
+                recorded_from: None,
             },
         )
         .await?;
