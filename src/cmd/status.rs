@@ -40,7 +40,6 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
     }
     let plan_display = args.plan.display().to_string();
     let groups = report::group_failures(&summary, &plan_display);
-    let restore_points = restore_points(&plan, &read.state);
     let live = if args.live {
         Some(live_probe(&args, &plan, &read.state).await?)
     } else {
@@ -48,7 +47,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
     };
     // Journal-only status is as of this plan's last record: another plan's apply or rollback
     // since then is invisible to it; main's history (`--live`) is the authority.
-    let as_of = read.records.last().map(|record| record.at.clone());
+    let as_of = read.state.last_at.clone();
     let running = summary
         .waves
         .iter()
@@ -80,7 +79,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 "totals": summary.totals,
                 "failures": summary.failures,
                 "failure_groups": groups,
-                "restore_points": restore_points,
+                // Listed for JSON only: text shows the count, and a list of every tenant's
+                // point is the one part of status that grows with the fleet.
+                "restore_points": restore_points(&plan, &read.state),
                 "held_back": summary.held_back,
                 "source": if live.is_some() { "journal+live" } else { "journal" },
                 "as_of": as_of,
@@ -96,7 +97,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 &read.state,
                 &summary,
                 &groups,
-                &restore_points,
+                summary.restore_points,
                 live.as_ref(),
                 running,
                 halted.clone(),
@@ -132,7 +133,7 @@ fn print_text(
     state: &JournalState,
     summary: &report::Summary,
     groups: &[report::FailureGroup],
-    restore_points: &[serde_json::Value],
+    n_points: usize,
     live: Option<&serde_json::Value>,
     running: Option<String>,
     halted: Option<String>,
@@ -205,7 +206,6 @@ fn print_text(
         "{}",
         report::render::summary_text_during(summary, groups, apply_pid)
     );
-    let n_points = restore_points.len();
     let (verb, pronoun) = if n_points == 1 {
         ("tenant holds", "it")
     } else {

@@ -2,13 +2,18 @@
 //!
 //! - [`record`]: the record types (a serialization boundary, versioned with `"v": 1`).
 //! - [`state`]: pure replay of records into per-tenant and per-wave state.
-//! - [`file`]: the file itself: exclusive lock, torn-tail repair, group-committed fsync'd appends.
+//! - [`file`]: the file itself: exclusive lock, torn-tail repair, group-committed fsync'd appends,
+//!   a streaming read that starts from the last checkpoint.
+//! - [`checkpoint`]: checkpoint records, the replayed state written into the journal so a later
+//!   replay skips what precedes it; `compact`: the compact per-tenant table the state keeps.
 //!
 //! **Invariant:** a record is on disk (fsync'd) before any step that depends on it starts, and
 //! no record claims work that was not done: intents (`apply_started`) are written before the
 //! work, facts (`applied`) after it.
 //! **Invariant:** the journal never holds a secret; URIs are not recorded at all.
 
+pub mod checkpoint;
+mod compact;
 pub mod file;
 pub mod record;
 pub mod state;

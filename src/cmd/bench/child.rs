@@ -213,9 +213,8 @@ async fn run_job(job: Job) -> anyhow::Result<ChildReport> {
             let wall_s = started.elapsed().as_secs_f64();
             let (state_bytes, tenants, first_error) = match result {
                 Ok(read) => {
-                    drop(read.records);
                     let bytes = super::journal::live_heap_bytes().saturating_sub(before);
-                    (Some(bytes), read.state.tenants.len(), None)
+                    (Some(bytes), read.state.tenant_count(), None)
                 }
                 Err(error) => (None, 0, Some(error.to_string())),
             };
