@@ -103,6 +103,9 @@ pub struct Header {
     pub open_run_pid: Option<u32>,
     pub last_at: Option<String>,
     pub records: u64,
+    /// Rows in all parts (lets a reader size its table once).
+    #[serde(default)]
+    pub tenants: usize,
     pub waves: BTreeMap<String, WaveRow>,
     /// The version lists rows name by index.
     pub version_sets: Vec<Vec<i32>>,
@@ -237,6 +240,7 @@ fn header(state: &JournalState) -> Header {
         open_run_pid: state.open_run_pid,
         last_at: state.last_at.clone(),
         records: state.records,
+        tenants: state.tenants.len(),
         waves: state
             .waves
             .iter()
@@ -333,6 +337,7 @@ impl Loader {
             state.open_run_pid = header.open_run_pid;
             state.last_at = header.last_at;
             state.records = header.records;
+            state.tenants.reserve(header.tenants);
             for (name, wave) in header.waves {
                 let status = wave_status(&wave.status)
                     .ok_or_else(|| format!("unknown wave status {}", wave.status))?;
@@ -426,4 +431,266 @@ fn wave_status(text: &str) -> Option<WaveStatus> {
     ]
     .into_iter()
     .find(|status| status.as_str() == text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::file::{CheckpointPolicy, Journal};
+    use crate::journal::record::{Event, Record};
+
+    fn point(lsn: &str, timestamp: Option<&str>) -> RestorePoint {
+        RestorePoint::BranchPoint {
+            main_branch_id: "br-main-1".into(),
+            lsn: lsn.into(),
+            timestamp: timestamp.map(str::to_string),
+        }
+    }
+
+    /// A run with every kind of tenant record: applied, failed after committing, diverged,
+    /// rolled back, a failed rollback, a backup branch and odd texts, branches left open.
+    fn events() -> Vec<Event> {
+        let tenant = |n: usize| format!("t{n}");
+        let mut events = vec![
+            Event::RunStarted {
+                plan_id: "plan-a".into(),
+                run_id: "r1".into(),
+                pid: 42,
+                tool_version: "0".into(),
+            },
+            Event::WaveStarted {
+                wave: "canary".into(),
+            },
+        ];
+        for n in 0..6 {
+            let (t, wave) = (tenant(n), "canary".to_string());
+            events.push(Event::TenantProbed {
+                tenant: t.clone(),
+                wave: wave.clone(),
+                current_version: (n == 2).then_some(1),
+                pending: vec![2, 3],
+            });
+            events.push(Event::BranchRequested {
+                tenant: t.clone(),
+                wave: wave.clone(),
+                purpose: "validate".into(),
+                branch_name: format!("sf-validate-{n}"),
+            });
+            if n == 0 {
+                continue; // killed mid-create: a requested branch the resume must find
+            }
+            events.push(Event::BranchCreated {
+                tenant: t.clone(),
+                wave: wave.clone(),
+                purpose: "validate".into(),
+                branch_id: format!("br-{n}"),
+                branch_name: format!("sf-validate-{n}"),
+                parent_branch_id: Some("br-main-1".into()),
+                parent_lsn: Some("0/16B3D40".into()),
+                expires_at: None,
+            });
+            if n == 5 {
+                events.push(Event::Diverged {
+                    tenant: t.clone(),
+                    wave: wave.clone(),
+                    reason: "history has \"V9\"\nthat the plan lacks".into(),
+                });
+                continue; // an open branch stays open
+            }
+            events.push(Event::BranchDeleted {
+                tenant: t.clone(),
+                branch_id: format!("br-{n}"),
+            });
+            events.push(Event::Validated {
+                tenant: t.clone(),
+                wave: wave.clone(),
+                versions: vec![2, 3],
+            });
+            let recorded = match n {
+                3 => RestorePoint::BackupBranch {
+                    main_branch_id: "br-main-3".into(),
+                    backup_branch_id: "br-backup".into(),
+                    backup_branch_name: "sf-backup".into(),
+                },
+                4 => point("0/0a", Some("not a time")),
+                _ => point("0/16B3D40", Some("2026-12-02T11:41:10.5Z")),
+            };
+            events.push(Event::RestorePointRecorded {
+                tenant: t.clone(),
+                wave: wave.clone(),
+                point: recorded,
+            });
+            events.push(Event::ApplyStarted {
+                tenant: t.clone(),
+                wave: wave.clone(),
+                versions: vec![2, 3],
+            });
+            if n == 2 {
+                events.push(Event::Failed {
+                    tenant: t.clone(),
+                    wave: wave.clone(),
+                    phase: Phase::Apply,
+                    error: DbFailure::new(Some("23514"), "check violated"),
+                    applied_on_main: vec![2],
+                });
+                continue;
+            }
+            events.push(Event::Applied {
+                tenant: t.clone(),
+                wave: wave.clone(),
+                versions: vec![2, 3],
+                lock_retries: 1,
+            });
+        }
+        events.push(Event::WaveFinished {
+            wave: "canary".into(),
+            halted: false,
+            bake_until: Some("2026-12-02T12:00:00Z".into()),
+        });
+        events.push(Event::RollbackStarted {
+            tenant: "t1".into(),
+            preserve_under_name: "pre-rollback".into(),
+        });
+        events.push(Event::RolledBack {
+            tenant: "t1".into(),
+            preserved_branch: "pre-rollback".into(),
+            restored_to: point("0/16B3D40", None),
+        });
+        events.push(Event::RollbackFailed {
+            tenant: "t4".into(),
+            error: "restore refused".into(),
+        });
+        events.push(Event::RunFinished {
+            run_id: "r1".into(),
+            outcome: "completed".into(),
+        });
+        events
+    }
+
+    /// The state a reader must reach from the first `lines` lines: the replay of their event
+    /// records, ignoring every checkpoint.
+    fn expected(lines: &[&str]) -> JournalState {
+        let records: Vec<Record> = lines
+            .iter()
+            .filter(|line| !line.contains(r#""event":"checkpoint"#))
+            .map(|line| serde_json::from_str(line).expect("an event record"))
+            .collect();
+        JournalState::replay(&records)
+    }
+
+    fn last_seq(lines: &[&str]) -> u64 {
+        lines
+            .iter()
+            .map(|line| {
+                serde_json::from_str::<serde_json::Value>(line).expect("json")["seq"]
+                    .as_u64()
+                    .expect("seq")
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn a_read_cut_after_any_line_equals_the_replay_of_its_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.journal.jsonl");
+        let policy = CheckpointPolicy {
+            every: 4,
+            grow: false,
+            on_close: 1,
+        };
+        let (journal, _) = Journal::open_with(&path, "plan-a", policy).expect("open");
+        for event in events() {
+            journal.append(event).await.expect("append");
+        }
+        journal.close().await;
+        let text = std::fs::read_to_string(&path).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        let ends = lines
+            .iter()
+            .filter(|line| line.contains(r#""event":"checkpoint_end""#))
+            .count();
+        assert!(ends >= 5, "checkpoints every 4 records and on close: {text}");
+        assert!(lines.last().is_some_and(|line| line.contains("checkpoint_end")));
+
+        let cut = dir.path().join("cut.journal.jsonl");
+        for kept in 0..=lines.len() {
+            let mut prefix: String = lines[..kept].iter().map(|line| format!("{line}\n")).collect();
+            std::fs::write(&cut, &prefix).expect("write the cut");
+            let read = Journal::read(&cut).expect("the cut journal reads");
+            let mut want = expected(&lines[..kept]);
+            assert_eq!(read.state.last_seq, last_seq(&lines[..kept]), "cut after {kept}");
+            want.last_seq = read.state.last_seq;
+            assert_eq!(read.state, want, "cut after line {kept}");
+            assert_eq!(read.records.len(), want.records as usize);
+            for id in want.tenant_ids() {
+                assert_eq!(read.state.tenant(id), want.tenant(id), "{id}, cut after {kept}");
+            }
+            // What a crash mid-append leaves: the next line half written.
+            if let Some(next) = lines.get(kept) {
+                prefix.push_str(&next[..next.len() / 2]);
+                std::fs::write(&cut, &prefix).expect("write the torn cut");
+                let torn = Journal::read(&cut).expect("a torn tail reads");
+                assert!(torn.torn_tail.is_some(), "cut inside line {}", kept + 1);
+                assert_eq!(torn.state, read.state, "cut inside line {}", kept + 1);
+                // The writer repairs it and carries on after the last whole line.
+                let (journal, reopened) =
+                    Journal::open_with(&cut, "plan-a", policy).expect("reopen");
+                assert_eq!(reopened.state, read.state);
+                let record = journal
+                    .append(Event::WaveStarted { wave: "next".into() })
+                    .await
+                    .expect("append after the repair");
+                assert_eq!(record.seq, read.state.last_seq + 1);
+                journal.close().await;
+                let after = Journal::read(&cut).expect("reads after the append");
+                assert_eq!(after.state.wave_status("next"), super::WaveStatus::Running);
+                assert!(after.torn_tail.is_none());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_whose_end_points_elsewhere_is_passed_over_for_a_full_replay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.journal.jsonl");
+        let policy = CheckpointPolicy {
+            every: 0,
+            grow: false,
+            on_close: 1,
+        };
+        let (journal, _) = Journal::open_with(&path, "plan-a", policy).expect("open");
+        for event in events() {
+            journal.append(event).await.expect("append");
+        }
+        journal.close().await;
+        let text = std::fs::read_to_string(&path).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        let want = expected(&lines);
+        // An end record naming the wrong start: the reader must not trust it.
+        let damaged = text.replace(r#""start":"#, r#""start":1"#);
+        std::fs::write(&path, damaged).expect("write");
+        let read = Journal::read(&path).expect("reads by full replay");
+        assert_eq!(read.state.tenant("t2"), want.tenant("t2"));
+        assert_eq!(read.state.tenant_count(), want.tenant_count());
+        assert_eq!(read.state.runs, 1);
+    }
+
+    #[test]
+    fn a_checkpoint_of_an_unsupported_format_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.journal.jsonl");
+        let text = concat!(
+            r#"{"v":1,"seq":1,"at":"x","event":"wave_started","wave":"w"}"#,
+            "\n",
+            r#"{"v":3,"seq":2,"at":"x","event":"checkpoint","covers":1,"part":1,"rows":[]}"#,
+            "\n",
+            r#"{"v":1,"seq":3,"at":"x","event":"wave_started","wave":"v"}"#,
+            "\n"
+        );
+        std::fs::write(&path, text).expect("write");
+        let error = Journal::read(&path).err().expect("refused");
+        assert!(error.to_string().contains("line 2"), "{error}");
+        assert!(error.to_string().contains("v3"), "{error}");
+    }
 }

@@ -219,6 +219,17 @@ impl TenantTable {
         self.slots.len()
     }
 
+    /// Make room for `tenants` more (a checkpoint says how many it holds).
+    pub fn reserve(&mut self, tenants: usize) {
+        self.slots.reserve(tenants);
+        self.ids.ends.reserve(tenants);
+        self.ids.arena.reserve(tenants * 24);
+        let (arena, ends) = (&self.ids.arena, &self.ids.ends);
+        self.ids
+            .table
+            .reserve(tenants, |&other| hash_id(id_at(arena, ends, other)));
+    }
+
     pub fn find(&self, id: &str) -> Option<u32> {
         self.ids.get(id)
     }
@@ -508,7 +519,8 @@ pub fn parse_stamp(text: &str) -> Option<u64> {
     let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
     let nanos = match bytes.len() {
         20 => 0,
-        len if bytes[19] == b'.' && (22..=30).contains(&len) => {
+        // The writer drops trailing zeros: a fraction ending in one would not come back as is.
+        len if bytes[19] == b'.' && (22..=30).contains(&len) && bytes[len - 2] != b'0' => {
             let fraction = &bytes[20..len - 1];
             let mut value = digits(20..len - 1)?;
             for _ in fraction.len()..9 {
@@ -528,9 +540,12 @@ pub fn parse_stamp(text: &str) -> Option<u64> {
         return None;
     }
     let days = days_from_civil(year as i64, month as i64, day as i64);
+    // A day past the month's end (2026-02-30) would come back as another date.
+    if civil_from_days(days) != (year as i64, month as i64, day as i64) {
+        return None;
+    }
     let seconds = days as u64 * 86_400 + hour * 3600 + minute * 60 + second;
-    let value = seconds * 1_000_000_000 + nanos;
-    (format_stamp(value) == text).then_some(value)
+    Some(seconds * 1_000_000_000 + nanos)
 }
 
 pub fn format_stamp(nanos_since_epoch: u64) -> String {
@@ -617,6 +632,7 @@ mod tests {
             "2026-12-02T11:41:10.500Z",
             "2026-12-02T11:41:10+00:00",
             "2026-13-02T11:41:10Z",
+            "2026-02-30T11:41:10Z",
             "2026-12-02 11:41:10Z",
         ] {
             assert_eq!(parse_stamp(text), None, "{text} stays text");
