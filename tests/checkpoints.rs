@@ -64,7 +64,10 @@ async fn a_journal_cut_after_any_line_around_its_checkpoints_resumes_to_the_trut
     );
 
     for kept in 1..lines.len() {
-        let prefix: String = lines[..kept].iter().map(|line| format!("{line}\n")).collect();
+        let prefix: String = lines[..kept]
+            .iter()
+            .map(|line| format!("{line}\n"))
+            .collect();
         std::fs::write(&journal, &prefix).expect("write the cut journal");
 
         let status = json(&fleet.run(&["status", &plan, "--output", "json"]));

@@ -324,7 +324,11 @@ impl Loader {
             return Err(format!("checkpoint part {} is out of order", part.part));
         }
         if part.columns.len() != COLUMNS.len()
-            || part.columns.iter().zip(COLUMNS).any(|(found, want)| found != want)
+            || part
+                .columns
+                .iter()
+                .zip(COLUMNS)
+                .any(|(found, want)| found != want)
         {
             return Err("checkpoint columns are not the ones this version reads".into());
         }
@@ -366,24 +370,39 @@ impl Loader {
 
     fn row(&self, table: &mut TenantTable, row: Row<'_>) -> Result<(), String> {
         let set = |id: u32| {
-            self.sets
-                .get(id as usize)
-                .copied()
-                .ok_or_else(|| format!("tenant {}: version set {id} is not in the checkpoint", row.0))
+            self.sets.get(id as usize).copied().ok_or_else(|| {
+                format!(
+                    "tenant {}: version set {id} is not in the checkpoint",
+                    row.0
+                )
+            })
         };
         let optional_set = |id: Option<u32>| id.map_or(Ok(NO_SET), set);
         let status = TenantStatus::parse(&row.2)
             .ok_or_else(|| format!("tenant {}: unknown status {}", row.0, row.2))?;
-        let (pending, validated, apply_started, applied) =
-            (set(row.5)?, optional_set(row.6)?, optional_set(row.7)?, set(row.8)?);
+        let (pending, validated, apply_started, applied) = (
+            set(row.5)?,
+            optional_set(row.6)?,
+            optional_set(row.7)?,
+            set(row.8)?,
+        );
         let idx = table.entry(&row.0, &row.1);
         let wave = table.wave_idx(&row.1);
         if let Some((branch, lsn, timestamp)) = &row.10 {
             table.set_branch_point(idx, branch, lsn, timestamp.as_deref());
         }
-        let restore_point_at = row.11.as_deref().map_or(Packed::default(), |t| table.stamp(t));
-        let apply_started_at = row.12.as_deref().map_or(Packed::default(), |t| table.stamp(t));
-        let updated_at = row.13.as_deref().map_or(Packed::default(), |t| table.stamp(t));
+        let restore_point_at = row
+            .11
+            .as_deref()
+            .map_or(Packed::default(), |t| table.stamp(t));
+        let apply_started_at = row
+            .12
+            .as_deref()
+            .map_or(Packed::default(), |t| table.stamp(t));
+        let updated_at = row
+            .13
+            .as_deref()
+            .map_or(Packed::default(), |t| table.stamp(t));
         if let Some(rare) = row.14 {
             let rare = *rare;
             if let Some(point) = &rare.restore_point {
@@ -610,21 +629,39 @@ mod tests {
             .iter()
             .filter(|line| line.contains(r#""event":"checkpoint_end""#))
             .count();
-        assert!(ends >= 5, "checkpoints every 4 records and on close: {text}");
-        assert!(lines.last().is_some_and(|line| line.contains("checkpoint_end")));
+        assert!(
+            ends >= 5,
+            "checkpoints every 4 records and on close: {text}"
+        );
+        assert!(
+            lines
+                .last()
+                .is_some_and(|line| line.contains("checkpoint_end"))
+        );
 
         let cut = dir.path().join("cut.journal.jsonl");
         for kept in 0..=lines.len() {
-            let mut prefix: String = lines[..kept].iter().map(|line| format!("{line}\n")).collect();
+            let mut prefix: String = lines[..kept]
+                .iter()
+                .map(|line| format!("{line}\n"))
+                .collect();
             std::fs::write(&cut, &prefix).expect("write the cut");
             let read = Journal::read(&cut).expect("the cut journal reads");
             let mut want = expected(&lines[..kept]);
-            assert_eq!(read.state.last_seq, last_seq(&lines[..kept]), "cut after {kept}");
+            assert_eq!(
+                read.state.last_seq,
+                last_seq(&lines[..kept]),
+                "cut after {kept}"
+            );
             want.last_seq = read.state.last_seq;
             assert_eq!(read.state, want, "cut after line {kept}");
             assert_eq!(read.records.len(), want.records as usize);
             for id in want.tenant_ids() {
-                assert_eq!(read.state.tenant(id), want.tenant(id), "{id}, cut after {kept}");
+                assert_eq!(
+                    read.state.tenant(id),
+                    want.tenant(id),
+                    "{id}, cut after {kept}"
+                );
             }
             // What a crash mid-append leaves: the next line half written.
             if let Some(next) = lines.get(kept) {
@@ -638,7 +675,9 @@ mod tests {
                     Journal::open_with(&cut, "plan-a", policy).expect("reopen");
                 assert_eq!(reopened.state, read.state);
                 let record = journal
-                    .append(Event::WaveStarted { wave: "next".into() })
+                    .append(Event::WaveStarted {
+                        wave: "next".into(),
+                    })
                     .await
                     .expect("append after the repair");
                 assert_eq!(record.seq, read.state.last_seq + 1);

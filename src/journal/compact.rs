@@ -99,7 +99,9 @@ fn id_at<'a>(arena: &'a str, ends: &[u32], idx: u32) -> &'a str {
 impl IdIndex {
     fn get(&self, id: &str) -> Option<u32> {
         self.table
-            .find(hash_id(id), |&idx| id_at(&self.arena, &self.ends, idx) == id)
+            .find(hash_id(id), |&idx| {
+                id_at(&self.arena, &self.ends, idx) == id
+            })
             .copied()
     }
 
@@ -467,7 +469,9 @@ impl TenantTable {
             restore_point: self.restore_point(idx).map(Box::new),
             restore_point_at: self.stamp_text(slot.restore_point_at),
             version_at_restore_point: slot.version_at_restore_point,
-            open_branches: rare.map(|rare| rare.open_branches.clone()).unwrap_or_default(),
+            open_branches: rare
+                .map(|rare| rare.open_branches.clone())
+                .unwrap_or_default(),
             requested_branches: rare
                 .map(|rare| rare.requested_branches.clone())
                 .unwrap_or_default(),
@@ -673,7 +677,10 @@ mod tests {
         assert_eq!(table.restore_point(idx), Some(backup));
         table.clear_restore_point(idx);
         assert!(!table.has_restore_point(idx));
-        assert!(table.slot(idx).rare.is_none(), "an empty rare part is dropped");
+        assert!(
+            table.slot(idx).rare.is_none(),
+            "an empty rare part is dropped"
+        );
     }
 
     #[test]

@@ -111,7 +111,10 @@ impl CheckpointPolicy {
     pub const ENV: &str = "SCHEMAFLEET_JOURNAL_CHECKPOINT_EVERY";
 
     pub fn from_env() -> CheckpointPolicy {
-        match std::env::var(Self::ENV).ok().and_then(|text| text.trim().parse().ok()) {
+        match std::env::var(Self::ENV)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+        {
             Some(every) => CheckpointPolicy {
                 every,
                 grow: false,
@@ -411,7 +414,11 @@ fn parse(path: &Path, file: &File) -> Result<Parsed, JournalError> {
     if let Some(end) = find_last_checkpoint(file, len).map_err(io_error)? {
         let mut reader = file;
         reader.seek(SeekFrom::Start(end.start)).map_err(io_error)?;
-        match scan(path, &mut BufReader::with_capacity(1 << 20, reader), Start::Checkpoint(end)) {
+        match scan(
+            path,
+            &mut BufReader::with_capacity(1 << 20, reader),
+            Start::Checkpoint(end),
+        ) {
             Ok(parsed) => return Ok(parsed),
             Err(ScanError::Journal(error)) => return Err(error),
             Err(ScanError::Checkpoint(reason)) => {
@@ -424,7 +431,11 @@ fn parse(path: &Path, file: &File) -> Result<Parsed, JournalError> {
     }
     let mut reader = file;
     reader.seek(SeekFrom::Start(0)).map_err(io_error)?;
-    match scan(path, &mut BufReader::with_capacity(1 << 20, reader), Start::Beginning) {
+    match scan(
+        path,
+        &mut BufReader::with_capacity(1 << 20, reader),
+        Start::Beginning,
+    ) {
         Ok(parsed) => Ok(parsed),
         Err(ScanError::Journal(error)) => Err(error),
         Err(ScanError::Checkpoint(reason)) => Err(JournalError::Io {
@@ -523,17 +534,23 @@ fn scan(path: &Path, reader: &mut impl BufRead, start: Start) -> Result<Parsed, 
         }
         let line = &buffer[..line_end.unwrap_or(buffer.len())];
         let is_last = reader.fill_buf().map_err(io_error)?.is_empty();
-        let checkpoint_line = line_end.is_some() && memchr::memmem::find(line, PART_MARKER).is_some();
+        let checkpoint_line =
+            line_end.is_some() && memchr::memmem::find(line, PART_MARKER).is_some();
         let checkpoint_end = line_end.is_some() && memchr::memmem::find(line, END_MARKER).is_some();
         if let Some((loader, end)) = &mut loading {
             // Starting from a checkpoint: its parts, then its end, nothing else.
             if checkpoint_line {
-                let part = serde_json::from_slice::<checkpoint::Part<'_>>(line)
-                    .map_err(|error| ScanError::Checkpoint(format!("line {line_number}: {error}")))?;
-                loader.part(&mut state, part).map_err(ScanError::Checkpoint)?;
+                let part =
+                    serde_json::from_slice::<checkpoint::Part<'_>>(line).map_err(|error| {
+                        ScanError::Checkpoint(format!("line {line_number}: {error}"))
+                    })?;
+                loader
+                    .part(&mut state, part)
+                    .map_err(ScanError::Checkpoint)?;
             } else if checkpoint_end {
-                let found = serde_json::from_slice::<checkpoint::End>(line)
-                    .map_err(|error| ScanError::Checkpoint(format!("line {line_number}: {error}")))?;
+                let found = serde_json::from_slice::<checkpoint::End>(line).map_err(|error| {
+                    ScanError::Checkpoint(format!("line {line_number}: {error}"))
+                })?;
                 if found != *end || found.covers != loader.covers || found.parts != loader.parts {
                     return Err(ScanError::Checkpoint(format!(
                         "line {line_number}: the checkpoint's end does not match its parts"
@@ -739,9 +756,7 @@ fn write_loop(
         let due = if closing {
             writer.policy.on_close > 0 && writer.since_checkpoint >= writer.policy.on_close
         } else {
-            writer
-                .policy
-                .due(writer.since_checkpoint, writer.records)
+            writer.policy.due(writer.since_checkpoint, writer.records)
         };
         if failed.is_none()
             && due

@@ -177,7 +177,9 @@ impl JournalState {
     pub fn tenant_status(&self, tenant_id: &str) -> TenantStatus {
         self.tenants
             .find(tenant_id)
-            .map_or(TenantStatus::NotStarted, |idx| self.tenants.slot(idx).status)
+            .map_or(TenantStatus::NotStarted, |idx| {
+                self.tenants.slot(idx).status
+            })
     }
 
     /// Whether the journal holds a restore point for the tenant.

@@ -235,7 +235,12 @@ async fn write_journal(path: &Path, plan: &Plan, limit: usize, close: bool) -> a
 /// `limit` events.
 fn rollout_events(plan: &Plan, limit: usize) -> impl Iterator<Item = Event> + '_ {
     let facts = std::rc::Rc::new(RolloutFacts {
-        versions: plan.migrations.items.iter().map(|item| item.version).collect(),
+        versions: plan
+            .migrations
+            .items
+            .iter()
+            .map(|item| item.version)
+            .collect(),
         plan_prefix: plan.plan_id.chars().take(12).collect(),
         now: crate::clock::now_rfc3339(),
         expires: crate::clock::rfc3339_seconds_from_now(std::time::Duration::from_secs(7200)),
@@ -248,25 +253,29 @@ fn rollout_events(plan: &Plan, limit: usize) -> impl Iterator<Item = Event> + '_
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
     });
     let last_wave = plan.waves.len().saturating_sub(1);
-    let waves = plan.waves.iter().enumerate().flat_map(move |(wave_idx, wave)| {
-        let facts = facts.clone();
-        let body = wave
-            .tenants
-            .chunks(wave.concurrency.max(1))
-            .flat_map(move |group| facts.group_events(&wave.name, group));
-        let bake_until = (wave_idx != last_wave && wave.bake_s > 0).then(|| {
-            crate::clock::rfc3339_seconds_from_now(std::time::Duration::from_secs(wave.bake_s))
+    let waves = plan
+        .waves
+        .iter()
+        .enumerate()
+        .flat_map(move |(wave_idx, wave)| {
+            let facts = facts.clone();
+            let body = wave
+                .tenants
+                .chunks(wave.concurrency.max(1))
+                .flat_map(move |group| facts.group_events(&wave.name, group));
+            let bake_until = (wave_idx != last_wave && wave.bake_s > 0).then(|| {
+                crate::clock::rfc3339_seconds_from_now(std::time::Duration::from_secs(wave.bake_s))
+            });
+            std::iter::once(Event::WaveStarted {
+                wave: wave.name.clone(),
+            })
+            .chain(body)
+            .chain(std::iter::once(Event::WaveFinished {
+                wave: wave.name.clone(),
+                halted: false,
+                bake_until,
+            }))
         });
-        std::iter::once(Event::WaveStarted {
-            wave: wave.name.clone(),
-        })
-        .chain(body)
-        .chain(std::iter::once(Event::WaveFinished {
-            wave: wave.name.clone(),
-            halted: false,
-            bake_until,
-        }))
-    });
     let finish = std::iter::once(Event::RunFinished {
         run_id,
         outcome: "completed".into(),
