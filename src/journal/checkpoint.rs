@@ -118,6 +118,9 @@ pub struct WaveRow {
     pub bake_until: Option<String>,
 }
 
+/// A packed branch point: main's branch id, LSN, timestamp.
+type BranchPointRow<'a> = (Cow<'a, str>, Cow<'a, str>, Option<Cow<'a, str>>);
+
 /// One tenant, in [`COLUMNS`] order.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Row<'a>(
@@ -131,7 +134,7 @@ pub struct Row<'a>(
     Option<u32>,
     u32,
     Option<i32>,
-    #[serde(borrow)] Option<(Cow<'a, str>, Cow<'a, str>, Option<Cow<'a, str>>)>,
+    #[serde(borrow)] Option<BranchPointRow<'a>>,
     #[serde(borrow)] Option<Cow<'a, str>>,
     #[serde(borrow)] Option<Cow<'a, str>>,
     #[serde(borrow)] Option<Cow<'a, str>>,
