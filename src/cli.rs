@@ -770,6 +770,8 @@ pub struct BenchArgs {
     /// Modes to run: raw, sequential, apply, validated, noop, plan; also raw-probe (raw plus a
     /// separate probe connection per tenant, as the executor opens). `sequential` is Neon's
     /// guide: one tenant at a time, its URI from the API, refinery's Runner with its defaults.
+    /// `journal` (not in the default set) writes a validated rollout's journal for
+    /// --plan-tenants tenants and times `status`, `apply` and a resume on it.
     #[arg(
         long,
         value_delimiter = ',',
@@ -790,7 +792,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "5m")]
     pub suspend_after: String,
 
-    /// Tenants planned by the `plan` mode.
+    /// Tenants planned by the `plan` and `journal` modes.
     #[arg(long, default_value_t = 300_000)]
     pub plan_tenants: usize,
 

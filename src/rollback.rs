@@ -118,7 +118,7 @@ pub fn select(
                 ));
             };
             wave.tenant_ids()
-                .filter(|tenant| changed_main(state.tenant(tenant)))
+                .filter(|tenant| changed_main(state.tenant(tenant).as_ref()))
                 .map(|tenant| (tenant.to_string(), wave.name.clone()))
                 .collect()
         }
@@ -143,7 +143,7 @@ pub fn select(
     let mut refusals = Vec::new();
     for (tenant, wave) in chosen {
         let tenant_state = state.tenant(&tenant);
-        match tenant_state.and_then(|state| {
+        match tenant_state.as_ref().and_then(|state| {
             state
                 .restore_point
                 .as_deref()
@@ -159,7 +159,9 @@ pub fn select(
                 point,
             }),
             None => {
-                let status = tenant_state.map_or(TenantStatus::NotStarted, |state| state.status);
+                let status = tenant_state
+                    .as_ref()
+                    .map_or(TenantStatus::NotStarted, |state| state.status);
                 let reason = match status {
                     TenantStatus::NotStarted
                     | TenantStatus::UpToDate
@@ -533,7 +535,7 @@ mod tests {
                 wave: "w".into(),
             },
         ]);
-        assert!(changed_main(state.tenant("t1")));
+        assert!(changed_main(state.tenant("t1").as_ref()));
         // A later attempt that changed nothing does not hide an earlier one's commits.
         let failed = |applied_on_main: Vec<i32>| Event::Failed {
             tenant: "t1".into(),
@@ -543,12 +545,12 @@ mod tests {
             applied_on_main,
         };
         let state = replay(vec![started, failed(vec![1]), failed(Vec::new())]);
-        assert!(changed_main(state.tenant("t1")));
+        assert!(changed_main(state.tenant("t1").as_ref()));
         let state = replay(vec![Event::UpToDate {
             tenant: "t1".into(),
             wave: "w".into(),
         }]);
-        assert!(!changed_main(state.tenant("t1")));
+        assert!(!changed_main(state.tenant("t1").as_ref()));
     }
 
     #[test]

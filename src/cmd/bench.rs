@@ -10,6 +10,8 @@
 //! - `child`: the child side: one mode, timed, then its peak RSS.
 //! - `raw`: the floor: connect, one transaction with the release and its history rows, disconnect.
 //! - `sequential`: Neon's guide: one tenant at a time, URI from the API, refinery's defaults.
+//! - `journal`: the journal mode: a large rollout's journal written by the real writer, then
+//!   `status`, `apply` of the finished rollout and a resume of a killed one, each timed alone.
 //! - `modes`: the parent side of each mode: files, child process, counters.
 //! - `report`: results, text lines, the JSON document, the validated-time breakdown.
 //!
@@ -21,6 +23,7 @@
 mod assets;
 mod child;
 mod fleet;
+mod journal;
 mod modes;
 mod raw;
 mod report;

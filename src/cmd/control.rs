@@ -107,7 +107,12 @@ pub async fn import(args: StateImportArgs) -> anyhow::Result<ExitStatus> {
     let (file, read) = crate::journal::Journal::open(&journal, &plan.plan_id)?;
     let uri = crate::secret::SecretUri::new(args.state.clone());
     let store = StateStore::connect(&uri).await?;
-    let result = store.import(&plan.plan_id, &read.records).await;
+    drop(read);
+    let records = crate::journal::Journal::event_records(&journal);
+    let result = match records {
+        Ok(records) => store.import(&plan.plan_id, &records).await,
+        Err(error) => Err(error),
+    };
     file.close().await;
     let imported = result?;
     let what = if imported == 0 {

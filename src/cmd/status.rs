@@ -67,7 +67,6 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
     }
     let plan_display = args.plan.display().to_string();
     let groups = report::group_failures(&summary, &plan_display);
-    let restore_points = restore_points(&plan, &read.state);
     let baselined = baselined(&plan, &read.state);
     let baking = baking(&plan, &read.state, time::OffsetDateTime::now_utc());
     let live = if args.live {
@@ -77,7 +76,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
     };
     // Journal-only status is as of this plan's last record: another plan's apply or rollback
     // since then is invisible to it; main's history (`--live`) is the authority.
-    let as_of = read.records.last().map(|record| record.at.clone());
+    let as_of = read.state.last_at.clone();
     let running = summary
         .waves
         .iter()
@@ -114,7 +113,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 "totals": summary.totals,
                 "failures": summary.failures,
                 "failure_groups": groups,
-                "restore_points": restore_points,
+                // Listed for JSON only: text shows the count, and a list of every tenant's
+                // point is the one part of status that grows with the fleet.
+                "restore_points": restore_points(&plan, &read.state),
                 "held_back": summary.held_back,
                 "held_back_tenants": summary.held_back_tenants,
                 "baseline": baselined,
@@ -136,7 +137,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 &read.state,
                 &summary,
                 &groups,
-                &restore_points,
+                summary.restore_points,
                 live.as_ref(),
                 running,
                 halted.clone(),
@@ -188,7 +189,7 @@ fn print_text(
     state: &JournalState,
     summary: &report::Summary,
     groups: &[report::FailureGroup],
-    restore_points: &[serde_json::Value],
+    n_points: usize,
     live: Option<&serde_json::Value>,
     running: Option<String>,
     halted: Option<String>,
@@ -273,7 +274,6 @@ fn print_text(
         "{}",
         report::render::gates_text(summary, &plan_path.display().to_string())
     );
-    let n_points = restore_points.len();
     let (verb, pronoun) = if n_points == 1 {
         ("tenant holds", "it")
     } else {

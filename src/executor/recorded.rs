@@ -104,8 +104,11 @@ impl RecordedVersions {
         }
         let source = format!("plan {}", earlier.plan_id);
         let mut added = 0;
-        for (tenant_id, state) in &journal.tenants {
-            if matches!(state.status, TenantStatus::Applied | TenantStatus::UpToDate) {
+        for tenant_id in journal.tenant_ids() {
+            if matches!(
+                journal.tenant_status(tenant_id),
+                TenantStatus::Applied | TenantStatus::UpToDate
+            ) {
                 self.add(
                     tenant_id,
                     Recorded {

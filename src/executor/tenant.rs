@@ -79,7 +79,7 @@ impl Recorder {
     }
 
     pub fn tenant(&self, tenant_id: &str) -> Option<TenantState> {
-        self.lock_state().tenant(tenant_id).cloned()
+        self.lock_state().tenant(tenant_id)
     }
 
     /// Read the replayed state in place: a clone would cost a copy of every tenant's state.

@@ -9,15 +9,24 @@
 //! is waiting, calls `fsync` once, and only then acknowledges them all (group commit): each
 //! caller still waits for its own record to be durable, but a busy wave pays one fsync per
 //! batch instead of one per record.
+//!
+//! Reading streams: each line is folded into the compact state as it is read, nothing else is
+//! kept. A read starts from the last complete checkpoint (found by searching backwards from the
+//! end for its end record) and replays only what follows it; a journal without one replays
+//! from its first line. The writer appends a checkpoint every so many records and on a clean
+//! close (see [`CheckpointPolicy`]), built by re-reading the file itself, so a checkpoint is
+//! always exactly the replay of the lines before it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpoint::{self, CHECKPOINT_VERSION, END_MARKER, PART_MARKER};
 use super::record::{Event, RECORD_VERSION, Record};
 use super::state::JournalState;
 
@@ -81,6 +90,53 @@ pub fn default_journal_path(plan_path: &Path) -> PathBuf {
 /// making `status` or `apply` read an unbounded line into memory.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
 
+/// When the writer appends a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    /// During a run: once this many records follow the last checkpoint (0 = never).
+    pub every: u64,
+    /// Wait for half the journal's records instead when that is more, so checkpoints stay a
+    /// bounded share of a growing journal.
+    pub grow: bool,
+    /// On a clean close: when at least this many records follow the last checkpoint (0 = never).
+    pub on_close: u64,
+}
+
+impl CheckpointPolicy {
+    pub const STANDARD: CheckpointPolicy = CheckpointPolicy {
+        every: 50_000,
+        grow: true,
+        on_close: 1_000,
+    };
+
+    /// The environment variable that sets a fixed interval (and a checkpoint on every close
+    /// after at least one record): for tests that cut journals around checkpoints.
+    pub const ENV: &str = "SCHEMAFLEET_JOURNAL_CHECKPOINT_EVERY";
+
+    pub fn from_env() -> CheckpointPolicy {
+        match std::env::var(Self::ENV)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+        {
+            Some(every) => CheckpointPolicy {
+                every,
+                grow: false,
+                on_close: u64::from(every > 0),
+            },
+            None => CheckpointPolicy::STANDARD,
+        }
+    }
+
+    fn due(self, since: u64, records: u64) -> bool {
+        let interval = if self.grow {
+            self.every.max(records / 2)
+        } else {
+            self.every
+        };
+        self.every > 0 && since >= interval
+    }
+}
+
 pub(super) type Ack = oneshot::Sender<Result<Record, String>>;
 
 /// A request to the writer (the file's thread, or the state store's task).
@@ -120,10 +176,25 @@ pub enum LockHolder {
     Other,
 }
 
+/// How many event records a read folded into its state: the records themselves are never
+/// kept (a checkpoint counts for the records it stands for).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordCount(pub u64);
+
+impl RecordCount {
+    pub fn len(&self) -> usize {
+        self.0 as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+}
+
 /// What reading a journal found.
 #[derive(Default)]
 pub struct ReadJournal {
-    pub records: Vec<Record>,
+    pub records: RecordCount,
     pub state: JournalState,
     /// Set when the last line was torn (a crash mid-write) and was dropped.
     pub torn_tail: Option<String>,
@@ -132,13 +203,22 @@ pub struct ReadJournal {
 impl Journal {
     /// Open (creating if needed) and lock the journal of `plan_id`, repairing a torn last line.
     pub fn open(path: &Path, plan_id: &str) -> Result<(Journal, ReadJournal), JournalError> {
+        Journal::open_with(path, plan_id, CheckpointPolicy::from_env())
+    }
+
+    /// [`Journal::open`] with the writer's checkpoints as `policy` says.
+    pub fn open_with(
+        path: &Path,
+        plan_id: &str,
+        policy: CheckpointPolicy,
+    ) -> Result<(Journal, ReadJournal), JournalError> {
         let io_error = |source| JournalError::Io {
             path: path.to_path_buf(),
             source,
         };
         use std::os::unix::fs::OpenOptionsExt;
         let existed = path.exists();
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
@@ -165,20 +245,25 @@ impl Journal {
             }
             Err(std::fs::TryLockError::Error(source)) => return Err(io_error(source)),
         }
-        file.seek(SeekFrom::Start(0)).map_err(io_error)?;
-        let parsed = parse(path, &mut BufReader::new(&file))?;
+        let parsed = parse(path, &file)?;
         if let Some(valid_len) = parsed.valid_len {
             // Drop the torn tail so the next append starts on a clean line.
-            file.set_len(valid_len as u64).map_err(io_error)?;
+            file.set_len(valid_len).map_err(io_error)?;
             file.sync_all().map_err(io_error)?;
         }
         check_plan(path, &parsed.read.state, plan_id)?;
-        let next_seq = parsed.read.state.last_seq + 1;
+        let writer = WriterState {
+            next_seq: parsed.read.state.last_seq + 1,
+            lines: parsed.lines,
+            since_checkpoint: parsed.since_checkpoint,
+            records: parsed.read.state.records,
+            policy,
+        };
         let (sender, receiver) = mpsc::unbounded_channel();
         let writer_path = path.to_path_buf();
         std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || write_loop(file, writer_path, next_seq, receiver))
+            .spawn(move || write_loop(file, writer_path, writer, receiver))
             .map_err(io_error)?;
         Ok((
             Journal::with_writer(Location::File(path.to_path_buf()), sender),
@@ -205,8 +290,8 @@ impl Journal {
             Ok(file) => file,
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
                 return Ok(ReadJournal {
-                    records: Vec::new(),
-                    state: JournalState::replay(&[]),
+                    records: RecordCount(0),
+                    state: JournalState::default(),
                     torn_tail: None,
                 });
             }
@@ -217,7 +302,54 @@ impl Journal {
                 });
             }
         };
-        Ok(parse(path, &mut BufReader::new(file))?.read)
+        Ok(parse(path, &file)?.read)
+    }
+
+    /// Every event record of the journal at `path`, in order, checkpoints left out (`state
+    /// import` moves them into a state store). Holds them all: for that one-off move only, never
+    /// for a replay. A torn last line is left out as [`Journal::read`] leaves it.
+    pub fn event_records(path: &Path) -> Result<Vec<Record>, JournalError> {
+        let io_error = |source| JournalError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(io_error(source)),
+        };
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let mut records = Vec::new();
+        let mut buffer = Vec::new();
+        let mut line_number = 0usize;
+        loop {
+            buffer.clear();
+            let read = (&mut reader)
+                .take(MAX_LINE_BYTES as u64 + 1)
+                .read_until(b'\n', &mut buffer)
+                .map_err(io_error)?;
+            if read == 0 {
+                break;
+            }
+            line_number += 1;
+            if buffer.last() != Some(&b'\n') {
+                break; // a torn tail
+            }
+            let line = &buffer[..buffer.len() - 1];
+            if memchr::memmem::find(line, PART_MARKER).is_some()
+                || memchr::memmem::find(line, END_MARKER).is_some()
+            {
+                continue;
+            }
+            let record =
+                serde_json::from_slice::<Record>(line).map_err(|error| JournalError::Corrupt {
+                    path: path.to_path_buf(),
+                    line: line_number,
+                    reason: error.to_string(),
+                })?;
+            records.push(record);
+        }
+        Ok(records)
     }
 
     /// Who holds this journal's lock now; `read` is the journal as just read, whose last
@@ -238,16 +370,10 @@ impl Journal {
         };
         match file.try_lock_shared() {
             Ok(()) => Ok(LockHolder::Nobody),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(read
-                .records
-                .iter()
-                .rev()
-                .find_map(|record| match &record.event {
-                    Event::RunStarted { pid, .. } => Some(LockHolder::Apply { pid: *pid }),
-                    Event::RunFinished { .. } => Some(LockHolder::Other),
-                    _ => None,
-                })
-                .unwrap_or(LockHolder::Other)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(match read.state.open_run_pid {
+                Some(pid) => LockHolder::Apply { pid },
+                None => LockHolder::Other,
+            }),
             Err(std::fs::TryLockError::Error(source)) => Err(JournalError::Io {
                 path: path.to_path_buf(),
                 source,
@@ -279,7 +405,8 @@ impl Journal {
         self.appended.load(Ordering::Relaxed)
     }
 
-    /// Stop the writer and release the lock, after every earlier append is durable.
+    /// Stop the writer and release the lock, after every earlier append is durable (and a
+    /// checkpoint written when the policy asks for one on a clean close).
     /// Appends through other clones fail afterwards.
     pub async fn close(self) {
         let (done_sender, done_receiver) = oneshot::channel();
@@ -338,19 +465,135 @@ fn check_plan(path: &Path, state: &JournalState, plan_id: &str) -> Result<(), Jo
 struct Parsed {
     read: ReadJournal,
     /// Length of the well-formed prefix when a torn tail must be cut.
-    valid_len: Option<usize>,
+    valid_len: Option<u64>,
+    /// Complete lines kept (a torn tail not counted).
+    lines: u64,
+    /// Event records after the last complete checkpoint.
+    since_checkpoint: u64,
 }
 
-fn parse(path: &Path, reader: &mut impl BufRead) -> Result<Parsed, JournalError> {
+/// Where a scan starts.
+enum Start {
+    Beginning,
+    Checkpoint(checkpoint::End),
+}
+
+enum ScanError {
+    Journal(JournalError),
+    /// The checkpoint the scan started from cannot be used (the reason): replay from the start.
+    Checkpoint(String),
+}
+
+impl From<JournalError> for ScanError {
+    fn from(error: JournalError) -> ScanError {
+        ScanError::Journal(error)
+    }
+}
+
+/// Read the journal in `file`: from its last complete checkpoint when it has one, else whole.
+fn parse(path: &Path, file: &File) -> Result<Parsed, JournalError> {
     let io_error = |source| JournalError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let mut records = Vec::new();
-    let mut offset = 0;
-    let mut line_number = 0;
+    let len = file.metadata().map_err(io_error)?.len();
+    if let Some(end) = find_last_checkpoint(file, len).map_err(io_error)? {
+        let mut reader = file;
+        reader.seek(SeekFrom::Start(end.start)).map_err(io_error)?;
+        match scan(
+            path,
+            &mut BufReader::with_capacity(1 << 20, reader),
+            Start::Checkpoint(end),
+        ) {
+            Ok(parsed) => return Ok(parsed),
+            Err(ScanError::Journal(error)) => return Err(error),
+            Err(ScanError::Checkpoint(reason)) => {
+                tracing::warn!(
+                    "journal {}: its last checkpoint cannot be used ({reason}); replaying it from the start",
+                    path.display()
+                );
+            }
+        }
+    }
+    let mut reader = file;
+    reader.seek(SeekFrom::Start(0)).map_err(io_error)?;
+    match scan(
+        path,
+        &mut BufReader::with_capacity(1 << 20, reader),
+        Start::Beginning,
+    ) {
+        Ok(parsed) => Ok(parsed),
+        Err(ScanError::Journal(error)) => Err(error),
+        Err(ScanError::Checkpoint(reason)) => Err(JournalError::Io {
+            path: path.to_path_buf(),
+            source: io::Error::other(reason),
+        }),
+    }
+}
+
+/// The end record of the last complete checkpoint, searching backwards from `len`.
+fn find_last_checkpoint(file: &File, len: u64) -> io::Result<Option<checkpoint::End>> {
+    const CHUNK: u64 = 1 << 20;
+    // End records are a few hundred bytes: a chunk read this far past its end holds whole any
+    // end record that starts inside it.
+    const OVERLAP: u64 = 16 * 1024;
+    let mut buffer = Vec::new();
+    let mut high = len;
+    while high > 0 {
+        let low = high.saturating_sub(CHUNK);
+        let read_high = (high + OVERLAP).min(len);
+        buffer.resize((read_high - low) as usize, 0);
+        file.read_exact_at(&mut buffer, low)?;
+        let mut search_end = buffer.len();
+        while let Some(found) = memchr::memmem::rfind(&buffer[..search_end], END_MARKER) {
+            search_end = found;
+            let line_start = buffer[..found]
+                .iter()
+                .rposition(|byte| *byte == b'\n')
+                .map_or(0, |idx| idx + 1);
+            if line_start == 0 && low > 0 {
+                // It starts in the previous chunk, which holds it whole.
+                continue;
+            }
+            // A line without its newline is a torn tail, not a checkpoint.
+            let Some(line_len) = buffer[found..].iter().position(|byte| *byte == b'\n') else {
+                continue;
+            };
+            let line = &buffer[line_start..found + line_len];
+            if let Ok(end) = serde_json::from_slice::<checkpoint::End>(line)
+                && end.v == CHECKPOINT_VERSION
+                && end.event == "checkpoint_end"
+                && end.start < low + line_start as u64
+                && end.line > 0
+            {
+                return Ok(Some(end));
+            }
+        }
+        high = low;
+    }
+    Ok(None)
+}
+
+/// Fold the lines `reader` holds into a state, line by line.
+fn scan(path: &Path, reader: &mut impl BufRead, start: Start) -> Result<Parsed, ScanError> {
+    let io_error = |source| {
+        ScanError::Journal(JournalError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let mut state = JournalState::default();
+    let (mut offset, mut line_number, mut loading) = match start {
+        Start::Beginning => (0, 0, None),
+        Start::Checkpoint(end) => (
+            end.start,
+            end.line - 1,
+            Some((checkpoint::Loader::default(), end)),
+        ),
+    };
     let mut torn_tail = None;
     let mut valid_len = None;
+    let mut since_checkpoint = 0;
     let mut buffer = Vec::new();
     loop {
         buffer.clear();
@@ -367,15 +610,73 @@ fn parse(path: &Path, reader: &mut impl BufRead) -> Result<Parsed, JournalError>
         if line_end.is_none() && buffer.len() > MAX_LINE_BYTES {
             return Err(JournalError::Corrupt {
                 path: path.to_path_buf(),
-                line: line_number,
+                line: line_number as usize,
                 reason: format!(
                     "the line is longer than {} MiB, which no record is",
                     MAX_LINE_BYTES >> 20
                 ),
-            });
+            }
+            .into());
         }
         let line = &buffer[..line_end.unwrap_or(buffer.len())];
         let is_last = reader.fill_buf().map_err(io_error)?.is_empty();
+        let checkpoint_line =
+            line_end.is_some() && memchr::memmem::find(line, PART_MARKER).is_some();
+        let checkpoint_end = line_end.is_some() && memchr::memmem::find(line, END_MARKER).is_some();
+        if let Some((loader, end)) = &mut loading {
+            // Starting from a checkpoint: its parts, then its end, nothing else.
+            if checkpoint_line {
+                let part =
+                    serde_json::from_slice::<checkpoint::Part<'_>>(line).map_err(|error| {
+                        ScanError::Checkpoint(format!("line {line_number}: {error}"))
+                    })?;
+                loader
+                    .part(&mut state, part)
+                    .map_err(ScanError::Checkpoint)?;
+            } else if checkpoint_end {
+                let found = serde_json::from_slice::<checkpoint::End>(line).map_err(|error| {
+                    ScanError::Checkpoint(format!("line {line_number}: {error}"))
+                })?;
+                if found != *end || found.covers != loader.covers || found.parts != loader.parts {
+                    return Err(ScanError::Checkpoint(format!(
+                        "line {line_number}: the checkpoint's end does not match its parts"
+                    )));
+                }
+                state.last_seq = state.last_seq.max(found.seq);
+                loading = None;
+            } else {
+                return Err(ScanError::Checkpoint(format!(
+                    "line {line_number} is not part of the checkpoint"
+                )));
+            }
+            offset += read as u64;
+            continue;
+        }
+        if checkpoint_line || checkpoint_end {
+            // Already replayed what it stands for: only its seq counts.
+            match serde_json::from_slice::<checkpoint::Head>(line) {
+                Ok(head) if head.v == CHECKPOINT_VERSION => {
+                    state.last_seq = state.last_seq.max(head.seq);
+                    if checkpoint_end {
+                        since_checkpoint = 0;
+                    }
+                    offset += read as u64;
+                    continue;
+                }
+                Ok(head) => {
+                    return Err(JournalError::Corrupt {
+                        path: path.to_path_buf(),
+                        line: line_number as usize,
+                        reason: format!(
+                            "checkpoint format v{} is not supported (expected v{CHECKPOINT_VERSION})",
+                            head.v
+                        ),
+                    }
+                    .into());
+                }
+                Err(_) => {}
+            }
+        }
         let parsed = std::str::from_utf8(line)
             .map_err(|error| error.to_string())
             .and_then(|text| {
@@ -383,29 +684,32 @@ fn parse(path: &Path, reader: &mut impl BufRead) -> Result<Parsed, JournalError>
             });
         match parsed {
             Ok(record) if record.v == RECORD_VERSION => {
-                records.push(record);
                 if line_end.is_none() {
-                    // A complete record missing only its newline: keep it, terminate the line.
+                    // A complete record missing only its newline: cut it with the line.
                     torn_tail = Some(format!("line {line_number} had no newline"));
                     valid_len = Some(offset);
-                    records.pop();
+                } else {
+                    state.apply(&record);
+                    since_checkpoint += 1;
                 }
             }
             Ok(record) => {
                 return Err(JournalError::Corrupt {
                     path: path.to_path_buf(),
-                    line: line_number,
+                    line: line_number as usize,
                     reason: format!(
                         "record format v{} is not supported (expected v{RECORD_VERSION})",
                         record.v
                     ),
-                });
+                }
+                .into());
             }
             Err(_) if (is_last || line_number == 1) && !could_be_torn_record(line) => {
                 return Err(JournalError::NotAJournal {
                     path: path.to_path_buf(),
-                    line: line_number,
-                });
+                    line: line_number as usize,
+                }
+                .into());
             }
             Err(reason) if is_last => {
                 torn_tail = Some(format!(
@@ -416,21 +720,32 @@ fn parse(path: &Path, reader: &mut impl BufRead) -> Result<Parsed, JournalError>
             Err(reason) => {
                 return Err(JournalError::Corrupt {
                     path: path.to_path_buf(),
-                    line: line_number,
+                    line: line_number as usize,
                     reason,
-                });
+                }
+                .into());
             }
         }
-        offset += read;
+        offset += read as u64;
     }
-    let state = JournalState::replay(&records);
+    if loading.is_some() {
+        return Err(ScanError::Checkpoint("the checkpoint has no end".into()));
+    }
+    state.shrink();
+    let lines = if torn_tail.is_some() {
+        line_number - 1
+    } else {
+        line_number
+    };
     Ok(Parsed {
         read: ReadJournal {
-            records,
+            records: RecordCount(state.records),
             state,
             torn_tail,
         },
         valid_len,
+        lines,
+        since_checkpoint,
     })
 }
 
@@ -446,10 +761,21 @@ fn could_be_torn_record(line: &[u8]) -> bool {
     line.starts_with(RECORD_START) || RECORD_START.starts_with(line)
 }
 
+/// What the writer thread knows of the file it appends to.
+struct WriterState {
+    next_seq: u64,
+    /// Complete lines in the file.
+    lines: u64,
+    /// Event records after the last complete checkpoint, and in all.
+    since_checkpoint: u64,
+    records: u64,
+    policy: CheckpointPolicy,
+}
+
 fn write_loop(
     mut file: File,
     path: PathBuf,
-    mut next_seq: u64,
+    mut writer: WriterState,
     mut receiver: mpsc::UnboundedReceiver<Request>,
 ) {
     let mut failed: Option<String> = None;
@@ -478,11 +804,11 @@ fn write_loop(
         for (event, ack) in batch {
             let record = Record {
                 v: RECORD_VERSION,
-                seq: next_seq,
+                seq: writer.next_seq,
                 at: crate::clock::now_rfc3339(),
                 event,
             };
-            next_seq += 1;
+            writer.next_seq += 1;
             match serde_json::to_writer(&mut buffer, &record) {
                 Ok(()) => {
                     buffer.push(b'\n');
@@ -496,6 +822,10 @@ fn write_loop(
         let result = file.write_all(&buffer).and_then(|()| file.sync_data());
         match result {
             Ok(()) => {
+                let count = written.len() as u64;
+                writer.lines += count;
+                writer.since_checkpoint += count;
+                writer.records += count;
                 for (record, ack) in written {
                     let _ = ack.send(Ok(record));
                 }
@@ -508,7 +838,19 @@ fn write_loop(
                 }
             }
         }
-        if close_ack.is_some() {
+        let closing = close_ack.is_some();
+        let due = if closing {
+            writer.policy.on_close > 0 && writer.since_checkpoint >= writer.policy.on_close
+        } else {
+            writer.policy.due(writer.since_checkpoint, writer.records)
+        };
+        if failed.is_none()
+            && due
+            && let Err(message) = write_checkpoint(&mut file, &path, &mut writer)
+        {
+            failed = Some(message);
+        }
+        if closing {
             break;
         }
     }
@@ -516,6 +858,48 @@ fn write_loop(
     if let Some(ack) = close_ack {
         let _ = ack.send(());
     }
+}
+
+/// Append a checkpoint of the file as it stands. Err (the writer stops) only when the file
+/// could not be written; a checkpoint that cannot be built is skipped.
+fn write_checkpoint(file: &mut File, path: &Path, writer: &mut WriterState) -> Result<(), String> {
+    let parsed = match parse(path, file) {
+        Ok(parsed) if parsed.lines == writer.lines && parsed.valid_len.is_none() => parsed,
+        Ok(_) => {
+            tracing::warn!(
+                "journal {}: it changed under its writer; no checkpoint written",
+                path.display()
+            );
+            return Ok(());
+        }
+        Err(error) => {
+            tracing::warn!("journal {}: no checkpoint written: {error}", path.display());
+            return Ok(());
+        }
+    };
+    let start = file
+        .metadata()
+        .map_err(|error| format!("{}: {error}", path.display()))?
+        .len();
+    let mut out = io::BufWriter::with_capacity(1 << 20, &*file);
+    let result = checkpoint::write(
+        &mut out,
+        &parsed.read.state,
+        writer.next_seq,
+        &crate::clock::now_rfc3339(),
+        start,
+        writer.lines + 1,
+    )
+    .and_then(|lines| out.flush().map(|()| lines));
+    drop(out);
+    drop(parsed);
+    let lines = result
+        .and_then(|lines| file.sync_data().map(|()| lines))
+        .map_err(|error| format!("{}: {error}", path.display()))?;
+    writer.next_seq += lines;
+    writer.lines += lines;
+    writer.since_checkpoint = 0;
+    Ok(())
 }
 
 #[cfg(test)]

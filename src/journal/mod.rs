@@ -2,7 +2,10 @@
 //!
 //! - [`record`]: the record types (a serialization boundary, versioned with `"v": 1`).
 //! - [`state`]: pure replay of records into per-tenant and per-wave state.
-//! - [`file`]: the file itself: exclusive lock, torn-tail repair, group-committed fsync'd appends.
+//! - [`file`]: the file itself: exclusive lock, torn-tail repair, group-committed fsync'd appends,
+//!   a streaming read that starts from the last checkpoint.
+//! - [`checkpoint`]: checkpoint records, the replayed state written into the journal so a later
+//!   replay skips what precedes it; `compact`: the compact per-tenant table the state keeps.
 //! - [`store`]: the same journal in PostgreSQL (`--state URL`), one row per record, its schema
 //!   embedded refinery migrations (`state_migrations/`); [`coordination`]: what several runners
 //!   of a plan share there (claims under leases, wave budgets, runners, pause/abort);
@@ -13,6 +16,8 @@
 //! work, facts (`applied`) after it.
 //! **Invariant:** the journal never holds a secret; URIs are not recorded at all.
 
+pub mod checkpoint;
+mod compact;
 pub mod control;
 pub mod coordination;
 pub mod file;

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::compact::{NO_SET, Packed, TenantTable};
 use super::record::{CheckFailure, Event, Phase, Record, RestorePoint};
 use crate::pg::DbFailure;
 
@@ -37,6 +38,23 @@ impl TenantStatus {
                 | TenantStatus::Failed
                 | TenantStatus::Diverged
         )
+    }
+
+    /// The status [`TenantStatus::as_str`] names.
+    pub fn parse(text: &str) -> Option<TenantStatus> {
+        [
+            TenantStatus::NotStarted,
+            TenantStatus::InFlight,
+            TenantStatus::Applied,
+            TenantStatus::UpToDate,
+            TenantStatus::SkippedRecorded,
+            TenantStatus::Failed,
+            TenantStatus::Diverged,
+            TenantStatus::RolledBack,
+            TenantStatus::RollbackFailed,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == text)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -101,42 +119,6 @@ pub struct TenantState {
     pub updated_at: String,
 }
 
-impl TenantState {
-    /// Versions this plan committed on main, over every attempt, until a rollback.
-    fn add_applied(&mut self, versions: &[i32]) {
-        for version in versions {
-            if !self.applied_versions.contains(version) {
-                self.applied_versions.push(*version);
-            }
-        }
-    }
-
-    fn new(wave: &str) -> TenantState {
-        TenantState {
-            wave: wave.to_string(),
-            status: TenantStatus::NotStarted,
-            phase: None,
-            current_version: None,
-            pending: Vec::new(),
-            validated: None,
-            lock_holds: Vec::new(),
-            apply_started: None,
-            apply_started_at: None,
-            restore_point: None,
-            restore_point_at: None,
-            version_at_restore_point: None,
-            open_branches: BTreeMap::new(),
-            requested_branches: BTreeMap::new(),
-            applied_versions: Vec::new(),
-            failure: None,
-            diverged_reason: None,
-            preserved_branch: None,
-            rollback_error: None,
-            updated_at: String::new(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaveStatus {
     NotStarted,
@@ -183,19 +165,29 @@ pub struct Approval {
 }
 
 /// The replayed journal.
+///
+/// Tenants live in a compact table (issue 23): a few hundred bytes each, whatever the fleet's
+/// size. [`JournalState::tenant`] rebuilds one tenant's full [`TenantState`] on demand; the
+/// counts and checks a whole-fleet report needs ([`JournalState::tenant_status`],
+/// [`JournalState::has_restore_point`]) read the table without building anything.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct JournalState {
     pub plan_id: Option<String>,
     pub runs: u32,
     pub last_seq: u64,
-    /// Boxed, and the rare parts of a tenant's state boxed again, so a fleet of finished
-    /// tenants costs a few hundred bytes each: peak memory must stay flat as the fleet grows.
-    pub tenants: HashMap<String, Box<TenantState>>,
     pub waves: HashMap<String, WaveState>,
     pub last_run_outcome: Option<String>,
     /// Tenants `baseline` recorded a history for: tenant -> (versions, when). Kept apart from
     /// [`TenantState`]: adopting a tenant is not a step of the rollout.
     pub baselined: BTreeMap<String, (Vec<i32>, String)>,
+    /// The process of the last run while it has not finished (`run_started` without its
+    /// `run_finished`): the `apply` a held lock belongs to.
+    pub open_run_pid: Option<u32>,
+    /// When the last record folded in was written (RFC 3339).
+    pub last_at: Option<String>,
+    /// Event records folded in (a checkpoint stands for the records it covers).
+    pub records: u64,
+    pub(crate) tenants: TenantTable,
 }
 
 impl JournalState {
@@ -207,14 +199,45 @@ impl JournalState {
         state
     }
 
-    pub fn tenant(&self, tenant_id: &str) -> Option<&TenantState> {
-        self.tenants.get(tenant_id).map(|state| &**state)
+    /// The tenant's state, rebuilt from the compact table.
+    pub fn tenant(&self, tenant_id: &str) -> Option<TenantState> {
+        self.tenants.view_of(tenant_id)
+    }
+
+    /// The tenant's state when it has rare parts (a failure, lock holds, open branches, …);
+    /// None for the common tenant, which is not built.
+    pub fn tenant_with_rare_parts(&self, tenant_id: &str) -> Option<TenantState> {
+        let idx = self.tenants.find(tenant_id)?;
+        self.tenants
+            .slot(idx)
+            .rare
+            .is_some()
+            .then(|| self.tenants.view(idx))
     }
 
     pub fn tenant_status(&self, tenant_id: &str) -> TenantStatus {
         self.tenants
-            .get(tenant_id)
-            .map_or(TenantStatus::NotStarted, |tenant| tenant.status)
+            .find(tenant_id)
+            .map_or(TenantStatus::NotStarted, |idx| {
+                self.tenants.slot(idx).status
+            })
+    }
+
+    /// Whether the journal holds a restore point for the tenant.
+    pub fn has_restore_point(&self, tenant_id: &str) -> bool {
+        self.tenants
+            .find(tenant_id)
+            .is_some_and(|idx| self.tenants.has_restore_point(idx))
+    }
+
+    /// Tenants the journal names.
+    pub fn tenant_count(&self) -> usize {
+        self.tenants.len()
+    }
+
+    /// Every tenant the journal names, in the order it first named them.
+    pub fn tenant_ids(&self) -> impl Iterator<Item = &str> {
+        (0..self.tenants.len() as u32).map(|idx| self.tenants.id(idx))
     }
 
     pub fn wave_status(&self, wave: &str) -> WaveStatus {
@@ -223,24 +246,38 @@ impl JournalState {
             .map_or(WaveStatus::NotStarted, |state| state.status)
     }
 
+    /// Give back what growing the state over-allocated (after a replay).
+    pub fn shrink(&mut self) {
+        self.tenants.shrink();
+    }
+
     /// Fold one record into the state.
     pub fn apply(&mut self, record: &Record) {
         self.last_seq = self.last_seq.max(record.seq);
-        let at = record.at.clone();
+        self.records += 1;
+        let last_at = self.last_at.get_or_insert_with(String::new);
+        last_at.clear();
+        last_at.push_str(&record.at);
+        let at = record.at.as_str();
+        let table = &mut self.tenants;
         match &record.event {
-            Event::RunStarted { plan_id, .. } => {
+            Event::RunStarted { plan_id, pid, .. } => {
                 self.plan_id = Some(plan_id.clone());
                 self.runs += 1;
+                self.open_run_pid = Some(*pid);
                 // The outcome belongs to the run that finished; a new run has none yet.
                 self.last_run_outcome = None;
             }
-            Event::RunFinished { outcome, .. } => self.last_run_outcome = Some(outcome.clone()),
+            Event::RunFinished { outcome, .. } => {
+                self.open_run_pid = None;
+                self.last_run_outcome = Some(outcome.clone());
+            }
             Event::WaveStarted { wave } => {
                 let wave_state = self.wave_mut(wave);
                 wave_state.status = WaveStatus::Running;
                 wave_state.approval_needed = false;
                 if wave_state.started_at.is_none() {
-                    wave_state.started_at = Some(at.clone());
+                    wave_state.started_at = Some(at.to_string());
                 }
             }
             Event::WaveFinished {
@@ -267,36 +304,44 @@ impl JournalState {
                 current_version,
                 pending,
             } => {
-                let state = self.tenant_mut(tenant, wave, &at);
+                let idx = tenant_mut(table, tenant, wave, at);
+                let pending = table.versions(pending);
+                if let Some(rare) = &mut table.slot_mut(idx).rare {
+                    rare.failure = None;
+                    rare.diverged_reason = None;
+                }
+                table.tidy(idx);
+                let state = table.slot_mut(idx);
                 state.status = TenantStatus::InFlight;
                 state.phase = Some(Phase::Probe);
                 state.current_version = *current_version;
-                state.pending = pending.clone();
-                state.failure = None;
-                state.diverged_reason = None;
+                state.pending = pending;
             }
             Event::UpToDate { tenant, wave } => {
-                let state = self.tenant_mut(tenant, wave, &at);
+                let idx = tenant_mut(table, tenant, wave, at);
+                let state = table.slot_mut(idx);
                 state.status = TenantStatus::UpToDate;
                 state.phase = None;
-                state.pending.clear();
+                state.pending = EMPTY_SET;
             }
             Event::SkippedRecorded { tenant, wave, .. } => {
                 // The recorded version is a claim, so it does not become `current_version`.
-                let state = self.tenant_mut(tenant, wave, &at);
+                let idx = tenant_mut(table, tenant, wave, at);
+                let state = table.slot_mut(idx);
                 state.status = TenantStatus::SkippedRecorded;
                 state.phase = None;
-                state.pending.clear();
+                state.pending = EMPTY_SET;
             }
             Event::Diverged {
                 tenant,
                 wave,
                 reason,
             } => {
-                let state = self.tenant_mut(tenant, wave, &at);
+                let idx = tenant_mut(table, tenant, wave, at);
+                table.rare_mut(idx).diverged_reason = Some(reason.clone());
+                let state = table.slot_mut(idx);
                 state.status = TenantStatus::Diverged;
                 state.phase = None;
-                state.diverged_reason = Some(reason.clone());
             }
             Event::BranchRequested {
                 tenant,
@@ -304,9 +349,10 @@ impl JournalState {
                 purpose,
                 branch_name,
             } => {
-                let state = self.tenant_mut(tenant, wave, &at);
-                state.status = TenantStatus::InFlight;
-                state
+                let idx = tenant_mut(table, tenant, wave, at);
+                table.slot_mut(idx).status = TenantStatus::InFlight;
+                table
+                    .rare_mut(idx)
                     .requested_branches
                     .insert(branch_name.clone(), purpose.clone());
             }
@@ -314,9 +360,13 @@ impl JournalState {
                 tenant,
                 branch_name,
             } => {
-                if let Some(state) = self.tenants.get_mut(tenant.as_str()) {
-                    state.requested_branches.remove(branch_name);
-                    state.updated_at = at;
+                if let Some(idx) = table.find(tenant) {
+                    if let Some(rare) = &mut table.slot_mut(idx).rare {
+                        rare.requested_branches.remove(branch_name);
+                    }
+                    table.tidy(idx);
+                    let stamp = table.stamp(at);
+                    table.slot_mut(idx).updated_at = stamp;
                 }
             }
             Event::BranchCreated {
@@ -327,23 +377,28 @@ impl JournalState {
                 branch_name,
                 ..
             } => {
-                let state = self.tenant_mut(tenant, wave, &at);
-                state.requested_branches.remove(branch_name);
+                let idx = tenant_mut(table, tenant, wave, at);
+                let rare = table.rare_mut(idx);
+                rare.requested_branches.remove(branch_name);
+                rare.open_branches
+                    .insert(branch_id.clone(), (branch_name.clone(), purpose.clone()));
+                let state = table.slot_mut(idx);
                 state.status = TenantStatus::InFlight;
                 state.phase = Some(if purpose == "validate" {
                     Phase::Validate
                 } else {
                     Phase::Branch
                 });
-                state
-                    .open_branches
-                    .insert(branch_id.clone(), (branch_name.clone(), purpose.clone()));
             }
             Event::BranchDeleted { tenant, branch_id }
             | Event::BranchDeleteRequested { tenant, branch_id } => {
-                if let Some(state) = self.tenants.get_mut(tenant.as_str()) {
-                    state.open_branches.remove(branch_id);
-                    state.updated_at = at;
+                if let Some(idx) = table.find(tenant) {
+                    if let Some(rare) = &mut table.slot_mut(idx).rare {
+                        rare.open_branches.remove(branch_id);
+                    }
+                    table.tidy(idx);
+                    let stamp = table.stamp(at);
+                    table.slot_mut(idx).updated_at = stamp;
                 }
             }
             Event::Validated {
@@ -352,18 +407,28 @@ impl JournalState {
                 versions,
                 lock_holds,
             } => {
-                let state = self.tenant_mut(tenant, wave, &at);
-                state.validated = Some(versions.clone());
-                state.lock_holds = lock_holds.clone();
+                let idx = tenant_mut(table, tenant, wave, at);
+                let versions = table.versions(versions);
+                table.slot_mut(idx).validated = versions;
+                if lock_holds.is_empty() {
+                    if let Some(rare) = &mut table.slot_mut(idx).rare {
+                        rare.lock_holds = Vec::new();
+                    }
+                    table.tidy(idx);
+                } else {
+                    table.rare_mut(idx).lock_holds = lock_holds.clone();
+                }
             }
             Event::RestorePointRecorded {
                 tenant,
                 wave,
                 point,
             } => {
-                let state = self.tenant_mut(tenant, wave, &at);
-                state.restore_point = Some(Box::new(point.clone()));
-                state.restore_point_at = Some(at.clone());
+                let idx = tenant_mut(table, tenant, wave, at);
+                table.set_restore_point(idx, point);
+                let stamp = table.stamp(at);
+                let state = table.slot_mut(idx);
+                state.restore_point_at = stamp;
                 state.version_at_restore_point = state.current_version;
             }
             Event::ApplyStarted {
@@ -371,11 +436,14 @@ impl JournalState {
                 wave,
                 versions,
             } => {
-                let state = self.tenant_mut(tenant, wave, &at);
+                let idx = tenant_mut(table, tenant, wave, at);
+                let versions = table.versions(versions);
+                let stamp = table.stamp(at);
+                let state = table.slot_mut(idx);
                 state.status = TenantStatus::InFlight;
                 state.phase = Some(Phase::Apply);
-                state.apply_started = Some(versions.clone());
-                state.apply_started_at = Some(at.clone());
+                state.apply_started = versions;
+                state.apply_started_at = stamp;
             }
             Event::Applied {
                 tenant,
@@ -383,22 +451,23 @@ impl JournalState {
                 versions,
                 ..
             } => {
-                let state = self.tenant_mut(tenant, wave, &at);
+                let idx = tenant_mut(table, tenant, wave, at);
+                let state = table.slot_mut(idx);
                 state.status = TenantStatus::Applied;
                 state.phase = None;
-                state.apply_started = None;
-                state.apply_started_at = None;
-                state.pending.clear();
-                state.add_applied(versions);
+                state.apply_started = NO_SET;
+                state.apply_started_at = Packed::default();
+                state.pending = EMPTY_SET;
+                table.add_applied(idx, versions);
             }
             Event::ApplyRecovered {
                 tenant,
                 wave,
                 versions,
             } => {
-                let state = self.tenant_mut(tenant, wave, &at);
-                state.status = TenantStatus::InFlight;
-                state.add_applied(versions);
+                let idx = tenant_mut(table, tenant, wave, at);
+                table.slot_mut(idx).status = TenantStatus::InFlight;
+                table.add_applied(idx, versions);
             }
             Event::Failed {
                 tenant,
@@ -407,24 +476,27 @@ impl JournalState {
                 error,
                 applied_on_main,
             } => {
-                let state = self.tenant_mut(tenant, wave, &at);
+                let idx = tenant_mut(table, tenant, wave, at);
+                let state = table.slot_mut(idx);
                 state.status = TenantStatus::Failed;
                 state.phase = None;
-                state.apply_started = None;
-                state.apply_started_at = None;
-                state.validated = None;
-                state.add_applied(applied_on_main);
-                state.failure = Some(Box::new(TenantFailure {
+                state.apply_started = NO_SET;
+                state.apply_started_at = Packed::default();
+                state.validated = NO_SET;
+                table.add_applied(idx, applied_on_main);
+                table.rare_mut(idx).failure = Some(Box::new(TenantFailure {
                     phase: *phase,
                     error: error.clone(),
                     applied_on_main: applied_on_main.clone(),
-                    at: at.clone(),
+                    at: at.to_string(),
                 }));
             }
             Event::RollbackStarted { tenant, .. } => {
-                if let Some(state) = self.tenants.get_mut(tenant.as_str()) {
+                if let Some(idx) = table.find(tenant) {
+                    let stamp = table.stamp(at);
+                    let state = table.slot_mut(idx);
                     state.phase = Some(Phase::Rollback);
-                    state.updated_at = at;
+                    state.updated_at = stamp;
                 }
             }
             Event::RolledBack {
@@ -432,32 +504,37 @@ impl JournalState {
                 preserved_branch,
                 ..
             } => {
-                if let Some(state) = self.tenants.get_mut(tenant.as_str()) {
+                if let Some(idx) = table.find(tenant) {
+                    table.clear_restore_point(idx);
+                    let rare = table.rare_mut(idx);
+                    rare.preserved_branch = Some(preserved_branch.clone());
+                    rare.rollback_error = None;
+                    let stamp = table.stamp(at);
+                    let state = table.slot_mut(idx);
                     state.status = TenantStatus::RolledBack;
                     state.phase = None;
-                    state.preserved_branch = Some(preserved_branch.clone());
-                    state.restore_point = None;
-                    state.restore_point_at = None;
-                    state.validated = None;
-                    state.apply_started = None;
-                    state.apply_started_at = None;
-                    state.applied_versions.clear();
-                    state.rollback_error = None;
-                    state.updated_at = at;
+                    state.restore_point_at = Packed::default();
+                    state.validated = NO_SET;
+                    state.apply_started = NO_SET;
+                    state.apply_started_at = Packed::default();
+                    state.applied_versions = EMPTY_SET;
+                    state.updated_at = stamp;
                 }
             }
             Event::BaselineRecorded {
                 tenant, versions, ..
             } => {
                 self.baselined
-                    .insert(tenant.clone(), (versions.clone(), at.clone()));
+                    .insert(tenant.clone(), (versions.clone(), at.to_string()));
             }
             Event::RollbackFailed { tenant, error } => {
-                if let Some(state) = self.tenants.get_mut(tenant.as_str()) {
+                if let Some(idx) = table.find(tenant) {
+                    table.rare_mut(idx).rollback_error = Some(error.clone());
+                    let stamp = table.stamp(at);
+                    let state = table.slot_mut(idx);
                     state.status = TenantStatus::RollbackFailed;
                     state.phase = None;
-                    state.rollback_error = Some(error.clone());
-                    state.updated_at = at;
+                    state.updated_at = stamp;
                 }
             }
             Event::ChecksPassed { wave, stage, .. } => {
@@ -468,7 +545,7 @@ impl JournalState {
                     wave_state.status = WaveStatus::Done;
                 }
                 wave_state.check_failures.clear();
-                wave_state.checks_passed_at = Some(at);
+                wave_state.checks_passed_at = Some(at.to_string());
                 wave_state.checks_passed_stage = Some(stage.clone());
             }
             Event::ChecksFailed { wave, failures, .. } => {
@@ -483,7 +560,7 @@ impl JournalState {
                 wave_state.approved = Some(Approval {
                     by: by.clone(),
                     note: note.clone(),
-                    at,
+                    at: at.to_string(),
                 });
             }
         }
@@ -501,16 +578,20 @@ impl JournalState {
             approved: None,
         })
     }
+}
 
-    fn tenant_mut(&mut self, tenant: &str, wave: &str, at: &str) -> &mut TenantState {
-        let state = self
-            .tenants
-            .entry(tenant.to_string())
-            .or_insert_with(|| Box::new(TenantState::new(wave)));
-        state.wave = wave.to_string();
-        state.updated_at = at.to_string();
-        state
-    }
+/// The empty version set (interned first in every table).
+const EMPTY_SET: u32 = 0;
+
+/// The tenant's slot, named by a record of `wave` written `at`.
+fn tenant_mut(table: &mut TenantTable, tenant: &str, wave: &str, at: &str) -> u32 {
+    let idx = table.entry(tenant, wave);
+    let wave = table.wave_idx(wave);
+    let stamp = table.stamp(at);
+    let state = table.slot_mut(idx);
+    state.wave = wave;
+    state.updated_at = stamp;
+    idx
 }
 
 #[cfg(test)]

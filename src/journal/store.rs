@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
-use super::file::{Ack, Journal, JournalError, Location, ReadJournal, Request};
+use super::file::{Ack, Journal, JournalError, Location, ReadJournal, RecordCount, Request};
 use super::record::{Event, RECORD_VERSION, Record};
 use super::state::JournalState;
 use crate::secret::SecretUri;
@@ -114,10 +114,13 @@ impl StateStore {
     /// Every record of `plan_id`, in seq order, replayed (no lock: for `status` and friends).
     pub async fn read(&self, plan_id: &str) -> Result<ReadJournal, JournalError> {
         let records = self.records_after(plan_id, 0).await?;
-        let records: Vec<Record> = records.into_iter().map(|(_, record)| record).collect();
-        let state = JournalState::replay(&records);
+        let mut state = JournalState::default();
+        for (_, record) in &records {
+            state.apply(record);
+        }
+        state.shrink();
         Ok(ReadJournal {
-            records,
+            records: RecordCount(state.records),
             state,
             torn_tail: None,
         })
@@ -197,16 +200,21 @@ impl StateStore {
     /// seqs kept, in one transaction. Returns how many were imported; none when the store holds
     /// exactly these records already. A store holding a different history of the plan is refused.
     pub async fn import(&self, plan_id: &str, records: &[Record]) -> Result<usize, JournalError> {
-        let existing = self.read(plan_id).await?;
-        if !existing.records.is_empty() {
-            if existing.records == records {
+        let existing: Vec<Record> = self
+            .records_after(plan_id, 0)
+            .await?
+            .into_iter()
+            .map(|(_, record)| record)
+            .collect();
+        if !existing.is_empty() {
+            if existing == records {
                 return Ok(0);
             }
             return Err(JournalError::Store {
                 store: self.label(),
                 reason: format!(
                     "it already holds a different history of plan {plan_id} ({} records, the journal has {}); refusing to import over it",
-                    existing.records.len(),
+                    existing.len(),
                     records.len()
                 ),
             });

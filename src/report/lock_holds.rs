@@ -41,12 +41,12 @@ fn worst_of(tenant: &TenantState) -> Option<(LockHold, bool)> {
 }
 
 /// The [`WORST_PER_WAVE`] tenants of a wave with the longest holds, longest first.
-pub fn worst_in_wave<'t>(
-    tenants: impl Iterator<Item = (&'t PlannedTenant, Option<&'t TenantState>)>,
+pub fn worst_in_wave<'t, S: std::borrow::Borrow<TenantState>>(
+    tenants: impl Iterator<Item = (&'t PlannedTenant, Option<S>)>,
 ) -> Vec<TenantLockHold> {
     let mut holds: Vec<TenantLockHold> = tenants
         .filter_map(|(planned, state)| {
-            let (hold, over_budget) = worst_of(state?)?;
+            let (hold, over_budget) = worst_of(state?.borrow())?;
             Some(TenantLockHold {
                 tenant: planned.id.clone(),
                 tenant_name: planned.name.clone(),

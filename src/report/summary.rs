@@ -226,11 +226,11 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
         let mut counts = Counts::default();
         for planned in &wave.tenants {
             let tenant_id = &planned.id;
-            let tenant = state.tenant(tenant_id);
-            let status = tenant.map_or(TenantStatus::NotStarted, |tenant| tenant.status);
+            // Counted from the compact state; a tenant's whole state is built only for the few
+            // that a failure entry describes.
+            let status = state.tenant_status(tenant_id);
             counts.add(status);
-            let Some(tenant) = tenant else { continue };
-            if tenant.restore_point.is_some() {
+            if state.has_restore_point(tenant_id) {
                 restore_points += 1;
             }
             if matches!(
@@ -244,6 +244,16 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
                     region: planned.region.clone(),
                 });
             }
+            if !matches!(
+                status,
+                TenantStatus::Failed | TenantStatus::Diverged | TenantStatus::RollbackFailed
+            ) {
+                continue;
+            }
+            let Some(tenant) = state.tenant(tenant_id) else {
+                continue;
+            };
+            let tenant = &tenant;
             match status {
                 TenantStatus::Failed => {
                     if let Some(failure) = &tenant.failure {
@@ -298,7 +308,9 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
             lock_holds: super::lock_holds::worst_in_wave(
                 wave.tenants
                     .iter()
-                    .map(|planned| (planned, state.tenant(&planned.id))),
+                    // Holds and failures live in a tenant's rare part: the common tenant,
+                    // which has none, is not built.
+                    .map(|planned| (planned, state.tenant_with_rare_parts(&planned.id))),
             ),
             check_failures: state
                 .waves

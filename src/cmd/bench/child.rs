@@ -41,7 +41,14 @@ pub enum Job {
         /// `--skip-recorded --recorded-from PLAN` (the `noop-recorded` mode).
         #[serde(default)]
         recorded_from: Option<PathBuf>,
+        /// `--until-wave` (the journal mode's resume stops after the waves a kill left done).
+        #[serde(default)]
+        until_wave: Option<String>,
     },
+    /// `schemafleet status PLAN`, in process (the journal mode).
+    Status { plan: PathBuf, journal: PathBuf },
+    /// Replay a journal and weigh the state it leaves (the journal mode).
+    JournalReplay { journal: PathBuf },
     /// Neon's guide, one tenant at a time: its URI from the API, refinery's `Runner` with its
     /// defaults, disconnect.
     Sequential {
@@ -70,6 +77,9 @@ pub struct ChildReport {
     pub succeeded: usize,
     pub failed: usize,
     pub first_error: Option<String>,
+    /// Journal replay jobs: live heap bytes the replayed state holds.
+    #[serde(default)]
+    pub state_bytes: Option<u64>,
 }
 
 impl ChildReport {
@@ -82,6 +92,7 @@ impl ChildReport {
             succeeded: outcome.succeeded,
             failed: outcome.failed,
             first_error: outcome.first_error,
+            state_bytes: None,
         }
     }
 }
@@ -126,12 +137,13 @@ async fn run_job(job: Job) -> anyhow::Result<ChildReport> {
             api_rate_limit_per_min,
             operation_poll_ms,
             recorded_from,
+            until_wave,
         } => {
             let args = ApplyArgs {
                 plan,
                 migrations: None,
                 journal: Some(journal),
-                until_wave: None,
+                until_wave,
                 retry_failed: false,
                 retry_checks: false,
                 include_rolled_back: None,
@@ -168,6 +180,63 @@ async fn run_job(job: Job) -> anyhow::Result<ChildReport> {
                 succeeded: 0,
                 failed: 0,
                 first_error,
+                state_bytes: None,
+            })
+        }
+        Job::Status { plan, journal } => {
+            let args = crate::cli::StatusArgs {
+                plan,
+                journal: Some(journal),
+                state: crate::cli::StateArgs { state: None },
+                live: false,
+                concurrency: 1,
+                output: OutputFormat::Text,
+                api: ApiArgs {
+                    api_url: String::new(),
+                    api_key: None,
+                    api_rate_limit_per_min: 1,
+                    operation_poll_ms: 1000,
+                },
+            };
+            let started = Instant::now();
+            let result = crate::cmd::status::run(args).await;
+            let wall_s = started.elapsed().as_secs_f64();
+            let (exit_code, first_error) = match result {
+                Ok(status) => (status.code(), None),
+                Err(error) => (ExitStatus::Error.code(), Some(format!("{error:#}"))),
+            };
+            Ok(ChildReport {
+                wall_s,
+                peak_rss_kb: peak_rss_kb(),
+                exit_code,
+                succeeded: 0,
+                failed: 0,
+                first_error,
+                state_bytes: None,
+            })
+        }
+        Job::JournalReplay { journal } => {
+            // Synchronous on purpose: the job runs on the runtime's main thread, whose heap
+            // arena the allocator's count covers.
+            let before = super::journal::live_heap_bytes();
+            let started = Instant::now();
+            let result = crate::journal::Journal::read(&journal);
+            let wall_s = started.elapsed().as_secs_f64();
+            let (state_bytes, tenants, first_error) = match result {
+                Ok(read) => {
+                    let bytes = super::journal::live_heap_bytes().saturating_sub(before);
+                    (Some(bytes), read.state.tenant_count(), None)
+                }
+                Err(error) => (None, 0, Some(error.to_string())),
+            };
+            Ok(ChildReport {
+                wall_s,
+                peak_rss_kb: peak_rss_kb(),
+                exit_code: u8::from(first_error.is_some()),
+                succeeded: tenants,
+                failed: 0,
+                first_error,
+                state_bytes,
             })
         }
         Job::Sequential {
@@ -225,6 +294,7 @@ async fn run_job(job: Job) -> anyhow::Result<ChildReport> {
                 succeeded,
                 failed: 0,
                 first_error,
+                state_bytes: None,
             })
         }
     }

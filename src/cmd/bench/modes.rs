@@ -37,6 +37,7 @@ struct Selection {
     validated: bool,
     noop: bool,
     plan: bool,
+    journal: bool,
 }
 
 impl Selection {
@@ -51,8 +52,9 @@ impl Selection {
                 "validated" => selection.validated = true,
                 "noop" => selection.noop = true,
                 "plan" => selection.plan = true,
+                "journal" => selection.journal = true,
                 other => bail!(
-                    "--modes: unknown mode `{other}`; the modes are raw, sequential, apply, validated, noop, plan (and raw-probe)"
+                    "--modes: unknown mode `{other}`; the modes are raw, sequential, apply, validated, noop, plan, journal (and raw-probe)"
                 ),
             }
         }
@@ -108,6 +110,7 @@ struct Document {
     results: Vec<ModeResult>,
     validated_breakdown: Vec<BreakdownAt>,
     rate_limited: Option<RateLimitedRun>,
+    journal: Option<super::journal::JournalBench>,
     ratios: Vec<Ratios>,
 }
 
@@ -160,7 +163,7 @@ impl Output {
     }
 }
 
-fn progress(text: &str) {
+pub(super) fn progress(text: &str) {
     eprintln!("bench: {text}");
 }
 
@@ -271,6 +274,30 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitStatus> {
         output.line(&result.line());
         all_succeeded &= report_failures(&output, &result);
         document.results.push(result);
+    }
+
+    if selection.journal {
+        progress(&format!(
+            "planning {} tenants and writing their rollout's journal",
+            args.plan_tenants
+        ));
+        let dir = workdir.dir("journal")?;
+        let bench =
+            super::journal::run(args.plan_tenants, &dir, &migrations_dir, PLAN_POLICY).await?;
+        output.line(&bench.line());
+        if !bench.succeeded() {
+            output.line(&format!(
+                "# WARNING mode=journal: a child did not finish as expected: {:?}",
+                [
+                    &bench.status.error,
+                    &bench.apply_finished.error,
+                    &bench.resume_killed.error,
+                    &bench.replay.error
+                ]
+            ));
+            all_succeeded = false;
+        }
+        document.journal = Some(bench);
     }
 
     for &concurrency in &args.concurrency {
@@ -655,6 +682,7 @@ async fn measure_apply(fleet: &BenchFleet, run: ApplyRun<'_>) -> anyhow::Result<
         api_rate_limit_per_min: run.client_rate_limit_per_min,
         operation_poll_ms: run.operation_poll_ms,
         recorded_from: run.recorded_from.map(Path::to_path_buf),
+        until_wave: None,
     };
     let compute_before = fleet.begin_measure().await?;
     let offset = fleet.log_offset()?;
@@ -931,7 +959,7 @@ fn compute_config(args: &BenchArgs) -> anyhow::Result<crate::emulator::ComputeCo
 }
 
 /// Run `job` in a child process of this binary; its stdout before the marker line, and the report.
-async fn run_child(job: &Job) -> anyhow::Result<(String, ChildReport)> {
+pub(super) async fn run_child(job: &Job) -> anyhow::Result<(String, ChildReport)> {
     let exe =
         std::env::current_exe().context("cannot find this program to run a benchmark child")?;
     let mut child = tokio::process::Command::new(exe)
