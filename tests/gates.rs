@@ -77,7 +77,7 @@ async fn a_sql_check_halts_on_sampled_tenants_with_app_errors_and_a_threshold_le
     }
     let policy = |threshold: usize| {
         format!(
-            "{FAST}waves:\n  - name: canary\n    tenants: [tenant-0001, tenant-0002, tenant-0003, tenant-0004, tenant-0005]\n    percent: 1\n    concurrency: 4\n    max_failures: 0\n    bake: 1s\n    checks:\n      - name: no-app-errors\n        sql: 'SELECT NOT EXISTS (SELECT 1 FROM app_errors WHERE at >= $1::timestamptz)'\n        sample: 5\n        threshold: {threshold}\n  - name: rest\n    percent: 100\n    concurrency: 4\n"
+            "{FAST}waves:\n  - name: canary\n    tenants: [tenant-0001, tenant-0002, tenant-0003, tenant-0004, tenant-0005]\n    concurrency: 4\n    max_failures: 0\n    bake: 1s\n    checks:\n      - name: no-app-errors\n        sql: 'SELECT NOT EXISTS (SELECT 1 FROM app_errors WHERE at >= $1::timestamptz)'\n        sample: 5\n        threshold: {threshold}\n  - name: rest\n    percent: 100\n    concurrency: 4\n"
         )
     };
     fleet.write_policy(&policy(0));
