@@ -10,9 +10,9 @@ use crate::executor::control::RunControl;
 use crate::executor::shared::SharedRun;
 use crate::executor::{self, ApplyConfig, Reporter, RunOutcome};
 use crate::exit::ExitStatus;
-use crate::journal::{Journal, default_journal_path};
 use crate::journal::coordination::Coordinator;
 use crate::journal::store::{JournalSource, StateStore};
+use crate::journal::{Journal, default_journal_path};
 use crate::plan::model::Plan;
 use crate::report;
 

@@ -17,8 +17,8 @@
 //! nothing here writes history rows except refinery's own insert, in the migration's transaction.
 
 pub mod baseline;
-pub mod check;
 pub mod catalog;
+pub mod check;
 pub mod connect;
 pub mod error;
 pub mod fingerprint;

@@ -460,7 +460,10 @@ mod tests {
             )
         };
         let groups = group_failures(
-            &summary(vec![diverged("p-cool-123456"), diverged("p-warm-654321")], 0),
+            &summary(
+                vec![diverged("p-cool-123456"), diverged("p-warm-654321")],
+                0,
+            ),
             "p.yaml",
         );
         assert_eq!(groups.len(), 1, "{groups:#?}");
