@@ -390,7 +390,7 @@ pub fn render_text(report: &DriftReport, migrations_dir: &str) -> String {
                 "UNREACHABLE: {} could not be probed (drift not ruled out):",
                 plural(report.counts.unreachable, "tenant")
             ),
-            "next: check NEON_API_KEY, the tenant ids and the database and role; a suspended compute can take seconds to wake, so run drift again first.",
+            "next: a project deleted since planning needs a new plan (`schemafleet plan`); otherwise check NEON_API_KEY, the tenant ids and the database and role (a suspended compute can take seconds to wake: run drift again first).",
         ),
     ];
     for (state, count, heading, next) in sections {

@@ -1099,3 +1099,31 @@ async fn status_says_which_wave_bakes_until_when() {
     assert_eq!(document["baking"]["wave"], "canary", "{document:#}");
     assert_eq!(document["baking"]["next_wave"], "early", "{document:#}");
 }
+
+#[test]
+fn names_several_tenants_share_are_warned_about() {
+    let workspace = Workspace::new(20);
+    let mut csv = tenants_csv(1..=20);
+    csv.push_str("p-0999,tenant-0005,aws-us-east-2,tier=free\n");
+    workspace.write("plans/tenants.csv", &csv);
+    let run = workspace.plan();
+    assert_eq!(
+        run.code, 0,
+        "stdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
+    let text = format!("{}{}", run.stdout, run.stderr).replace("\n  ", " ");
+    assert!(
+        text.contains("warning: 1 name is shared by several tenants: tenant-0005 (p-0005, p-0999)")
+            || text.contains(
+                "warning: 1 name is shared by several tenants: tenant-0005 (p-0999, p-0005)"
+            ),
+        "{text}"
+    );
+
+    // Distinct names: no such warning.
+    workspace.write("plans/tenants.csv", &tenants_csv(1..=20));
+    let run = workspace.plan();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!format!("{}{}", run.stdout, run.stderr).contains("shared by several"));
+}

@@ -14,6 +14,7 @@ use crate::journal::coordination::{self, ControlRow, RunnerRow};
 use crate::journal::store::{JournalSource, StateStore};
 use crate::journal::{Journal, JournalState, LockHolder, RestorePoint, TenantStatus};
 use crate::pg::{self, HistoryComparison};
+use crate::plan::file::display_path;
 use crate::plan::model::Plan;
 use crate::report;
 
@@ -197,11 +198,11 @@ fn print_text(
     as_of: Option<&str>,
     lock_holder: LockHolder,
 ) {
-    println!("plan {} ({})", summary.plan_id, plan_path.display());
+    println!("plan {} ({})", summary.plan_id, display_path(plan_path));
     if let Some(torn) = torn_tail {
         println!(
             "warning: journal {}: {torn}; `apply` re-checks that step against the tenant",
-            journal_path.display()
+            display_path(journal_path)
         );
     }
     let last_run = match (lock_holder, state.last_run_outcome.as_deref()) {
@@ -215,11 +216,11 @@ fn print_text(
         }
     };
     if state.runs == 0 {
-        println!("journal {}: no run yet", journal_path.display());
+        println!("journal {}: no run yet", display_path(journal_path));
     } else {
         println!(
             "journal {}: {}, {last_run}",
-            journal_path.display(),
+            display_path(journal_path),
             report::render::plural(state.runs as usize, "run"),
         );
     }

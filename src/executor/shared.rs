@@ -353,8 +353,8 @@ async fn claim_wave(
                 Claim::Paused { by } => {
                     if paused_by.is_none() {
                         reporter.note(&format!(
-                            "paused by {by}: no tenant starts until `schemafleet resume`; {} in flight finish",
-                            in_flight.len()
+                            "paused by {by}: no tenant starts until `schemafleet resume`; {}",
+                            super::waves::in_flight_finish(in_flight.len())
                         ));
                     }
                     paused_by = Some(by);

@@ -287,6 +287,15 @@ async fn run_waves(
     Ok(RunOutcome::Completed)
 }
 
+/// "the 2 in flight finish", with the verb agreeing for one.
+pub(super) fn in_flight_finish(n: usize) -> String {
+    if n == 1 {
+        "the 1 in flight finishes".to_string()
+    } else {
+        format!("the {n} in flight finish")
+    }
+}
+
 /// Whether `tenant` still needs work in this run. A tenant this plan rolled back stays back
 /// unless the operator included it: the rollback was their decision.
 pub(super) fn needs_work(state: &JournalState, tenant: &str, config: &ApplyConfig) -> bool {
@@ -438,14 +447,14 @@ async fn run_wave(
                     if !halted && wave.budget_exceeded(n_failed) {
                         halted = true;
                         reporter.note(&format!(
-                            "wave {}: {} its budget; no new tenant starts, {} in flight finish",
+                            "wave {}: {} its budget; no new tenant starts, {}",
                             wave.name,
                             if n_failed == 1 {
                                 "1 failure exceeds".to_string()
                             } else {
                                 format!("{n_failed} failures exceed")
                             },
-                            in_flight.len()
+                            in_flight_finish(in_flight.len())
                         ));
                     }
                 }

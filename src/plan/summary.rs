@@ -161,6 +161,9 @@ pub fn summarize_paced(
             ));
         }
     }
+    if let Some(warning) = shared_names_warning(plan) {
+        warnings.push(warning);
+    }
     if !plan.fleet.unavailable.is_empty() {
         let n_unavailable = plan.fleet.unavailable.len();
         warnings.push(format!(
@@ -378,6 +381,47 @@ fn format_seconds(seconds: u64) -> String {
         text.push_str(&format!("{seconds}s"));
     }
     text
+}
+
+/// Names several tenants share: `--tenant NAME` refuses them, and a reviewer reading the plan
+/// cannot tell them apart, so say so while the plan is reviewed.
+fn shared_names_warning(plan: &Plan) -> Option<String> {
+    let mut ids_by_name: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for tenant in plan.waves.iter().flat_map(|wave| wave.tenants.iter()) {
+        if !tenant.name.is_empty() {
+            ids_by_name
+                .entry(&tenant.name)
+                .or_default()
+                .push(&tenant.id);
+        }
+    }
+    let shared: Vec<String> = ids_by_name
+        .into_iter()
+        .filter(|(_, ids)| ids.len() > 1)
+        .map(|(name, ids)| format!("{name} ({})", ids.join(", ")))
+        .collect();
+    if shared.is_empty() {
+        return None;
+    }
+    let shown = shared
+        .iter()
+        .take(5)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    let more = if shared.len() > 5 {
+        format!(" and {} more", shared.len() - 5)
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "{} shared by several tenants: {shown}{more}; name them by id in `--tenant` and in the policy",
+        if shared.len() == 1 {
+            "1 name is".to_string()
+        } else {
+            format!("{} names are", shared.len())
+        },
+    ))
 }
 
 #[cfg(test)]

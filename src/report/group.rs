@@ -210,7 +210,11 @@ fn normalise_word(word: &str, previous_word: &str) -> String {
         return word.to_string();
     }
     if word.chars().all(|character| character.is_ascii_digit()) {
-        return if previous_word == "answered" || previous_word == "status" {
+        // A checksum names the file's content: two different ones are two different causes.
+        return if previous_word == "answered"
+            || previous_word == "status"
+            || previous_word == "checksum"
+        {
             word.to_string()
         } else {
             "N".to_string()
@@ -442,6 +446,30 @@ mod tests {
             groups
                 .iter()
                 .all(|group| group.next_step.contains("p.yaml") || group.phase == "probe")
+        );
+    }
+
+    #[test]
+    fn checksums_stay_in_the_cause() {
+        let diverged = |tenant: &str| {
+            failure(
+                tenant,
+                "probe",
+                None,
+                "diverged: V3__slow was applied with checksum 1234567 but the file now has V3__bad with checksum 7654321",
+            )
+        };
+        let groups = group_failures(
+            &summary(
+                vec![diverged("p-cool-123456"), diverged("p-warm-654321")],
+                0,
+            ),
+            "p.yaml",
+        );
+        assert_eq!(groups.len(), 1, "{groups:#?}");
+        assert_eq!(
+            groups[0].cause,
+            "diverged: V3__slow was applied with checksum 1234567 but the file now has V3__bad with checksum 7654321"
         );
     }
 
