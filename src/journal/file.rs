@@ -146,6 +146,25 @@ pub(super) enum Request {
     Close(oneshot::Sender<()>),
 }
 
+/// One group commit: `first` and every request already queued behind it, up to a `Close`
+/// (returned apart: it is answered once everything before it is durable). Shared by the file
+/// writer and the state store's writer.
+pub(super) fn next_batch(
+    first: Request,
+    receiver: &mut mpsc::UnboundedReceiver<Request>,
+) -> (Vec<(Event, Ack)>, Option<oneshot::Sender<()>>) {
+    let mut batch = Vec::new();
+    let mut next = Some(first);
+    while let Some(request) = next.take() {
+        match request {
+            Request::Append(event, ack) => batch.push((event, ack)),
+            Request::Close(ack) => return (batch, Some(ack)),
+        }
+        next = receiver.try_recv().ok();
+    }
+    (batch, None)
+}
+
 /// An open, locked journal accepting appends: a file, or a PostgreSQL state store
 /// ([`super::store`]); both take the same records through the same group-committing writer
 /// protocol, so the executor cannot tell them apart.
@@ -781,17 +800,9 @@ fn write_loop(
     let mut failed: Option<String> = None;
     let mut close_ack = None;
     while let Some(first) = receiver.blocking_recv() {
-        let mut batch = Vec::new();
-        let mut next = Some(first);
-        while let Some(request) = next.take() {
-            match request {
-                Request::Append(event, ack) => batch.push((event, ack)),
-                Request::Close(ack) => {
-                    close_ack = Some(ack);
-                    break;
-                }
-            }
-            next = receiver.try_recv().ok();
+        let (batch, close) = next_batch(first, &mut receiver);
+        if close.is_some() {
+            close_ack = close;
         }
         if let Some(message) = &failed {
             for (_, ack) in batch {

@@ -13,7 +13,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
-use super::file::{Ack, Journal, JournalError, Location, ReadJournal, RecordCount, Request};
+use super::file::{
+    Ack, Journal, JournalError, Location, ReadJournal, RecordCount, Request, next_batch,
+};
 use super::record::{Event, RECORD_VERSION, Record};
 use super::state::JournalState;
 use crate::secret::SecretUri;
@@ -310,17 +312,9 @@ async fn write_loop(
     let mut failed: Option<String> = None;
     let mut close_ack = None;
     while let Some(first) = receiver.recv().await {
-        let mut batch: Vec<(Event, Ack)> = Vec::new();
-        let mut next = Some(first);
-        while let Some(request) = next.take() {
-            match request {
-                Request::Append(event, ack) => batch.push((event, ack)),
-                Request::Close(ack) => {
-                    close_ack = Some(ack);
-                    break;
-                }
-            }
-            next = receiver.try_recv().ok();
+        let (batch, close) = next_batch(first, &mut receiver);
+        if close.is_some() {
+            close_ack = close;
         }
         if let Some(message) = &failed {
             for (_, ack) in batch {
