@@ -65,7 +65,7 @@ pub struct ComputeUse {
 
 /// Round trips a connection's set-up costs through the emulator's proxy with `sslmode=disable`:
 /// the startup message (answered by the SCRAM challenge request), SCRAM's client-first and
-/// client-final messages. Checked against the proxy's counters in `tests/economy.rs`.
+/// client-final messages. Checked against the proxy's counters in `tests/it/economy.rs`.
 pub const SETUP_ROUND_TRIPS: u64 = 3;
 
 impl ModeResult {

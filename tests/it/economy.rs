@@ -6,9 +6,8 @@
 //! startup message, then SCRAM's two exchanges. The first test checks that figure, which the
 //! others (and `bench`) subtract.
 
-#[path = "support/faults.rs"]
-mod fault_support;
-mod support;
+use crate::fault_support;
+use crate::support;
 
 use std::collections::HashSet;
 

@@ -3,9 +3,8 @@
 //! another process, `--max-duration`, and bad stores. The binary runs against the local fleet
 //! (emulator + real PostgreSQL); the store is a database of the same PostgreSQL server.
 
-#[path = "support/faults.rs"]
-mod fault_support;
-mod support;
+use crate::fault_support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! measured figure while small tenants pass, its main untouched; `status` names the worst
 //! holds per wave; and every heavy lock measured on the test release was predicted by the lint.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::Path;

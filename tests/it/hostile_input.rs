@@ -2,8 +2,8 @@
 //! take over, paths that would reach a shell, an empty API key, tenants reaching each other's
 //! databases, and escape sequences in tenant data reaching the operator's terminal.
 
-mod common;
-mod support;
+use crate::common;
+use crate::support;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! End-to-end rollouts of the binary against the local fleet (emulator + real PostgreSQL).
 
-mod support;
+use crate::support;
 
 use support::{TestFleet, add_legacy_status, fingerprint, history, json, repo_migrations, text};
 

@@ -3,7 +3,7 @@
 //!
 //! Each test starts its own small fleet (one temporary cluster) so tests run in parallel.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! Rollback by branch restore, and `status`, end to end against the local fleet.
 
-mod support;
+use crate::support;
 
 use support::{
     TestFleet, add_legacy_status, connect, fingerprint, history, json, repo_migrations, text,

@@ -3,7 +3,7 @@
 //!
 //! Every bad input must give its precise error, exit 2 and write no plan file.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::fs;

@@ -2,7 +2,7 @@
 //! PostgreSQL; the reference is built on a throwaway database of the emulator's own server,
 //! tenants are migrated by the real refinery runner and then hand-edited.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Output;

@@ -4,9 +4,8 @@
 //! Cases share one local fleet per test to stay fast; every case is checked and all failing
 //! cases are reported together.
 
-#[path = "support/faults.rs"]
-mod fault_support;
-mod support;
+use crate::fault_support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::process::Output;

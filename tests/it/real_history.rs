@@ -3,7 +3,7 @@
 //! tenant ends with exactly the schema its authors' way of running them gives, `psql -1 -f`
 //! file by file.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

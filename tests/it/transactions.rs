@@ -2,7 +2,7 @@
 //! migration can use what an earlier one committed), `per_release` all or nothing, and a tenant
 //! whose main committed some migrations before one failed.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

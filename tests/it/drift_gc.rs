@@ -2,7 +2,7 @@
 //! over a real PostgreSQL, tenants migrated by the real refinery runner, branches made through
 //! the real Neon client.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

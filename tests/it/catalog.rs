@@ -3,10 +3,9 @@
 //! request per tenant), `apply --skip-recorded` (no connection at all), each counted by the
 //! emulator itself.
 
-mod support;
+use crate::support;
 
-#[path = "support/faults.rs"]
-mod faults;
+use crate::fault_support as faults;
 
 use std::path::Path;
 use std::process::Output;

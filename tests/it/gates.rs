@@ -1,7 +1,7 @@
 //! Gates between waves against the local fleet: SQL, command and HTTP checks that halt the
 //! rollout, approvals, and notifications to a local webhook receiver.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};

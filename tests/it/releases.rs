@@ -2,7 +2,7 @@
 //! back, a rollback never moves a tenant forward, stale journals say so, and the branches
 //! rollbacks preserve have an owner (`gc --preserved`).
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 

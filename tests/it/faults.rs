@@ -2,9 +2,8 @@
 //! PostgreSQL): the run completes where the fault is transient, and a tenant the fault does
 //! break ends with a clear state while the rest of its wave goes on.
 
-#[path = "support/faults.rs"]
-mod fault_support;
-mod support;
+use crate::fault_support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

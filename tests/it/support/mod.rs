@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use schemafleet::emulator::{LocalFleet, LocalFleetConfig, SeededTenant};
 
-pub const SEED_SQL: &str = include_str!("../../plans/demo-seed.sql");
+pub const SEED_SQL: &str = include_str!("../../../plans/demo-seed.sql");
 
 /// A seeded local fleet and a working directory for plans and journals.
 pub struct TestFleet {

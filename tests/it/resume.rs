@@ -2,9 +2,8 @@
 //! line, a second `apply` of the same plan, and Ctrl-C. The binary runs against the local fleet
 //! (emulator + real PostgreSQL); tenants' history tables and schemas are the judge.
 
-#[path = "support/faults.rs"]
-mod fault_support;
-mod support;
+use crate::fault_support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

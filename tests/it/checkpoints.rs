@@ -4,9 +4,8 @@
 //! the cut journal checked against its own records, then resumed: every tenant must end
 //! migrated exactly once, and `status` must say so.
 
-#[path = "support/faults.rs"]
-mod fault_support;
-mod support;
+use crate::fault_support;
+use crate::support;
 
 use std::collections::BTreeMap;
 

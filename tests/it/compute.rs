@@ -5,7 +5,7 @@
 //! Each test starts its own small fleet with the knobs it needs; the delays are tens to a few
 //! hundred milliseconds.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

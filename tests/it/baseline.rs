@@ -3,7 +3,7 @@
 //! whose schema matches no version is listed with the difference and untouched; a tenant
 //! refinery migrated needs no baseline; another tool's history table is named.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Output;

@@ -3,9 +3,8 @@
 //! attempt followed by a retry, a lock held by the application. Each test then asks what
 //! `status`, the JSON report and `rollback` believe, and checks it against the tenant's database.
 
-#[path = "support/faults.rs"]
-mod fault_support;
-mod support;
+use crate::fault_support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

@@ -2,9 +2,8 @@
 //! passwords, debug logging on, failing tenants included, and neither the key nor any password
 //! appears in stdout, stderr, the plan, the journal, the JSON report or any file written.
 
-#[path = "support/faults.rs"]
-mod fault_support;
-mod support;
+use crate::fault_support;
+use crate::support;
 
 use std::process::Output;
 

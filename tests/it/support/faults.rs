@@ -2,7 +2,7 @@
 //! changes behind the tool's back), the binary spawned and killed, exact-once checks of a
 //! tenant's schema, and polling without multi-second sleeps.
 //!
-//! Included with `#[path = "support/faults.rs"] mod fault_support;` next to `mod support;`.
+//! Included once, as `crate::fault_support`, by `tests/it/main.rs`.
 
 #![allow(dead_code)]
 
