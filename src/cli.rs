@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 ///
 /// Exit codes: 0 all done; 1 a tenant failed, a wave halted or drift was found;
 /// 2 bad input or an error that stopped the run; 3 `apply` waits for `schemafleet approve`
-/// before a wave; 75 `apply --max-duration` ran out with tenants left (re-run to continue);
+/// before a wave (and `status` of such a rollout); 75 `apply --max-duration` ran out with tenants left (re-run to continue);
 /// 130 interrupted (Ctrl-C).
 #[derive(Debug, Parser)]
 #[command(name = "schemafleet", version, about, long_about = None)]
@@ -45,7 +45,9 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Approve a wave that has `approval: required`, so the next `apply` starts it.
     ///
-    /// The approval is recorded in the plan's journal with who gave it and an optional note.
+    /// The approval is recorded in the plan's journal (or its state store, `--state`) with who
+    /// gave it and an optional note; runners sharing the store all stopped before the wave
+    /// (exit 3), and the next `apply` of each continues.
     ///
     /// Exit codes: 0 approved (or already approved); 2 no such wave, the wave needs no approval
     /// or already started, the plan is finished, or the journal is locked by a running `apply`.
@@ -53,6 +55,10 @@ pub enum Command {
     /// Restore tenants' main branches to their restore points.
     Rollback(RollbackArgs),
     /// Show where a rollout stands, from its journal.
+    ///
+    /// Exit codes: 0 nothing failed; 1 a tenant failed or diverged, a wave halted (budget or
+    /// check), or `--live` found a problem; 2 bad input; 3 a wave waits for `schemafleet
+    /// approve` (and nothing failed), as `apply` exits.
     Status(StatusArgs),
     /// Pause a rollout: every runner of the plan stops starting tenants within 2 s; tenants in
     /// flight finish, and the runners wait for `resume`.
@@ -60,7 +66,8 @@ pub enum Command {
     /// Resume a paused (or aborted) rollout: its runners start tenants again.
     Resume(ControlArgs),
     /// Abort a rollout: like a spent failure budget, no runner starts another tenant and
-    /// `apply` exits 1; recorded with who and why. `resume` lifts it.
+    /// `apply` exits 1; journaled (`aborted`) with who, why and when, and shown by `status`.
+    /// `resume` lifts it.
     Abort(AbortArgs),
     /// Manage a rollout's state store (`--state`).
     #[command(subcommand)]
@@ -415,6 +422,9 @@ pub struct ApproveArgs {
     /// Journal file (default: beside the plan, <plan-stem>.journal.jsonl).
     #[arg(long)]
     pub journal: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub state: StateArgs,
 }
 
 #[derive(Debug, Args)]

@@ -92,6 +92,16 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
         .iter()
         .find(|wave| wave.halted)
         .map(|wave| wave.name.clone());
+    // A wave `apply` stopped before for an approval not given yet: exit 3, as `apply` does.
+    let awaiting = summary
+        .waves
+        .iter()
+        .find(|wave| {
+            wave.approval
+                .as_ref()
+                .is_some_and(|approval| approval.status == "awaiting")
+        })
+        .map(|wave| wave.name.clone());
     match args.output {
         OutputFormat::Json => {
             let document = serde_json::json!({
@@ -103,6 +113,12 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 "paused_at": switches.paused_at,
                 "aborted_by": switches.aborted_by,
                 "abort_reason": switches.abort_reason,
+                // The journal's last abort: who, why, when; `lifted` once `resume` ran.
+                "abort": read.state.last_abort.as_ref().map(|abort| serde_json::json!({
+                    "by": abort.by, "reason": abort.reason, "at": abort.at,
+                    "lifted": switches.aborted_by.is_none(),
+                })),
+                "awaiting_approval": awaiting,
                 "runs": read.state.runs,
                 "outcome": read.state.last_run_outcome,
                 "apply_running_pid": apply_pid,
@@ -131,7 +147,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
             println!("{}", serde_json::to_string_pretty(&document)?);
         }
         OutputFormat::Text => {
-            print_switches(&switches, runners.as_deref());
+            print_switches(&switches, read.state.last_abort.as_ref(), runners.as_deref());
             print_text(
                 &args.plan,
                 &journal_path,
@@ -174,6 +190,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
             || live_problems > 0
         {
             ExitStatus::Failure
+        } else if awaiting.is_some() {
+            ExitStatus::AwaitingApproval
         } else {
             ExitStatus::Success
         },
@@ -646,13 +664,31 @@ fn stale_reason(journal: TenantStatus, live: &str, current_version: Option<i32>)
 }
 
 /// The rollout's switches and (with a state store) its runners, before the summary.
-fn print_switches(switches: &ControlRow, runners: Option<&[RunnerRow]>) {
+fn print_switches(
+    switches: &ControlRow,
+    last_abort: Option<&crate::journal::state::Abort>,
+    runners: Option<&[RunnerRow]>,
+) {
     use crate::terminal::escape_controls;
     if let Some(by) = &switches.aborted_by {
+        // The journal says when; a switch set before any run has no record yet.
+        let at = last_abort
+            .filter(|abort| &abort.by == by)
+            .map(|abort| abort.at.as_str())
+            .or(switches.aborted_at.as_deref())
+            .map(|at| format!(" at {}", to_the_second(at)))
+            .unwrap_or_default();
         println!(
-            "ABORTED by {}: {} (`schemafleet resume` lifts it)",
+            "ABORTED by {}{at}: {} (`schemafleet resume` lifts it)",
             escape_controls(by),
             escape_controls(switches.abort_reason.as_deref().unwrap_or(""))
+        );
+    } else if let Some(abort) = last_abort {
+        println!(
+            "aborted by {} at {}: {}; lifted since by `schemafleet resume`",
+            escape_controls(&abort.by),
+            to_the_second(&abort.at),
+            escape_controls(&abort.reason)
         );
     }
     if let Some(by) = &switches.paused_by {

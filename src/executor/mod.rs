@@ -27,6 +27,7 @@ pub mod recovery;
 pub mod reporter;
 pub mod schema_check;
 pub mod shared;
+mod shared_gates;
 pub mod shutdown;
 pub mod tenant;
 pub mod timings;

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::compact::{NO_SET, Packed, TenantTable};
 use super::record::{CheckFailure, Phase, RestorePoint};
-use super::state::{Approval, JournalState, TenantFailure, TenantStatus, WaveState, WaveStatus};
+use super::state::{Abort, Approval, JournalState, TenantFailure, TenantStatus, WaveState, WaveStatus};
 use crate::pg::DbFailure;
 use crate::pg::lock_footprint::LockHold;
 
@@ -113,6 +113,16 @@ pub struct Header {
     /// `baseline`'s records: tenant -> (versions, when), kept apart from the rows.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub baselined: BTreeMap<String, (Vec<i32>, String)>,
+    /// The last `aborted` record (absent in checkpoints written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_abort: Option<AbortRow>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AbortRow {
+    pub by: String,
+    pub reason: String,
+    pub at: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -125,6 +135,8 @@ pub struct WaveRow {
     /// The gates' state: failed checks, when they last passed, approvals.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub check_failures: Vec<CheckFailure>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks_failed_seq: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checks_passed_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -283,6 +295,7 @@ fn header(state: &JournalState) -> Header {
                         bake_until: wave.bake_until.clone(),
                         started_at: wave.started_at.clone(),
                         check_failures: wave.check_failures.clone(),
+                        checks_failed_seq: wave.checks_failed_seq,
                         checks_passed_at: wave.checks_passed_at.clone(),
                         checks_passed_stage: wave.checks_passed_stage.clone(),
                         approval_needed: wave.approval_needed,
@@ -297,6 +310,11 @@ fn header(state: &JournalState) -> Header {
             .collect(),
         version_sets: state.tenants.version_sets(),
         baselined: state.baselined.clone(),
+        last_abort: state.last_abort.as_ref().map(|abort| AbortRow {
+            by: abort.by.clone(),
+            reason: abort.reason.clone(),
+            at: abort.at.clone(),
+        }),
     }
 }
 
@@ -385,6 +403,11 @@ impl Loader {
             state.last_at = header.last_at;
             state.records = header.records;
             state.baselined = header.baselined;
+            state.last_abort = header.last_abort.map(|abort| Abort {
+                by: abort.by,
+                reason: abort.reason,
+                at: abort.at,
+            });
             state.tenants.reserve(header.tenants);
             for (name, wave) in header.waves {
                 let status = wave_status(&wave.status)
@@ -396,6 +419,7 @@ impl Loader {
                         bake_until: wave.bake_until,
                         started_at: wave.started_at,
                         check_failures: wave.check_failures,
+                        checks_failed_seq: wave.checks_failed_seq,
                         checks_passed_at: wave.checks_passed_at,
                         checks_passed_stage: wave.checks_passed_stage,
                         approval_needed: wave.approval_needed,
@@ -697,6 +721,12 @@ mod tests {
         events.push(Event::ApprovalNeeded {
             wave: "later".into(),
         });
+        // `abort` recorded with who, why and when it was asked.
+        events.push(Event::Aborted {
+            by: "ana@ops".into(),
+            reason: "orders lock storm".into(),
+            requested_at: Some("2026-12-02T12:30:00Z".into()),
+        });
         events.push(Event::WaveStarted {
             wave: "wide".into(),
         });
@@ -822,6 +852,12 @@ mod tests {
         );
         assert!(!wide.approval_needed);
         assert!(state.waves["later"].approval_needed);
+        let abort = state.last_abort.as_ref().expect("the abort survives a checkpoint");
+        assert_eq!(
+            (abort.by.as_str(), abort.reason.as_str(), abort.at.as_str()),
+            ("ana@ops", "orders lock storm", "2026-12-02T12:30:00Z")
+        );
+        assert!(canary.checks_failed_seq.is_some());
 
         let cut = dir.path().join("cut.journal.jsonl");
         for kept in 0..=lines.len() {

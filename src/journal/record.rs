@@ -248,6 +248,16 @@ pub enum Event {
     ApprovalNeeded {
         wave: String,
     },
+    /// The rollout was aborted (`schemafleet abort PLAN --reason`): no tenant starts until
+    /// `resume` lifts it. Written by `abort` itself when it can (a state store, or a journal
+    /// file no `apply` holds), else by the `apply` that stops on it.
+    Aborted {
+        by: String,
+        reason: String,
+        /// When the abort was asked, when that was before this record.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requested_at: Option<String>,
+    },
     /// A person approved the wave (`schemafleet approve PLAN WAVE`).
     Approved {
         wave: String,
@@ -306,6 +316,7 @@ impl Event {
             | Event::ChecksPassed { .. }
             | Event::ChecksFailed { .. }
             | Event::ApprovalNeeded { .. }
+            | Event::Aborted { .. }
             | Event::Approved { .. } => None,
         }
     }

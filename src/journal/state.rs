@@ -147,6 +147,8 @@ pub struct WaveState {
     pub started_at: Option<String>,
     /// The checks that failed in the latest round; the wave is halted while this is not empty.
     pub check_failures: Vec<CheckFailure>,
+    /// Seq of the `checks_failed` record of that round: runners sharing a store retry it once.
+    pub checks_failed_seq: Option<u64>,
     /// When the wave's checks last passed, and at which stage (`after_wave`, `bake_end`, …).
     pub checks_passed_at: Option<String>,
     pub checks_passed_stage: Option<String>,
@@ -161,6 +163,16 @@ pub struct WaveState {
 pub struct Approval {
     pub by: Option<String>,
     pub note: Option<String>,
+    pub at: String,
+}
+
+/// A recorded `schemafleet abort`: who, why, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Abort {
+    pub by: String,
+    pub reason: String,
+    /// When it was asked (the record's time unless it was written later by the `apply` that
+    /// stopped on it).
     pub at: String,
 }
 
@@ -185,6 +197,8 @@ pub struct JournalState {
     pub open_run_pid: Option<u32>,
     /// When the last record folded in was written (RFC 3339).
     pub last_at: Option<String>,
+    /// The last abort recorded (kept after `resume` lifts it: `status` says whether it is).
+    pub last_abort: Option<Abort>,
     /// Event records folded in (a checkpoint stands for the records it covers).
     pub records: u64,
     pub(crate) tenants: TenantTable,
@@ -552,6 +566,18 @@ impl JournalState {
                 let wave_state = self.wave_mut(wave);
                 wave_state.status = WaveStatus::Halted;
                 wave_state.check_failures = failures.clone();
+                wave_state.checks_failed_seq = Some(record.seq);
+            }
+            Event::Aborted {
+                by,
+                reason,
+                requested_at,
+            } => {
+                self.last_abort = Some(Abort {
+                    by: by.clone(),
+                    reason: reason.clone(),
+                    at: requested_at.clone().unwrap_or_else(|| at.to_string()),
+                });
             }
             Event::ApprovalNeeded { wave } => self.wave_mut(wave).approval_needed = true,
             Event::Approved { wave, by, note } => {
@@ -572,6 +598,7 @@ impl JournalState {
             bake_until: None,
             started_at: None,
             check_failures: Vec::new(),
+            checks_failed_seq: None,
             checks_passed_at: None,
             checks_passed_stage: None,
             approval_needed: false,

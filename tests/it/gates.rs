@@ -410,8 +410,9 @@ async fn an_approval_gate_stops_apply_until_approve_records_it() {
     let said = text(&output);
     assert!(said.contains("schemafleet approve"), "{said}");
 
+    // `status` exits 3 like `apply` while the wave waits.
     let output = fleet.run(&["status", plan]);
-    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(output.status.code(), Some(3), "{}", text(&output));
     assert!(
         String::from_utf8_lossy(&output.stdout).contains("wave rest waits for approval"),
         "{}",

@@ -470,11 +470,28 @@ async fn abort_and_max_duration_with_the_file_journal() {
         "{}",
         run.stdout()
     );
+    // The apply held the journal, so it journaled the abort as it stopped: who, why, when.
+    let journal = std::fs::read_to_string(fleet.path("policy.journal.jsonl")).expect("journal");
+    let aborted: Vec<Value> = journal
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|record| record["event"] == "aborted")
+        .collect();
+    assert_eq!(aborted.len(), 1, "{journal}");
+    assert_eq!(aborted[0]["by"], "ana");
+    assert_eq!(aborted[0]["reason"], "orders lock storm");
+    assert!(aborted[0]["requested_at"].is_string(), "{}", aborted[0]);
     let status_text = text(&fleet.run(&["status", &plan]));
-    assert!(status_text.contains("ABORTED by ana"), "{status_text}");
+    assert!(status_text.contains("ABORTED by ana at "), "{status_text}");
 
     let output = fleet.run(&["resume", &plan]);
     assert!(output.status.success(), "{}", text(&output));
+    let status_text = text(&fleet.run(&["status", &plan]));
+    assert!(
+        status_text.contains("aborted by ana at ")
+            && status_text.contains("orders lock storm; lifted since"),
+        "{status_text}"
+    );
     let output = fleet.run(&["apply", &plan, "--output", "json"]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     for tenant in &fleet.tenants {
@@ -612,4 +629,119 @@ async fn a_file_rollout_is_imported_and_continued_from_the_store() {
         "{}",
         text(&output)
     );
+}
+
+/// The gates with 3 runners on one store: the canary's checks run once per stage (on one
+/// runner), a failing check halts every runner (exit 1) before the next wave, `--retry-checks`
+/// retries once, the approval stops every runner with exit 3 (asked once; `status` exits 3
+/// too) until `approve --state` journals it, and `abort --state` is journaled with who and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gates_hold_every_runner_and_run_once() {
+    let fleet = TestFleet::start(8).await;
+    let state = state_database(&fleet, "state_gates").await;
+    // The check logs each run with its stage, and fails while alert.flag exists.
+    fleet.write_policy(
+        "validation: none\nrestore_point: none\nlock_timeout: 2s\nstatement_timeout: 1m\nbranch_ttl: 1h\nsalt: gates\nwaves:\n  - name: canary\n    tenants: [tenant-0001, tenant-0002, tenant-0003]\n    concurrency: 1\n    max_failures: 0\n    bake: 1s\n    checks:\n      - name: no-alert\n        command: 'echo \"$SCHEMAFLEET_CHECK_STAGE\" >> check-runs.log; test ! -f alert.flag'\n  - name: rest\n    percent: 100\n    concurrency: 2\n    approval: required\n",
+    );
+    let plan = fleet
+        .plan(&repo_migrations())
+        .to_str()
+        .expect("utf-8")
+        .to_string();
+    let check_runs = || {
+        std::fs::read_to_string(fleet.path("check-runs.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let events = |records: &[(String, Value)], event: &str| {
+        records
+            .iter()
+            .filter(|(_, record)| record["event"] == event)
+            .count()
+    };
+    let run_three = |extra: &[&str]| -> Vec<Spawned> {
+        ["g1", "g2", "g3"]
+            .iter()
+            .map(|id| start_runner(&fleet, &plan, &state, id, extra))
+            .collect()
+    };
+
+    // 1. A failing check: every runner exits 1, the check ran once, the next wave never started.
+    std::fs::write(fleet.path("alert.flag"), "").expect("flag");
+    for runner in &mut run_three(&[]) {
+        let status = runner.wait(Duration::from_secs(120));
+        assert_eq!(status.code(), Some(1), "{}", runner.stderr());
+    }
+    let records = store_records(&state).await;
+    assert_eq!(check_runs(), vec!["after_wave"], "the check ran once");
+    assert_eq!(events(&records, "checks_failed"), 1);
+    assert!(
+        !records.iter().any(|(_, record)| record["wave"] == "rest"),
+        "no runner started the next wave"
+    );
+    let output = fleet.run(&["status", &plan, "--state", &state, "--output", "json"]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert_eq!(json(&output)["halted_wave"], "canary");
+
+    // 2. The cause gone, `--retry-checks` on every runner: one retry, then the approval stops
+    // all three with exit 3, asked once.
+    std::fs::remove_file(fleet.path("alert.flag")).expect("unflag");
+    for runner in &mut run_three(&["--retry-checks"]) {
+        let status = runner.wait(Duration::from_secs(120));
+        assert_eq!(status.code(), Some(3), "{}", runner.stderr());
+        assert_eq!(json_of(&runner.stdout())["outcome"], "awaiting_approval");
+    }
+    assert_eq!(check_runs(), vec!["after_wave", "retry"], "one retry");
+    let records = store_records(&state).await;
+    assert_eq!(events(&records, "approval_needed"), 1, "asked once");
+    let output = fleet.run(&["status", &plan, "--state", &state]);
+    assert_eq!(output.status.code(), Some(3), "{}", text(&output));
+    assert!(text(&output).contains("wave rest waits for approval"), "{}", text(&output));
+
+    // 3. `approve --state`: the next runners finish the rollout; every tenant once.
+    let output = fleet.run(&["approve", &plan, "rest", "--state", &state, "--by", "ana"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    for runner in &mut run_three(&[]) {
+        let status = runner.wait(Duration::from_secs(120));
+        assert_eq!(status.code(), Some(0), "{}", runner.stderr());
+    }
+    let records = store_records(&state).await;
+    let applied = count_events(&records, "applied");
+    assert_eq!(applied.len(), 8, "{applied:?}");
+    assert!(applied.values().all(|count| *count == 1), "{applied:?}");
+    assert_eq!(events(&records, "approved"), 1);
+    assert_eq!(events(&records, "wave_finished"), 2, "each wave's end journaled once");
+    assert_eq!(check_runs().len(), 2, "passed checks do not run again");
+    for tenant in &fleet.tenants {
+        assert_repo_migrations_once(&tenant.name, tenant.connection_uri.expose()).await;
+    }
+
+    // 4. `abort --state` is a record: who, why, when; `status` shows it, lifted or not.
+    let output = fleet.run(&[
+        "abort", &plan, "--state", &state, "--by", "bo", "--reason", "pager storm",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let records = store_records(&state).await;
+    let (writer, aborted) = records
+        .iter()
+        .find(|(_, record)| record["event"] == "aborted")
+        .expect("an aborted record");
+    assert!(writer.starts_with("abort/"), "{writer}");
+    assert_eq!((&aborted["by"], &aborted["reason"]), (&"bo".into(), &"pager storm".into()));
+    let status = json(&fleet.run(&["status", &plan, "--state", &state, "--output", "json"]));
+    assert_eq!(status["abort"]["by"], "bo", "{status:#}");
+    assert_eq!(status["abort"]["lifted"], false, "{status:#}");
+    let output = fleet.run(&["resume", &plan, "--state", &state]);
+    assert!(output.status.success(), "{}", text(&output));
+    let shown = text(&fleet.run(&["status", &plan, "--state", &state]));
+    assert!(
+        shown.contains("aborted by bo at ") && shown.contains("pager storm; lifted since"),
+        "{shown}"
+    );
+}
+
+fn json_of(stdout: &str) -> Value {
+    serde_json::from_str(stdout).unwrap_or_else(|error| panic!("{error}: {stdout}"))
 }
