@@ -147,7 +147,11 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
             println!("{}", serde_json::to_string_pretty(&document)?);
         }
         OutputFormat::Text => {
-            print_switches(&switches, read.state.last_abort.as_ref(), runners.as_deref());
+            print_switches(
+                &switches,
+                read.state.last_abort.as_ref(),
+                runners.as_deref(),
+            );
             print_text(
                 &args.plan,
                 &journal_path,

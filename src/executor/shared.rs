@@ -20,9 +20,9 @@ use super::reporter::Reporter;
 use super::shutdown::Shutdown;
 use super::tenant::{Recorder, TenantContext, TenantOutcome, run_tenant};
 use super::waves::{RunOutcome, bake, end_wave, needs_work};
+use crate::gates::notify::Detail;
 use crate::gates::spec::NotifyEvent;
 use crate::gates::{Gate, Gates};
-use crate::gates::notify::Detail;
 use crate::journal::coordination::{Claim, Coordinator, SeedTenant, SeedWave};
 use crate::journal::gate_claims::GateClaims;
 use crate::journal::store::StateStore;
@@ -224,10 +224,9 @@ async fn run_shared_waves(
         // The gates read the records: fold in what the other runners decided.
         shared.sync(&context.recorder).await?;
         // The checks' halt comes first: a passing `--retry-checks` un-halts the wave.
-        if let Gate::Stop(outcome) = super::shared_gates::held_by_checks(
-            context, gates, shared, wave, reporter, shutdown,
-        )
-        .await?
+        if let Gate::Stop(outcome) =
+            super::shared_gates::held_by_checks(context, gates, shared, wave, reporter, shutdown)
+                .await?
         {
             return Ok(outcome);
         }
@@ -249,10 +248,9 @@ async fn run_shared_waves(
             }
             continue;
         }
-        if let Gate::Stop(outcome) = super::shared_gates::before_wave(
-            context, gates, shared, wave_idx, reporter, shutdown,
-        )
-        .await?
+        if let Gate::Stop(outcome) =
+            super::shared_gates::before_wave(context, gates, shared, wave_idx, reporter, shutdown)
+                .await?
         {
             return Ok(outcome);
         }

@@ -166,9 +166,14 @@ pub(super) async fn before_wave(
             return Ok(Gate::Stop(outcome));
         }
         if gates.has_previous_checks(wave_idx) {
-            let (verdict, ran) = once(context, shared, &previous.name, "bake_end", shutdown, || {
-                gates.previous_checks(wave_idx, reporter, shutdown)
-            })
+            let (verdict, ran) = once(
+                context,
+                shared,
+                &previous.name,
+                "bake_end",
+                shutdown,
+                || gates.previous_checks(wave_idx, reporter, shutdown),
+            )
             .await?;
             if !ran {
                 note_halt(gates, previous, &verdict, reporter);
@@ -186,7 +191,10 @@ pub(super) async fn before_wave(
     let ask = shared.gate_claims.claim(&wave.name, "approval").await? == GateTurn::Run;
     let verdict = gates.approval(wave_idx, ask, reporter).await?;
     if ask {
-        shared.gate_claims.decide(&wave.name, "approval", true).await?;
+        shared
+            .gate_claims
+            .decide(&wave.name, "approval", true)
+            .await?;
     }
     Ok(verdict)
 }

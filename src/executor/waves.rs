@@ -358,10 +358,8 @@ pub(super) async fn end_wave(
     let gate = match shared {
         None => gates.after_wave(wave, reporter).await?,
         Some(shared) => {
-            super::shared_gates::after_wave(
-                context, gates, shared, wave, true, reporter, shutdown,
-            )
-            .await?
+            super::shared_gates::after_wave(context, gates, shared, wave, true, reporter, shutdown)
+                .await?
         }
     };
     if let Gate::Stop(outcome) = gate {

@@ -180,10 +180,7 @@ impl Gates {
         reporter: &dyn Reporter,
         shutdown: &Shutdown,
     ) -> Result<Gate, JournalError> {
-        if let Gate::Stop(outcome) = self
-            .previous_checks(wave_idx, reporter, shutdown)
-            .await?
-        {
+        if let Gate::Stop(outcome) = self.previous_checks(wave_idx, reporter, shutdown).await? {
             return Ok(Gate::Stop(outcome));
         }
         self.approval(wave_idx, true, reporter).await

@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 
 use super::compact::{NO_SET, Packed, TenantTable};
 use super::record::{CheckFailure, Phase, RestorePoint};
-use super::state::{Abort, Approval, JournalState, TenantFailure, TenantStatus, WaveState, WaveStatus};
+use super::state::{
+    Abort, Approval, JournalState, TenantFailure, TenantStatus, WaveState, WaveStatus,
+};
 use crate::pg::DbFailure;
 use crate::pg::lock_footprint::LockHold;
 
@@ -852,7 +854,10 @@ mod tests {
         );
         assert!(!wide.approval_needed);
         assert!(state.waves["later"].approval_needed);
-        let abort = state.last_abort.as_ref().expect("the abort survives a checkpoint");
+        let abort = state
+            .last_abort
+            .as_ref()
+            .expect("the abort survives a checkpoint");
         assert_eq!(
             (abort.by.as_str(), abort.reason.as_str(), abort.at.as_str()),
             ("ana@ops", "orders lock storm", "2026-12-02T12:30:00Z")

@@ -81,8 +81,11 @@ mod tests {
         assert_eq!(row.abort_reason.as_deref(), Some("bad index"));
         assert!(row.aborted_at.is_some(), "when it was asked is kept");
         // A control file written before `aborted_at` existed still reads.
-        std::fs::write(&path, r#"{"paused_by":null,"paused_at":null,"aborted_by":"bo","abort_reason":"x"}"#)
-            .expect("old file");
+        std::fs::write(
+            &path,
+            r#"{"paused_by":null,"paused_at":null,"aborted_by":"bo","abort_reason":"x"}"#,
+        )
+        .expect("old file");
         assert!(read(&path).expect("old reads").aborted_at.is_none());
         assert_eq!(row.paused_by.as_deref(), Some("ana"));
         let row = write(&path, &ControlChange::Resume).expect("resume");
