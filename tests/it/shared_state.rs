@@ -775,6 +775,47 @@ async fn gates_hold_every_runner_and_run_once() {
         shown.contains("aborted by bo at ") && shown.contains("pager storm; lifted since"),
         "{shown}"
     );
+
+    // 5. A gate whose runner died mid-run (its lease lapsed) goes to the next runner that asks;
+    // the dead one's verdict no longer counts, the new holder's is final for every runner.
+    use schemafleet::journal::gate_claims::{GateClaims, GateTurn};
+    let plan_id = status["plan_id"].as_str().expect("plan id").to_string();
+    let uri = schemafleet::secret::SecretUri::new(state.clone());
+    let dead = GateClaims::new(&uri, &plan_id, "dead", Duration::from_millis(300))
+        .await
+        .expect("claims");
+    let alive = GateClaims::new(&uri, &plan_id, "alive", Duration::from_secs(30))
+        .await
+        .expect("claims");
+    assert_eq!(
+        dead.claim("rest", "test-gate").await.expect("claim"),
+        GateTurn::Run
+    );
+    assert_eq!(
+        alive.claim("rest", "test-gate").await.expect("claim"),
+        GateTurn::Wait
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        alive.claim("rest", "test-gate").await.expect("claim"),
+        GateTurn::Run,
+        "taken over"
+    );
+    dead.decide("rest", "test-gate", true)
+        .await
+        .expect("decide");
+    assert_eq!(
+        dead.claim("rest", "test-gate").await.expect("claim"),
+        GateTurn::Wait
+    );
+    alive
+        .decide("rest", "test-gate", false)
+        .await
+        .expect("decide");
+    assert_eq!(
+        dead.claim("rest", "test-gate").await.expect("claim"),
+        GateTurn::Decided { passed: false }
+    );
 }
 
 fn json_of(stdout: &str) -> Value {
