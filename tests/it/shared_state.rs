@@ -821,3 +821,83 @@ async fn gates_hold_every_runner_and_run_once() {
 fn json_of(stdout: &str) -> Value {
     serde_json::from_str(stdout).unwrap_or_else(|error| panic!("{error}: {stdout}"))
 }
+
+/// A runner SIGKILLed while it runs a wave's checks: its lease on the gate lapses, another
+/// runner runs the checks again, and the rollout finishes with every tenant applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_killed_in_a_gate_is_replaced_by_another() {
+    let fleet = TestFleet::start(6).await;
+    let state = state_database(&fleet, "state_gate_kill").await;
+    fleet.write_policy(
+        "validation: none\nrestore_point: none\nlock_timeout: 2s\nstatement_timeout: 1m\nbranch_ttl: 1h\nsalt: gates\nwaves:\n  - name: canary\n    tenants: [tenant-0001, tenant-0002]\n    concurrency: 1\n    max_failures: 0\n    checks:\n      - name: slow\n        command: 'echo \"$SCHEMAFLEET_CHECK_STAGE\" >> check-runs.log; sleep 2'\n        timeout: 30s\n  - name: rest\n    percent: 100\n    concurrency: 2\n",
+    );
+    let plan = fleet
+        .plan(&repo_migrations())
+        .to_str()
+        .expect("utf-8")
+        .to_string();
+    let mut runners: BTreeMap<String, Spawned> = ["k1", "k2", "k3"]
+        .iter()
+        .map(|id| (id.to_string(), start_runner(&fleet, &plan, &state, id, &[])))
+        .collect();
+    let client = connect(&state).await;
+    let holder = wait_for_async_value(Duration::from_secs(60), || async {
+        client
+            .query_opt(
+                "SELECT runner_id FROM schemafleet_gate WHERE wave = 'canary' AND gate = 'after_wave' AND runner_id IS NOT NULL AND passed IS NULL",
+                &[],
+            )
+            .await
+            .ok()
+            .flatten()
+            .map(|row| row.get::<_, String>(0))
+    })
+    .await;
+    let mut victim = runners.remove(&holder).expect("the holder is a runner");
+    victim.child.kill().expect("SIGKILL");
+    victim.wait(Duration::from_secs(10));
+    for (id, runner) in &mut runners {
+        let status = runner.wait(Duration::from_secs(120));
+        assert_eq!(status.code(), Some(0), "{id}: {}", runner.stderr());
+    }
+    let runs = std::fs::read_to_string(fleet.path("check-runs.log")).expect("log");
+    assert_eq!(
+        runs.lines().collect::<Vec<_>>(),
+        vec!["after_wave", "after_wave"],
+        "the killed run, then the takeover"
+    );
+    let claims: i32 = client
+        .query_one(
+            "SELECT claims FROM schemafleet_gate WHERE wave = 'canary' AND gate = 'after_wave'",
+            &[],
+        )
+        .await
+        .expect("gate")
+        .get(0);
+    assert!(claims >= 2, "taken over: {claims}");
+    let records = store_records(&state).await;
+    let applied = count_events(&records, "applied");
+    assert_eq!(applied.len(), 6, "{applied:?}");
+    assert!(applied.values().all(|count| *count == 1), "{applied:?}");
+    let passed = records
+        .iter()
+        .filter(|(_, record)| record["event"] == "checks_passed")
+        .count();
+    assert_eq!(passed, 1, "one verdict journaled");
+}
+
+/// Poll `probe` until it gives a value (at most `timeout`).
+async fn wait_for_async_value<T, F, Fut>(timeout: Duration, probe: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "waited {timeout:?} in vain");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
