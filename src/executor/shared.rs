@@ -189,14 +189,18 @@ async fn heartbeat(shared: Arc<SharedRun>, in_flight: Arc<AtomicUsize>) {
     let every = shared.coordinator.lease() / 3;
     loop {
         tokio::time::sleep(every.max(Duration::from_millis(100))).await;
-        if let Err(error) = shared
-            .coordinator
-            .heartbeat(in_flight.load(Ordering::Relaxed))
-            .await
-        {
+        // Side by side on their own connections: a slow claim renewal must not make a long
+        // check lose its gate.
+        let (claims, gates) = tokio::join!(
+            shared
+                .coordinator
+                .heartbeat(in_flight.load(Ordering::Relaxed)),
+            shared.gate_claims.renew()
+        );
+        if let Err(error) = claims {
             tracing::warn!(%error, "cannot renew the leases; retrying");
         }
-        if let Err(error) = shared.gate_claims.renew().await {
+        if let Err(error) = gates {
             tracing::warn!(%error, "cannot renew a gate's lease; retrying");
         }
     }
