@@ -24,8 +24,13 @@ pub struct WaveShare<'a> {
     pub has_match: bool,
 }
 
-/// A gap of at least this many tenants, and of half the expected count, is surprising.
+/// A gap smaller than this many tenants is never surprising.
 const MIN_GAP_TENANTS: f64 = 2.0;
+/// A gap is surprising past this many times √expected, the spread of a per-tenant draw: a fair
+/// draw lands that far off about once in a hundred plans, so a large fleet is rarely noted
+/// (2% of 1,000 is noted below 9 or above 31) while a small one is whenever its wave is far
+/// from its share (5 of 11 at 10% is).
+const SURPRISING_SPREADS: f64 = 2.5;
 
 /// One note per wave whose hashed part is far from its percent's share of the fleet's
 /// unnamed tenants.
@@ -44,7 +49,7 @@ pub fn surprising_shares(waves: &[WaveShare<'_>], n_tenants: usize) -> Vec<Strin
         let n_hashed = wave.n_members.saturating_sub(wave.n_named);
         let gap = (n_hashed as f64 - expected).abs();
         // An empty wave has its own warning in the plan's summary.
-        if wave.n_members == 0 || gap < MIN_GAP_TENANTS || gap < expected / 2.0 {
+        if wave.n_members == 0 || gap < MIN_GAP_TENANTS.max(SURPRISING_SPREADS * expected.sqrt()) {
             continue;
         }
         let named = if wave.n_named > 0 {
@@ -96,7 +101,7 @@ mod tests {
     fn a_canary_far_over_its_share_on_a_small_fleet_is_noted() {
         // The 12-tenant fleet of the report: one named canary and 5 of 11 by hash at 10%.
         let notes = surprising_shares(&[wave("canary", 10.0, 1, 6), wave("rest", 100.0, 0, 6)], 12);
-        // The last wave's 6 of an expected 9.9 is within the rule's gap.
+        // The last wave's 6 of an expected 9.9 is within a fair draw's spread.
         assert_eq!(notes.len(), 1, "{notes:?}");
         assert!(
             notes[0].starts_with("wave `canary` has 6 of 12 tenants (50%): 1 named (named tenants come on top of the percent) and 5 of the 11 others by their hash place, where its share (0 to 10%) expects about 1.1;"),
@@ -104,9 +109,12 @@ mod tests {
             notes[0]
         );
         // A wave far under its share is said too.
-        let notes = surprising_shares(&[wave("canary", 10.0, 1, 9), wave("rest", 100.0, 0, 3)], 12);
+        let notes = surprising_shares(
+            &[wave("canary", 10.0, 1, 11), wave("rest", 100.0, 0, 1)],
+            12,
+        );
         assert!(
-            notes[1].starts_with("wave `rest` has 3 of 12 tenants (25%): 3 of the 11 others by their hash place, where its share (10 to 100%) expects about 9.9;"),
+            notes[1].starts_with("wave `rest` has 1 of 12 tenants (8%): 1 of the 11 others by their hash place, where its share (10 to 100%) expects about 9.9;"),
             "{notes:?}"
         );
     }
@@ -121,7 +129,7 @@ mod tests {
             )
             .is_empty()
         );
-        // A large fleet: 2% of 1,000 drawn as 27 is within the rule's gap.
+        // A large fleet: 2% of 1,000 drawn as 27 is within a fair draw's spread.
         assert!(
             surprising_shares(
                 &[wave("canary", 2.0, 2, 29), wave("rest", 100.0, 0, 971)],
