@@ -60,13 +60,19 @@ pub fn summary_text_during(
     line(&mut out, "total", "", &summary.totals);
     let totals = &summary.totals;
     if totals.ahead > 0 {
-        let _ = writeln!(
-            out,
-            "of the tenants up to date, {} {} ahead: a later release reached {} (main has migrations newer than this plan's); `schemafleet drift` lists {}",
-            totals.ahead,
-            if totals.ahead == 1 { "is" } else { "are" },
-            if totals.ahead == 1 { "it" } else { "them" },
-            if totals.ahead == 1 { "it" } else { "them" },
+        let (verb, pronoun) = if totals.ahead == 1 {
+            ("is", "it")
+        } else {
+            ("are", "them")
+        };
+        wrap_into(
+            &mut out,
+            &format!(
+                "of the tenants up to date, {} {verb} ahead: a later release reached {pronoun} (main has migrations newer than this plan's); `schemafleet drift` lists {pronoun}",
+                totals.ahead
+            ),
+            "",
+            "  ",
         );
     }
     if totals.skipped_recorded > 0 {

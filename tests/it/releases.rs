@@ -262,6 +262,13 @@ async fn three_releases_rolled_back_tenants_stay_back_and_rollback_never_moves_f
         "{totals:#}"
     );
     let output = fleet.run(&["status", &r1_again]);
+    assert!(
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .all(|line| line.chars().count() <= 80),
+        "status fits 80 columns: {}",
+        text(&output)
+    );
     let flowing = String::from_utf8_lossy(&output.stdout)
         .split_whitespace()
         .collect::<Vec<_>>()
