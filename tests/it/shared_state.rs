@@ -724,7 +724,11 @@ async fn gates_hold_every_runner_and_run_once() {
         assert_eq!(status.code(), Some(3), "{}", runner.stderr());
         assert_eq!(json_of(&runner.stdout())["outcome"], "awaiting_approval");
     }
-    assert_eq!(check_runs(), vec!["after_wave", "retry"], "one retry");
+    // The retry passes; whether the 1 s bake still has its end-of-bake run to do depends on
+    // when the retry passed against the bake's (second-granular) end, so it may follow, once.
+    let runs = check_runs();
+    assert_eq!(runs[..2], ["after_wave", "retry"], "one retry: {runs:?}");
+    assert!(runs[2..].iter().all(|stage| stage == "bake_end") && runs.len() <= 3, "{runs:?}");
     let records = store_records(&state).await;
     assert_eq!(events(&records, "approval_needed"), 1, "asked once");
     let output = fleet.run(&["status", &plan, "--state", &state]);
@@ -752,7 +756,7 @@ async fn gates_hold_every_runner_and_run_once() {
         2,
         "each wave's end journaled once"
     );
-    assert_eq!(check_runs().len(), 2, "passed checks do not run again");
+    assert_eq!(check_runs(), runs, "passed checks do not run again");
     for tenant in &fleet.tenants {
         assert_repo_migrations_once(&tenant.name, tenant.connection_uri.expose()).await;
     }
