@@ -2,6 +2,11 @@
 //! table) get refinery-identical rows for V1..V2, after which `apply` runs only V3; a tenant
 //! whose schema matches no version is listed with the difference and untouched; a tenant
 //! refinery migrated needs no baseline; another tool's history table is named.
+//!
+//! The refinery and sqlx tenants are migrated by the code their CLIs run: refinery's `Runner`
+//! over files loaded as `refinery migrate` loads them, and sqlx's `Migrator` (the
+//! `_sqlx_migrations` bookkeeping of `sqlx migrate run`). Installing the CLIs themselves is a
+//! long compile, so `scripts/check-real-clis.sh` runs them by hand.
 
 use crate::common;
 
@@ -9,7 +14,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use common::{migrate_with_runner, start_fleet, stdout_json};
+use common::{start_fleet, stdout_json};
 use schemafleet::emulator::{LocalFleet, SeededTenant};
 use serde_json::Value;
 
@@ -51,6 +56,45 @@ async fn history(tenant: &SeededTenant) -> Vec<(i32, String, String)> {
             .collect(),
         Err(_) => Vec::new(),
     }
+}
+
+/// What `sqlx migrate run --source DIR` does: sqlx's migrator over files named the way sqlx
+/// names them (`1_accounts.sql`), through the proxy like any client.
+async fn migrate_with_sqlx(tenant: &SeededTenant, root: &Path, migrations: &[(&str, &str)]) {
+    use sqlx::Connection;
+    let dir = root.join("sqlx-migrations");
+    std::fs::create_dir_all(&dir).expect("sqlx migrations dir");
+    for (version, (file_name, body)) in (1..).zip(migrations) {
+        let description = file_name
+            .split_once("__")
+            .and_then(|(_, rest)| rest.strip_suffix(".sql"))
+            .expect("a refinery file name");
+        std::fs::write(dir.join(format!("{version}_{description}.sql")), body)
+            .expect("write an sqlx migration");
+    }
+    let mut connection = sqlx::PgConnection::connect(tenant.connection_uri.expose())
+        .await
+        .expect("sqlx connects through the proxy");
+    sqlx::migrate::Migrator::new(dir.as_path())
+        .await
+        .expect("sqlx reads its migrations")
+        .run(&mut connection)
+        .await
+        .expect("sqlx migrates");
+    connection.close().await.expect("sqlx closes");
+}
+
+/// What `refinery migrate -p DIR` does: its files loaded by refinery, run by refinery's own
+/// `Runner` (refinery_cli runs the same code on the synchronous `postgres` client).
+async fn migrate_with_refinery_runner(tenant: &SeededTenant, dir: &Path) {
+    let migrations = refinery::load_sql_migrations(dir).expect("refinery loads the files");
+    let mut client = schemafleet::pg::connect(&tenant.connection_uri, Duration::from_secs(10))
+        .await
+        .expect("the tenant accepts connections");
+    refinery::Runner::new(&migrations)
+        .run_async(&mut client)
+        .await
+        .expect("refinery migrates");
 }
 
 async fn run(fleet: &LocalFleet, root: &Path, args: &[&str]) -> Output {
@@ -117,24 +161,16 @@ async fn baseline_adopts_matching_tenants_and_leaves_the_rest() {
         std::fs::write(root.join("migrations").join(file_name), body).expect("write migration");
     }
     let v1_v2 = format!("{}{}", MIGRATIONS[0].1, MIGRATIONS[1].1);
-    // tenants[0]: V2 by hand; [1]: V2 by hand and an extra column; [2]: V2 by "sqlx" (its
-    // history table with two rows); [3]: V3 by refinery.
+    // tenants[0]: V2 by hand; [1]: V2 by hand and an extra column; [2]: V2 by sqlx; [3]: V3
+    // by refinery.
     sql(&tenants[0], &v1_v2).await;
     sql(
         &tenants[1],
         &format!("{v1_v2}ALTER TABLE accounts ADD COLUMN nickname text;"),
     )
     .await;
-    sql(
-        &tenants[2],
-        &format!(
-            "{v1_v2}CREATE TABLE _sqlx_migrations (version bigint PRIMARY KEY, description text);\
-             INSERT INTO _sqlx_migrations VALUES (1, 'accounts'), (2, 'orders');"
-        ),
-    )
-    .await;
-    let set = schemafleet::migrations::load(&root.join("migrations")).expect("migrations load");
-    migrate_with_runner(&tenants[3].connection_uri, &set.to_refinery()).await;
+    migrate_with_sqlx(&tenants[2], root, &MIGRATIONS[..2]).await;
+    migrate_with_refinery_runner(&tenants[3], &root.join("migrations")).await;
     let all: Vec<&SeededTenant> = tenants.iter().collect();
     let plan = write_plan(root, "all", &all);
 
@@ -231,6 +267,26 @@ async fn baseline_adopts_matching_tenants_and_leaves_the_rest() {
             tenants[0].name, tenants[0].project_id
         )),
         "{again_text}"
+    );
+
+    // sqlx's own bookkeeping is read, never written: its two rows stand as sqlx wrote them.
+    let sqlx_rows: Vec<(i64, String, bool)> = sql(&tenants[2], "SELECT 1")
+        .await
+        .query(
+            "SELECT version, description, success FROM _sqlx_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .expect("sqlx's table")
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    assert_eq!(
+        sqlx_rows,
+        [
+            (1, "accounts".to_string(), true),
+            (2, "orders".to_string(), true)
+        ]
     );
 
     // Refinery-identical rows: the same names and checksums refinery wrote itself.
