@@ -113,6 +113,9 @@ pub struct Header {
     /// `baseline`'s records: tenant -> (versions, when), kept apart from the rows.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub baselined: BTreeMap<String, (Vec<i32>, String)>,
+    /// `baseline_started` records without their `baseline_recorded`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub baseline_unconfirmed: BTreeMap<String, Vec<i32>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -297,6 +300,7 @@ fn header(state: &JournalState) -> Header {
             .collect(),
         version_sets: state.tenants.version_sets(),
         baselined: state.baselined.clone(),
+        baseline_unconfirmed: state.baseline_unconfirmed.clone(),
     }
 }
 
@@ -385,6 +389,7 @@ impl Loader {
             state.last_at = header.last_at;
             state.records = header.records;
             state.baselined = header.baselined;
+            state.baseline_unconfirmed = header.baseline_unconfirmed;
             state.tenants.reserve(header.tenants);
             for (name, wave) in header.waves {
                 let status = wave_status(&wave.status)
@@ -700,7 +705,16 @@ mod tests {
         events.push(Event::WaveStarted {
             wave: "wide".into(),
         });
-        // `baseline --yes` adopting a tenant: kept apart from the rollout's tenants.
+        // `baseline --yes` adopting a tenant: kept apart from the rollout's tenants; another
+        // whose outcome was never recorded (a crash after its commit).
+        events.push(Event::BaselineStarted {
+            tenant: "t-adopted".into(),
+            versions: vec![1, 2],
+        });
+        events.push(Event::BaselineStarted {
+            tenant: "t-unconfirmed".into(),
+            versions: vec![1],
+        });
         events.push(Event::BaselineRecorded {
             tenant: "t-adopted".into(),
             versions: vec![1, 2],
@@ -809,6 +823,10 @@ mod tests {
             Some(vec![1, 2])
         );
         assert!(state.tenant("t-adopted").is_none());
+        assert_eq!(
+            state.baseline_unconfirmed,
+            BTreeMap::from([("t-unconfirmed".to_string(), vec![1])])
+        );
         let canary = &state.waves["canary"];
         assert_eq!(canary.check_failures.len(), 1);
         assert_eq!(canary.checks_passed_stage.as_deref(), Some("retry"));

@@ -180,6 +180,9 @@ pub struct JournalState {
     /// Tenants `baseline` recorded a history for: tenant -> (versions, when). Kept apart from
     /// [`TenantState`]: adopting a tenant is not a step of the rollout.
     pub baselined: BTreeMap<String, (Vec<i32>, String)>,
+    /// `baseline_started` without its `baseline_recorded`: tenant -> versions whose rows may
+    /// or may not have been committed (the tenant's history table tells).
+    pub baseline_unconfirmed: BTreeMap<String, Vec<i32>>,
     /// The process of the last run while it has not finished (`run_started` without its
     /// `run_finished`): the `apply` a held lock belongs to.
     pub open_run_pid: Option<u32>,
@@ -521,9 +524,14 @@ impl JournalState {
                     state.updated_at = stamp;
                 }
             }
+            Event::BaselineStarted { tenant, versions } => {
+                self.baseline_unconfirmed
+                    .insert(tenant.clone(), versions.clone());
+            }
             Event::BaselineRecorded {
                 tenant, versions, ..
             } => {
+                self.baseline_unconfirmed.remove(tenant);
                 self.baselined
                     .insert(tenant.clone(), (versions.clone(), at.to_string()));
             }
