@@ -453,3 +453,45 @@ fn render_text(results: &[TenantBaseline], written: bool) -> String {
     }
     crate::terminal::escape_controls(&out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::AppliedMigration;
+
+    fn set() -> MigrationSet {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        std::fs::write(dir.path().join("V1__a.sql"), "CREATE TABLE a (id int);\n").expect("V1");
+        std::fs::write(dir.path().join("V2__b.sql"), "CREATE TABLE b (id int);\n").expect("V2");
+        crate::migrations::load(dir.path()).expect("the migrations load")
+    }
+
+    fn row(migration: &crate::migrations::Migration) -> AppliedMigration {
+        AppliedMigration {
+            version: migration.version,
+            name: migration.name.clone(),
+            checksum: migration.checksum.to_string(),
+            applied_on: "2026-12-02T10:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn only_exactly_the_intended_rows_are_baselines() {
+        let set = set();
+        let rows: Vec<AppliedMigration> = set.migrations.iter().map(row).collect();
+        let written = rows_of_baseline(&set, &[1, 2], &rows).expect("baseline's own rows");
+        assert_eq!(
+            written
+                .iter()
+                .map(|migration| migration.version)
+                .collect::<Vec<_>>(),
+            [1, 2]
+        );
+        // Fewer or more rows than intended, or a checksum of another file: another writer's.
+        assert!(rows_of_baseline(&set, &[1], &rows).is_none());
+        assert!(rows_of_baseline(&set, &[1, 2], &rows[..1]).is_none());
+        let mut edited = rows.clone();
+        edited[1].checksum = "1".into();
+        assert!(rows_of_baseline(&set, &[1, 2], &edited).is_none());
+    }
+}
