@@ -69,6 +69,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
     let plan_display = args.plan.display().to_string();
     let groups = report::group_failures(&summary, &plan_display);
     let baselined = baselined(&plan, &read.state);
+    let unconfirmed = baseline_unconfirmed(&plan, &read.state);
     let baking = baking(&plan, &read.state, time::OffsetDateTime::now_utc());
     let live = if args.live {
         Some(live_probe(&args, &plan, &read.state).await?)
@@ -136,6 +137,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 "held_back": summary.held_back,
                 "held_back_tenants": summary.held_back_tenants,
                 "baseline": baselined,
+                "baseline_unconfirmed": unconfirmed,
                 "baking": baking.as_ref().map(|bake| serde_json::json!({
                     "wave": bake.wave, "until": bake.until, "next_wave": bake.next_wave,
                 })),
@@ -170,6 +172,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 print!("{}", bake.text(apply_pid));
             }
             print!("{}", baseline_text(&baselined));
+            print!("{}", unconfirmed_text(&args.plan, &unconfirmed));
         }
     }
     // A tenant `--skip-recorded` skipped whose main is not up to date was never migrated: the
@@ -373,6 +376,55 @@ fn baselined(plan: &Plan, state: &JournalState) -> Vec<serde_json::Value> {
             }))
         })
         .collect()
+}
+
+/// Tenants whose `baseline_started` has no `baseline_recorded` (a crash between the commit
+/// and the record, or a write that failed), in plan order.
+fn baseline_unconfirmed(plan: &Plan, state: &JournalState) -> Vec<serde_json::Value> {
+    plan.tenants()
+        .filter_map(|(planned, _)| {
+            let versions = state.baseline_unconfirmed.get(&planned.id)?;
+            Some(serde_json::json!({
+                "tenant": planned.id,
+                "tenant_name": planned.name,
+                "versions": versions,
+            }))
+        })
+        .collect()
+}
+
+/// The journal alone cannot tell whether those rows were committed: the tenants' history
+/// tables can, and `baseline --yes` reads them.
+fn unconfirmed_text(plan_path: &std::path::Path, unconfirmed: &[serde_json::Value]) -> String {
+    if unconfirmed.is_empty() {
+        return String::new();
+    }
+    let labels: Vec<String> = unconfirmed
+        .iter()
+        .map(|entry| {
+            crate::plan::model::PlannedTenant {
+                id: entry["tenant"].as_str().unwrap_or("?").to_string(),
+                name: entry["tenant_name"].as_str().unwrap_or("").to_string(),
+                region: String::new(),
+            }
+            .label()
+        })
+        .collect();
+    let mut out = String::new();
+    report::render::wrap_into(
+        &mut out,
+        &format!(
+            "baseline started on {} without a record of its outcome (stopped before it \
+             journaled the commit?): {}; `schemafleet baseline {} --yes` reads their history \
+             and journals the rows it finds",
+            report::render::plural(labels.len(), "tenant"),
+            labels.join(", "),
+            plan_path.display()
+        ),
+        "",
+        "  ",
+    );
+    out
 }
 
 /// One line per set of recorded versions: `baseline recorded V1..V2 on 3 tenants: …`.

@@ -118,6 +118,9 @@ pub struct Header {
     /// The last `aborted` record (absent in checkpoints written before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_abort: Option<AbortRow>,
+    /// `baseline_started` records without their `baseline_recorded`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub baseline_unconfirmed: BTreeMap<String, Vec<i32>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -317,6 +320,7 @@ fn header(state: &JournalState) -> Header {
             reason: abort.reason.clone(),
             at: abort.at.clone(),
         }),
+        baseline_unconfirmed: state.baseline_unconfirmed.clone(),
     }
 }
 
@@ -410,6 +414,7 @@ impl Loader {
                 reason: abort.reason,
                 at: abort.at,
             });
+            state.baseline_unconfirmed = header.baseline_unconfirmed;
             state.tenants.reserve(header.tenants);
             for (name, wave) in header.waves {
                 let status = wave_status(&wave.status)
@@ -738,7 +743,16 @@ mod tests {
         events.push(Event::WaveStarted {
             wave: "wide".into(),
         });
-        // `baseline --yes` adopting a tenant: kept apart from the rollout's tenants.
+        // `baseline --yes` adopting a tenant: kept apart from the rollout's tenants; another
+        // whose outcome was never recorded (a crash after its commit).
+        events.push(Event::BaselineStarted {
+            tenant: "t-adopted".into(),
+            versions: vec![1, 2],
+        });
+        events.push(Event::BaselineStarted {
+            tenant: "t-unconfirmed".into(),
+            versions: vec![1],
+        });
         events.push(Event::BaselineRecorded {
             tenant: "t-adopted".into(),
             versions: vec![1, 2],
@@ -854,6 +868,10 @@ mod tests {
             Some(vec![1, 2])
         );
         assert!(state.tenant("t-adopted").is_none());
+        assert_eq!(
+            state.baseline_unconfirmed,
+            BTreeMap::from([("t-unconfirmed".to_string(), vec![1])])
+        );
         let canary = &state.waves["canary"];
         assert_eq!(canary.check_failures.len(), 1);
         assert_eq!(canary.checks_passed_stage.as_deref(), Some("retry"));

@@ -225,6 +225,14 @@ pub enum Event {
         tenant: String,
         error: String,
     },
+    /// `baseline --yes` is about to write the history rows of `versions` into a tenant (an
+    /// intent, before its transaction). Until a `baseline_recorded` follows, the outcome is
+    /// unknown: a crash between the commit and that record leaves the rows unjournaled, and
+    /// the next `baseline --yes` journals them when it finds exactly these rows.
+    BaselineStarted {
+        tenant: String,
+        versions: Vec<i32>,
+    },
     /// `baseline --yes` wrote the history rows of `versions` into a tenant's empty history
     /// table: its schema equalled the reference after the highest of them. Written after the
     /// commit (a fact); the tenant's history table stays the truth.
@@ -312,6 +320,7 @@ impl Event {
             | Event::RollbackStarted { tenant, .. }
             | Event::RolledBack { tenant, .. }
             | Event::RollbackFailed { tenant, .. }
+            | Event::BaselineStarted { tenant, .. }
             | Event::BaselineRecorded { tenant, .. } => Some(tenant),
             Event::RunStarted { .. }
             | Event::RunFinished { .. }

@@ -192,6 +192,9 @@ pub struct JournalState {
     /// Tenants `baseline` recorded a history for: tenant -> (versions, when). Kept apart from
     /// [`TenantState`]: adopting a tenant is not a step of the rollout.
     pub baselined: BTreeMap<String, (Vec<i32>, String)>,
+    /// `baseline_started` without its `baseline_recorded`: tenant -> versions whose rows may
+    /// or may not have been committed (the tenant's history table tells).
+    pub baseline_unconfirmed: BTreeMap<String, Vec<i32>>,
     /// The process of the last run while it has not finished (`run_started` without its
     /// `run_finished`): the `apply` a held lock belongs to.
     pub open_run_pid: Option<u32>,
@@ -552,9 +555,14 @@ impl JournalState {
                     state.updated_at = stamp;
                 }
             }
+            Event::BaselineStarted { tenant, versions } => {
+                self.baseline_unconfirmed
+                    .insert(tenant.clone(), versions.clone());
+            }
             Event::BaselineRecorded {
                 tenant, versions, ..
             } => {
+                self.baseline_unconfirmed.remove(tenant);
                 self.baselined
                     .insert(tenant.clone(), (versions.clone(), at.to_string()));
             }
@@ -667,8 +675,43 @@ mod tests {
             state.baselined.get("t1"),
             Some(&(vec![1, 2], "2026-11-26T10:00:01Z".to_string()))
         );
+        assert!(state.baseline_unconfirmed.is_empty());
         assert_eq!(state.tenant_status("t1"), TenantStatus::NotStarted);
         assert_eq!((state.plan_id.as_deref(), state.runs), (None, 0));
+    }
+
+    #[test]
+    fn a_baseline_start_without_its_record_stays_unconfirmed() {
+        let started = |seq, tenant: &str| {
+            record(
+                seq,
+                Event::BaselineStarted {
+                    tenant: tenant.into(),
+                    versions: vec![1, 2],
+                },
+            )
+        };
+        let records = vec![
+            started(1, "t1"),
+            started(2, "t2"),
+            record(
+                3,
+                Event::BaselineRecorded {
+                    tenant: "t1".into(),
+                    versions: vec![1, 2],
+                    tools: Vec::new(),
+                },
+            ),
+        ];
+        let state = JournalState::replay(&records);
+        assert_eq!(
+            state.baseline_unconfirmed,
+            BTreeMap::from([("t2".to_string(), vec![1, 2])])
+        );
+        assert_eq!(
+            state.baselined.keys().collect::<Vec<_>>(),
+            [&"t1".to_string()]
+        );
     }
 
     fn tenant_event_sequence() -> Vec<Record> {
