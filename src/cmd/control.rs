@@ -68,7 +68,7 @@ async fn change(args: &ControlArgs, change: ControlChange) -> anyhow::Result<Exi
     match &source {
         JournalSource::Store(uri) => {
             let store = StateStore::connect(uri).await?;
-            coordination::set_control(store.client(), uri, &plan.plan_id, &change).await?;
+            coordination::set_control(&*store.client().await, uri, &plan.plan_id, &change).await?;
         }
         JournalSource::File(journal) => {
             let path = crate::journal::control::control_path(journal);

@@ -16,11 +16,13 @@
 //! work, facts (`applied`) after it.
 //! **Invariant:** the journal never holds a secret; URIs are not recorded at all.
 
+pub mod api_bucket;
 pub mod checkpoint;
 mod compact;
 pub mod control;
 pub mod coordination;
 pub mod file;
+pub mod reconnect;
 pub mod record;
 pub mod state;
 pub mod store;
