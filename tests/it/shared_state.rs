@@ -7,6 +7,8 @@ use crate::fault_support;
 use crate::support;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use schemafleet::emulator::LocalFleetConfig;
@@ -840,4 +842,161 @@ async fn runners_share_the_accounts_api_budget() {
         total as f64 >= per_second * 5.0,
         "{total} requests: the runners had work"
     );
+}
+
+/// A TCP proxy in front of the store that, once armed, cuts every `every`-th connection that
+/// sends a COMMIT right after passing the COMMIT on, before its answer comes back: the
+/// transaction commits, and the runner cannot know it did.
+struct CommitCutter {
+    port: u16,
+    armed: Arc<AtomicBool>,
+    every: usize,
+    commits: Arc<AtomicUsize>,
+    cuts: Arc<AtomicUsize>,
+}
+
+impl CommitCutter {
+    async fn start(upstream: std::net::SocketAddr, every: usize) -> CommitCutter {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let commits = Arc::new(AtomicUsize::new(0));
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let (task_armed, task_commits, task_cuts) = (armed.clone(), commits.clone(), cuts.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (armed, commits, cuts) =
+                    (task_armed.clone(), task_commits.clone(), task_cuts.clone());
+                tokio::spawn(relay(client, server, every, armed, commits, cuts));
+            }
+        });
+        CommitCutter {
+            port,
+            armed,
+            every,
+            commits,
+            cuts,
+        }
+    }
+}
+
+/// Relay one connection; see [`CommitCutter`].
+async fn relay(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    every: usize,
+    armed: Arc<AtomicBool>,
+    commits: Arc<AtomicUsize>,
+    cuts: Arc<AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let answers = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+        client_write
+    });
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let Ok(read) = client_read.read(&mut buffer).await else {
+            break;
+        };
+        if read == 0 {
+            break;
+        }
+        let chunk = &buffer[..read];
+        let commit = chunk.windows(7).any(|window| window == b"COMMIT\0");
+        let cut = commit
+            && armed.load(Ordering::SeqCst)
+            && (commits.fetch_add(1, Ordering::SeqCst) + 1) % every == 0;
+        if cut {
+            // Stop relaying answers first, then pass the COMMIT on and hang up both ways.
+            answers.abort();
+            let _ = server_write.write_all(chunk).await;
+            let _ = server_write.flush().await;
+            cuts.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return;
+        }
+        if server_write.write_all(chunk).await.is_err() {
+            break;
+        }
+    }
+    answers.abort();
+}
+
+/// COMMITs whose answers are lost (the transaction committed, the connection dropped before
+/// the runner heard so): the journal's appends, claims, finishes and waves' ends are all asked
+/// again after a reconnect, and nothing is written or counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_whose_answers_are_lost_are_not_written_twice() {
+    let fleet = TestFleet::start(6).await;
+    let state = state_database(&fleet, "state_lost_commits").await;
+    let mut direct = url::Url::parse(&state).expect("url");
+    let upstream = std::net::SocketAddr::new(
+        "127.0.0.1".parse().expect("loopback"),
+        direct.port().expect("port"),
+    );
+    let cutter = CommitCutter::start(upstream, 4).await;
+    direct.set_port(Some(cutter.port)).expect("port");
+    let through_cutter = direct.to_string();
+    let plan = plan(
+        &fleet,
+        "  - name: first\n    percent: 40\n    concurrency: 2\n    max_failures: 0\n  - name: second\n    percent: 100\n    concurrency: 2\n    max_failures: 0\n",
+    );
+    let mut runner = start_runner(&fleet, &plan, &through_cutter, "c1", &[]);
+    // Armed once the runner made the schema and registered: a cut refinery COMMIT would only
+    // stop it at the start, which the bad-store test covers.
+    wait_for_async("the first record", Duration::from_secs(60), || async {
+        !store_records(&state).await.is_empty()
+    })
+    .await;
+    cutter.armed.store(true, Ordering::SeqCst);
+    let status = runner.wait(Duration::from_secs(180));
+    assert_eq!(status.code(), Some(0), "{}", runner.stderr());
+    let cuts = cutter.cuts.load(Ordering::SeqCst);
+    eprintln!(
+        "{cuts} connections cut after a COMMIT (every {}th of {})",
+        cutter.every,
+        cutter.commits.load(Ordering::SeqCst)
+    );
+    assert!(cuts >= 3, "{cuts} cuts");
+
+    let records = store_records(&state).await;
+    let seqs: Vec<u64> = records
+        .iter()
+        .map(|(_, record)| record["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no gap");
+    let mut seen = std::collections::BTreeSet::new();
+    for (_, record) in &records {
+        let mut event = record.clone();
+        let fields = event.as_object_mut().expect("object");
+        fields.remove("seq");
+        fields.remove("at");
+        assert!(seen.insert(event.to_string()), "written twice: {record}");
+    }
+    let applied = count_events(&records, "applied");
+    assert_eq!(applied.len(), 6, "{applied:?}");
+    assert!(applied.values().all(|count| *count == 1), "{applied:?}");
+    for wave in ["first", "second"] {
+        let ends = records
+            .iter()
+            .filter(|(_, record)| record["event"] == "wave_finished" && record["wave"] == wave)
+            .count();
+        assert_eq!(ends, 1, "wave {wave} ended once");
+    }
+    assert_exactly_once_and_no_leaks(&fleet).await;
+    let client = connect(&state).await;
+    let claims: i32 = client
+        .query_one("SELECT max(claims) FROM schemafleet_tenant", &[])
+        .await
+        .expect("claims")
+        .get(0);
+    assert_eq!(claims, 1, "no claim was lost and taken again");
 }
