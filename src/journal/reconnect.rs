@@ -11,6 +11,7 @@
 //! a reconnect that succeeds at once prints nothing.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, MutexGuard};
@@ -36,6 +37,9 @@ pub struct Outage {
     patience: Duration,
     /// When the announced wait began, and when it last said so.
     announced: std::sync::Mutex<Option<(Instant, Instant)>>,
+    /// A connection waited the whole patience in vain: the run is stopping, so the others
+    /// (releasing claims, reading the last records) try once instead of waiting again.
+    gave_up: AtomicBool,
 }
 
 impl Outage {
@@ -44,6 +48,7 @@ impl Outage {
             label,
             patience,
             announced: std::sync::Mutex::new(None),
+            gave_up: AtomicBool::new(false),
         })
     }
 
@@ -178,17 +183,27 @@ impl StoreConnection {
             match self.reconnect().await {
                 Ok(new_client) => {
                     **client = new_client;
+                    self.outage.gave_up.store(false, Ordering::Relaxed);
                     self.outage.back();
                     return Ok(true);
                 }
                 Err(failure) => last_failure = failure,
             }
-            if started.elapsed() >= self.outage.patience {
+            let gave_up_before = self.outage.gave_up.load(Ordering::Relaxed);
+            if gave_up_before || started.elapsed() >= self.outage.patience {
+                self.outage.gave_up.store(true, Ordering::Relaxed);
+                let how_long = if gave_up_before {
+                    "still unreachable".to_string()
+                } else {
+                    format!(
+                        "unreachable for {} (its patience)",
+                        shown(started.elapsed())
+                    )
+                };
                 return Err(JournalError::Store {
                     store: self.uri.redacted(),
                     reason: format!(
-                        "unreachable for {} (its patience); stopping. Nothing committed is lost: run `apply` again to resume. Last error: {last_failure}",
-                        shown(started.elapsed())
+                        "{how_long}; stopping. Nothing committed is lost: run `apply` again to resume. Last error: {last_failure}"
                     ),
                 });
             }

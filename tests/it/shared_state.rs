@@ -846,10 +846,12 @@ async fn runners_share_the_accounts_api_budget() {
 
 /// A TCP proxy in front of the store that, once armed, cuts every `every`-th connection that
 /// sends a COMMIT right after passing the COMMIT on, before its answer comes back: the
-/// transaction commits, and the runner cannot know it did.
+/// transaction commits, and the runner cannot know it did. Put `down`, it cuts every
+/// connection and refuses new ones, as a store that is gone.
 struct CommitCutter {
     port: u16,
     armed: Arc<AtomicBool>,
+    down: tokio::sync::watch::Sender<bool>,
     every: usize,
     commits: Arc<AtomicUsize>,
     cuts: Arc<AtomicUsize>,
@@ -864,20 +866,29 @@ impl CommitCutter {
         let armed = Arc::new(AtomicBool::new(false));
         let commits = Arc::new(AtomicUsize::new(0));
         let cuts = Arc::new(AtomicUsize::new(0));
-        let (task_armed, task_commits, task_cuts) = (armed.clone(), commits.clone(), cuts.clone());
+        let (down, down_seen) = tokio::sync::watch::channel(false);
+        let cutter = Cutting {
+            every,
+            armed: armed.clone(),
+            commits: commits.clone(),
+            cuts: cuts.clone(),
+            down: down_seen,
+        };
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if *cutter.down.borrow() {
+                    continue;
+                }
                 let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
                     continue;
                 };
-                let (armed, commits, cuts) =
-                    (task_armed.clone(), task_commits.clone(), task_cuts.clone());
-                tokio::spawn(relay(client, server, every, armed, commits, cuts));
+                tokio::spawn(relay(client, server, cutter.clone()));
             }
         });
         CommitCutter {
             port,
             armed,
+            down,
             every,
             commits,
             cuts,
@@ -885,15 +896,18 @@ impl CommitCutter {
     }
 }
 
-/// Relay one connection; see [`CommitCutter`].
-async fn relay(
-    client: tokio::net::TcpStream,
-    server: tokio::net::TcpStream,
+/// What every relayed connection of a [`CommitCutter`] shares.
+#[derive(Clone)]
+struct Cutting {
     every: usize,
     armed: Arc<AtomicBool>,
     commits: Arc<AtomicUsize>,
     cuts: Arc<AtomicUsize>,
-) {
+    down: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Relay one connection; see [`CommitCutter`].
+async fn relay(client: tokio::net::TcpStream, server: tokio::net::TcpStream, mut cutting: Cutting) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
@@ -903,23 +917,25 @@ async fn relay(
     });
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
-        let Ok(read) = client_read.read(&mut buffer).await else {
-            break;
+        let read = tokio::select! {
+            read = client_read.read(&mut buffer) => read,
+            _ = cutting.down.wait_for(|down| *down) => break,
         };
+        let Ok(read) = read else { break };
         if read == 0 {
             break;
         }
         let chunk = &buffer[..read];
         let commit = chunk.windows(7).any(|window| window == b"COMMIT\0");
         let cut = commit
-            && armed.load(Ordering::SeqCst)
-            && (commits.fetch_add(1, Ordering::SeqCst) + 1) % every == 0;
+            && cutting.armed.load(Ordering::SeqCst)
+            && (cutting.commits.fetch_add(1, Ordering::SeqCst) + 1) % cutting.every == 0;
         if cut {
             // Stop relaying answers first, then pass the COMMIT on and hang up both ways.
             answers.abort();
             let _ = server_write.write_all(chunk).await;
             let _ = server_write.flush().await;
-            cuts.fetch_add(1, Ordering::SeqCst);
+            cutting.cuts.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(50)).await;
             return;
         }
@@ -932,7 +948,9 @@ async fn relay(
 
 /// COMMITs whose answers are lost (the transaction committed, the connection dropped before
 /// the runner heard so): the journal's appends, claims, finishes and waves' ends are all asked
-/// again after a reconnect, and nothing is written or counted twice.
+/// again after a reconnect, and nothing is written or counted twice. Then the store goes away
+/// for longer than `--state-patience`: the runner says it waits, gives up with exit 2, and the
+/// next `apply` finishes from what committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_whose_answers_are_lost_are_not_written_twice() {
     let fleet = TestFleet::start(6).await;
@@ -949,7 +967,13 @@ async fn commits_whose_answers_are_lost_are_not_written_twice() {
         &fleet,
         "  - name: first\n    percent: 40\n    concurrency: 2\n    max_failures: 0\n  - name: second\n    percent: 100\n    concurrency: 2\n    max_failures: 0\n",
     );
-    let mut runner = start_runner(&fleet, &plan, &through_cutter, "c1", &[]);
+    let mut runner = start_runner(
+        &fleet,
+        &plan,
+        &through_cutter,
+        "c1",
+        &["--until-wave", "first"],
+    );
     // Armed once the runner made the schema and registered: a cut refinery COMMIT would only
     // stop it at the start, which the bad-store test covers.
     wait_for_async("the first record", Duration::from_secs(60), || async {
@@ -959,6 +983,7 @@ async fn commits_whose_answers_are_lost_are_not_written_twice() {
     cutter.armed.store(true, Ordering::SeqCst);
     let status = runner.wait(Duration::from_secs(180));
     assert_eq!(status.code(), Some(0), "{}", runner.stderr());
+    cutter.armed.store(false, Ordering::SeqCst);
     let cuts = cutter.cuts.load(Ordering::SeqCst);
     eprintln!(
         "{cuts} connections cut after a COMMIT (every {}th of {})",
@@ -966,6 +991,39 @@ async fn commits_whose_answers_are_lost_are_not_written_twice() {
         cutter.commits.load(Ordering::SeqCst)
     );
     assert!(cuts >= 3, "{cuts} cuts");
+    let client = connect(&state).await;
+    let claims: i32 = client
+        .query_one("SELECT max(claims) FROM schemafleet_tenant", &[])
+        .await
+        .expect("claims")
+        .get(0);
+    assert_eq!(claims, 1, "no claim whose answer was lost was taken again");
+
+    // The store gone for longer than the runner's patience, mid-wave.
+    let mut impatient = start_runner(
+        &fleet,
+        &plan,
+        &through_cutter,
+        "c2",
+        &["--state-patience", "2s"],
+    );
+    wait_for_async("c2 to start a tenant", Duration::from_secs(60), || async {
+        store_records(&state)
+            .await
+            .iter()
+            .any(|(writer, record)| writer.starts_with("c2/") && record["event"] == "tenant_probed")
+    })
+    .await;
+    cutter.down.send_replace(true);
+    let status = impatient.wait(Duration::from_secs(60));
+    let stderr = impatient.stderr();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("waiting up to 2s"), "{stderr}");
+    assert!(stderr.contains("(its patience)"), "{stderr}");
+    cutter.down.send_replace(false);
+    let mut last = start_runner(&fleet, &plan, &through_cutter, "c3", &[]);
+    let status = last.wait(Duration::from_secs(180));
+    assert_eq!(status.code(), Some(0), "{}", last.stderr());
 
     let records = store_records(&state).await;
     let seqs: Vec<u64> = records
@@ -974,12 +1032,15 @@ async fn commits_whose_answers_are_lost_are_not_written_twice() {
         .collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no gap");
     let mut seen = std::collections::BTreeSet::new();
-    for (_, record) in &records {
+    for (writer, record) in &records {
         let mut event = record.clone();
         let fields = event.as_object_mut().expect("object");
         fields.remove("seq");
         fields.remove("at");
-        assert!(seen.insert(event.to_string()), "written twice: {record}");
+        assert!(
+            seen.insert((writer.clone(), event.to_string())),
+            "written twice by {writer}: {record}"
+        );
     }
     let applied = count_events(&records, "applied");
     assert_eq!(applied.len(), 6, "{applied:?}");
@@ -992,11 +1053,4 @@ async fn commits_whose_answers_are_lost_are_not_written_twice() {
         assert_eq!(ends, 1, "wave {wave} ended once");
     }
     assert_exactly_once_and_no_leaks(&fleet).await;
-    let client = connect(&state).await;
-    let claims: i32 = client
-        .query_one("SELECT max(claims) FROM schemafleet_tenant", &[])
-        .await
-        .expect("claims")
-        .get(0);
-    assert_eq!(claims, 1, "no claim was lost and taken again");
 }
