@@ -929,7 +929,7 @@ async fn relay(client: tokio::net::TcpStream, server: tokio::net::TcpStream, mut
         let commit = chunk.windows(7).any(|window| window == b"COMMIT\0");
         let cut = commit
             && cutting.armed.load(Ordering::SeqCst)
-            && (cutting.commits.fetch_add(1, Ordering::SeqCst) + 1) % cutting.every == 0;
+            && (cutting.commits.fetch_add(1, Ordering::SeqCst) + 1).is_multiple_of(cutting.every);
         if cut {
             // Stop relaying answers first, then pass the COMMIT on and hang up both ways.
             answers.abort();
