@@ -9,7 +9,9 @@
 //! - [`store`]: the same journal in PostgreSQL (`--state URL`), one row per record, its schema
 //!   embedded refinery migrations (`state_migrations/`); [`coordination`]: what several runners
 //!   of a plan share there (claims under leases, wave budgets, runners, pause/abort);
-//!   [`control`]: the pause/abort switches of a file journal.
+//!   [`reconnect`]: a store connection that rides out the store's restart; [`api_bucket`]: the
+//!   account's API token bucket there, shared by all runners; [`control`]: the pause/abort
+//!   switches of a file journal.
 //!
 //! **Invariant:** a record is on disk (fsync'd) before any step that depends on it starts, and
 //! no record claims work that was not done: intents (`apply_started`) are written before the
