@@ -517,15 +517,18 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("fleet").required(true).args(["plan", "policy"]))]
-#[command(override_usage = "schemafleet drift [OPTIONS] <--plan <PLAN>|--policy <POLICY>>")]
+#[command(group = clap::ArgGroup::new("fleet").required(true).args(["plan", "plan_flag", "policy"]))]
+#[command(override_usage = "schemafleet drift [OPTIONS] <PLAN|--plan <PLAN>|--policy <POLICY>>")]
 pub struct DriftArgs {
-    /// Check the tenants of this plan.
-    #[arg(long)]
+    /// Check the tenants of this plan (positional, as for `status` and `apply`).
     pub plan: Option<PathBuf>,
 
+    /// The same as the positional PLAN; kept because scripts written before it use it.
+    #[arg(long = "plan", value_name = "PLAN")]
+    pub plan_flag: Option<PathBuf>,
+
     /// Discover the fleet from this policy.
-    #[arg(long, conflicts_with = "plan")]
+    #[arg(long)]
     pub policy: Option<PathBuf>,
 
     /// Tenants file overriding the policy's fleet.
@@ -554,6 +557,13 @@ pub struct DriftArgs {
 
     #[command(flatten)]
     pub api: ApiArgs,
+}
+
+impl DriftArgs {
+    /// The plan to check, given positionally or with `--plan` (clap allows one of them).
+    pub fn plan_path(&self) -> Option<&std::path::Path> {
+        self.plan.as_deref().or(self.plan_flag.as_deref())
+    }
 }
 
 /// Where schema references come from (`drift --schema`, `baseline`).
@@ -839,4 +849,35 @@ pub struct BenchArgs {
     /// Run one measured mode from a job read on stdin (the benchmark's own child process).
     #[arg(long, hide = true)]
     pub internal: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drift_args(argv: &[&str]) -> Result<DriftArgs, clap::Error> {
+        let mut full = vec!["schemafleet", "drift"];
+        full.extend_from_slice(argv);
+        match Cli::try_parse_from(full)?.command {
+            Command::Drift(args) => Ok(args),
+            other => panic!("parsed as another command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn drift_takes_its_plan_positionally_like_the_other_commands_or_with_plan() {
+        let positional = drift_args(&["rollout.plan.yaml"]).expect("positional plan");
+        assert_eq!(
+            positional.plan_path(),
+            Some(std::path::Path::new("rollout.plan.yaml"))
+        );
+        let flag = drift_args(&["--plan", "rollout.plan.yaml"]).expect("--plan");
+        assert_eq!(flag.plan_path(), positional.plan_path());
+        // One source of tenants: a plan twice, or a plan and a policy, is refused.
+        assert!(drift_args(&["a.plan.yaml", "--plan", "b.plan.yaml"]).is_err());
+        assert!(drift_args(&["a.plan.yaml", "--policy", "p.yaml"]).is_err());
+        assert!(drift_args(&[]).is_err());
+        let policy = drift_args(&["--policy", "p.yaml"]).expect("--policy");
+        assert_eq!(policy.plan_path(), None);
+    }
 }

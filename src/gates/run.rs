@@ -78,6 +78,7 @@ impl Gates {
                 client,
                 connect_timeout: apply.connect_timeout,
                 workdir: apply.gates.workdir.clone(),
+                source_connections: apply.source_connections.clone(),
             },
             config: apply.gates.clone(),
             notifier,

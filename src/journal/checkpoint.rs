@@ -653,6 +653,12 @@ mod tests {
             recorded_version: 3,
             source: "file:versions.csv".into(),
         });
+        // A tenant a later release reached: up to date, main at its newest version (ahead).
+        events.push(Event::UpToDate {
+            tenant: "t7".into(),
+            wave: "canary".into(),
+            ahead: vec![4, 5],
+        });
         events.push(Event::WaveFinished {
             wave: "canary".into(),
             halted: false,
@@ -801,6 +807,13 @@ mod tests {
                 .contains_key("br-throwaway-1")
         );
         assert_eq!(state.tenant_status("t6"), TenantStatus::SkippedRecorded);
+        assert_eq!(
+            (
+                state.tenant_status("t7"),
+                state.tenant_current_version("t7")
+            ),
+            (TenantStatus::UpToDate, Some(5))
+        );
         assert_eq!(
             state
                 .baselined

@@ -116,6 +116,11 @@ pub enum Event {
     UpToDate {
         tenant: String,
         wave: String,
+        /// Versions on main newer than every one of the plan's: a later release reached the
+        /// tenant, which reports then call ahead (as `drift` does). Empty (and not written) when
+        /// main is exactly at the plan, so older journals read the same.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ahead: Vec<i32>,
     },
     /// `apply --skip-recorded` did not connect: a record (`source`: the fleet source's
     /// `schema_version`, `postgres:<VARIABLE>` or `file:<path>`, or `plan <id>` for an earlier

@@ -223,6 +223,14 @@ impl JournalState {
             })
     }
 
+    /// main's version as the journal last saw it (probed, or a later release's when it was
+    /// found ahead).
+    pub fn tenant_current_version(&self, tenant_id: &str) -> Option<i32> {
+        self.tenants
+            .find(tenant_id)
+            .and_then(|idx| self.tenants.slot(idx).current_version)
+    }
+
     /// Whether the journal holds a restore point for the tenant.
     pub fn has_restore_point(&self, tenant_id: &str) -> bool {
         self.tenants
@@ -317,12 +325,21 @@ impl JournalState {
                 state.current_version = *current_version;
                 state.pending = pending;
             }
-            Event::UpToDate { tenant, wave } => {
+            Event::UpToDate {
+                tenant,
+                wave,
+                ahead,
+            } => {
                 let idx = tenant_mut(table, tenant, wave, at);
                 let state = table.slot_mut(idx);
                 state.status = TenantStatus::UpToDate;
                 state.phase = None;
                 state.pending = EMPTY_SET;
+                // The versions are ascending: main is at the last (reports compare it with the
+                // plan's highest to call the tenant ahead).
+                if let Some(&newest) = ahead.last() {
+                    state.current_version = Some(newest);
+                }
             }
             Event::SkippedRecorded { tenant, wave, .. } => {
                 // The recorded version is a claim, so it does not become `current_version`.
