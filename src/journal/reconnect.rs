@@ -193,7 +193,10 @@ impl StoreConnection {
             if gave_up_before || started.elapsed() >= self.outage.patience {
                 self.outage.gave_up.store(true, Ordering::Relaxed);
                 let how_long = if gave_up_before {
-                    "still unreachable".to_string()
+                    format!(
+                        "still unreachable after waiting its patience ({})",
+                        shown(self.outage.patience)
+                    )
                 } else {
                     format!(
                         "unreachable for {} (its patience)",
