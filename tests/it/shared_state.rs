@@ -986,7 +986,7 @@ async fn commits_whose_answers_are_lost_are_not_written_twice() {
     cutter.armed.store(false, Ordering::SeqCst);
     let cuts = cutter.cuts.load(Ordering::SeqCst);
     eprintln!(
-        "{cuts} connections cut after a COMMIT (every {}th of {})",
+        "{cuts} connections cut after a COMMIT (one in {} of {} COMMITs)",
         cutter.every,
         cutter.commits.load(Ordering::SeqCst)
     );
