@@ -312,6 +312,16 @@ pub struct RunnerArgs {
     )]
     pub lease: String,
 
+    /// How long a runner waits for its state store to come back (a restart, a failover) before
+    /// it stops; no tenant starts meanwhile and tenants in flight wait for their records.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "2m",
+        requires = "state"
+    )]
+    pub state_patience: String,
+
     /// Stop starting tenants after this long (e.g. 5h30m) and exit 75 when tenants remain, so a
     /// CI job that may not outlive its time limit can chain another `apply`.
     #[arg(long, value_name = "DURATION")]
@@ -326,6 +336,7 @@ impl Default for RunnerArgs {
             runner_id: None,
             regions: Vec::new(),
             lease: "30s".into(),
+            state_patience: "2m".into(),
             max_duration: None,
         }
     }
@@ -630,6 +641,10 @@ pub struct GcArgs {
     /// Journal of --plan (default: beside the plan, <plan-stem>.journal.jsonl).
     #[arg(long, requires = "plan")]
     pub journal: Option<PathBuf>,
+
+    /// With --plan: the rollout's state is in this store (`apply --state`), not a journal file.
+    #[command(flatten)]
+    pub state: StateArgs,
 
     /// Delete every schemafleet branch that is not a default or protected branch, including
     /// branches of unfinished rollouts and current restore points (not preserved branches).

@@ -70,7 +70,7 @@ async fn change(args: &ControlArgs, change: ControlChange) -> anyhow::Result<Exi
     match &source {
         JournalSource::Store(uri) => {
             let store = StateStore::connect(uri).await?;
-            coordination::set_control(store.client(), uri, &plan.plan_id, &change).await?;
+            coordination::set_control(&*store.client().await, uri, &plan.plan_id, &change).await?;
             if let ControlChange::Abort { by, reason } = &change {
                 // Runners read the store's records: they see the abort's record as it is.
                 let writer = format!("abort/{}", crate::clock::compact_stamp());

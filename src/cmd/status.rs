@@ -48,8 +48,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
             let store = StateStore::connect(uri).await?;
             let read = store.read(&plan.plan_id).await?;
             store.check_plan(&read.state, &plan.plan_id)?;
-            let runners = coordination::runners(store.client(), uri, &plan.plan_id).await?;
-            let switches = coordination::control(store.client(), uri, &plan.plan_id).await?;
+            let runners = coordination::runners(&*store.client().await, uri, &plan.plan_id).await?;
+            let switches =
+                coordination::control(&*store.client().await, uri, &plan.plan_id).await?;
             // A runner that is not finished and has a live claim or was seen recently is running.
             let live = runners.iter().any(|runner| {
                 !runner.finished && (runner.in_flight > 0 || runner.seconds_since_seen < 60.0)

@@ -7,9 +7,12 @@ use crate::fault_support;
 use crate::support;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use schemafleet::emulator::LocalFleetConfig;
+use schemafleet::pgcluster::{PgCluster, PgClusterConfig};
 use serde_json::Value;
 
 use fault_support::{
@@ -923,4 +926,442 @@ where
         assert!(Instant::now() < deadline, "waited {timeout:?} in vain");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A state store of its own (a second PostgreSQL cluster), so it can be restarted without
+/// touching the fleet's databases; its superuser URL is the store.
+async fn own_store() -> PgCluster {
+    PgCluster::start(PgClusterConfig {
+        data_dir: None,
+        tuned_for_benchmark: false,
+        max_connections: 40,
+    })
+    .await
+    .expect("the store's cluster starts")
+}
+
+/// The store restarted mid-run (`pg_ctl restart`): both runners say they wait, reconnect and
+/// finish. Nothing is lost (seqs run without a gap) or doubled (no writer wrote a record
+/// twice, one `applied` per tenant), every tenant holds its migrations once, and `status
+/// --live` agrees with the databases. Then `gc --state` reads the finished rollout from the
+/// store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runners_ride_out_a_store_restart_and_gc_reads_the_store() {
+    let config = LocalFleetConfig {
+        op_delay: Duration::from_millis(40),
+        ..LocalFleetConfig::for_tests()
+    };
+    let (fleet, store) = tokio::join!(TestFleet::start_with(config, 10), own_store());
+    let state = store.superuser_url().expose().to_string();
+    let plan = plan(
+        &fleet,
+        "  - name: canary\n    percent: 20\n    concurrency: 2\n    max_failures: 0\n  - name: rest\n    percent: 100\n    concurrency: 2\n    max_failures: 0\n",
+    );
+    let mut runners: Vec<Spawned> = ["s1", "s2"]
+        .iter()
+        .map(|id| start_runner(&fleet, &plan, &state, id, &[]))
+        .collect();
+    wait_for_async("two tenants applied", Duration::from_secs(60), || async {
+        count_events(&store_records(&state).await, "applied").len() >= 2
+    })
+    .await;
+    let applied_before = count_events(&store_records(&state).await, "applied").len();
+    store.restart().await.expect("the store restarts");
+    for runner in &mut runners {
+        let status = runner.wait(Duration::from_secs(180));
+        assert_eq!(status.code(), Some(0), "{}", runner.stderr());
+    }
+    assert!(applied_before < 10, "the restart came mid-run");
+    let stderr: String = runners.iter().map(Spawned::stderr).collect();
+    assert!(
+        stderr.contains("is unreachable") && stderr.contains("is back after"),
+        "the runners say they wait: {stderr}"
+    );
+    assert!(!stderr.contains(&password_of(&state)), "{stderr}");
+
+    let records = store_records(&state).await;
+    let seqs: Vec<u64> = records
+        .iter()
+        .map(|(_, record)| record["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no gap");
+    let mut seen = std::collections::BTreeSet::new();
+    for (writer, record) in &records {
+        let mut event = record.clone();
+        let fields = event.as_object_mut().expect("object");
+        fields.remove("seq");
+        fields.remove("at");
+        assert!(
+            seen.insert((writer.clone(), event.to_string())),
+            "written twice by {writer}: {record}"
+        );
+    }
+    let applied = count_events(&records, "applied");
+    assert_eq!(applied.len(), 10, "{applied:?}");
+    assert!(applied.values().all(|count| *count == 1), "{applied:?}");
+    assert_exactly_once_and_no_leaks(&fleet).await;
+    let output = fleet.run(&[
+        "status", &plan, "--state", &state, "--live", "--output", "json",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let status = json(&output);
+    assert_eq!(status["totals"]["applied"], 10, "{status:#}");
+    assert_eq!(status["live"]["counts"]["up_to_date"], 10, "{status:#}");
+    assert_eq!(status["live"]["stale"], serde_json::json!([]), "{status:#}");
+
+    // gc --state: the store says the tenant is finished, so a validation branch left behind
+    // goes; without the store gc has no record of the tenant and keeps it.
+    let plan_id = status["plan_id"].as_str().expect("plan id").to_string();
+    let tenant = &fleet.tenants[0];
+    let left_behind = format!(
+        "schemafleet-validate-{}-20261202t100000z-0001",
+        &plan_id[..12]
+    );
+    fleet
+        .neon_client()
+        .create_branch(
+            &tenant.project_id,
+            &schemafleet::neon::CreateBranch {
+                name: left_behind.clone(),
+                parent_id: None,
+                expires_at: None,
+            },
+        )
+        .await
+        .expect("a branch left behind");
+    let output = fleet.run(&["gc", "--plan", &plan, "--output", "json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let kept = json(&output);
+    assert_eq!(kept["branches"][0]["deleted"], false, "{kept:#}");
+    assert!(
+        kept["branches"][0]["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("no record of the tenant"),
+        "{kept:#}"
+    );
+    let output = fleet.run(&["gc", "--plan", &plan, "--state", &state, "--output", "json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let collected = json(&output);
+    assert_eq!(collected["branches"][0]["deleted"], true, "{collected:#}");
+    let branches = Api::new(&fleet).branch_names(&tenant.project_id).await;
+    assert_eq!(branches, vec!["main".to_string()]);
+    let output = fleet.run(&["gc", "--state", &state]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(text(&output).contains("--plan"), "{}", text(&output));
+}
+
+fn password_of(url: &str) -> String {
+    url::Url::parse(url)
+        .expect("url")
+        .password()
+        .expect("a password")
+        .to_string()
+}
+
+/// Two runners share the account's API budget through the store. Sampled every 100 ms, the
+/// emulator's request count over any 5 s, and over the whole run, never exceeds what the
+/// shared bucket allows: its burst, the span plus the hold limit at the rate, a batch per
+/// runner, and each runner's preflight request (sent before the bucket is joined). Unshared,
+/// each runner would send at the full rate. While they run, `gc --state` refuses to work
+/// beside them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runners_share_the_accounts_api_budget() {
+    const PER_MINUTE: u32 = 120;
+    let fleet = TestFleet::start(8).await;
+    let state = state_database(&fleet, "state_bucket").await;
+    let plan = plan(
+        &fleet,
+        "  - name: all\n    percent: 100\n    concurrency: 1\n    max_failures: 0\n",
+    );
+    let limit = PER_MINUTE.to_string();
+    let extra = [
+        "--api-rate-limit-per-min",
+        limit.as_str(),
+        "--max-duration",
+        "7s",
+    ];
+    let start = Instant::now();
+    let before = fleet.fleet.stats().requests;
+    let mut runners: Vec<Spawned> = ["k1", "k2"]
+        .iter()
+        .map(|id| start_runner(&fleet, &plan, &state, id, &extra))
+        .collect();
+    let mut samples: Vec<(Duration, u64)> = Vec::new();
+    let mut gc_refused = false;
+    while runners.iter_mut().any(Spawned::is_running) {
+        samples.push((start.elapsed(), fleet.fleet.stats().requests - before));
+        if !gc_refused && start.elapsed() > Duration::from_secs(3) {
+            let output = fleet.run(&["gc", "--plan", &plan, "--state", &state]);
+            assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+            assert!(
+                text(&output).contains("runners of plan"),
+                "{}",
+                text(&output)
+            );
+            gc_refused = true;
+        }
+        assert!(start.elapsed() < Duration::from_secs(90), "the runners end");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    samples.push((start.elapsed(), fleet.fleet.stats().requests - before));
+    for runner in &mut runners {
+        let status = runner.wait(Duration::from_secs(5));
+        assert!(
+            matches!(status.code(), Some(0 | 75)),
+            "{status:?}: {}",
+            runner.stderr()
+        );
+    }
+    let per_second = f64::from(PER_MINUTE) / 60.0;
+    let allowed = |span: Duration| {
+        f64::from(schemafleet::neon::burst(PER_MINUTE))
+            + per_second * (span + schemafleet::neon::HOLD_LIMIT).as_secs_f64()
+            + 2.0 * f64::from(schemafleet::neon::batch_size(PER_MINUTE))
+            + 2.0
+    };
+    // The requests between two samples at most 4.8 s apart fall within one 5 s window (a
+    // sample's time and count are read one after the other).
+    let window = Duration::from_secs(5);
+    let mut busiest = 0;
+    for (idx, (at, count)) in samples.iter().enumerate() {
+        let end = samples[idx..]
+            .iter()
+            .take_while(|(later, _)| *later <= *at + window - Duration::from_millis(200))
+            .last()
+            .map_or(*count, |(_, later)| *later);
+        busiest = busiest.max(end - count);
+    }
+    let (span, total) = *samples.last().expect("samples");
+    eprintln!(
+        "requests: {total} in {span:?} (allowed {}); busiest {window:?}: {busiest} (allowed {})",
+        allowed(span),
+        allowed(window)
+    );
+    assert!(
+        busiest as f64 <= allowed(window),
+        "{busiest} requests in {window:?}, allowed {}",
+        allowed(window)
+    );
+    assert!(
+        total as f64 <= allowed(span),
+        "{total} requests in {span:?}, allowed {}",
+        allowed(span)
+    );
+    // The runners were held back by the budget, not idle.
+    assert!(
+        total as f64 >= per_second * 3.0,
+        "{total} requests: the runners had work"
+    );
+}
+
+/// A TCP proxy in front of the store that, once armed, cuts every `every`-th connection that
+/// sends a COMMIT right after passing the COMMIT on, before its answer comes back: the
+/// transaction commits, and the runner cannot know it did. Put `down`, it cuts every
+/// connection and refuses new ones, as a store that is gone.
+struct CommitCutter {
+    port: u16,
+    armed: Arc<AtomicBool>,
+    down: tokio::sync::watch::Sender<bool>,
+    every: usize,
+    commits: Arc<AtomicUsize>,
+    cuts: Arc<AtomicUsize>,
+}
+
+impl CommitCutter {
+    async fn start(upstream: std::net::SocketAddr, every: usize) -> CommitCutter {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let commits = Arc::new(AtomicUsize::new(0));
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let (down, down_seen) = tokio::sync::watch::channel(false);
+        let cutter = Cutting {
+            every,
+            armed: armed.clone(),
+            commits: commits.clone(),
+            cuts: cuts.clone(),
+            down: down_seen,
+        };
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if *cutter.down.borrow() {
+                    continue;
+                }
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                tokio::spawn(relay(client, server, cutter.clone()));
+            }
+        });
+        CommitCutter {
+            port,
+            armed,
+            down,
+            every,
+            commits,
+            cuts,
+        }
+    }
+}
+
+/// What every relayed connection of a [`CommitCutter`] shares.
+#[derive(Clone)]
+struct Cutting {
+    every: usize,
+    armed: Arc<AtomicBool>,
+    commits: Arc<AtomicUsize>,
+    cuts: Arc<AtomicUsize>,
+    down: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Relay one connection; see [`CommitCutter`].
+async fn relay(client: tokio::net::TcpStream, server: tokio::net::TcpStream, mut cutting: Cutting) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let answers = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+        client_write
+    });
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = tokio::select! {
+            read = client_read.read(&mut buffer) => read,
+            _ = cutting.down.wait_for(|down| *down) => break,
+        };
+        let Ok(read) = read else { break };
+        if read == 0 {
+            break;
+        }
+        let chunk = &buffer[..read];
+        let commit = chunk.windows(7).any(|window| window == b"COMMIT\0");
+        let cut = commit
+            && cutting.armed.load(Ordering::SeqCst)
+            && (cutting.commits.fetch_add(1, Ordering::SeqCst) + 1).is_multiple_of(cutting.every);
+        if cut {
+            // Stop relaying answers first, then pass the COMMIT on and hang up both ways.
+            answers.abort();
+            let _ = server_write.write_all(chunk).await;
+            let _ = server_write.flush().await;
+            cutting.cuts.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return;
+        }
+        if server_write.write_all(chunk).await.is_err() {
+            break;
+        }
+    }
+    answers.abort();
+}
+
+/// COMMITs whose answers are lost (the transaction committed, the connection dropped before
+/// the runner heard so): the journal's appends, claims, finishes and waves' ends are all asked
+/// again after a reconnect, and nothing is written or counted twice. Then the store goes away
+/// for longer than `--state-patience`: the runner says it waits, gives up with exit 2, and the
+/// next `apply` finishes from what committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_whose_answers_are_lost_are_not_written_twice() {
+    let fleet = TestFleet::start(8).await;
+    let state = state_database(&fleet, "state_lost_commits").await;
+    let mut direct = url::Url::parse(&state).expect("url");
+    let upstream = std::net::SocketAddr::new(
+        "127.0.0.1".parse().expect("loopback"),
+        direct.port().expect("port"),
+    );
+    let cutter = CommitCutter::start(upstream, 3).await;
+    direct.set_port(Some(cutter.port)).expect("port");
+    let through_cutter = direct.to_string();
+    let plan = plan(
+        &fleet,
+        "  - name: first\n    percent: 50\n    concurrency: 2\n    max_failures: 0\n  - name: second\n    percent: 100\n    concurrency: 2\n    max_failures: 0\n",
+    );
+    let mut runner = start_runner(
+        &fleet,
+        &plan,
+        &through_cutter,
+        "c1",
+        &["--until-wave", "first"],
+    );
+    // Armed once the runner made the schema and registered: a cut refinery COMMIT would only
+    // stop it at the start, which the bad-store test covers.
+    wait_for_async("the first record", Duration::from_secs(60), || async {
+        !store_records(&state).await.is_empty()
+    })
+    .await;
+    cutter.armed.store(true, Ordering::SeqCst);
+    let status = runner.wait(Duration::from_secs(180));
+    assert_eq!(status.code(), Some(0), "{}", runner.stderr());
+    cutter.armed.store(false, Ordering::SeqCst);
+    let cuts = cutter.cuts.load(Ordering::SeqCst);
+    eprintln!(
+        "{cuts} connections cut after a COMMIT (one in {} of {} COMMITs)",
+        cutter.every,
+        cutter.commits.load(Ordering::SeqCst)
+    );
+    assert!(cuts >= 2, "{cuts} cuts");
+    let client = connect(&state).await;
+    let claims: i32 = client
+        .query_one("SELECT max(claims) FROM schemafleet_tenant", &[])
+        .await
+        .expect("claims")
+        .get(0);
+    assert_eq!(claims, 1, "no claim whose answer was lost was taken again");
+
+    // The store gone for longer than the runner's patience, mid-wave.
+    let mut impatient = start_runner(
+        &fleet,
+        &plan,
+        &through_cutter,
+        "c2",
+        &["--state-patience", "2s"],
+    );
+    wait_for_async("c2 to start a tenant", Duration::from_secs(60), || async {
+        store_records(&state)
+            .await
+            .iter()
+            .any(|(writer, record)| writer.starts_with("c2/") && record["event"] == "tenant_probed")
+    })
+    .await;
+    cutter.down.send_replace(true);
+    let status = impatient.wait(Duration::from_secs(60));
+    let stderr = impatient.stderr();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("waiting up to 2s"), "{stderr}");
+    assert!(stderr.contains("its patience"), "{stderr}");
+    cutter.down.send_replace(false);
+    let mut last = start_runner(&fleet, &plan, &through_cutter, "c3", &[]);
+    let status = last.wait(Duration::from_secs(180));
+    assert_eq!(status.code(), Some(0), "{}", last.stderr());
+
+    let records = store_records(&state).await;
+    let seqs: Vec<u64> = records
+        .iter()
+        .map(|(_, record)| record["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no gap");
+    let mut seen = std::collections::BTreeSet::new();
+    for (writer, record) in &records {
+        let mut event = record.clone();
+        let fields = event.as_object_mut().expect("object");
+        fields.remove("seq");
+        fields.remove("at");
+        assert!(
+            seen.insert((writer.clone(), event.to_string())),
+            "written twice by {writer}: {record}"
+        );
+    }
+    let applied = count_events(&records, "applied");
+    assert_eq!(applied.len(), 8, "{applied:?}");
+    assert!(applied.values().all(|count| *count == 1), "{applied:?}");
+    for wave in ["first", "second"] {
+        let ends = records
+            .iter()
+            .filter(|(_, record)| record["event"] == "wave_finished" && record["wave"] == wave)
+            .count();
+        assert_eq!(ends, 1, "wave {wave} ended once");
+    }
+    assert_exactly_once_and_no_leaks(&fleet).await;
 }
