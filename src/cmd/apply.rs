@@ -133,7 +133,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
                 lease,
             )
             .await?;
-            let gate_claims = GateClaims::new(uri, &plan.plan_id, &runner_id, lease).await?;
+            let gate_claims = GateClaims::new(&store, &plan.plan_id, &runner_id, lease).await?;
             control.shared = Some(Arc::new(SharedRun::new(
                 store,
                 coordinator,

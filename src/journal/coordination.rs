@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use super::file::JournalError;
-use super::reconnect::StoreConnection;
+use super::reconnect::{StoreConnection, retried};
 use super::store::{StateStore, store_error};
 use crate::secret::SecretUri;
 
@@ -113,29 +113,6 @@ impl ControlRow {
             .as_ref()
             .map(|by| Claim::Paused { by: by.clone() })
     }
-}
-
-/// Run `$body` (an async block using `$client: &mut Client`) on the coordinator's connection;
-/// when the connection was lost, wait for the store (see [`Coordinator::recover`]) and run it
-/// again. Every body is written so that running it again after a lost answer is harmless.
-macro_rules! retried {
-    ($self:ident, $what:expr, |$client:ident| $body:expr) => {{
-        let mut guard = $self.conn.lock().await;
-        loop {
-            let result = {
-                let $client: &mut Client = &mut guard;
-                $body.await
-            };
-            match result {
-                Ok(value) => break Ok(value),
-                Err(error) => {
-                    if !$self.recover(&mut guard, &error).await? {
-                        break Err($self.error($what, error));
-                    }
-                }
-            }
-        }
-    }};
 }
 
 /// This runner's handle on the shared state of one plan.

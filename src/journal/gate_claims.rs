@@ -9,12 +9,11 @@
 
 use std::time::Duration;
 
-use tokio::sync::Mutex;
 use tokio_postgres::Client;
 
 use super::file::JournalError;
-use super::store::{connect, store_error};
-use crate::secret::SecretUri;
+use super::reconnect::{StoreConnection, retried};
+use super::store::{StateStore, store_error};
 
 /// What asking for a gate found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,8 +28,7 @@ pub enum GateTurn {
 
 /// This runner's handle on the plan's gate rows.
 pub struct GateClaims {
-    uri: SecretUri,
-    client: Mutex<Client>,
+    conn: StoreConnection,
     plan_id: String,
     runner_id: String,
     lease: Duration,
@@ -38,14 +36,13 @@ pub struct GateClaims {
 
 impl GateClaims {
     pub async fn new(
-        uri: &SecretUri,
+        store: &StateStore,
         plan_id: &str,
         runner_id: &str,
         lease: Duration,
     ) -> Result<GateClaims, JournalError> {
         Ok(GateClaims {
-            uri: uri.clone(),
-            client: Mutex::new(connect(uri).await?),
+            conn: store.connection().await?,
             plan_id: plan_id.to_string(),
             runner_id: runner_id.to_string(),
             lease,
@@ -53,120 +50,123 @@ impl GateClaims {
     }
 
     fn error(&self, what: &str, error: tokio_postgres::Error) -> JournalError {
-        store_error(&self.uri, what, &error)
+        store_error(self.conn.uri(), what, &error)
+    }
+
+    /// A lost connection is waited for and replaced (every operation here is harmless to run
+    /// again: a claim by the same runner renews it, a verdict is set once).
+    async fn recover(
+        &self,
+        client: &mut tokio::sync::MutexGuard<'_, Client>,
+        error: &tokio_postgres::Error,
+    ) -> Result<bool, JournalError> {
+        self.conn.recover(client, error).await
     }
 
     /// Take the gate when nobody holds it (or its holder's lease lapsed, or the holder is this
     /// runner id in an earlier process), else say who decides.
     pub async fn claim(&self, wave: &str, gate: &str) -> Result<GateTurn, JournalError> {
-        let client = self.client.lock().await;
-        let taken = client
-            .query_opt(
-                "INSERT INTO schemafleet_gate AS g (plan_id, wave, gate, runner_id, lease_until)
-                 VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
-                 ON CONFLICT (plan_id, wave, gate) DO UPDATE
-                   SET runner_id = EXCLUDED.runner_id, lease_until = EXCLUDED.lease_until, claims = g.claims + 1
-                   WHERE g.passed IS NULL
-                     AND (g.runner_id IS NULL OR g.lease_until < now() OR g.runner_id = EXCLUDED.runner_id)
-                 RETURNING 1",
-                &[
-                    &self.plan_id,
-                    &wave,
-                    &gate,
-                    &self.runner_id,
-                    &self.lease.as_secs_f64(),
-                ],
-            )
-            .await
-            .map_err(|error| self.error("claiming a gate", error))?;
-        if taken.is_some() {
-            return Ok(GateTurn::Run);
-        }
-        let passed: Option<bool> = client
-            .query_opt(
-                "SELECT passed FROM schemafleet_gate WHERE plan_id = $1 AND wave = $2 AND gate = $3",
-                &[&self.plan_id, &wave, &gate],
-            )
-            .await
-            .map_err(|error| self.error("reading a gate", error))?
-            .and_then(|row| row.get(0));
-        Ok(passed.map_or(GateTurn::Wait, |passed| GateTurn::Decided { passed }))
+        retried!(self, "claiming a gate", |client| async {
+            let taken = client
+                .query_opt(
+                    "INSERT INTO schemafleet_gate AS g (plan_id, wave, gate, runner_id, lease_until)
+                     VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
+                     ON CONFLICT (plan_id, wave, gate) DO UPDATE
+                       SET runner_id = EXCLUDED.runner_id, lease_until = EXCLUDED.lease_until, claims = g.claims + 1
+                       WHERE g.passed IS NULL
+                         AND (g.runner_id IS NULL OR g.lease_until < now() OR g.runner_id = EXCLUDED.runner_id)
+                     RETURNING 1",
+                    &[
+                        &self.plan_id,
+                        &wave,
+                        &gate,
+                        &self.runner_id,
+                        &self.lease.as_secs_f64(),
+                    ],
+                )
+                .await?;
+            if taken.is_some() {
+                return Ok(GateTurn::Run);
+            }
+            let passed: Option<bool> = client
+                .query_opt(
+                    "SELECT passed FROM schemafleet_gate WHERE plan_id = $1 AND wave = $2 AND gate = $3",
+                    &[&self.plan_id, &wave, &gate],
+                )
+                .await?
+                .and_then(|row| row.get(0));
+            Ok(passed.map_or(GateTurn::Wait, |passed| GateTurn::Decided { passed }))
+        })
     }
 
     /// Whether some runner took the gate (it runs, or ran).
     pub async fn exists(&self, wave: &str, gate: &str) -> Result<bool, JournalError> {
-        let row = self
-            .client
-            .lock()
-            .await
-            .query_opt(
-                "SELECT 1 FROM schemafleet_gate WHERE plan_id = $1 AND wave = $2 AND gate = $3",
-                &[&self.plan_id, &wave, &gate],
-            )
-            .await
-            .map_err(|error| self.error("reading a gate", error))?;
-        Ok(row.is_some())
+        retried!(self, "reading a gate", |client| async {
+            let row = client
+                .query_opt(
+                    "SELECT 1 FROM schemafleet_gate WHERE plan_id = $1 AND wave = $2 AND gate = $3",
+                    &[&self.plan_id, &wave, &gate],
+                )
+                .await?;
+            Ok(row.is_some())
+        })
     }
 
     /// Record the verdict of a gate this runner holds.
     pub async fn decide(&self, wave: &str, gate: &str, passed: bool) -> Result<(), JournalError> {
-        self.client
-            .lock()
-            .await
-            .execute(
-                "UPDATE schemafleet_gate SET passed = $5, decided_at = now(), lease_until = NULL
-                 WHERE plan_id = $1 AND wave = $2 AND gate = $3 AND runner_id = $4 AND passed IS NULL",
-                &[&self.plan_id, &wave, &gate, &self.runner_id, &passed],
-            )
-            .await
-            .map_err(|error| self.error("deciding a gate", error))?;
-        Ok(())
+        retried!(self, "deciding a gate", |client| async {
+            client
+                .execute(
+                    "UPDATE schemafleet_gate SET passed = $5, decided_at = now(), lease_until = NULL
+                     WHERE plan_id = $1 AND wave = $2 AND gate = $3 AND runner_id = $4 AND passed IS NULL",
+                    &[&self.plan_id, &wave, &gate, &self.runner_id, &passed],
+                )
+                .await
+                .map(drop)
+        })
     }
 
     /// Let an undecided gate go (Ctrl-C while it ran): the next runner that asks takes it.
     pub async fn release(&self) -> Result<(), JournalError> {
-        self.client
-            .lock()
-            .await
-            .execute(
-                "UPDATE schemafleet_gate SET runner_id = NULL, lease_until = NULL
-                 WHERE plan_id = $1 AND runner_id = $2 AND passed IS NULL",
-                &[&self.plan_id, &self.runner_id],
-            )
-            .await
-            .map_err(|error| self.error("releasing a gate", error))?;
-        Ok(())
+        retried!(self, "releasing a gate", |client| async {
+            client
+                .execute(
+                    "UPDATE schemafleet_gate SET runner_id = NULL, lease_until = NULL
+                     WHERE plan_id = $1 AND runner_id = $2 AND passed IS NULL",
+                    &[&self.plan_id, &self.runner_id],
+                )
+                .await
+                .map(drop)
+        })
     }
 
     /// Renew the leases of the gates this runner runs (a bake with its checks can take hours).
     pub async fn renew(&self) -> Result<(), JournalError> {
-        self.client
-            .lock()
-            .await
-            .execute(
-                "UPDATE schemafleet_gate SET lease_until = now() + make_interval(secs => $3)
-                 WHERE plan_id = $1 AND runner_id = $2 AND passed IS NULL",
-                &[&self.plan_id, &self.runner_id, &self.lease.as_secs_f64()],
-            )
-            .await
-            .map_err(|error| self.error("renewing a gate's lease", error))?;
-        Ok(())
+        retried!(self, "renewing a gate's lease", |client| async {
+            client
+                .execute(
+                    "UPDATE schemafleet_gate SET lease_until = now() + make_interval(secs => $3)
+                     WHERE plan_id = $1 AND runner_id = $2 AND passed IS NULL",
+                    &[&self.plan_id, &self.runner_id, &self.lease.as_secs_f64()],
+                )
+                .await
+                .map(drop)
+        })
     }
 
     /// Forget the verdicts of waves that run again (reopened by `--retry-failed`): their
     /// checks must run again once they end. Waves not started keep theirs (an approval asked).
     pub async fn forget_reopened(&self) -> Result<(), JournalError> {
-        self.client
-            .lock()
-            .await
-            .execute(
-                "DELETE FROM schemafleet_gate g USING schemafleet_wave w
-                 WHERE g.plan_id = $1 AND w.plan_id = g.plan_id AND w.wave = g.wave
-                   AND w.started AND NOT w.finished",
-                &[&self.plan_id],
-            )
-            .await
-            .map_err(|error| self.error("forgetting reopened waves' gates", error))?;
-        Ok(())
+        retried!(self, "forgetting reopened waves' gates", |client| async {
+            client
+                .execute(
+                    "DELETE FROM schemafleet_gate g USING schemafleet_wave w
+                     WHERE g.plan_id = $1 AND w.plan_id = g.plan_id AND w.wave = g.wave
+                       AND w.started AND NOT w.finished",
+                    &[&self.plan_id],
+                )
+                .await
+                .map(drop)
+        })
     }
 }

@@ -251,3 +251,27 @@ fn shown(duration: Duration) -> String {
         (minutes, seconds) => format!("{minutes}m{seconds}s"),
     }
 }
+
+/// Run `$body` (an async block using `$client: &mut Client`) on `$self.conn`, a
+/// [`StoreConnection`]; when the connection was lost, `$self.recover` waits for the store and
+/// the body runs again. Every body must be harmless to run again after a lost answer.
+macro_rules! retried {
+    ($self:ident, $what:expr, |$client:ident| $body:expr) => {{
+        let mut guard = $self.conn.lock().await;
+        loop {
+            let result = {
+                let $client: &mut ::tokio_postgres::Client = &mut guard;
+                $body.await
+            };
+            match result {
+                Ok(value) => break Ok(value),
+                Err(error) => {
+                    if !$self.recover(&mut guard, &error).await? {
+                        break Err($self.error($what, error));
+                    }
+                }
+            }
+        }
+    }};
+}
+pub(crate) use retried;

@@ -802,10 +802,13 @@ async fn gates_hold_every_runner_and_run_once() {
     use schemafleet::journal::gate_claims::{GateClaims, GateTurn};
     let plan_id = status["plan_id"].as_str().expect("plan id").to_string();
     let uri = schemafleet::secret::SecretUri::new(state.clone());
-    let dead = GateClaims::new(&uri, &plan_id, "dead", Duration::from_millis(300))
+    let store = schemafleet::journal::store::StateStore::connect(&uri)
+        .await
+        .expect("store");
+    let dead = GateClaims::new(&store, &plan_id, "dead", Duration::from_millis(300))
         .await
         .expect("claims");
-    let alive = GateClaims::new(&uri, &plan_id, "alive", Duration::from_secs(30))
+    let alive = GateClaims::new(&store, &plan_id, "alive", Duration::from_secs(30))
         .await
         .expect("claims");
     assert_eq!(
