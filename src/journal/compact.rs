@@ -431,6 +431,16 @@ impl TenantTable {
                 .is_some_and(|rare| rare.restore_point.is_some())
     }
 
+    /// The kind of the tenant's restore point ([`RestorePoint::kind`]), without building it.
+    pub fn restore_point_kind(&self, idx: u32) -> Option<&'static str> {
+        let slot = self.slot(idx);
+        if slot.point_branch.1 != 0 {
+            return Some("branch_point");
+        }
+        let rare = slot.rare.as_deref()?;
+        rare.restore_point.as_deref().map(RestorePoint::kind)
+    }
+
     pub fn restore_point(&self, idx: u32) -> Option<RestorePoint> {
         if let Some((branch, lsn, timestamp)) = self.branch_point(idx) {
             return Some(RestorePoint::BranchPoint {

@@ -230,6 +230,13 @@ impl JournalState {
             .is_some_and(|idx| self.tenants.has_restore_point(idx))
     }
 
+    /// The kind of the tenant's restore point (`branch_point`, `backup_branch`), if it holds
+    /// one; nothing else of its state is built.
+    pub fn restore_point_kind(&self, tenant_id: &str) -> Option<&'static str> {
+        let idx = self.tenants.find(tenant_id)?;
+        self.tenants.restore_point_kind(idx)
+    }
+
     /// Tenants the journal names.
     pub fn tenant_count(&self) -> usize {
         self.tenants.len()
