@@ -80,6 +80,23 @@ pub struct TenantFailure {
     pub at: String,
 }
 
+/// A tenant's status and what else it holds, without building its state ([`JournalState::brief`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantBrief {
+    pub status: TenantStatus,
+    pub has_restore_point: bool,
+    /// A failure, lock holds, open branches, an uncommon restore point, ...
+    pub has_rare_parts: bool,
+}
+
+impl TenantBrief {
+    const NOT_STARTED: TenantBrief = TenantBrief {
+        status: TenantStatus::NotStarted,
+        has_restore_point: false,
+        has_rare_parts: false,
+    };
+}
+
 /// Everything the journal knows about one tenant.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TenantState {
@@ -204,22 +221,22 @@ impl JournalState {
         self.tenants.view_of(tenant_id)
     }
 
-    /// The tenant's state when it has rare parts (a failure, lock holds, open branches, …);
-    /// None for the common tenant, which is not built.
-    pub fn tenant_with_rare_parts(&self, tenant_id: &str) -> Option<TenantState> {
-        let idx = self.tenants.find(tenant_id)?;
-        self.tenants
-            .slot(idx)
-            .rare
-            .is_some()
-            .then(|| self.tenants.view(idx))
-    }
-
     pub fn tenant_status(&self, tenant_id: &str) -> TenantStatus {
         self.tenants
             .find(tenant_id)
             .map_or(TenantStatus::NotStarted, |idx| {
                 self.tenants.slot(idx).status
+            })
+    }
+
+    /// What counting a tenant needs, found with one lookup of its id.
+    pub fn brief(&self, tenant_id: &str) -> TenantBrief {
+        self.tenants
+            .find(tenant_id)
+            .map_or(TenantBrief::NOT_STARTED, |idx| TenantBrief {
+                status: self.tenants.slot(idx).status,
+                has_restore_point: self.tenants.has_restore_point(idx),
+                has_rare_parts: self.tenants.slot(idx).rare.is_some(),
             })
     }
 

@@ -114,11 +114,25 @@ impl StateStore {
     }
 
     /// Every record of `plan_id`, in seq order, replayed (no lock: for `status` and friends).
+    /// Rows are folded in as they arrive, so a large rollout is never held whole.
     pub async fn read(&self, plan_id: &str) -> Result<ReadJournal, JournalError> {
-        let records = self.records_after(plan_id, 0).await?;
+        use futures::TryStreamExt;
+        let rows = self
+            .client
+            .query_raw(
+                "SELECT seq, record FROM schemafleet_record WHERE plan_id = $1 ORDER BY seq",
+                [plan_id],
+            )
+            .await
+            .map_err(|error| self.error("reading records", &error))?;
+        futures::pin_mut!(rows);
         let mut state = JournalState::default();
-        for (_, record) in &records {
-            state.apply(record);
+        while let Some(row) = rows
+            .try_next()
+            .await
+            .map_err(|error| self.error("reading records", &error))?
+        {
+            state.apply(&self.decode(plan_id, row.get(0), row.get(1))?);
         }
         state.shrink();
         Ok(ReadJournal {
@@ -144,27 +158,30 @@ impl StateStore {
             .map_err(|error| self.error("reading records", &error))?;
         rows.iter()
             .map(|row| {
-                let seq: i64 = row.get(0);
-                let text: &str = row.get(2);
-                let record: Record =
-                    serde_json::from_str(text).map_err(|error| JournalError::Store {
-                        store: self.label(),
-                        reason: format!(
-                            "record {seq} of plan {plan_id} is not a journal record ({error}); the store was changed by something else than schemafleet"
-                        ),
-                    })?;
-                if record.v != RECORD_VERSION {
-                    return Err(JournalError::Store {
-                        store: self.label(),
-                        reason: format!(
-                            "record {seq} has format v{} (expected v{RECORD_VERSION})",
-                            record.v
-                        ),
-                    });
-                }
+                let record = self.decode(plan_id, row.get(0), row.get(2))?;
                 Ok((row.get::<_, String>(1), record))
             })
             .collect()
+    }
+
+    /// One row's record, refused when it is not a record of this format.
+    fn decode(&self, plan_id: &str, seq: i64, text: &str) -> Result<Record, JournalError> {
+        let record: Record = serde_json::from_str(text).map_err(|error| JournalError::Store {
+            store: self.label(),
+            reason: format!(
+                "record {seq} of plan {plan_id} is not a journal record ({error}); the store was changed by something else than schemafleet"
+            ),
+        })?;
+        if record.v != RECORD_VERSION {
+            return Err(JournalError::Store {
+                store: self.label(),
+                reason: format!(
+                    "record {seq} has format v{} (expected v{RECORD_VERSION})",
+                    record.v
+                ),
+            });
+        }
+        Ok(record)
     }
 
     /// Open the journal of `plan_id` for appends by `writer` (this process), creating the plan's
