@@ -933,7 +933,9 @@ mod tests {
         let text = std::fs::read_to_string(&path).expect("read");
         let lines: Vec<&str> = text.lines().collect();
         assert!(
-            lines.last().is_some_and(|line| line.contains(r#""event":"checkpoint_end""#)),
+            lines
+                .last()
+                .is_some_and(|line| line.contains(r#""event":"checkpoint_end""#)),
             "the close wrote a checkpoint: {text}"
         );
         let read = Journal::read(&path).expect("reads from the checkpoint");

@@ -683,7 +683,17 @@ mod tests {
         for text in ["0/1A2B3C4", "0/0", "FF/10"] {
             assert_eq!(parse_lsn(text).map(format_lsn).as_deref(), Some(text));
         }
-        for text in ["0/01", "0/1a", "x", "1/2/3", "", "/1", "0/", "100000000/0", "+1/0"] {
+        for text in [
+            "0/01",
+            "0/1a",
+            "x",
+            "1/2/3",
+            "",
+            "/1",
+            "0/",
+            "100000000/0",
+            "+1/0",
+        ] {
             assert_eq!(parse_lsn(text), None, "{text} stays text");
         }
     }

@@ -15,7 +15,10 @@
 //! end for its end record) and replays only what follows it; a journal without one replays
 //! from its first line. The writer appends a checkpoint every so many records and on a clean
 //! close (see [`CheckpointPolicy`]), built by re-reading the file itself, so a checkpoint is
-//! always exactly the replay of the lines before it.
+//! always exactly the replay of the lines before it. A writer whose `open` found a long tail
+//! after the last checkpoint (a killed run's) keeps a mirror of the replayed state instead,
+//! current with every append, and builds its checkpoints from that: the same replay, without
+//! reading the same records a second time on close.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};

@@ -491,11 +491,7 @@ mod round_trip_tests {
         );
 
         // A YAML error inside a tenant list is serde_yaml's, at its line.
-        let line = text
-            .lines()
-            .position(|line| line == "  - id: p-2")
-            .unwrap()
-            + 1;
+        let line = text.lines().position(|line| line == "  - id: p-2").unwrap() + 1;
         fs::write(&path, text.replace("  - id: p-2", "  - id: [p-2")).unwrap();
         let message = load_plan(&path).unwrap_err().to_string();
         assert!(
@@ -504,7 +500,11 @@ mod round_trip_tests {
         );
         assert!(message.contains("edited by hand"), "{message}");
         // A field the tenants do not have: the line, and serde's words for it.
-        let line = text.lines().position(|line| line == "    name: acme").unwrap() + 1;
+        let line = text
+            .lines()
+            .position(|line| line == "    name: acme")
+            .unwrap()
+            + 1;
         fs::write(&path, text.replace("    name: acme", "    nmae: acme")).unwrap();
         let message = load_plan(&path).unwrap_err().to_string();
         assert!(
