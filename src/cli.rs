@@ -522,6 +522,11 @@ pub struct StatusArgs {
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
 
+    /// With --output json: list every tenant's restore point (by default the first 100, plus
+    /// counts by kind, so the document stays small for a fleet of any size).
+    #[arg(long)]
+    pub all_restore_points: bool,
+
     #[command(flatten)]
     pub api: ApiArgs,
 }

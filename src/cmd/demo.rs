@@ -190,6 +190,7 @@ async fn demo_on_fleet(
         live: false,
         concurrency: 16,
         output: OutputFormat::Text,
+        all_restore_points: false,
         api: api.clone(),
         state: crate::cli::StateArgs::default(),
     })

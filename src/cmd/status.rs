@@ -106,6 +106,12 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
         .map(|wave| wave.name.clone());
     match args.output {
         OutputFormat::Json => {
+            let limit = if args.all_restore_points {
+                usize::MAX
+            } else {
+                RESTORE_POINTS_LISTED
+            };
+            let points = restore_points(&plan, &read.state, limit);
             let document = serde_json::json!({
                 "plan_id": summary.plan_id,
                 "journal": journal_path,
@@ -132,9 +138,11 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 "totals": summary.totals,
                 "failures": summary.failures,
                 "failure_groups": groups,
-                // Listed for JSON only: text shows the count, and a list of every tenant's
-                // point is the one part of status that grows with the fleet.
-                "restore_points": restore_points(&plan, &read.state),
+                // Listed for JSON only: text shows the count. A list of every tenant's point
+                // grows with the fleet, so it is cut at RESTORE_POINTS_LISTED unless asked for.
+                "restore_points": points.listed,
+                "restore_point_counts": points.counts,
+                "restore_points_truncated": points.truncated,
                 "held_back": summary.held_back,
                 "held_back_tenants": summary.held_back_tenants,
                 "baseline": baselined,
@@ -482,37 +490,69 @@ fn baseline_text(baselined: &[serde_json::Value]) -> String {
     out
 }
 
-/// Restore points as the operator needs them: tenant, wave, kind, when.
-fn restore_points(plan: &Plan, state: &JournalState) -> Vec<serde_json::Value> {
-    let mut points = Vec::new();
+/// Restore points `status --output json` lists without `--all-restore-points`.
+const RESTORE_POINTS_LISTED: usize = 100;
+
+/// The restore points of a `status --output json` document.
+struct RestorePoints {
+    /// The first `limit`, in plan order.
+    listed: Vec<serde_json::Value>,
+    /// How many tenants hold one, in all and by kind.
+    counts: serde_json::Value,
+    /// Whether `listed` leaves some out.
+    truncated: bool,
+}
+
+/// Restore points as the operator needs them: tenant, wave, kind, when; the first `limit` in
+/// plan order, and every one counted. Only the listed tenants' states are built.
+fn restore_points(plan: &Plan, state: &JournalState, limit: usize) -> RestorePoints {
+    let mut listed = Vec::new();
+    let (mut n_branch_points, mut n_backup_branches) = (0usize, 0usize);
     for wave in &plan.waves {
         for planned in &wave.tenants {
             let tenant_id = &planned.id;
+            match state.restore_point_kind(tenant_id) {
+                Some("branch_point") => n_branch_points += 1,
+                Some(_) => n_backup_branches += 1,
+                None => continue,
+            }
+            if listed.len() >= limit {
+                continue;
+            }
             let Some(tenant) = state.tenant(tenant_id) else {
                 continue;
             };
             let Some(point) = tenant.restore_point.as_deref() else {
                 continue;
             };
-            let (kind, detail) = match point {
-                RestorePoint::BranchPoint { lsn, .. } => ("branch_point", lsn.clone()),
+            let detail = match point {
+                RestorePoint::BranchPoint { lsn, .. } => lsn,
                 RestorePoint::BackupBranch {
                     backup_branch_name, ..
-                } => ("backup_branch", backup_branch_name.clone()),
+                } => backup_branch_name,
             };
-            points.push(serde_json::json!({
+            listed.push(serde_json::json!({
                 "tenant": tenant_id,
                 "tenant_name": planned.name,
                 "region": planned.region,
                 "wave": wave.name,
-                "kind": kind,
+                "kind": point.kind(),
                 "point": detail,
                 "recorded_at": tenant.restore_point_at,
                 "status": tenant.status.as_str(),
             }));
         }
     }
-    points
+    let total = n_branch_points + n_backup_branches;
+    RestorePoints {
+        truncated: listed.len() < total,
+        listed,
+        counts: serde_json::json!({
+            "total": total,
+            "branch_point": n_branch_points,
+            "backup_branch": n_backup_branches,
+        }),
+    }
 }
 
 /// The `--live` section for humans: counts on one line, then each tenant that is not up to date
@@ -781,6 +821,70 @@ fn print_switches(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_json_lists_the_first_restore_points_and_counts_them_all() {
+        use crate::journal::{Event, Record};
+        use crate::plan::model::{PlannedTenant, PlannedWave};
+        let ids: Vec<String> = (0..300).map(|idx| format!("p-{idx:03}")).collect();
+        let plan = crate::plan::model::test_plan(vec![PlannedWave {
+            name: "all".into(),
+            concurrency: 1,
+            max_failures: None,
+            max_failure_percent: None,
+            bake_s: 0,
+            checks: Vec::new(),
+            approval: Default::default(),
+            tenants: ids.iter().map(PlannedTenant::from_id).collect(),
+        }]);
+        let records: Vec<Record> = ids
+            .iter()
+            .enumerate()
+            // Every third tenant has no restore point; every fifth has a backup branch.
+            .filter(|(idx, _)| idx % 3 != 2)
+            .map(|(idx, id)| Record {
+                v: 1,
+                seq: idx as u64 + 1,
+                at: "2026-12-02T10:00:00Z".into(),
+                event: Event::RestorePointRecorded {
+                    tenant: id.clone(),
+                    wave: "all".into(),
+                    point: if idx % 5 == 0 {
+                        RestorePoint::BackupBranch {
+                            main_branch_id: "br-main".into(),
+                            backup_branch_id: format!("br-backup-{idx}"),
+                            backup_branch_name: format!("backup-{idx}"),
+                        }
+                    } else {
+                        RestorePoint::BranchPoint {
+                            main_branch_id: "br-main".into(),
+                            lsn: format!("0/{idx:X}"),
+                            timestamp: None,
+                        }
+                    },
+                },
+            })
+            .collect();
+        let state = JournalState::replay(&records);
+        let n_backup = (0..300).filter(|idx| idx % 3 != 2 && idx % 5 == 0).count();
+
+        let points = restore_points(&plan, &state, RESTORE_POINTS_LISTED);
+        assert_eq!(points.listed.len(), RESTORE_POINTS_LISTED);
+        assert!(points.truncated);
+        assert_eq!(
+            points.counts,
+            serde_json::json!({"total": 200, "branch_point": 200 - n_backup, "backup_branch": n_backup})
+        );
+        assert_eq!(points.listed[0]["tenant"], "p-000");
+        assert_eq!(points.listed[0]["kind"], "backup_branch");
+        assert_eq!(points.listed[1]["point"], "0/1");
+        assert_eq!(points.listed[2]["tenant"], "p-003", "p-002 holds none");
+
+        let all = restore_points(&plan, &state, usize::MAX);
+        assert_eq!(all.listed.len(), 200);
+        assert!(!all.truncated);
+        assert_eq!(all.counts, points.counts);
+    }
 
     #[test]
     fn a_journal_entry_main_contradicts_is_stale() {

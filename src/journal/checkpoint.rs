@@ -541,7 +541,7 @@ fn wave_status(text: &str) -> Option<WaveStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::file::{CheckpointPolicy, Journal};
+    use crate::journal::file::{CheckpointPolicy, Journal, JournalError};
     use crate::journal::record::{Event, Record};
 
     fn point(lsn: &str, timestamp: Option<&str>) -> RestorePoint {
@@ -969,6 +969,54 @@ mod tests {
         assert_eq!(read.state.tenant("t2"), want.tenant("t2"));
         assert_eq!(read.state.tenant_count(), want.tenant_count());
         assert_eq!(read.state.runs, 1);
+    }
+
+    /// The resume of a killed run: its writer keeps a mirror of the replayed state, and the
+    /// checkpoint on close, written from the mirror rather than a re-read, equals the replay.
+    #[tokio::test]
+    async fn a_checkpoint_from_the_writers_mirror_equals_the_replay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.journal.jsonl");
+        let policy = CheckpointPolicy {
+            every: 0,
+            grow: false,
+            on_close: 1,
+        };
+        let (journal, _) = Journal::open_with(&path, "plan-a", policy).expect("open");
+        let events = events();
+        let (before_kill, after) = events.split_at(events.len() / 2);
+        for event in before_kill {
+            journal.append(event.clone()).await.expect("append");
+        }
+        drop(journal); // killed: no close, no checkpoint
+        let killed = std::fs::read_to_string(&path).expect("read");
+        assert!(!killed.contains(r#""event":"checkpoint"#), "{killed}");
+        let reopened = loop {
+            match Journal::open_with(&path, "plan-a", policy) {
+                Ok((journal, _)) => break journal,
+                Err(JournalError::Locked { .. }) => tokio::task::yield_now().await,
+                Err(error) => panic!("{error}"),
+            }
+        };
+        for event in after {
+            reopened.append(event.clone()).await.expect("append");
+        }
+        reopened.close().await;
+        let text = std::fs::read_to_string(&path).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines
+                .last()
+                .is_some_and(|line| line.contains(r#""event":"checkpoint_end""#)),
+            "the close wrote a checkpoint: {text}"
+        );
+        let read = Journal::read(&path).expect("reads from the checkpoint");
+        let mut want = expected(&lines);
+        want.last_seq = last_seq(&lines);
+        assert_eq!(read.state, want);
+        for id in want.tenant_ids() {
+            assert_eq!(read.state.tenant(id), want.tenant(id), "{id}");
+        }
     }
 
     #[test]

@@ -15,7 +15,10 @@
 //! end for its end record) and replays only what follows it; a journal without one replays
 //! from its first line. The writer appends a checkpoint every so many records and on a clean
 //! close (see [`CheckpointPolicy`]), built by re-reading the file itself, so a checkpoint is
-//! always exactly the replay of the lines before it.
+//! always exactly the replay of the lines before it. A writer whose `open` found a long tail
+//! after the last checkpoint (a killed run's) keeps a mirror of the replayed state instead,
+//! current with every append, and builds its checkpoints from that: the same replay, without
+//! reading the same records a second time on close.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -125,6 +128,14 @@ impl CheckpointPolicy {
             },
             None => CheckpointPolicy::STANDARD,
         }
+    }
+
+    /// Whether the writer keeps a mirror of the state from `open` on: when so many records
+    /// follow the last checkpoint (at least `on_close`, and half as many as the state holds
+    /// tenants, so a short tail of a large journal does not double its memory) that the close
+    /// writes a checkpoint however short the run.
+    fn due_on_open(self, since: u64, tenants: usize) -> bool {
+        self.on_close > 0 && since >= self.on_close.max(tenants as u64 / 2)
     }
 
     fn due(self, since: u64, records: u64) -> bool {
@@ -271,12 +282,19 @@ impl Journal {
             file.sync_all().map_err(io_error)?;
         }
         check_plan(path, &parsed.read.state, plan_id)?;
+        // A run that was killed left many records after the last checkpoint, so this one's
+        // close will write one: keep a copy of the state just replayed, kept current with each
+        // append, so that checkpoint does not replay the same records a second time.
+        let mirror = policy
+            .due_on_open(parsed.since_checkpoint, parsed.read.state.tenant_count())
+            .then(|| parsed.read.state.clone());
         let writer = WriterState {
             next_seq: parsed.read.state.last_seq + 1,
             lines: parsed.lines,
             since_checkpoint: parsed.since_checkpoint,
             records: parsed.read.state.records,
             policy,
+            mirror,
         };
         let (sender, receiver) = mpsc::unbounded_channel();
         let writer_path = path.to_path_buf();
@@ -789,6 +807,10 @@ struct WriterState {
     since_checkpoint: u64,
     records: u64,
     policy: CheckpointPolicy,
+    /// The replay of every line written so far, when kept (see
+    /// [`CheckpointPolicy::due_on_open`]): checkpoints are written from it instead of from a
+    /// re-read of the file.
+    mirror: Option<JournalState>,
 }
 
 fn write_loop(
@@ -841,6 +863,11 @@ fn write_loop(
                 writer.lines += count;
                 writer.since_checkpoint += count;
                 writer.records += count;
+                if let Some(mirror) = &mut writer.mirror {
+                    for (record, _) in &written {
+                        mirror.apply(record);
+                    }
+                }
                 for (record, ack) in written {
                     let _ = ack.send(Ok(record));
                 }
@@ -878,6 +905,13 @@ fn write_loop(
 /// Append a checkpoint of the file as it stands. Err (the writer stops) only when the file
 /// could not be written; a checkpoint that cannot be built is skipped.
 fn write_checkpoint(file: &mut File, path: &Path, writer: &mut WriterState) -> Result<(), String> {
+    if let Some(mut mirror) = writer.mirror.take() {
+        let result = append_checkpoint(file, path, writer, &mirror);
+        // As a re-read would: the checkpoint's lines count for their seq only.
+        mirror.last_seq = writer.next_seq - 1;
+        writer.mirror = Some(mirror);
+        return result;
+    }
     let parsed = match parse(path, file) {
         Ok(parsed) if parsed.lines == writer.lines && parsed.valid_len.is_none() => parsed,
         Ok(_) => {
@@ -892,6 +926,16 @@ fn write_checkpoint(file: &mut File, path: &Path, writer: &mut WriterState) -> R
             return Ok(());
         }
     };
+    append_checkpoint(file, path, writer, &parsed.read.state)
+}
+
+/// Append a checkpoint of `state`, the replay of every line of `file`, and make it durable.
+fn append_checkpoint(
+    file: &mut File,
+    path: &Path,
+    writer: &mut WriterState,
+    state: &JournalState,
+) -> Result<(), String> {
     let start = file
         .metadata()
         .map_err(|error| format!("{}: {error}", path.display()))?
@@ -899,7 +943,7 @@ fn write_checkpoint(file: &mut File, path: &Path, writer: &mut WriterState) -> R
     let mut out = io::BufWriter::with_capacity(1 << 20, &*file);
     let result = checkpoint::write(
         &mut out,
-        &parsed.read.state,
+        state,
         writer.next_seq,
         &crate::clock::now_rfc3339(),
         start,
@@ -907,7 +951,6 @@ fn write_checkpoint(file: &mut File, path: &Path, writer: &mut WriterState) -> R
     )
     .and_then(|lines| out.flush().map(|()| lines));
     drop(out);
-    drop(parsed);
     let lines = result
         .and_then(|lines| file.sync_data().map(|()| lines))
         .map_err(|error| format!("{}: {error}", path.display()))?;

@@ -67,6 +67,14 @@ pub enum RestorePoint {
 }
 
 impl RestorePoint {
+    /// `branch_point` or `backup_branch`, as the policy and reports name them.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RestorePoint::BranchPoint { .. } => "branch_point",
+            RestorePoint::BackupBranch { .. } => "backup_branch",
+        }
+    }
+
     pub fn main_branch_id(&self) -> &str {
         match self {
             RestorePoint::BranchPoint { main_branch_id, .. } => main_branch_id,

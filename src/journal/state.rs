@@ -80,6 +80,26 @@ pub struct TenantFailure {
     pub at: String,
 }
 
+/// A tenant's status and what else it holds, without building its state ([`JournalState::brief`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantBrief {
+    pub status: TenantStatus,
+    pub has_restore_point: bool,
+    /// A failure, lock holds, open branches, an uncommon restore point, ...
+    pub has_rare_parts: bool,
+    /// main's version as the journal last saw it (a later release's when found ahead).
+    pub current_version: Option<i32>,
+}
+
+impl TenantBrief {
+    const NOT_STARTED: TenantBrief = TenantBrief {
+        status: TenantStatus::NotStarted,
+        has_restore_point: false,
+        has_rare_parts: false,
+        current_version: None,
+    };
+}
+
 /// Everything the journal knows about one tenant.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TenantState {
@@ -221,17 +241,6 @@ impl JournalState {
         self.tenants.view_of(tenant_id)
     }
 
-    /// The tenant's state when it has rare parts (a failure, lock holds, open branches, …);
-    /// None for the common tenant, which is not built.
-    pub fn tenant_with_rare_parts(&self, tenant_id: &str) -> Option<TenantState> {
-        let idx = self.tenants.find(tenant_id)?;
-        self.tenants
-            .slot(idx)
-            .rare
-            .is_some()
-            .then(|| self.tenants.view(idx))
-    }
-
     pub fn tenant_status(&self, tenant_id: &str) -> TenantStatus {
         self.tenants
             .find(tenant_id)
@@ -248,11 +257,30 @@ impl JournalState {
             .and_then(|idx| self.tenants.slot(idx).current_version)
     }
 
+    /// What counting a tenant needs, found with one lookup of its id.
+    pub fn brief(&self, tenant_id: &str) -> TenantBrief {
+        self.tenants
+            .find(tenant_id)
+            .map_or(TenantBrief::NOT_STARTED, |idx| TenantBrief {
+                status: self.tenants.slot(idx).status,
+                has_restore_point: self.tenants.has_restore_point(idx),
+                has_rare_parts: self.tenants.slot(idx).rare.is_some(),
+                current_version: self.tenants.slot(idx).current_version,
+            })
+    }
+
     /// Whether the journal holds a restore point for the tenant.
     pub fn has_restore_point(&self, tenant_id: &str) -> bool {
         self.tenants
             .find(tenant_id)
             .is_some_and(|idx| self.tenants.has_restore_point(idx))
+    }
+
+    /// The kind of the tenant's restore point (`branch_point`, `backup_branch`), if it holds
+    /// one; nothing else of its state is built.
+    pub fn restore_point_kind(&self, tenant_id: &str) -> Option<&'static str> {
+        let idx = self.tenants.find(tenant_id)?;
+        self.tenants.restore_point_kind(idx)
     }
 
     /// Tenants the journal names.

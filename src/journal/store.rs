@@ -133,13 +133,25 @@ impl StateStore {
     }
 
     /// Every record of `plan_id`, in seq order, replayed (no lock: for `status` and friends).
+    /// Rows are folded in as they arrive, so a large rollout is never held whole; a connection
+    /// lost on the way is waited for and the replay starts again.
     pub async fn read(&self, plan_id: &str) -> Result<ReadJournal, JournalError> {
-        let records = self.records_after(plan_id, 0).await?;
-        let mut state = JournalState::default();
-        for (_, record) in &records {
-            state.apply(record);
-        }
-        state.shrink();
+        let mut client = self.client().await;
+        let state = loop {
+            match replay_rows(&client, plan_id, |seq, text| {
+                decode_record(&self.label(), plan_id, seq, text)
+            })
+            .await
+            {
+                Ok(Ok(state)) => break state,
+                Ok(Err(refused)) => return Err(refused),
+                Err(error) => {
+                    if !self.conn.recover(&mut client, &error).await? {
+                        return Err(self.error("reading records", &error));
+                    }
+                }
+            }
+        };
         Ok(ReadJournal {
             records: RecordCount(state.records),
             state,
@@ -341,6 +353,32 @@ pub(super) async fn take_plan_lock(
 }
 
 /// A stored record's text as a [`Record`] of this format version.
+/// Fold `plan_id`'s rows into a replayed state as they stream in: the outer error is the
+/// connection's, the inner one a row that is not a record.
+async fn replay_rows(
+    client: &Client,
+    plan_id: &str,
+    decode: impl Fn(i64, &str) -> Result<Record, JournalError>,
+) -> Result<Result<JournalState, JournalError>, tokio_postgres::Error> {
+    use futures::TryStreamExt;
+    let rows = client
+        .query_raw(
+            "SELECT seq, record FROM schemafleet_record WHERE plan_id = $1 ORDER BY seq",
+            [plan_id],
+        )
+        .await?;
+    futures::pin_mut!(rows);
+    let mut state = JournalState::default();
+    while let Some(row) = rows.try_next().await? {
+        match decode(row.get(0), row.get(1)) {
+            Ok(record) => state.apply(&record),
+            Err(refused) => return Ok(Err(refused)),
+        }
+    }
+    state.shrink();
+    Ok(Ok(state))
+}
+
 fn decode_record(store: &str, plan_id: &str, seq: i64, text: &str) -> Result<Record, JournalError> {
     let record: Record = serde_json::from_str(text).map_err(|error| JournalError::Store {
         store: store.to_string(),

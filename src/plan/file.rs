@@ -72,9 +72,50 @@ pub fn load_plan(path: &Path) -> Result<Plan, PlanError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let plan: Plan = serde_yaml::from_str(&text).map_err(|error| {
+    let fast = super::fast_load::load_written(&text);
+    #[cfg(debug_assertions)]
+    if let Some(fast) = &fast {
+        // Every plan a debug build loads (every test's) checks the fast path against serde_yaml.
+        let slow: Result<Plan, _> = serde_yaml::from_str(&text);
+        assert!(
+            slow.as_ref().is_ok_and(|slow| slow == fast),
+            "the fast plan reader and serde_yaml disagree on {}: {slow:?}",
+            path.display()
+        );
+    }
+    let plan = match fast {
+        Some(plan) => plan,
+        None => parse_any(path, &text)?,
+    };
+    drop(text);
+    if plan.format_version != PLAN_FORMAT_VERSION {
+        return Err(PlanError::FormatVersion {
+            path: path.to_path_buf(),
+            found: plan.format_version,
+            expected: PLAN_FORMAT_VERSION,
+        });
+    }
+    let computed = compute_plan_id(&plan);
+    if computed != plan.plan_id {
+        return Err(PlanError::IdMismatch {
+            path: path.to_path_buf(),
+            recorded: plan.plan_id.clone(),
+            computed,
+        });
+    }
+    check_consistency(&plan).map_err(|message| PlanError::Inconsistent {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    Ok(plan)
+}
+
+/// Any plan text serde_yaml reads (a hand-edited layout too), with the error for what it cannot
+/// read: `file:line` and what is wrong, or what the file is instead of a plan.
+fn parse_any(path: &Path, text: &str) -> Result<Plan, PlanError> {
+    serde_yaml::from_str(text).map_err(|error| {
         // Only on failure: say what the file is when it is not a plan of this format.
-        if let Ok(kind) = serde_yaml::from_str::<FileKind>(&text) {
+        if let Ok(kind) = serde_yaml::from_str::<FileKind>(text) {
             match kind.format_version {
                 Some(found) if found != PLAN_FORMAT_VERSION => {
                     return PlanError::FormatVersion {
@@ -96,27 +137,7 @@ pub fn load_plan(path: &Path) -> Result<Plan, PlanError> {
             location: FilePosition { path, position }.to_string(),
             message,
         }
-    })?;
-    if plan.format_version != PLAN_FORMAT_VERSION {
-        return Err(PlanError::FormatVersion {
-            path: path.to_path_buf(),
-            found: plan.format_version,
-            expected: PLAN_FORMAT_VERSION,
-        });
-    }
-    let computed = compute_plan_id(&plan);
-    if computed != plan.plan_id {
-        return Err(PlanError::IdMismatch {
-            path: path.to_path_buf(),
-            recorded: plan.plan_id.clone(),
-            computed,
-        });
-    }
-    check_consistency(&plan).map_err(|message| PlanError::Inconsistent {
-        path: path.to_path_buf(),
-        message,
-    })?;
-    Ok(plan)
+    })
 }
 
 /// What the id cannot catch: a plan written by a buggy or foreign tool.
@@ -449,6 +470,151 @@ mod round_trip_tests {
         .unwrap();
         let message = load_plan(&path).unwrap_err().to_string();
         assert!(message.contains("unknown field `extra`"), "{message}");
+    }
+
+    /// The bytes [`write_plan`] writes for `plan`, without touching a disk.
+    fn written_text(plan: &Plan) -> String {
+        format!("{PLAN_HEADER}{}", serde_yaml::to_string(plan).unwrap())
+    }
+
+    #[test]
+    fn the_fast_path_reads_written_plans_and_a_hand_edit_still_names_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.plan.yaml");
+        write_plan(&path, &plan()).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(text, written_text(&plan()));
+        assert_eq!(
+            super::super::fast_load::load_written(&text),
+            Some(plan()),
+            "{text}"
+        );
+
+        // A YAML error inside a tenant list is serde_yaml's, at its line.
+        let line = text.lines().position(|line| line == "  - id: p-2").unwrap() + 1;
+        fs::write(&path, text.replace("  - id: p-2", "  - id: [p-2")).unwrap();
+        let message = load_plan(&path).unwrap_err().to_string();
+        assert!(
+            message.starts_with(&format!("{}:{line}:", path.display())),
+            "{message}"
+        );
+        assert!(message.contains("edited by hand"), "{message}");
+        // A field the tenants do not have: the line, and serde's words for it.
+        let line = text
+            .lines()
+            .position(|line| line == "    name: acme")
+            .unwrap()
+            + 1;
+        fs::write(&path, text.replace("    name: acme", "    nmae: acme")).unwrap();
+        let message = load_plan(&path).unwrap_err().to_string();
+        assert!(
+            message.starts_with(&format!("{}:{line}:", path.display()))
+                && message.contains("unknown field `nmae`"),
+            "{message}"
+        );
+        // A hand-edited layout serde_yaml reads (flow style, a comment) still loads, slowly.
+        let relaid = text
+            .replace("  - id: p-2\n", "  - {id: p-2}  # the second\n")
+            .replace("    name: acme\n", "    # a comment\n    name: acme\n");
+        assert_eq!(super::super::fast_load::load_written(&relaid), None);
+        fs::write(&path, &relaid).unwrap();
+        assert_eq!(load_plan(&path).unwrap(), plan());
+    }
+
+    fn arbitrary_tenants() -> impl proptest::strategy::Strategy<Value = Vec<PlannedTenant>> {
+        use proptest::prelude::*;
+        // Plain words mostly, and the characters that make the writer quote, escape or fold.
+        let text = prop_oneof![
+            4 => "[a-z][a-z0-9-]{0,10}",
+            1 => "[ -~]{0,8}",
+            1 => prop::sample::select(vec![
+                "", "123", "1.5", "true", "null", "~", "- x", "a: b", "a #b", "it's", "café",
+                "tab\tin", "line\nbreak", "ls\u{2028}x", "\u{1b}[0m", " lead", "trail ", "#x",
+            ])
+            .prop_map(str::to_string),
+        ];
+        proptest::collection::btree_map(text.clone(), (text.clone(), text), 0..6).prop_map(
+            |tenants| {
+                tenants
+                    .into_iter()
+                    .map(|(id, (name, region))| PlannedTenant { id, name, region })
+                    .collect()
+            },
+        )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        /// Whatever the tenants are called, the fast path gives serde_yaml's plan or stands
+        /// aside; and for plain ids and names it does not stand aside.
+        #[test]
+        fn the_fast_path_gives_serde_yamls_plan(
+            lists in proptest::collection::vec(arbitrary_tenants(), 0..4),
+        ) {
+            let mut plan = plan();
+            let template = plan.waves[0].clone();
+            plan.waves = lists
+                .into_iter()
+                .enumerate()
+                .map(|(idx, tenants)| PlannedWave {
+                    name: format!("w{idx}"),
+                    tenants,
+                    ..template.clone()
+                })
+                .collect();
+            let text = written_text(&plan);
+            let slow: Plan = serde_yaml::from_str(&text).unwrap();
+            proptest::prop_assert_eq!(&slow, &plan);
+            let fast = super::super::fast_load::load_written(&text);
+            if let Some(fast) = &fast {
+                proptest::prop_assert_eq!(fast, &slow);
+            }
+            let plain = |text: &str| {
+                text.is_empty()
+                    || (text.starts_with(|c: char| c.is_ascii_lowercase())
+                        && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+            };
+            let all_plain = plan.tenants().all(|(tenant, _)| {
+                !tenant.id.is_empty() && plain(&tenant.id) && plain(&tenant.name) && plain(&tenant.region)
+            });
+            proptest::prop_assert!(fast.is_some() || !all_plain, "{}", text);
+        }
+
+        /// A written plan edited at any line in any of these ways: the fast path gives what
+        /// serde_yaml gives, or stands aside (and serde_yaml then names the error).
+        #[test]
+        fn an_edited_plan_is_never_read_differently(
+            line_idx in 0usize..200,
+            edit in 0u8..8,
+        ) {
+            let mut plan = plan();
+            plan.waves[1].tenants = (0..4)
+                .map(|idx| PlannedTenant {
+                    id: format!("p-{idx}"),
+                    name: format!("n{idx}"),
+                    region: "r".into(),
+                })
+                .collect();
+            let text = written_text(&plan);
+            let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+            let idx = line_idx % lines.len();
+            match edit {
+                0 => { lines.remove(idx); }
+                1 => lines.insert(idx, lines[idx].clone()),
+                2 => lines.insert(idx, String::new()),
+                3 => lines[idx].insert(0, ' '),
+                4 => { lines[idx] = lines[idx].replacen(' ', "", 1); }
+                5 => lines[idx].push_str(" # note"),
+                6 => { lines[idx] = lines[idx].replacen(": ", ":  ", 1); }
+                _ => lines.insert(idx, "  tenants: []".into()),
+            }
+            let edited = lines.join("\n") + "\n";
+            if let Some(fast) = super::super::fast_load::load_written(&edited) {
+                let slow: Result<Plan, _> = serde_yaml::from_str(&edited);
+                proptest::prop_assert_eq!(Some(&fast), slow.as_ref().ok(), "{}", edited);
+            }
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod build;
 pub mod check;
 pub mod collect;
 pub mod cost;
+mod fast_load;
 pub mod file;
 pub mod id;
 pub mod model;

@@ -229,19 +229,25 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
     let plan_version = plan.migrations.items.iter().map(|item| item.version).max();
     for wave in &plan.waves {
         let mut counts = Counts::default();
+        // Tenants with rare parts (lock holds among them), their states built.
+        let mut rare_states = Vec::new();
         for planned in &wave.tenants {
             let tenant_id = &planned.id;
-            // Counted from the compact state; a tenant's whole state is built only for the few
-            // that a failure entry describes.
-            let status = state.tenant_status(tenant_id);
+            // Counted from the compact state, one lookup a tenant; a tenant's whole state is
+            // built only for the few with rare parts (failures, lock holds, ...).
+            let brief = state.brief(tenant_id);
+            let status = brief.status;
             counts.add(status);
-            if status == TenantStatus::UpToDate
-                && state.tenant_current_version(tenant_id) > plan_version
-            {
+            if status == TenantStatus::UpToDate && brief.current_version > plan_version {
                 counts.ahead += 1;
             }
-            if state.has_restore_point(tenant_id) {
+            if brief.has_restore_point {
                 restore_points += 1;
+            }
+            if brief.has_rare_parts
+                && let Some(tenant) = state.tenant(tenant_id)
+            {
+                rare_states.push((planned, tenant));
             }
             if matches!(
                 status,
@@ -315,12 +321,12 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
             status: wave_status.as_str(),
             halted: wave_status == WaveStatus::Halted,
             counts,
+            // Holds live in a tenant's rare part: the common tenant, which has none, is not
+            // built.
             lock_holds: super::lock_holds::worst_in_wave(
-                wave.tenants
+                rare_states
                     .iter()
-                    // Holds and failures live in a tenant's rare part: the common tenant,
-                    // which has none, is not built.
-                    .map(|planned| (planned, state.tenant_with_rare_parts(&planned.id))),
+                    .map(|(planned, tenant)| (*planned, Some(tenant))),
             ),
             check_failures: state
                 .waves

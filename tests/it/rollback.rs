@@ -324,6 +324,9 @@ async fn status_reports_a_halted_run_from_the_journal_alone() {
         Some(1),
         "{status:#}"
     );
+    // Counted by kind beside the (bounded) list, which leaves nothing out here.
+    assert_eq!(status["restore_point_counts"]["total"], 1, "{status:#}");
+    assert_eq!(status["restore_points_truncated"], false, "{status:#}");
     let groups = status["failure_groups"].as_array().expect("groups");
     assert_eq!(groups.len(), 1);
     assert_eq!(groups[0]["phase"], "validate");

@@ -191,6 +191,7 @@ async fn run_job(job: Job) -> anyhow::Result<ChildReport> {
                 live: false,
                 concurrency: 1,
                 output: OutputFormat::Text,
+                all_restore_points: false,
                 api: ApiArgs {
                     api_url: String::new(),
                     api_key: None,
