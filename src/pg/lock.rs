@@ -2,7 +2,10 @@
 //!
 //! refinery takes no lock (crates-and-refinery.md §2.8); two runners on one tenant fail loudly
 //! at best. The lock is taken on the same connection refinery then uses, so it covers all of
-//! refinery's transactions, and it is released when the session ends even if we crash.
+//! refinery's transactions, and it is released when the session ends even if we crash. It is
+//! taken with the probe's read of the history ([`try_lock_and_read_history`]), or, on the
+//! first session after a branch, by the release's own first statement ([`release_guard`]).
+//! A session-level advisory lock survives the rollback of the transaction that took it.
 
 use std::time::{Duration, Instant};
 
