@@ -303,6 +303,37 @@ impl PgCluster {
         &self.settings_summary
     }
 
+    /// Restart a server we started (`pg_ctl restart -m fast`): every session is cut as in a
+    /// real restart, and the server comes back on the same port with the same password. Tests
+    /// use it to show that what talks to the server rides the restart out.
+    pub async fn restart(&self) -> Result<(), PgClusterError> {
+        let (Some(owned), Some(bin_dir)) = (&self.owned, &self.bin_dir) else {
+            return Err(PgClusterError::Attach(
+                "cannot restart a server this process did not start".to_string(),
+            ));
+        };
+        let log_file = owned.root.join("server.log");
+        run_server_binary(
+            &bin_dir.join("pg_ctl"),
+            &[
+                "-w".as_ref(),
+                "-t".as_ref(),
+                "60".as_ref(),
+                "-D".as_ref(),
+                owned.pgdata.as_os_str(),
+                "-l".as_ref(),
+                log_file.as_os_str(),
+                "restart".as_ref(),
+                "-m".as_ref(),
+                "fast".as_ref(),
+            ],
+            owned.run_as_postgres,
+        )
+        .await
+        .map_err(|error| append_log(error, &log_file))?;
+        Ok(())
+    }
+
     /// Stop the server (fast shutdown) and remove a temporary data directory.
     pub async fn stop(mut self) -> Result<(), PgClusterError> {
         let Some(mut owned) = self.owned.take() else {

@@ -11,6 +11,7 @@ use crate::executor::shared::SharedRun;
 use crate::executor::{self, ApplyConfig, Reporter, RunOutcome};
 use crate::exit::ExitStatus;
 use crate::journal::coordination::Coordinator;
+use crate::journal::gate_claims::GateClaims;
 use crate::journal::store::{JournalSource, StateStore};
 use crate::journal::{Journal, default_journal_path};
 use crate::plan::model::Plan;
@@ -89,6 +90,8 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
             args.runners.lease
         );
     }
+    let state_patience = parse_duration(&args.runners.state_patience)
+        .map_err(|error| anyhow::anyhow!("--state-patience: {error}"))?;
     let started = std::time::Instant::now();
     let client = super::api::client(&args.api)?;
     super::api::preflight(&client, &args.api.api_url).await?;
@@ -98,19 +101,6 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
         args.journal.as_deref(),
         &args.plan,
     );
-    // The shared runners' wave loop does not run checks or wait for approvals yet: refuse
-    // rather than let a gated wave start unchecked or unapproved.
-    if matches!(source, JournalSource::Store(_))
-        && let Some(wave) = plan.waves.iter().find(|wave| {
-            !wave.checks.is_empty() || wave.approval == crate::gates::spec::Approval::Required
-        })
-    {
-        bail!(
-            "wave {} has checks or `approval: required`, which `--state` (several runners) does \
-             not enforce yet; apply this plan with the file journal (drop --state)",
-            wave.name
-        );
-    }
     let journal_path = std::path::PathBuf::from(source.describe());
     let mut control = RunControl {
         deadline: max_duration.map(|duration| started + duration),
@@ -126,7 +116,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
                 format!("{}:{}", super::control::host_name(), std::process::id())
             });
             let writer = format!("{runner_id}/{}", crate::clock::compact_stamp());
-            let store = StateStore::connect(uri).await?;
+            let store = StateStore::connect_with_patience(uri, state_patience).await?;
             if !store.try_lock_plan(&plan.plan_id, false).await? {
                 bail!(
                     "a rollback or gc of plan {} holds its lock in the state store; run apply after it ends",
@@ -134,17 +124,20 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
                 );
             }
             let (journal, read) = store.open_journal(&plan.plan_id, &writer).await?;
+            share_api_budget(&store, &client, &args.api, &plan).await?;
             let coordinator = Coordinator::new(
-                uri,
+                &store,
                 &plan.plan_id,
                 &runner_id,
                 args.runners.regions.clone(),
                 lease,
             )
             .await?;
+            let gate_claims = GateClaims::new(uri, &plan.plan_id, &runner_id, lease).await?;
             control.shared = Some(Arc::new(SharedRun::new(
                 store,
                 coordinator,
+                gate_claims,
                 &plan.plan_id,
                 &writer,
                 read.state.last_seq,
@@ -488,6 +481,28 @@ fn exit_status(outcome: &RunOutcome, summary: &report::Summary) -> ExitStatus {
             }
         }
     }
+}
+
+/// With `--state`: every API request also takes a token from the account's bucket in the
+/// store, so all runners together stay under the limit: the client's limit
+/// (`--api-rate-limit-per-min`), or the plan's `api_rate_limit_per_min` when that is lower.
+async fn share_api_budget(
+    store: &StateStore,
+    client: &crate::neon::NeonClient,
+    api: &crate::cli::ApiArgs,
+    plan: &Plan,
+) -> anyhow::Result<()> {
+    let per_minute = plan
+        .policy
+        .api_rate_limit_per_min
+        .map_or(api.api_rate_limit_per_min, |account| {
+            account.min(api.api_rate_limit_per_min)
+        });
+    let key = api.api_key.as_deref().unwrap_or_default();
+    let account = crate::journal::api_bucket::account_key(&api.api_url, key);
+    let bucket = crate::journal::api_bucket::ApiBucket::open(store, account).await?;
+    client.share_rate_limit(Arc::new(bucket), per_minute);
+    Ok(())
 }
 
 /// `5h30m`, `90s`, `1d2h`: whole numbers each with a unit (ms, s, m, h, d), summed.

@@ -7,7 +7,8 @@
 //! other branch, and every branch in a dry run, is left alone.
 //! **Invariant:** with `--plan` and without `--dry-run`, the plan's journal is held locked for the
 //! whole run, so gc never races an `apply` of the same plan, and each deletion of a branch the
-//! journal lists as open is journaled (`branch_deleted`).
+//! journal lists as open is journaled (`branch_deleted`). With `--state` the journal is the
+//! store's and the lock is the plan's exclusive lock there, which no runner may hold beside it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,7 +20,8 @@ use serde::Serialize;
 use crate::cli::{GcArgs, OutputFormat};
 use crate::exit::ExitStatus;
 use crate::gc::{self, Decision, GcOptions, Rollout};
-use crate::journal::{Event, Journal, JournalError, JournalState, default_journal_path};
+use crate::journal::store::{JournalSource, StateStore};
+use crate::journal::{Event, Journal, JournalError, JournalState};
 use crate::neon::{NeonClient, ProjectFilter};
 use crate::plan::model::PlannedTenant;
 use crate::report::render::{plural, wrap_into};
@@ -59,16 +61,25 @@ struct PlanContext {
     plan_id: String,
     state: JournalState,
     journal: Option<Journal>,
+    /// With `--state`: the store, whose connection holds the plan's lock until gc ends.
+    _store: Option<StateStore>,
 }
 
 pub async fn run(args: GcArgs) -> anyhow::Result<ExitStatus> {
     let client = super::api::client(&args.api)?;
     let (projects, plan_context, mut project_errors) = match &args.plan {
         Some(plan_path) => {
-            let (projects, context) = plan_projects(&args, plan_path)?;
+            let (projects, context) = plan_projects(&args, plan_path).await?;
             (projects, Some(context), Vec::new())
         }
-        None => all_projects(&client).await?,
+        None => {
+            if args.state.state.is_some() {
+                anyhow::bail!(
+                    "--state tells where a plan's rollout state is: pass the plan with --plan"
+                );
+            }
+            all_projects(&client).await?
+        }
     };
     super::api::preflight(&client, &args.api.api_url).await?;
     let now = time::OffsetDateTime::now_utc();
@@ -156,23 +167,41 @@ pub async fn run(args: GcArgs) -> anyhow::Result<ExitStatus> {
     })
 }
 
-fn plan_projects(args: &GcArgs, plan_path: &Path) -> anyhow::Result<(Projects, PlanContext)> {
+async fn plan_projects(args: &GcArgs, plan_path: &Path) -> anyhow::Result<(Projects, PlanContext)> {
     let plan = crate::plan::load_plan(plan_path)?;
-    let journal_path = args
-        .journal
-        .clone()
-        .unwrap_or_else(|| default_journal_path(plan_path));
-    let (state, journal) = if args.dry_run || !journal_path.exists() {
-        (Journal::read(&journal_path)?.state, None)
-    } else {
-        match Journal::open(&journal_path, &plan.plan_id) {
-            Ok((journal, read)) => (read.state, Some(journal)),
-            Err(error @ JournalError::Locked { .. }) => {
-                return Err(anyhow::Error::new(error).context(
-                    "an `apply` (or another gc) of this plan is running: run gc after it ends, or use --dry-run to look",
-                ));
+    let source = JournalSource::choose(
+        args.state.state.as_deref(),
+        args.journal.as_deref(),
+        plan_path,
+    );
+    let (state, journal, store) = match &source {
+        JournalSource::File(journal_path) => {
+            let (state, journal) = file_journal(args, journal_path, &plan.plan_id)?;
+            (state, journal, None)
+        }
+        JournalSource::Store(uri) => {
+            let store = StateStore::connect(uri).await?;
+            if args.dry_run {
+                let read = store.read(&plan.plan_id).await?;
+                store.check_plan(&read.state, &plan.plan_id)?;
+                (read.state, None, Some(store))
+            } else {
+                if !store.try_lock_plan(&plan.plan_id, true).await? {
+                    anyhow::bail!(
+                        "runners of plan {} are working (they hold its lock in {}): run gc after they end, or use --dry-run to look",
+                        plan.plan_id,
+                        source.describe()
+                    );
+                }
+                let writer = format!(
+                    "gc:{}:{}/{}",
+                    super::control::host_name(),
+                    std::process::id(),
+                    crate::clock::compact_stamp()
+                );
+                let (journal, read) = store.open_journal(&plan.plan_id, &writer).await?;
+                (read.state, Some(journal), Some(store))
             }
-            Err(error) => return Err(error.into()),
         }
     };
     if let Some(found) = &state.plan_id
@@ -180,7 +209,7 @@ fn plan_projects(args: &GcArgs, plan_path: &Path) -> anyhow::Result<(Projects, P
     {
         anyhow::bail!(
             "journal {} belongs to plan {found}, not {} ({}); pass the right --journal",
-            journal_path.display(),
+            source.describe(),
             plan.plan_id,
             plan_path.display()
         );
@@ -192,8 +221,27 @@ fn plan_projects(args: &GcArgs, plan_path: &Path) -> anyhow::Result<(Projects, P
             plan_id: plan.plan_id,
             state,
             journal,
+            _store: store,
         },
     ))
+}
+
+/// The plan's journal file: read (a dry run, or no file yet), or opened and locked.
+fn file_journal(
+    args: &GcArgs,
+    journal_path: &Path,
+    plan_id: &str,
+) -> anyhow::Result<(JournalState, Option<Journal>)> {
+    if args.dry_run || !journal_path.exists() {
+        return Ok((Journal::read(journal_path)?.state, None));
+    }
+    match Journal::open(journal_path, plan_id) {
+        Ok((journal, read)) => Ok((read.state, Some(journal))),
+        Err(error @ JournalError::Locked { .. }) => Err(anyhow::Error::new(error).context(
+            "an `apply` (or another gc) of this plan is running: run gc after it ends, or use --dry-run to look",
+        )),
+        Err(error) => Err(error.into()),
+    }
 }
 
 async fn all_projects(

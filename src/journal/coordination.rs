@@ -8,14 +8,21 @@
 //! **Invariant:** a claim whose lease ran out belongs to nobody; the next runner to claim it
 //! resumes the tenant from the records (re-probe, sweep requested branches), exactly like a
 //! killed run's resume.
+//! **Invariant:** every operation survives the store's restart: a lost connection is waited
+//! out and the operation run again ([`super::reconnect`]), and each is harmless to run again
+//! when its first answer was lost (a claim looks for the tenant it may already hold, a finish
+//! finds the tenant no longer held, a wave's start and end are marked with this process).
+//! After a reconnect no lapsed claim is taken over for one lease, so runners still waiting for
+//! the store keep their tenants.
 
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
-use tokio::sync::Mutex;
 use tokio_postgres::Client;
 
 use super::file::JournalError;
-use super::store::{connect, store_error};
+use super::reconnect::StoreConnection;
+use super::store::{StateStore, store_error};
 use crate::secret::SecretUri;
 
 /// What a claim attempt found.
@@ -88,6 +95,9 @@ pub struct ControlRow {
     pub paused_at: Option<String>,
     pub aborted_by: Option<String>,
     pub abort_reason: Option<String>,
+    /// When the abort was asked (absent in control files written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted_at: Option<String>,
 }
 
 impl ControlRow {
@@ -105,31 +115,64 @@ impl ControlRow {
     }
 }
 
+/// Run `$body` (an async block using `$client: &mut Client`) on the coordinator's connection;
+/// when the connection was lost, wait for the store (see [`Coordinator::recover`]) and run it
+/// again. Every body is written so that running it again after a lost answer is harmless.
+macro_rules! retried {
+    ($self:ident, $what:expr, |$client:ident| $body:expr) => {{
+        let mut guard = $self.conn.lock().await;
+        loop {
+            let result = {
+                let $client: &mut Client = &mut guard;
+                $body.await
+            };
+            match result {
+                Ok(value) => break Ok(value),
+                Err(error) => {
+                    if !$self.recover(&mut guard, &error).await? {
+                        break Err($self.error($what, error));
+                    }
+                }
+            }
+        }
+    }};
+}
+
 /// This runner's handle on the shared state of one plan.
 pub struct Coordinator {
-    uri: SecretUri,
-    client: Mutex<Client>,
+    conn: StoreConnection,
     plan_id: String,
     runner_id: String,
+    /// This process among all that ever ran as `runner_id`: it marks the waves it starts and
+    /// ends, so asking again after a lost answer still finds it was this process.
+    instance: String,
     regions: Vec<String>,
     lease: Duration,
+    /// The tenants this process knows it holds; only their leases are renewed, so a claim whose
+    /// answer was lost is found again (see [`Coordinator::claim`]) or lapses.
+    held: std::sync::Mutex<BTreeSet<String>>,
+    /// After the store came back, lapsed claims are not taken over before this: every runner
+    /// gets one lease to reconnect and renew its own before another resumes their tenants.
+    no_takeover_until: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Coordinator {
     pub async fn new(
-        uri: &SecretUri,
+        store: &StateStore,
         plan_id: &str,
         runner_id: &str,
         regions: Vec<String>,
         lease: Duration,
     ) -> Result<Coordinator, JournalError> {
         Ok(Coordinator {
-            uri: uri.clone(),
-            client: Mutex::new(connect(uri).await?),
+            conn: store.connection().await?,
             plan_id: plan_id.to_string(),
             runner_id: runner_id.to_string(),
+            instance: format!("{runner_id}/{:016x}", rand::random::<u64>()),
             regions,
             lease,
+            held: std::sync::Mutex::new(BTreeSet::new()),
+            no_takeover_until: std::sync::Mutex::new(None),
         })
     }
 
@@ -142,28 +185,73 @@ impl Coordinator {
     }
 
     fn error(&self, what: &str, error: tokio_postgres::Error) -> JournalError {
-        store_error(&self.uri, what, &error)
+        store_error(self.conn.uri(), what, &error)
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.held
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn held_list(&self) -> Vec<String> {
+        self.held().iter().cloned().collect()
+    }
+
+    /// After a lost connection: wait for the store and reconnect; then renew this runner's
+    /// leases at once (they may have run out while the store was away) and hold off taking
+    /// over lapsed claims for one lease, so runners still reconnecting keep their tenants.
+    async fn recover(
+        &self,
+        client: &mut tokio::sync::MutexGuard<'_, Client>,
+        error: &tokio_postgres::Error,
+    ) -> Result<bool, JournalError> {
+        if !self.conn.recover(client, error).await? {
+            return Ok(false);
+        }
+        *self
+            .no_takeover_until
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(Instant::now() + self.lease);
+        if let Err(error) = renew_leases(
+            client,
+            &self.plan_id,
+            &self.runner_id,
+            &self.held_list(),
+            self.lease,
+        )
+        .await
+        {
+            tracing::warn!(error = %error, "cannot renew the leases after reconnecting");
+        }
+        Ok(true)
+    }
+
+    fn may_take_over(&self) -> bool {
+        self.no_takeover_until
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .is_none_or(|until| Instant::now() >= until)
     }
 
     /// Register this runner (a runner id reused by a new process takes over its old claims'
     /// tenants: they are released for whoever claims first).
     pub async fn register(&self) -> Result<(), JournalError> {
-        let client = self.client.lock().await;
-        client
-            .execute(
-                "INSERT INTO schemafleet_runner (plan_id, runner_id, regions) VALUES ($1, $2, $3)
-                 ON CONFLICT (plan_id, runner_id) DO UPDATE SET regions = $3, started_at = now(), last_seen = now(), in_flight = 0, finished = false",
-                &[&self.plan_id, &self.runner_id, &self.regions.join(",")],
-            )
-            .await
-            .map_err(|error| self.error("registering the runner", error))?;
-        client
-            .execute(
-                "UPDATE schemafleet_tenant SET runner_id = NULL, lease_until = NULL WHERE plan_id = $1 AND runner_id = $2 AND NOT done",
-                &[&self.plan_id, &self.runner_id],
-            )
-            .await
-            .map_err(|error| self.error("releasing the runner's old claims", error))?;
+        retried!(self, "registering the runner", |client| async {
+            client
+                .execute(
+                    "INSERT INTO schemafleet_runner (plan_id, runner_id, regions) VALUES ($1, $2, $3)
+                     ON CONFLICT (plan_id, runner_id) DO UPDATE SET regions = $3, started_at = now(), last_seen = now(), in_flight = 0, finished = false",
+                    &[&self.plan_id, &self.runner_id, &self.regions.join(",")],
+                )
+                .await?;
+            client
+                .execute(
+                    "UPDATE schemafleet_tenant SET runner_id = NULL, lease_until = NULL WHERE plan_id = $1 AND runner_id = $2 AND NOT done",
+                    &[&self.plan_id, &self.runner_id],
+                )
+                .await
+        })?;
         Ok(())
     }
 
@@ -176,92 +264,97 @@ impl Coordinator {
         tenants: &[SeedTenant<'_>],
         reopen: &[&str],
     ) -> Result<(), JournalError> {
-        let mut client = self.client.lock().await;
-        let transaction = client
-            .transaction()
-            .await
-            .map_err(|error| self.error("seeding", error))?;
-        for (ord, wave) in waves.iter().enumerate() {
-            let failures = tenants
-                .iter()
-                .filter(|tenant| {
-                    tenant.wave == wave.wave
-                        && tenant.done
-                        && matches!(tenant.outcome, Some("failed" | "diverged"))
-                })
-                .count() as i32;
-            transaction
-                .execute(
-                    "INSERT INTO schemafleet_wave (plan_id, wave, ord, failures, halted, started, finished, bake_until)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-                    &[
-                        &self.plan_id,
-                        &wave.wave,
-                        &(ord as i32),
-                        &failures,
-                        &wave.halted,
-                        &wave.started,
-                        &wave.finished,
-                        &wave.bake_until,
-                    ],
-                )
-                .await
-                .map_err(|error| self.error("seeding waves", error))?;
-        }
         let names: Vec<&str> = tenants.iter().map(|tenant| tenant.tenant).collect();
         let wave_names: Vec<&str> = tenants.iter().map(|tenant| tenant.wave).collect();
         let ords: Vec<i32> = (0..tenants.len() as i32).collect();
         let regions: Vec<&str> = tenants.iter().map(|tenant| tenant.region).collect();
         let done: Vec<bool> = tenants.iter().map(|tenant| tenant.done).collect();
         let outcomes: Vec<Option<&str>> = tenants.iter().map(|tenant| tenant.outcome).collect();
-        transaction
-            .execute(
-                "INSERT INTO schemafleet_tenant (plan_id, tenant, wave, ord, region, done, outcome)
-                 SELECT $1, * FROM unnest($2::text[], $3::text[], $4::int[], $5::text[], $6::bool[], $7::text[])
-                 ON CONFLICT DO NOTHING",
-                &[&self.plan_id, &names, &wave_names, &ords, &regions, &done, &outcomes],
-            )
-            .await
-            .map_err(|error| self.error("seeding tenants", error))?;
-        if !reopen.is_empty() {
+        retried!(self, "seeding", |client| async {
+            let transaction = client.transaction().await?;
+            for (ord, wave) in waves.iter().enumerate() {
+                let failures = tenants
+                    .iter()
+                    .filter(|tenant| {
+                        tenant.wave == wave.wave
+                            && tenant.done
+                            && matches!(tenant.outcome, Some("failed" | "diverged"))
+                    })
+                    .count() as i32;
+                transaction
+                    .execute(
+                        "INSERT INTO schemafleet_wave (plan_id, wave, ord, failures, halted, started, finished, bake_until)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                        &[
+                            &self.plan_id,
+                            &wave.wave,
+                            &(ord as i32),
+                            &failures,
+                            &wave.halted,
+                            &wave.started,
+                            &wave.finished,
+                            &wave.bake_until,
+                        ],
+                    )
+                    .await?;
+            }
             transaction
                 .execute(
-                    "UPDATE schemafleet_tenant SET done = false, outcome = NULL, runner_id = NULL, lease_until = NULL
-                     WHERE plan_id = $1 AND tenant = ANY($2) AND done",
-                    &[&self.plan_id, &reopen],
+                    "INSERT INTO schemafleet_tenant (plan_id, tenant, wave, ord, region, done, outcome)
+                     SELECT $1, * FROM unnest($2::text[], $3::text[], $4::int[], $5::text[], $6::bool[], $7::text[])
+                     ON CONFLICT DO NOTHING",
+                    &[&self.plan_id, &names, &wave_names, &ords, &regions, &done, &outcomes],
                 )
-                .await
-                .map_err(|error| self.error("reopening tenants", error))?;
-            transaction
-                .execute(
-                    "UPDATE schemafleet_wave w SET halted = false, finished = false,
-                       failures = (SELECT count(*) FROM schemafleet_tenant t WHERE t.plan_id = w.plan_id AND t.wave = w.wave AND t.done AND t.outcome IN ('failed', 'diverged'))
-                     WHERE plan_id = $1 AND EXISTS (SELECT 1 FROM schemafleet_tenant t WHERE t.plan_id = w.plan_id AND t.wave = w.wave AND NOT t.done)",
-                    &[&self.plan_id],
-                )
-                .await
-                .map_err(|error| self.error("reopening waves", error))?;
-        }
-        transaction
-            .commit()
-            .await
-            .map_err(|error| self.error("seeding", error))
+                .await?;
+            if !reopen.is_empty() {
+                transaction
+                    .execute(
+                        "UPDATE schemafleet_tenant SET done = false, outcome = NULL, runner_id = NULL, lease_until = NULL
+                         WHERE plan_id = $1 AND tenant = ANY($2) AND done",
+                        &[&self.plan_id, &reopen],
+                    )
+                    .await?;
+                transaction
+                    .execute(
+                        "UPDATE schemafleet_wave w SET halted = false, finished = false,
+                           failures = (SELECT count(*) FROM schemafleet_tenant t WHERE t.plan_id = w.plan_id AND t.wave = w.wave AND t.done AND t.outcome IN ('failed', 'diverged'))
+                         WHERE plan_id = $1 AND EXISTS (SELECT 1 FROM schemafleet_tenant t WHERE t.plan_id = w.plan_id AND t.wave = w.wave AND NOT t.done)",
+                        &[&self.plan_id],
+                    )
+                    .await?;
+            }
+            transaction.commit().await
+        })
     }
 
-    /// Claim the next unclaimed (or lapsed) tenant of `wave`.
+    /// Claim the next unclaimed (or lapsed) tenant of `wave`. When the answer to a claim was
+    /// lost with the connection, the retry first looks for a tenant this runner holds without
+    /// knowing it (that claim committed) and returns it, so no claim is stranded.
     pub async fn claim(&self, wave: &str) -> Result<Claim, JournalError> {
-        let mut client = self.client.lock().await;
-        let transaction = client
-            .transaction()
-            .await
-            .map_err(|error| self.error("claiming", error))?;
+        let mut retrying = false;
+        let claim = retried!(self, "claiming", |client| {
+            let lost_answer = std::mem::replace(&mut retrying, true);
+            self.try_claim(client, wave, lost_answer)
+        })?;
+        if let Claim::Tenant { tenant, .. } = &claim {
+            self.held().insert(tenant.clone());
+        }
+        Ok(claim)
+    }
+
+    async fn try_claim(
+        &self,
+        client: &mut Client,
+        wave: &str,
+        lost_answer: bool,
+    ) -> Result<Claim, tokio_postgres::Error> {
+        let transaction = client.transaction().await?;
         let control = transaction
             .query_one(
                 "SELECT paused_by, aborted_by, abort_reason FROM schemafleet_plan WHERE plan_id = $1 FOR SHARE",
                 &[&self.plan_id],
             )
-            .await
-            .map_err(|error| self.error("claiming", error))?;
+            .await?;
         if let Some(by) = control.get::<_, Option<String>>(1) {
             return Ok(Claim::Aborted {
                 by,
@@ -276,11 +369,26 @@ impl Coordinator {
                 "SELECT halted FROM schemafleet_wave WHERE plan_id = $1 AND wave = $2 FOR SHARE",
                 &[&self.plan_id, &wave],
             )
-            .await
-            .map_err(|error| self.error("claiming", error))?
+            .await?
             .get(0);
         if halted {
             return Ok(Claim::Halted);
+        }
+        if lost_answer
+            && let Some(row) = transaction
+                .query_opt(
+                    "SELECT tenant, claims FROM schemafleet_tenant
+                     WHERE plan_id = $1 AND wave = $2 AND runner_id = $3 AND NOT done AND NOT (tenant = ANY($4))
+                     ORDER BY ord LIMIT 1",
+                    &[&self.plan_id, &wave, &self.runner_id, &self.held_list()],
+                )
+                .await?
+        {
+            transaction.commit().await?;
+            return Ok(Claim::Tenant {
+                tenant: row.get(0),
+                resumed: row.get::<_, i32>(1) > 1,
+            });
         }
         let claimed = transaction
             .query_opt(
@@ -288,7 +396,7 @@ impl Coordinator {
                  WHERE plan_id = $1 AND tenant = (
                    SELECT tenant FROM schemafleet_tenant
                    WHERE plan_id = $1 AND wave = $2 AND NOT done
-                     AND (runner_id IS NULL OR lease_until < now())
+                     AND (runner_id IS NULL OR ($6 AND lease_until < now()))
                      AND (cardinality($5::text[]) = 0 OR region = ANY($5))
                    ORDER BY ord LIMIT 1 FOR UPDATE SKIP LOCKED)
                  RETURNING tenant, claims",
@@ -298,10 +406,10 @@ impl Coordinator {
                     &self.runner_id,
                     &self.lease.as_secs_f64(),
                     &self.regions,
+                    &self.may_take_over(),
                 ],
             )
-            .await
-            .map_err(|error| self.error("claiming", error))?;
+            .await?;
         let claim = match claimed {
             Some(row) => Claim::Tenant {
                 tenant: row.get(0),
@@ -313,8 +421,7 @@ impl Coordinator {
                         "SELECT count(*) FROM schemafleet_tenant WHERE plan_id = $1 AND wave = $2 AND NOT done",
                         &[&self.plan_id, &wave],
                     )
-                    .await
-                    .map_err(|error| self.error("claiming", error))?
+                    .await?
                     .get(0);
                 if left == 0 {
                     Claim::WaveDone
@@ -323,91 +430,93 @@ impl Coordinator {
                 }
             }
         };
-        transaction
-            .commit()
-            .await
-            .map_err(|error| self.error("claiming", error))?;
+        transaction.commit().await?;
         Ok(claim)
     }
 
     /// Mark a claimed tenant finished; a failure counts against its wave's budget in the same
     /// transaction, halting the wave when `exceeded(failures)`. Returns whether the wave is
-    /// halted now. A tenant whose claim lapsed and was taken over is left to its new holder.
+    /// halted now. A tenant whose claim lapsed and was taken over is left to its new holder; so
+    /// is one this runner already finished (a retry after a lost answer counts nothing twice).
     pub async fn finish(
         &self,
         tenant: &str,
         outcome: &str,
         exceeded: impl Fn(usize) -> bool,
     ) -> Result<bool, JournalError> {
-        let mut client = self.client.lock().await;
-        let transaction = client
-            .transaction()
-            .await
-            .map_err(|error| self.error("finishing a tenant", error))?;
-        let wave: Option<String> = transaction
-            .query_opt(
-                "UPDATE schemafleet_tenant SET done = true, outcome = $3, runner_id = NULL, lease_until = NULL
-                 WHERE plan_id = $1 AND tenant = $2 AND runner_id = $4 RETURNING wave",
-                &[&self.plan_id, &tenant, &outcome, &self.runner_id],
-            )
-            .await
-            .map_err(|error| self.error("finishing a tenant", error))?
-            .map(|row| row.get(0));
-        let mut halted = false;
-        if let Some(wave) = wave {
-            let counts = matches!(outcome, "failed" | "diverged");
-            let row = transaction
-                .query_one(
-                    "UPDATE schemafleet_wave SET failures = failures + $3 WHERE plan_id = $1 AND wave = $2 RETURNING failures, halted",
-                    &[&self.plan_id, &wave, &i32::from(counts)],
+        let halted = retried!(self, "finishing a tenant", |client| async {
+            let transaction = client.transaction().await?;
+            let wave: Option<String> = transaction
+                .query_opt(
+                    "UPDATE schemafleet_tenant SET done = true, outcome = $3, runner_id = NULL, lease_until = NULL
+                     WHERE plan_id = $1 AND tenant = $2 AND runner_id = $4 RETURNING wave",
+                    &[&self.plan_id, &tenant, &outcome, &self.runner_id],
                 )
-                .await
-                .map_err(|error| self.error("counting a failure", error))?;
-            let failures: i32 = row.get(0);
-            halted = row.get(1);
-            if !halted && exceeded(failures as usize) {
-                transaction
-                    .execute(
-                        "UPDATE schemafleet_wave SET halted = true WHERE plan_id = $1 AND wave = $2",
-                        &[&self.plan_id, &wave],
+                .await?
+                .map(|row| row.get(0));
+            let halted = match wave {
+                Some(wave) => {
+                    let counts = matches!(outcome, "failed" | "diverged");
+                    let row = transaction
+                        .query_one(
+                            "UPDATE schemafleet_wave SET failures = failures + $3 WHERE plan_id = $1 AND wave = $2 RETURNING failures, halted",
+                            &[&self.plan_id, &wave, &i32::from(counts)],
+                        )
+                        .await?;
+                    let failures: i32 = row.get(0);
+                    let halted: bool = row.get(1);
+                    if !halted && exceeded(failures as usize) {
+                        transaction
+                            .execute(
+                                "UPDATE schemafleet_wave SET halted = true WHERE plan_id = $1 AND wave = $2",
+                                &[&self.plan_id, &wave],
+                            )
+                            .await?;
+                        true
+                    } else {
+                        halted
+                    }
+                }
+                None => transaction
+                    .query_one(
+                        "SELECT w.halted FROM schemafleet_wave w JOIN schemafleet_tenant t
+                           ON t.plan_id = w.plan_id AND t.wave = w.wave
+                         WHERE t.plan_id = $1 AND t.tenant = $2",
+                        &[&self.plan_id, &tenant],
                     )
-                    .await
-                    .map_err(|error| self.error("halting a wave", error))?;
-                halted = true;
-            }
-        }
-        transaction
-            .commit()
-            .await
-            .map_err(|error| self.error("finishing a tenant", error))?;
+                    .await?
+                    .get(0),
+            };
+            transaction.commit().await?;
+            Ok(halted)
+        })?;
+        self.held().remove(tenant);
         Ok(halted)
     }
 
     /// Let a claim go without finishing it (Ctrl-C, time up): another runner may take it now.
     pub async fn release(&self, tenant: &str) -> Result<(), JournalError> {
-        self.client
-            .lock()
-            .await
-            .execute(
-                "UPDATE schemafleet_tenant SET runner_id = NULL, lease_until = NULL WHERE plan_id = $1 AND tenant = $2 AND runner_id = $3 AND NOT done",
-                &[&self.plan_id, &tenant, &self.runner_id],
-            )
-            .await
-            .map_err(|error| self.error("releasing a claim", error))?;
+        retried!(self, "releasing a claim", |client| async {
+            client
+                .execute(
+                    "UPDATE schemafleet_tenant SET runner_id = NULL, lease_until = NULL WHERE plan_id = $1 AND tenant = $2 AND runner_id = $3 AND NOT done",
+                    &[&self.plan_id, &tenant, &self.runner_id],
+                )
+                .await
+        })?;
+        self.held().remove(tenant);
         Ok(())
     }
 
     pub async fn wave(&self, wave: &str) -> Result<WaveRow, JournalError> {
-        let row = self
-            .client
-            .lock()
-            .await
-            .query_one(
-                "SELECT failures, halted, started, finished, bake_until FROM schemafleet_wave WHERE plan_id = $1 AND wave = $2",
-                &[&self.plan_id, &wave],
-            )
-            .await
-            .map_err(|error| self.error("reading a wave", error))?;
+        let row = retried!(self, "reading a wave", |client| async {
+            client
+                .query_one(
+                    "SELECT failures, halted, started, finished, bake_until FROM schemafleet_wave WHERE plan_id = $1 AND wave = $2",
+                    &[&self.plan_id, &wave],
+                )
+                .await
+        })?;
         Ok(WaveRow {
             failures: row.get(0),
             halted: row.get(1),
@@ -417,79 +526,91 @@ impl Coordinator {
         })
     }
 
-    /// Mark the wave started; true for the one runner that did (it journals `wave_started`).
+    /// Mark the wave started; true for the one process that did (it journals `wave_started`),
+    /// also when it asks again after a lost answer.
     pub async fn start_wave(&self, wave: &str) -> Result<bool, JournalError> {
-        let changed = self
-            .client
-            .lock()
-            .await
-            .execute(
-                "UPDATE schemafleet_wave SET started = true WHERE plan_id = $1 AND wave = $2 AND NOT started",
-                &[&self.plan_id, &wave],
-            )
-            .await
-            .map_err(|error| self.error("starting a wave", error))?;
+        let changed = retried!(self, "starting a wave", |client| async {
+            client
+                .execute(
+                    "UPDATE schemafleet_wave SET started = true, started_by = $3
+                     WHERE plan_id = $1 AND wave = $2 AND (NOT started OR started_by = $3)",
+                    &[&self.plan_id, &wave, &self.instance],
+                )
+                .await
+        })?;
         Ok(changed == 1)
     }
 
-    /// Mark the wave ended; true for the one runner that did (it journals `wave_finished`).
+    /// Mark the wave ended; true for the one process that did (it journals `wave_finished`),
+    /// also when it asks again after a lost answer.
     pub async fn finish_wave(
         &self,
         wave: &str,
         bake_until: Option<&str>,
     ) -> Result<bool, JournalError> {
-        let changed = self
-            .client
-            .lock()
-            .await
-            .execute(
-                "UPDATE schemafleet_wave SET finished = true, bake_until = $3 WHERE plan_id = $1 AND wave = $2 AND NOT finished",
-                &[&self.plan_id, &wave, &bake_until],
-            )
-            .await
-            .map_err(|error| self.error("ending a wave", error))?;
+        let changed = retried!(self, "ending a wave", |client| async {
+            client
+                .execute(
+                    "UPDATE schemafleet_wave SET finished = true, finished_by = $4, bake_until = coalesce(CASE WHEN finished THEN bake_until END, $3)
+                     WHERE plan_id = $1 AND wave = $2 AND (NOT finished OR finished_by = $4)",
+                    &[&self.plan_id, &wave, &bake_until, &self.instance],
+                )
+                .await
+        })?;
         Ok(changed == 1)
     }
 
     /// Renew this runner's leases and say it is alive, with how many tenants it works on.
     pub async fn heartbeat(&self, in_flight: usize) -> Result<(), JournalError> {
-        let client = self.client.lock().await;
-        client
-            .execute(
-                "UPDATE schemafleet_tenant SET lease_until = now() + make_interval(secs => $3) WHERE plan_id = $1 AND runner_id = $2 AND NOT done",
-                &[&self.plan_id, &self.runner_id, &self.lease.as_secs_f64()],
-            )
-            .await
-            .map_err(|error| self.error("renewing leases", error))?;
-        client
-            .execute(
-                "UPDATE schemafleet_runner SET last_seen = now(), in_flight = $3 WHERE plan_id = $1 AND runner_id = $2",
-                &[&self.plan_id, &self.runner_id, &(in_flight as i32)],
-            )
-            .await
-            .map_err(|error| self.error("renewing leases", error))?;
+        let held = self.held_list();
+        retried!(self, "renewing leases", |client| async {
+            renew_leases(client, &self.plan_id, &self.runner_id, &held, self.lease).await?;
+            client
+                .execute(
+                    "UPDATE schemafleet_runner SET last_seen = now(), in_flight = $3 WHERE plan_id = $1 AND runner_id = $2",
+                    &[&self.plan_id, &self.runner_id, &(in_flight as i32)],
+                )
+                .await
+        })?;
         Ok(())
     }
 
     /// The runner stops: its unfinished claims are released, its row says it finished.
     pub async fn retire(&self) -> Result<(), JournalError> {
-        let client = self.client.lock().await;
-        client
-            .execute(
-                "UPDATE schemafleet_tenant SET runner_id = NULL, lease_until = NULL WHERE plan_id = $1 AND runner_id = $2 AND NOT done",
-                &[&self.plan_id, &self.runner_id],
-            )
-            .await
-            .map_err(|error| self.error("releasing claims", error))?;
-        client
-            .execute(
-                "UPDATE schemafleet_runner SET last_seen = now(), in_flight = 0, finished = true WHERE plan_id = $1 AND runner_id = $2",
-                &[&self.plan_id, &self.runner_id],
-            )
-            .await
-            .map_err(|error| self.error("retiring the runner", error))?;
+        retried!(self, "retiring the runner", |client| async {
+            client
+                .execute(
+                    "UPDATE schemafleet_tenant SET runner_id = NULL, lease_until = NULL WHERE plan_id = $1 AND runner_id = $2 AND NOT done",
+                    &[&self.plan_id, &self.runner_id],
+                )
+                .await?;
+            client
+                .execute(
+                    "UPDATE schemafleet_runner SET last_seen = now(), in_flight = 0, finished = true WHERE plan_id = $1 AND runner_id = $2",
+                    &[&self.plan_id, &self.runner_id],
+                )
+                .await
+        })?;
+        self.held().clear();
         Ok(())
     }
+}
+
+/// Extend the leases of `tenants` (those this runner knows it holds).
+async fn renew_leases(
+    client: &Client,
+    plan_id: &str,
+    runner_id: &str,
+    tenants: &[String],
+    lease: Duration,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE schemafleet_tenant SET lease_until = now() + make_interval(secs => $4)
+             WHERE plan_id = $1 AND runner_id = $2 AND tenant = ANY($3) AND NOT done",
+            &[&plan_id, &runner_id, &tenants, &lease.as_secs_f64()],
+        )
+        .await
 }
 
 /// The plan's runners, most recently seen first (for `status`).
@@ -530,7 +651,8 @@ pub async fn control(
 ) -> Result<ControlRow, JournalError> {
     let row = client
         .query_opt(
-            "SELECT paused_by, to_char(paused_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), aborted_by, abort_reason
+            "SELECT paused_by, to_char(paused_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), aborted_by, abort_reason,
+                    to_char(aborted_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
              FROM schemafleet_plan WHERE plan_id = $1",
             &[&plan_id],
         )
@@ -541,6 +663,7 @@ pub async fn control(
         paused_at: row.get(1),
         aborted_by: row.get(2),
         abort_reason: row.get(3),
+        aborted_at: row.get(4),
     }))
 }
 

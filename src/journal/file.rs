@@ -808,6 +808,10 @@ fn write_loop(
             for (_, ack) in batch {
                 let _ = ack.send(Err(message.clone()));
             }
+            // A close after a failure is still answered, or `Journal::close` would wait forever.
+            if close_ack.is_some() {
+                break;
+            }
             continue;
         }
         let mut buffer = Vec::with_capacity(batch.len() * 256);

@@ -9,18 +9,24 @@
 //! - [`store`]: the same journal in PostgreSQL (`--state URL`), one row per record, its schema
 //!   embedded refinery migrations (`state_migrations/`); [`coordination`]: what several runners
 //!   of a plan share there (claims under leases, wave budgets, runners, pause/abort);
-//!   [`control`]: the pause/abort switches of a file journal.
+//!   [`gate_claims`]: which runner runs a gate between waves (checks, asking approval);
+//!   [`reconnect`]: a store connection that rides out the store's restart; [`api_bucket`]: the
+//!   account's API token bucket there, shared by all runners; [`control`]: the pause/abort
+//!   switches of a file journal.
 //!
 //! **Invariant:** a record is on disk (fsync'd) before any step that depends on it starts, and
 //! no record claims work that was not done: intents (`apply_started`) are written before the
 //! work, facts (`applied`) after it.
 //! **Invariant:** the journal never holds a secret; URIs are not recorded at all.
 
+pub mod api_bucket;
 pub mod checkpoint;
 mod compact;
 pub mod control;
 pub mod coordination;
 pub mod file;
+pub mod gate_claims;
+pub mod reconnect;
 pub mod record;
 pub mod state;
 pub mod store;

@@ -283,6 +283,12 @@ impl NeonClient {
         })
     }
 
+    /// Take every request's token also from `source`, a bucket refilled at `per_minute` that
+    /// other processes share (`apply --state`: the account's budget in the state store).
+    pub fn share_rate_limit(&self, source: Arc<dyn super::TokenSource>, per_minute: u32) {
+        self.inner.limiter.share(source, per_minute);
+    }
+
     /// One cheap read that every healthy Neon API answers with 200 (`GET /projects?limit=1`):
     /// a wrong base URL (404), an unreachable host or a rejected key shows up here, before
     /// anything is written.

@@ -22,6 +22,7 @@ mod types;
 
 pub use client::{ClientConfig, ClientStats, MAX_PROJECT_PAGE_SIZE, NeonClient};
 pub use error::NeonError;
+pub use rate_limit::{Grant, HOLD_LIMIT, TokenSource, batch_size, burst};
 pub use types::{
     Branch, CreateBranch, CreatedBranch, Operation, ProjectFilter, ProjectListing, ProjectSummary,
     RestoreBranch,

@@ -5,30 +5,175 @@
 //! token count may go negative, and each caller waits for its own debt to refill, so a hundred
 //! concurrent tenants are paced evenly instead of waking together and racing.
 //!
+//! Several runners of one plan (`apply --state`) also draw from a bucket in the state store, so
+//! the *sum* of their requests stays under the account's limit ([`SharedTokens`]). They take
+//! its tokens in small batches: a runner pays one store round trip per batch, not per request.
+//! The trade-off: a batch one runner holds is not available to the others, so a larger batch
+//! means fewer round trips but burstier, less even sharing; tokens not used within
+//! [`HOLD_LIMIT`] are dropped (they were counted, so dropping never lets the sum exceed the
+//! limit). In any window of W seconds the runners together send at most the burst plus
+//! `per_minute / 60 × (W + HOLD_LIMIT)` requests.
+//!
 //! **Invariant:** the long-run rate never exceeds `per_minute`; at most `burst` requests go out
 //! back to back after an idle period.
-//! **Invariant:** the lock is never held across an `.await`.
+//! **Invariant:** the local bucket's lock is never held across an `.await`; the shared tokens'
+//! lock is (a tokio lock, on purpose: one task fetches a batch while the others queue in
+//! arrival order behind it).
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::time::Instant;
 
+/// How long tokens taken from a shared bucket may wait for their requests before they are
+/// dropped: bounds how far a runner's requests can lag the grants that counted them.
+pub const HOLD_LIMIT: Duration = Duration::from_secs(1);
+
+/// The part of a second's worth of tokens one runner takes from a shared bucket at a time.
+const BATCH_SPAN_SECONDS: f64 = 0.5;
+
+/// What a shared bucket granted: `granted` tokens, or none and how long until one is there.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Grant {
+    pub granted: u32,
+    pub retry_in: Duration,
+}
+
+/// A token bucket several processes share (the state store's), seen from one of them.
+pub trait TokenSource: Send + Sync {
+    /// Take up to `want` tokens of a bucket refilled at `per_minute` and holding at most
+    /// `capacity`. An error when the bucket cannot be reached.
+    fn take(
+        &self,
+        want: u32,
+        per_minute: u32,
+        capacity: u32,
+    ) -> BoxFuture<'_, Result<Grant, String>>;
+}
+
+/// How many tokens a runner takes from a shared bucket at once: half a second's worth, at
+/// least 1 and at most the burst (700/min: 5; 120/min: 1).
+pub fn batch_size(per_minute: u32) -> u32 {
+    let per_second = f64::from(per_minute.max(1)) / 60.0;
+    let capacity = burst(per_minute);
+    ((per_second * BATCH_SPAN_SECONDS).floor() as u32).clamp(1, capacity)
+}
+
+/// One second's worth of requests, at least 1 and at most 20: small enough that a burst cannot
+/// trip Neon's per-route limit of 40/s.
+pub fn burst(per_minute: u32) -> u32 {
+    let per_second = f64::from(per_minute.max(1)) / 60.0;
+    per_second.clamp(1.0, 20.0).floor() as u32
+}
+
+/// Tokens this process took from a shared bucket and has not used yet.
+struct Held {
+    count: u32,
+    taken_at: Instant,
+}
+
+/// A shared bucket as one runner draws from it.
+pub(crate) struct SharedTokens {
+    source: Arc<dyn TokenSource>,
+    per_minute: u32,
+    held: tokio::sync::Mutex<Held>,
+    /// The bucket could not be reached (the store gone past its patience): the local bucket
+    /// paces alone, and the run stops on its own when its journal cannot be written.
+    unreachable: AtomicBool,
+}
+
+impl SharedTokens {
+    async fn acquire(&self) {
+        let mut held = self.held.lock().await;
+        loop {
+            if held.count > 0 && held.taken_at.elapsed() < HOLD_LIMIT {
+                held.count -= 1;
+                return;
+            }
+            if self.unreachable.load(Ordering::Relaxed) {
+                return;
+            }
+            let want = batch_size(self.per_minute);
+            match self
+                .source
+                .take(want, self.per_minute, burst(self.per_minute))
+                .await
+            {
+                Ok(grant) if grant.granted > 0 => {
+                    *held = Held {
+                        count: grant.granted,
+                        taken_at: Instant::now(),
+                    };
+                }
+                Ok(grant) => {
+                    tokio::time::sleep(
+                        grant
+                            .retry_in
+                            .clamp(Duration::from_millis(5), Duration::from_secs(5)),
+                    )
+                    .await;
+                }
+                Err(error) => {
+                    eprintln!(
+                        "warning: the shared API budget in the state store cannot be reached ({error}); this runner paces itself alone"
+                    );
+                    self.unreachable.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
 /// A token bucket shared by every clone of a [`crate::neon::NeonClient`].
-#[derive(Debug)]
 pub(crate) struct RateLimiter {
     state: Mutex<BucketState>,
+    /// With `apply --state`: the bucket all runners of the account share, on top of this one.
+    shared: OnceLock<SharedTokens>,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("shared", &self.shared.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl RateLimiter {
     pub fn new(per_minute: u32) -> RateLimiter {
         RateLimiter {
             state: Mutex::new(BucketState::new(per_minute, Instant::now())),
+            shared: OnceLock::new(),
         }
+    }
+
+    /// Draw from `source` too, a bucket refilled at `per_minute` that other processes share.
+    /// Only the first call counts.
+    pub fn share(&self, source: Arc<dyn TokenSource>, per_minute: u32) {
+        let _ = self.shared.set(SharedTokens {
+            source,
+            per_minute,
+            held: tokio::sync::Mutex::new(Held {
+                count: 0,
+                taken_at: Instant::now(),
+            }),
+            unreachable: AtomicBool::new(false),
+        });
     }
 
     /// Wait for a slot; returns how long the caller waited.
     pub async fn acquire(&self) -> Duration {
+        let started = Instant::now();
+        self.acquire_local().await;
+        if let Some(shared) = self.shared.get() {
+            shared.acquire().await;
+        }
+        started.elapsed()
+    }
+
+    async fn acquire_local(&self) {
         let wait = {
             // A poisoned lock only means another task panicked mid-update of two floats; the
             // bucket is still usable, so take it back rather than stopping every request.
@@ -41,7 +186,6 @@ impl RateLimiter {
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        wait
     }
 }
 
