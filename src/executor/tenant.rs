@@ -327,7 +327,7 @@ async fn pipeline(
     // Kept open for the apply when no branch is made in between: one connection per tenant.
     // Branching closes it first, so the copy of main sees no session of ours (and Neon's
     // branch point is not held up by our idle session either).
-    let mut main_session = Some(session);
+    let mut main = MainBefore::Open(session);
     let pending = match comparison {
         // Nothing of this plan is left to do; a tenant a newer release already reached is
         // recorded with those versions, so reports call it ahead as `drift` does.
@@ -370,7 +370,7 @@ async fn pipeline(
             pending
         }
     };
-    if let Some(failure) = check_schema(context, tenant_id, main_session.as_ref()).await {
+    if let Some(failure) = check_schema(context, tenant_id, main.session()).await {
         return Ok(Err((Phase::Probe, failure)));
     }
 
@@ -393,7 +393,7 @@ async fn pipeline(
     let needs_branch_point =
         policy.restore_point == RestorePointKind::BranchPoint && restore_point.is_none();
     if wants_validation && (!already_validated || needs_branch_point) {
-        main_session = None;
+        main = main.close();
         match validate(context, tenant_id, wave, &pending, unsettled).await? {
             Ok(branch_point) => {
                 if restore_point.is_none() && policy.restore_point == RestorePointKind::BranchPoint
@@ -427,7 +427,7 @@ async fn pipeline(
                 )));
             }
             RestorePointKind::BackupBranch => {
-                main_session = None;
+                main = main.close();
                 let backed_up = backup(context, tenant_id, wave).await?;
                 match backed_up {
                     Ok(point) => {
@@ -455,7 +455,7 @@ async fn pipeline(
     }
 
     // 4. Apply to main under the advisory lock.
-    apply_to_main(context, tenant_id, wave, &main_uri, &pending, main_session).await
+    apply_to_main(context, tenant_id, wave, &main_uri, &pending, main).await
 }
 
 /// The opt-in step between probe and validation (policy `verify_schema`): main's schema must
@@ -588,6 +588,32 @@ fn timeouts(plan: &Plan) -> Timeouts {
     Timeouts {
         lock_timeout: std::time::Duration::from_millis(plan.policy.lock_timeout_ms),
         statement_timeout: std::time::Duration::from_millis(plan.policy.statement_timeout_ms),
+    }
+}
+
+/// Main's session between the probe and the apply.
+enum MainBefore {
+    /// Open since the probe: no branch came in between.
+    Open(MainSession),
+    /// Closed for a branch, with the history its probe read: the release's guard checks main
+    /// still holds it.
+    Closed(pg::HistoryRead),
+}
+
+impl MainBefore {
+    fn session(&self) -> Option<&MainSession> {
+        match self {
+            MainBefore::Open(session) => Some(session),
+            MainBefore::Closed(_) => None,
+        }
+    }
+
+    /// Close the session (before a branch is made), keeping what its probe read.
+    fn close(self) -> MainBefore {
+        match self {
+            MainBefore::Open(session) => MainBefore::Closed(session.read.history),
+            closed => closed,
+        }
     }
 }
 
@@ -1000,17 +1026,17 @@ async fn apply_to_main(
     wave: &str,
     main_uri: &SecretUri,
     pending: &[i32],
-    session: Option<MainSession>,
+    main: MainBefore,
 ) -> Result<Step<TenantOutcome>, JournalError> {
     let recorder = &context.recorder;
-    let (mut reusable, _permit) = match session {
-        Some(MainSession {
+    let (mut reusable, mut probed, _permit) = match main {
+        MainBefore::Open(MainSession {
             client,
             _permit,
             read,
-        }) => (Some((client, read)), _permit),
-        None => match context.connections.clone().acquire_owned().await {
-            Ok(permit) => (None, permit),
+        }) => (Some((client, read)), None, _permit),
+        MainBefore::Closed(probed) => match context.connections.clone().acquire_owned().await {
+            Ok(permit) => (None, Some(probed), permit),
             Err(_) => {
                 return Ok(Err((
                     Phase::Apply,
@@ -1026,9 +1052,12 @@ async fn apply_to_main(
     loop {
         connection_attempt += 1;
         // A session whose probe took the lock and read the history goes straight to the
-        // release; a new one takes the lock and reads the history in one round trip.
+        // release. The first new session after a branch sends the release at once, its guard
+        // taking the lock and checking the history is still the probe's (`guarded`); a new one
+        // after a lost connection takes the lock and reads the history in one round trip.
+        let mut guarded = None;
         let connected = match reusable.take() {
-            Some((client, read)) if !client.is_closed() => Ok((client, read)),
+            Some((client, read)) if !client.is_closed() => Ok((client, Some(read))),
             _ => {
                 let timings = recorder.timings();
                 match timings
@@ -1038,13 +1067,19 @@ async fn apply_to_main(
                     )
                     .await
                 {
-                    Ok(client) => timings
-                        .time(
-                            TimedStep::LockMain,
-                            pg::lock::try_lock_and_read_history(&client),
-                        )
-                        .await
-                        .map(|read| (client, read)),
+                    Ok(client) => match probed.take() {
+                        Some(history) => {
+                            guarded = Some(history);
+                            Ok((client, None))
+                        }
+                        None => timings
+                            .time(
+                                TimedStep::LockMain,
+                                pg::lock::try_lock_and_read_history(&client),
+                            )
+                            .await
+                            .map(|read| (client, Some(read))),
+                    },
                     Err(failure) => Err(failure),
                 }
             }
@@ -1065,28 +1100,10 @@ async fn apply_to_main(
         };
         // Another runner held the lock when it was tried: wait for it, and since it may have
         // migrated meanwhile, let the runner read the history again once the lock is ours.
-        let known = if read.locked {
-            Some(read.history)
-        } else {
-            match recorder
-                .timings()
-                .time(
-                    TimedStep::LockMain,
-                    pg::lock::try_lock_for(&client, context.config.lock_wait),
-                )
-                .await
-            {
-                Ok(true) => None,
-                Ok(false) => {
-                    let failure = DbFailure::new(
-                        None,
-                        format!(
-                            "another runner held this tenant's migration lock for over {:?}",
-                            context.config.lock_wait
-                        ),
-                    );
-                    return fail_apply(recorder, tenant_id, wave, failure, applied).await;
-                }
+        let known = match read {
+            Some(read) if read.locked => Some(read.history),
+            Some(_) => match wait_for_lock(context, &client).await {
+                Ok(()) => None,
                 Err(failure)
                     if failure.is_connection_loss()
                         && connection_attempt <= context.config.max_connection_retries =>
@@ -1096,7 +1113,8 @@ async fn apply_to_main(
                 Err(failure) => {
                     return fail_apply(recorder, tenant_id, wave, failure, applied).await;
                 }
-            }
+            },
+            None => None,
         };
         if !started {
             recorder
@@ -1130,20 +1148,72 @@ async fn apply_to_main(
                 }
             }
         }
-        let result = recorder
-            .timings()
-            .time(
-                TimedStep::MigrateMain,
-                runner::apply_pending_known(
-                    &mut client,
-                    &context.migrations,
-                    context.plan.policy.transaction,
-                    timeouts(&context.plan),
-                    context.config.lock_retry,
-                    known,
-                ),
-            )
-            .await;
+        let timings = recorder.timings();
+        let result = match guarded {
+            None => {
+                timings
+                    .time(
+                        TimedStep::MigrateMain,
+                        migrate_main(context, &mut client, known),
+                    )
+                    .await
+            }
+            Some(probed) => {
+                let result = timings
+                    .time(
+                        TimedStep::MigrateMain,
+                        runner::apply_pending_guarded(
+                            &mut client,
+                            &context.migrations,
+                            context.plan.policy.transaction,
+                            timeouts(&context.plan),
+                            context.config.lock_retry,
+                            probed,
+                        ),
+                    )
+                    .await;
+                match result {
+                    // Nothing of the release ran: another runner holds the lock, or main's
+                    // history moved since the probe. Wait for the lock as a session without
+                    // a probe does, then let refinery read the history.
+                    Err(refused) if pg::lock::refused_by_guard(&refused.failure) => {
+                        tracing::info!(tenant = tenant_id, reason = %refused.failure, "the release's guard refused; waiting for the lock and reading the history again");
+                        match wait_for_lock(context, &client).await {
+                            Ok(()) => {}
+                            Err(failure)
+                                if failure.is_connection_loss()
+                                    && connection_attempt
+                                        <= context.config.max_connection_retries =>
+                            {
+                                // Nothing of ours committed: the next session starts afresh.
+                                started = false;
+                                continue;
+                            }
+                            Err(failure) => {
+                                return fail_apply(recorder, tenant_id, wave, failure, applied)
+                                    .await;
+                            }
+                        }
+                        // Journaled again once the lock is ours: history rows another runner
+                        // wrote before now are not credited to this plan (`recovery`).
+                        recorder
+                            .record(Event::ApplyStarted {
+                                tenant: tenant_id.into(),
+                                wave: wave.into(),
+                                versions: pending.to_vec(),
+                            })
+                            .await?;
+                        timings
+                            .time(
+                                TimedStep::MigrateMain,
+                                migrate_main(context, &mut client, None),
+                            )
+                            .await
+                    }
+                    other => other,
+                }
+            }
+        };
         match result {
             Ok(report) => {
                 lock_retries += report.lock_retries;
@@ -1199,6 +1269,49 @@ fn committed_before_reconnect(
         recovery::committed_since_apply_started(recorder.tenant(tenant_id).as_ref(), history);
     committed.retain(|version| !applied.contains(version));
     committed
+}
+
+/// refinery on main's session, which holds the lock: answered from `known`, or reading the
+/// history itself.
+async fn migrate_main(
+    context: &TenantContext,
+    client: &mut tokio_postgres::Client,
+    known: Option<pg::HistoryRead>,
+) -> Result<runner::ApplyReport, runner::ApplyFailure> {
+    runner::apply_pending_known(
+        client,
+        &context.migrations,
+        context.plan.policy.transaction,
+        timeouts(&context.plan),
+        context.config.lock_retry,
+        known,
+    )
+    .await
+}
+
+/// Poll the tenant's advisory lock on `client` for up to `lock_wait`; a failure when another
+/// runner kept it that long.
+async fn wait_for_lock(
+    context: &TenantContext,
+    client: &tokio_postgres::Client,
+) -> Result<(), DbFailure> {
+    let lock_wait = context.config.lock_wait;
+    let taken = context
+        .recorder
+        .timings()
+        .time(
+            TimedStep::LockMain,
+            pg::lock::try_lock_for(client, lock_wait),
+        )
+        .await?;
+    if taken {
+        Ok(())
+    } else {
+        Err(DbFailure::new(
+            None,
+            format!("another runner held this tenant's migration lock for over {lock_wait:?}"),
+        ))
+    }
 }
 
 async fn fail_apply(

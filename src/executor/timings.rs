@@ -29,7 +29,8 @@ pub enum TimedStep {
     /// Neon API: the one read, after main is done, of the validation branch's create and
     /// delete operations.
     SettleBranch,
-    /// Taking main's advisory lock (polling while another runner holds it).
+    /// Taking main's advisory lock apart from the probe and the release (after a lost
+    /// connection), and polling it while another runner holds it.
     LockMain,
     /// Applying the pending migrations to main, lock-timeout retries included.
     MigrateMain,

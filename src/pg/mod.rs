@@ -7,7 +7,8 @@
 //! - [`history`]: reads refinery's history table and compares it with the plan (pure compare).
 //! - [`fingerprint`]: the schema fingerprint, read in one catalog query.
 //! - [`lock`]: one runner per tenant through a polled session advisory lock; the probe's
-//!   lock-and-read in one round trip.
+//!   lock-and-read in one round trip; the release guard that takes the lock and checks the
+//!   probe's read in the release's own round trip.
 //! - [`lock_footprint`]: the locks a release takes on a validation branch, measured.
 //! - [`reference`]: reference fingerprints from V1..Vn applied to a throwaway database.
 //! - [`runner`]: refinery with `lock_timeout`/`statement_timeout` and no-transaction migrations.

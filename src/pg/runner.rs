@@ -107,10 +107,64 @@ pub async fn apply_pending_known(
     retry: LockRetry,
     known: Option<HistoryRead>,
 ) -> Result<ApplyReport, ApplyFailure> {
+    let start = match known {
+        Some(read) => Start::Locked(read),
+        None => Start::Unread,
+    };
+    apply_from(client, migrations, mode, timeouts, retry, start).await
+}
+
+/// [`apply_pending_known`] on a session that holds no lock yet, with the history `probed` by
+/// an earlier session (closed since, for a branch): the first statement sent takes the lock
+/// and checks the history still equals `probed` ([`super::lock::release_guard`]), so the
+/// release is still one round trip. When the guard refuses, nothing of the release ran and
+/// the failure is [`super::lock::refused_by_guard`]: wait for the lock and apply again with
+/// the history read afresh.
+pub async fn apply_pending_guarded(
+    client: &mut Client,
+    migrations: &[Migration],
+    mode: TransactionMode,
+    timeouts: Timeouts,
+    retry: LockRetry,
+    probed: HistoryRead,
+) -> Result<ApplyReport, ApplyFailure> {
+    let start = Start::Probed(probed);
+    apply_from(client, migrations, mode, timeouts, retry, start).await
+}
+
+/// What the apply knows of the history when it starts.
+enum Start {
+    /// Nothing: refinery reads it (the session holds the lock).
+    Unread,
+    /// Read on this session under the lock.
+    Locked(HistoryRead),
+    /// Read by an earlier session; the lock is not held yet.
+    Probed(HistoryRead),
+}
+
+async fn apply_from(
+    client: &mut Client,
+    migrations: &[Migration],
+    mode: TransactionMode,
+    timeouts: Timeouts,
+    retry: LockRetry,
+    start: Start,
+) -> Result<ApplyReport, ApplyFailure> {
     let mut applied = Vec::new();
     let mut lock_retries = 0;
-    let mut known = known;
+    let mut start = Some(start);
     loop {
+        // A retry reads the history again (the first attempt may have committed some), and
+        // holds the lock: a retry only follows a lock timeout, after the guard passed.
+        let (known, guard) = match start.take() {
+            None | Some(Start::Unread) => (None, None),
+            Some(Start::Locked(read)) => (Some(read), None),
+            Some(Start::Probed(read)) => {
+                let marker = super::lock::release_guard_marker();
+                let guard = super::lock::release_guard(&read, &marker);
+                (Some(read), Some((guard, marker)))
+            }
+        };
         let mut runner = Runner::new(migrations)
             .set_grouped(true)
             .set_abort_divergent(true)
@@ -124,8 +178,9 @@ pub async fn apply_pending_known(
             timeouts,
             committed: Vec::new(),
             failed_migration: None,
-            // A retry reads the history again: the first attempt may have committed some.
-            known: known.take(),
+            known,
+            guard_marker: guard.as_ref().map(|(_, marker)| marker.clone()),
+            guard_statement: guard.map(|(statement, _)| statement),
             table_statement: None,
         };
         let result = runner.run_async(&mut guarded).await;
@@ -152,7 +207,10 @@ pub async fn apply_pending_known(
                 DbFailure::from_error(&context, &error)
             }
         };
-        failure.migration = failed_migration;
+        // The guard's refusal is no migration's failure: none of them ran.
+        if !super::lock::refused_by_guard(&failure) {
+            failure.migration = failed_migration;
+        }
         if failure.is_lock_contention() && lock_retries + 1 < retry.max_attempts {
             lock_retries += 1;
             tokio::time::sleep(jittered(retry.base_delay, lock_retries)).await;
@@ -198,6 +256,11 @@ struct Guarded<'c> {
     /// The history as this session read it under the lock: refinery's read is answered from
     /// it once, without a round trip.
     known: Option<HistoryRead>,
+    /// The release guard ([`super::lock::release_guard`]), held back to open the first
+    /// statement that is sent, when the history was read by another session.
+    guard_statement: Option<String>,
+    /// The guard's marker: each later transaction of the pipeline checks the guard passed.
+    guard_marker: Option<String>,
     /// refinery's `CREATE TABLE IF NOT EXISTS` of the history table, held back to open the
     /// first transaction that is sent (the table was missing when the history was read).
     table_statement: Option<String>,
@@ -225,13 +288,15 @@ impl Guarded<'_> {
         )
     }
 
-    /// `; CREATE TABLE …` when the history table's creation is still held back (taken: it
-    /// goes into the first statement sent), else nothing.
-    fn table_suffix(&mut self) -> String {
-        self.table_statement
-            .take()
+    /// `; <guard>; CREATE TABLE …` with what is still held back for the first statement sent
+    /// (taken: it goes into that statement), else nothing. The guard comes first: it checks
+    /// the table is still missing when the probe found it missing.
+    fn opening(&mut self) -> String {
+        [self.guard_statement.take(), self.table_statement.take()]
+            .into_iter()
+            .flatten()
             .map(|statement| format!("; {}", statement.trim().trim_end_matches(';')))
-            .unwrap_or_default()
+            .collect()
     }
 
     /// Pair refinery's `[sql, insert, sql, insert, …]` with the migrations they come from.
@@ -264,7 +329,7 @@ impl Guarded<'_> {
 
     /// Every step and its history row in one transaction (`per_release`).
     async fn run_as_one(&mut self, steps: &[PendingStep<'_>]) -> Result<(), tokio_postgres::Error> {
-        let begin = format!("BEGIN; {}{}", self.settings("LOCAL "), self.table_suffix());
+        let begin = format!("BEGIN; {}{}", self.settings("LOCAL "), self.opening());
         let mut statements = Vec::with_capacity(steps.len() * 2 + 2);
         statements.push(begin.as_str());
         for step in steps {
@@ -290,22 +355,23 @@ impl Guarded<'_> {
 
     /// One transaction per step, all sent back to back: one round trip for the lot. Each
     /// transaction after the first opens with a guard that fails unless the one before it
-    /// committed its history row, so after a failure nothing later runs (their statements
-    /// fail as "transaction aborted" and their COMMITs roll back).
+    /// committed its history row (and, after a release guard, that the guard passed), so
+    /// after a failure nothing later runs (their statements fail as "transaction aborted" and
+    /// their COMMITs roll back).
     async fn run_each(&mut self, steps: &[PendingStep<'_>]) -> Result<(), tokio_postgres::Error> {
         if steps.is_empty() {
             return Ok(());
         }
         let settings = self.settings("LOCAL ");
-        let table = self.table_suffix();
+        let opening = self.opening();
         let heads: Vec<String> = steps
             .iter()
             .enumerate()
             .map(|(step_idx, _)| match step_idx.checked_sub(1) {
-                None => format!("BEGIN; {settings}{table}"),
+                None => format!("BEGIN; {settings}{opening}"),
                 Some(previous_idx) => format!(
                     "BEGIN; {settings}; {}",
-                    committed_guard(steps[previous_idx].version)
+                    committed_guard(steps[previous_idx].version, self.guard_marker.as_deref())
                 ),
             })
             .collect();
@@ -331,7 +397,7 @@ impl Guarded<'_> {
     /// A `-- no-transaction` step: alone, outside a transaction, then its history row.
     async fn run_alone(&mut self, step: &PendingStep<'_>) -> Result<(), tokio_postgres::Error> {
         // Session-level settings: there is no transaction for SET LOCAL to live in.
-        let settings = format!("{}{}", self.settings(""), self.table_suffix());
+        let settings = format!("{}{}", self.settings(""), self.opening());
         let result = async {
             self.client.batch_execute(&settings).await?;
             // An earlier attempt's interrupted concurrent build must not pass for this one.
@@ -411,10 +477,15 @@ fn history_version(insert: &str) -> Option<i32> {
     version.trim().parse().ok()
 }
 
-/// A statement that fails unless `version`'s history row is committed.
-fn committed_guard(version: i32) -> String {
+/// A statement that fails unless `version`'s history row is committed and, with a release
+/// guard's `marker`, unless that guard passed on this session: without the lock, the row could
+/// be another runner's, committed after the guard refused.
+fn committed_guard(version: i32, marker: Option<&str>) -> String {
+    let guard_missed = marker
+        .map(|marker| format!(" OR {}", super::lock::release_guard_missed(marker)))
+        .unwrap_or_default();
     format!(
-        "DO $guard$ BEGIN IF NOT EXISTS (SELECT FROM {HISTORY_TABLE} WHERE version = {version}) \
+        "DO $guard$ BEGIN IF NOT EXISTS (SELECT FROM {HISTORY_TABLE} WHERE version = {version}){guard_missed} \
          THEN RAISE EXCEPTION 'V{version} did not commit, so the migrations after it do not run'; \
          END IF; END $guard$"
     )
@@ -499,10 +570,15 @@ mod tests {
 
     #[test]
     fn the_guard_checks_the_previous_history_row() {
-        let guard = committed_guard(7);
+        let guard = committed_guard(7, None);
         assert!(guard.starts_with("DO $guard$"), "{guard}");
         assert!(
             guard.contains(&format!("FROM {HISTORY_TABLE} WHERE version = 7")),
+            "{guard}"
+        );
+        let guard = committed_guard(7, Some("00ff"));
+        assert!(
+            guard.contains(&super::super::lock::release_guard_missed("00ff")),
             "{guard}"
         );
     }
