@@ -1,0 +1,121 @@
+//! The run's validation branches whose delete was requested and not waited for (journaled
+//! `branch_delete_requested`), checked once at the end of the run instead of once per tenant.
+//!
+//! A delete decides nothing that follows it, so a tenant's slot goes to the next tenant as soon
+//! as Neon accepts the delete. When the run ends, a delete requested longer ago than this run's
+//! deletes typically take has had its time and is not read; a younger one (the last tenants'
+//! deletes, about a wave's concurrency of them) gets one read of its operations, with its
+//! create's, so the run leaves none of its own operations running when it exits. The first
+//! delete of a kind this run has not seen finish is read alone first: its reported duration is
+//! what "typically" means for the rest. A delete that failed leaves a branch that expires on
+//! its own and that `gc` removes; the create was proven by the branch answering the connection.
+//!
+//! **Cost:** about one read per run for every delete still young at its end, instead of one
+//! per validated tenant.
+
+use std::sync::Mutex;
+
+use futures::StreamExt;
+use tokio::time::Instant;
+
+use super::timings::{StepTimings, TimedStep};
+use crate::neon::{NeonClient, Operation};
+
+/// Reads of young deletes in flight at once at the end of a run.
+const READS_AT_ONCE: usize = 16;
+
+/// A validation branch whose create and delete operations were not waited for.
+pub struct RequestedDelete {
+    pub tenant_id: String,
+    pub branch_name: String,
+    /// The create's operations, as its answer reported them.
+    pub created: Vec<Operation>,
+    /// The delete's operations, as its answer reported them.
+    pub deleted: Vec<Operation>,
+    pub requested_at: Instant,
+}
+
+impl RequestedDelete {
+    fn all_succeeded(&self) -> bool {
+        self.created
+            .iter()
+            .chain(&self.deleted)
+            .all(Operation::succeeded)
+    }
+}
+
+/// The run's requested deletes, kept until the end of the run.
+#[derive(Default)]
+pub struct RequestedDeletes {
+    deletes: Mutex<Vec<RequestedDelete>>,
+}
+
+impl RequestedDeletes {
+    /// Keep `delete` for the end of the run, unless Neon answered it already done.
+    pub fn push(&self, delete: RequestedDelete) {
+        if delete.all_succeeded() {
+            return;
+        }
+        self.lock().push(delete);
+    }
+
+    fn take(&self) -> Vec<RequestedDelete> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<RequestedDelete>> {
+        // A plain list: a poisoned lock is still usable.
+        self.deletes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// At the end of a run: read the deletes still too young to have typically finished, once each
+/// (see the module's doc). Best effort: every tenant's outcome is journaled already.
+pub async fn settle_young_deletes(
+    client: &NeonClient,
+    deletes: &RequestedDeletes,
+    timings: &StepTimings,
+) {
+    let mut deletes = deletes.take();
+    // Youngest first: the first read of an unseen kind should be of one likely still running.
+    deletes.sort_by_key(|delete| std::cmp::Reverse(delete.requested_at));
+    let mut young = Vec::new();
+    let mut learning_failed = false;
+    for delete in deletes {
+        match client.typically_settled_after(&delete.deleted) {
+            None if learning_failed => {}
+            None => learning_failed = !settle(client, &delete, timings).await,
+            Some(typical) if delete.requested_at.elapsed() < typical => young.push(delete),
+            Some(_) => {}
+        }
+    }
+    futures::stream::iter(young)
+        .for_each_concurrent(READS_AT_ONCE, |delete| async move {
+            settle(client, &delete, timings).await;
+        })
+        .await;
+}
+
+/// Wait for one branch's create and delete operations; false when they did not finish.
+async fn settle(client: &NeonClient, delete: &RequestedDelete, timings: &StepTimings) -> bool {
+    let settled = timings
+        .time(
+            TimedStep::SettleBranch,
+            client.settle_operations(
+                &delete.tenant_id,
+                &delete.deleted,
+                &delete.created,
+                delete.requested_at,
+            ),
+        )
+        .await;
+    match settled {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(tenant = %delete.tenant_id, branch = %delete.branch_name, error = %error, "the validation branch's operations did not finish; it expires on its own");
+            false
+        }
+    }
+}
