@@ -13,6 +13,7 @@
 //! **Cost:** about one read per run for every delete still young at its end, instead of one
 //! per validated tenant.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use futures::StreamExt;
@@ -23,6 +24,12 @@ use crate::neon::{NeonClient, Operation};
 
 /// Reads of young deletes in flight at once at the end of a run.
 const READS_AT_ONCE: usize = 16;
+
+/// The newest deletes kept for the end of the run; older ones are dropped as newer come, so a
+/// 300,000-tenant run holds a few hundred kilobytes here, not one entry per tenant. Only the
+/// deletes of the run's last seconds are ever read, and more than this many of them would
+/// mean hundreds of tenants a second.
+const KEPT: usize = 1024;
 
 /// A validation branch whose create and delete operations were not waited for.
 pub struct RequestedDelete {
@@ -44,10 +51,11 @@ impl RequestedDelete {
     }
 }
 
-/// The run's requested deletes, kept until the end of the run.
+/// The run's newest requested deletes, kept until the end of the run.
 #[derive(Default)]
 pub struct RequestedDeletes {
-    deletes: Mutex<Vec<RequestedDelete>>,
+    /// In the order they were requested (near enough: pushed right after the answer).
+    deletes: Mutex<VecDeque<RequestedDelete>>,
 }
 
 impl RequestedDeletes {
@@ -56,14 +64,18 @@ impl RequestedDeletes {
         if delete.all_succeeded() {
             return;
         }
-        self.lock().push(delete);
+        let mut deletes = self.lock();
+        if deletes.len() == KEPT {
+            deletes.pop_front();
+        }
+        deletes.push_back(delete);
     }
 
     fn take(&self) -> Vec<RequestedDelete> {
-        std::mem::take(&mut *self.lock())
+        std::mem::take(&mut *self.lock()).into()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<RequestedDelete>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<RequestedDelete>> {
         // A plain list: a poisoned lock is still usable.
         self.deletes
             .lock()
