@@ -131,3 +131,46 @@ async fn settle(client: &NeonClient, delete: &RequestedDelete, timings: &StepTim
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn operation(action: &str, status: &str) -> Operation {
+        Operation {
+            id: format!("op-{action}-{status}"),
+            project_id: "p-1".into(),
+            branch_id: Some("br-1".into()),
+            action: action.into(),
+            status: status.into(),
+            error: None,
+            total_duration_ms: None,
+        }
+    }
+
+    fn delete(tenant: usize, status: &str) -> RequestedDelete {
+        RequestedDelete {
+            tenant_id: format!("p-{tenant}"),
+            branch_name: "schemafleet-validate-x".into(),
+            created: vec![operation("create_branch", "finished")],
+            deleted: vec![operation("delete_timeline", status)],
+            requested_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn only_the_newest_unfinished_deletes_are_kept() {
+        let deletes = RequestedDeletes::default();
+        // Answered done already: nothing to read at the end.
+        deletes.push(delete(0, "finished"));
+        assert!(deletes.take().is_empty());
+        for tenant in 0..KEPT + 10 {
+            deletes.push(delete(tenant, "running"));
+        }
+        let kept = deletes.take();
+        assert_eq!(kept.len(), KEPT);
+        assert_eq!(kept[0].tenant_id, "p-10", "the oldest ten made room");
+        assert_eq!(kept[KEPT - 1].tenant_id, format!("p-{}", KEPT + 9));
+        assert!(deletes.take().is_empty(), "taken once");
+    }
+}
