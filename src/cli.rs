@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 ///
 /// Exit codes: 0 all done; 1 a tenant failed, a wave halted or drift was found;
 /// 2 bad input or an error that stopped the run; 3 `apply` waits for `schemafleet approve`
-/// before a wave; 75 `apply --max-duration` ran out with tenants left (re-run to continue);
+/// before a wave (and `status` of such a rollout); 75 `apply --max-duration` ran out with tenants left (re-run to continue);
 /// 130 interrupted (Ctrl-C).
 #[derive(Debug, Parser)]
 #[command(name = "schemafleet", version, about, long_about = None)]
@@ -45,7 +45,9 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Approve a wave that has `approval: required`, so the next `apply` starts it.
     ///
-    /// The approval is recorded in the plan's journal with who gave it and an optional note.
+    /// The approval is recorded in the plan's journal (or its state store, `--state`) with who
+    /// gave it and an optional note; runners sharing the store all stopped before the wave
+    /// (exit 3), and the next `apply` of each continues.
     ///
     /// Exit codes: 0 approved (or already approved); 2 no such wave, the wave needs no approval
     /// or already started, the plan is finished, or the journal is locked by a running `apply`.
@@ -53,6 +55,10 @@ pub enum Command {
     /// Restore tenants' main branches to their restore points.
     Rollback(RollbackArgs),
     /// Show where a rollout stands, from its journal.
+    ///
+    /// Exit codes: 0 nothing failed; 1 a tenant failed or diverged, a wave halted (budget or
+    /// check), or `--live` found a problem; 2 bad input; 3 a wave waits for `schemafleet
+    /// approve` (and nothing failed), as `apply` exits.
     Status(StatusArgs),
     /// Pause a rollout: every runner of the plan stops starting tenants within 2 s; tenants in
     /// flight finish, and the runners wait for `resume`.
@@ -60,7 +66,8 @@ pub enum Command {
     /// Resume a paused (or aborted) rollout: its runners start tenants again.
     Resume(ControlArgs),
     /// Abort a rollout: like a spent failure budget, no runner starts another tenant and
-    /// `apply` exits 1; recorded with who and why. `resume` lifts it.
+    /// `apply` exits 1; journaled (`aborted`) with who, why and when, and shown by `status`.
+    /// `resume` lifts it.
     Abort(AbortArgs),
     /// Manage a rollout's state store (`--state`).
     #[command(subcommand)]
@@ -415,6 +422,9 @@ pub struct ApproveArgs {
     /// Journal file (default: beside the plan, <plan-stem>.journal.jsonl).
     #[arg(long)]
     pub journal: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub state: StateArgs,
 }
 
 #[derive(Debug, Args)]
@@ -506,15 +516,18 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("fleet").required(true).args(["plan", "policy"]))]
-#[command(override_usage = "schemafleet drift [OPTIONS] <--plan <PLAN>|--policy <POLICY>>")]
+#[command(group = clap::ArgGroup::new("fleet").required(true).args(["plan", "plan_flag", "policy"]))]
+#[command(override_usage = "schemafleet drift [OPTIONS] <PLAN|--plan <PLAN>|--policy <POLICY>>")]
 pub struct DriftArgs {
-    /// Check the tenants of this plan.
-    #[arg(long)]
+    /// Check the tenants of this plan (positional, as for `status` and `apply`).
     pub plan: Option<PathBuf>,
 
+    /// The same as the positional PLAN; kept because scripts written before it use it.
+    #[arg(long = "plan", value_name = "PLAN")]
+    pub plan_flag: Option<PathBuf>,
+
     /// Discover the fleet from this policy.
-    #[arg(long, conflicts_with = "plan")]
+    #[arg(long)]
     pub policy: Option<PathBuf>,
 
     /// Tenants file overriding the policy's fleet.
@@ -543,6 +556,13 @@ pub struct DriftArgs {
 
     #[command(flatten)]
     pub api: ApiArgs,
+}
+
+impl DriftArgs {
+    /// The plan to check, given positionally or with `--plan` (clap allows one of them).
+    pub fn plan_path(&self) -> Option<&std::path::Path> {
+        self.plan.as_deref().or(self.plan_flag.as_deref())
+    }
 }
 
 /// Where schema references come from (`drift --schema`, `baseline`).
@@ -824,4 +844,35 @@ pub struct BenchArgs {
     /// Run one measured mode from a job read on stdin (the benchmark's own child process).
     #[arg(long, hide = true)]
     pub internal: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drift_args(argv: &[&str]) -> Result<DriftArgs, clap::Error> {
+        let mut full = vec!["schemafleet", "drift"];
+        full.extend_from_slice(argv);
+        match Cli::try_parse_from(full)?.command {
+            Command::Drift(args) => Ok(args),
+            other => panic!("parsed as another command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn drift_takes_its_plan_positionally_like_the_other_commands_or_with_plan() {
+        let positional = drift_args(&["rollout.plan.yaml"]).expect("positional plan");
+        assert_eq!(
+            positional.plan_path(),
+            Some(std::path::Path::new("rollout.plan.yaml"))
+        );
+        let flag = drift_args(&["--plan", "rollout.plan.yaml"]).expect("--plan");
+        assert_eq!(flag.plan_path(), positional.plan_path());
+        // One source of tenants: a plan twice, or a plan and a policy, is refused.
+        assert!(drift_args(&["a.plan.yaml", "--plan", "b.plan.yaml"]).is_err());
+        assert!(drift_args(&["a.plan.yaml", "--policy", "p.yaml"]).is_err());
+        assert!(drift_args(&[]).is_err());
+        let policy = drift_args(&["--policy", "p.yaml"]).expect("--policy");
+        assert_eq!(policy.plan_path(), None);
+    }
 }

@@ -1,5 +1,5 @@
-//! Process exit codes, the contract with release pipelines: 0, 1, 2, 75 (stopped on time,
-//! more to do) and 130.
+//! Process exit codes, the contract with release pipelines: 0, 1, 2, 3 (waiting for an
+//! approval), 75 (stopped on time, more to do) and 130.
 
 use std::process::ExitCode;
 
@@ -15,7 +15,7 @@ pub enum ExitStatus {
     /// Interrupted by Ctrl-C; the journal is consistent and a re-run resumes.
     Interrupted,
     /// `apply` stopped before a wave with `approval: required`: nothing failed, a person must
-    /// run `schemafleet approve`, then `apply` again.
+    /// run `schemafleet approve`, then `apply` again. `status` of such a rollout says the same.
     AwaitingApproval,
     /// `apply --max-duration` ran out: no tenant started after it, tenants remain; the next
     /// `apply` continues (CI jobs chain on this code). 75 is sysexits' EX_TEMPFAIL.

@@ -20,6 +20,8 @@ struct WaveCounts {
     /// `--skip-recorded`: not connected to, so not "up to date".
     skipped_recorded: u64,
     failed: u64,
+    /// Counted apart from `failed`, as the report's table and JSON count them.
+    diverged: u64,
     in_flight: u64,
 }
 
@@ -62,8 +64,13 @@ fn message(counts: &WaveCounts) -> String {
     } else {
         String::new()
     };
+    let diverged = if counts.diverged > 0 {
+        format!(", diverged {}", counts.diverged)
+    } else {
+        String::new()
+    };
     format!(
-        "applied {}, up to date {}{skipped}, failed {}, in flight {}",
+        "applied {}, up to date {}{skipped}, failed {}{diverged}, in flight {}",
         counts.applied, counts.up_to_date, counts.failed, counts.in_flight
     )
 }
@@ -101,9 +108,8 @@ impl Reporter for ProgressReporter {
                     TenantOutcome::Applied { .. } => counts.applied += 1,
                     TenantOutcome::UpToDate => counts.up_to_date += 1,
                     TenantOutcome::SkippedRecorded => counts.skipped_recorded += 1,
-                    TenantOutcome::Diverged { .. } | TenantOutcome::Failed { .. } => {
-                        counts.failed += 1
-                    }
+                    TenantOutcome::Diverged { .. } => counts.diverged += 1,
+                    TenantOutcome::Failed { .. } => counts.failed += 1,
                 }
             },
             1,

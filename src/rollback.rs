@@ -533,6 +533,7 @@ mod tests {
             Event::UpToDate {
                 tenant: "t1".into(),
                 wave: "w".into(),
+                ahead: Vec::new(),
             },
         ]);
         assert!(changed_main(state.tenant("t1").as_ref()));
@@ -549,6 +550,7 @@ mod tests {
         let state = replay(vec![Event::UpToDate {
             tenant: "t1".into(),
             wave: "w".into(),
+            ahead: Vec::new(),
         }]);
         assert!(!changed_main(state.tenant("t1").as_ref()));
     }

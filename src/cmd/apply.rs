@@ -11,6 +11,7 @@ use crate::executor::shared::SharedRun;
 use crate::executor::{self, ApplyConfig, Reporter, RunOutcome};
 use crate::exit::ExitStatus;
 use crate::journal::coordination::Coordinator;
+use crate::journal::gate_claims::GateClaims;
 use crate::journal::store::{JournalSource, StateStore};
 use crate::journal::{Journal, default_journal_path};
 use crate::plan::model::Plan;
@@ -98,19 +99,6 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
         args.journal.as_deref(),
         &args.plan,
     );
-    // The shared runners' wave loop does not run checks or wait for approvals yet: refuse
-    // rather than let a gated wave start unchecked or unapproved.
-    if matches!(source, JournalSource::Store(_))
-        && let Some(wave) = plan.waves.iter().find(|wave| {
-            !wave.checks.is_empty() || wave.approval == crate::gates::spec::Approval::Required
-        })
-    {
-        bail!(
-            "wave {} has checks or `approval: required`, which `--state` (several runners) does \
-             not enforce yet; apply this plan with the file journal (drop --state)",
-            wave.name
-        );
-    }
     let journal_path = std::path::PathBuf::from(source.describe());
     let mut control = RunControl {
         deadline: max_duration.map(|duration| started + duration),
@@ -142,9 +130,11 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitStatus> {
                 lease,
             )
             .await?;
+            let gate_claims = GateClaims::new(uri, &plan.plan_id, &runner_id, lease).await?;
             control.shared = Some(Arc::new(SharedRun::new(
                 store,
                 coordinator,
+                gate_claims,
                 &plan.plan_id,
                 &writer,
                 read.state.last_seq,

@@ -6,16 +6,26 @@ use anyhow::bail;
 use crate::cli::ApproveArgs;
 use crate::exit::ExitStatus;
 use crate::gates::approve::{ApproveDecision, decide};
-use crate::journal::{Event, Journal, default_journal_path};
+use crate::journal::store::{JournalSource, StateStore};
+use crate::journal::{Event, Journal};
 
 pub async fn run(args: ApproveArgs) -> anyhow::Result<ExitStatus> {
     let plan = crate::plan::load_plan(&args.plan)?;
-    let journal_path = args
-        .journal
-        .clone()
-        .unwrap_or_else(|| default_journal_path(&args.plan));
-    // Locked like `apply`: an approval is a decision about the run, not written beside one.
-    let (journal, read) = Journal::open(&journal_path, &plan.plan_id)?;
+    let source = JournalSource::choose(
+        args.state.state.as_deref(),
+        args.journal.as_deref(),
+        &args.plan,
+    );
+    let (journal, read) = match &source {
+        // Locked like `apply`: an approval is a decision about the run, not written beside one.
+        JournalSource::File(path) => Journal::open(path, &plan.plan_id)?,
+        // Runners stopped before the wave (exit 3); each reads the record when it runs again.
+        JournalSource::Store(uri) => {
+            let store = StateStore::connect(uri).await?;
+            let writer = format!("approve/{}", crate::clock::compact_stamp());
+            store.open_journal(&plan.plan_id, &writer).await?
+        }
+    };
     let plan_display = args.plan.display();
     let decision = match decide(&plan, &read.state, &args.wave) {
         Ok(decision) => decision,

@@ -10,7 +10,12 @@
 //! **Invariant:** with `--yes`, the plan's journal is held locked for the whole run (so no
 //! `apply` of the plan runs meanwhile) and every recorded tenant is journaled
 //! (`baseline_recorded`) after its commit; `status` shows them.
+//! **Invariant:** a `baseline_started` record precedes each write, so a crash between the
+//! commit and `baseline_recorded` is visible (`status` lists the tenant as unconfirmed); the
+//! next baseline finds exactly those rows in the tenant's history and, with `--yes`,
+//! journals them.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -22,7 +27,7 @@ use crate::cli::{BaselineArgs, OutputFormat};
 use crate::exit::ExitStatus;
 use crate::fingerprint::baseline::{VersionMatch, match_version};
 use crate::fingerprint::{Difference, SchemaFilter};
-use crate::journal::{Event, Journal, JournalError, default_journal_path};
+use crate::journal::{Event, Journal, JournalError, JournalState, default_journal_path};
 use crate::migrations::MigrationSet;
 use crate::neon::NeonClient;
 use crate::pg::baseline::{ToolHistory, detect_tools, record_baseline};
@@ -62,6 +67,11 @@ pub struct TenantBaseline {
     pub tools: Vec<ToolHistory>,
     pub differences: Vec<Difference>,
     pub reason: Option<String>,
+    /// The tenant's rows are an earlier `baseline --yes`'s that stopped before journaling
+    /// them (`baseline_started` without `baseline_recorded`); with `--yes` they are journaled
+    /// now.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unjournaled: bool,
 }
 
 pub async fn run(args: BaselineArgs) -> anyhow::Result<ExitStatus> {
@@ -84,10 +94,11 @@ pub async fn run(args: BaselineArgs) -> anyhow::Result<ExitStatus> {
     };
     let client = super::api::client(&args.api)?;
     super::api::preflight(&client, &args.api.api_url).await?;
-    let journal = if args.yes {
-        Some(open_journal(&args, &plan.plan_id)?)
+    let (journal, unconfirmed) = if args.yes {
+        let (journal, state) = open_journal(&args, &plan.plan_id)?;
+        (Some(journal), state.baseline_unconfirmed)
     } else {
-        None
+        (None, read_unconfirmed(&args, &plan.plan_id)?)
     };
     let tenants: Vec<String> = plan
         .waves
@@ -107,6 +118,7 @@ pub async fn run(args: BaselineArgs) -> anyhow::Result<ExitStatus> {
                 write: args.yes,
                 applied_on: &applied_on,
                 journal: journal.as_ref(),
+                unconfirmed: unconfirmed.get(tenant).map(Vec::as_slice),
             };
             async move { baseline_tenant(&client, tenant, context).await }
         })
@@ -149,19 +161,39 @@ pub async fn run(args: BaselineArgs) -> anyhow::Result<ExitStatus> {
     })
 }
 
-/// The plan's journal, locked: baseline does not run beside an `apply` of the same plan.
-fn open_journal(args: &BaselineArgs, plan_id: &str) -> anyhow::Result<Journal> {
-    let path = args
-        .journal
+fn journal_path(args: &BaselineArgs) -> std::path::PathBuf {
+    args.journal
         .clone()
-        .unwrap_or_else(|| default_journal_path(&args.plan));
-    match Journal::open(&path, plan_id) {
-        Ok((journal, _)) => Ok(journal),
+        .unwrap_or_else(|| default_journal_path(&args.plan))
+}
+
+/// The plan's journal, locked: baseline does not run beside an `apply` of the same plan.
+fn open_journal(args: &BaselineArgs, plan_id: &str) -> anyhow::Result<(Journal, JournalState)> {
+    match Journal::open(&journal_path(args), plan_id) {
+        Ok((journal, read)) => Ok((journal, read.state)),
         Err(error @ JournalError::Locked { .. }) => Err(anyhow::Error::new(error).context(
             "an `apply`, `rollback` or `gc` of this plan is running: run baseline after it ends, or --dry-run to look",
         )),
         Err(error) => Err(error.into()),
     }
+}
+
+/// A dry run's view of the journal (read, not locked): the writes a crash left unjournaled.
+fn read_unconfirmed(
+    args: &BaselineArgs,
+    plan_id: &str,
+) -> anyhow::Result<BTreeMap<String, Vec<i32>>> {
+    let path = journal_path(args);
+    let read = Journal::read(&path)?;
+    if let Some(journal_plan) = &read.state.plan_id
+        && journal_plan != plan_id
+    {
+        anyhow::bail!(
+            "journal {} belongs to plan {journal_plan}, not {plan_id}",
+            path.display()
+        );
+    }
+    Ok(read.state.baseline_unconfirmed)
 }
 
 /// The references, made once on first use; the error is kept as text for every tenant.
@@ -197,6 +229,9 @@ struct TenantContext<'a> {
     applied_on: &'a str,
     /// Where recordings are journaled (with `--yes`).
     journal: Option<&'a Journal>,
+    /// The versions of this tenant's `baseline_started` record that has no
+    /// `baseline_recorded`.
+    unconfirmed: Option<&'a [i32]>,
 }
 
 async fn baseline_tenant(
@@ -212,6 +247,7 @@ async fn baseline_tenant(
         tools: Vec::new(),
         differences: Vec::new(),
         reason: None,
+        unjournaled: false,
     };
     if let Err(reason) = probe_and_record(client, tenant, context, &mut result).await {
         result.state = BaselineState::Failed;
@@ -242,6 +278,15 @@ async fn probe_and_record(
     if !history.is_empty() {
         result.state = BaselineState::HasHistory;
         result.version = history.iter().map(|row| row.version).max();
+        if let Some(versions) = context.unconfirmed
+            && let Some(written) = rows_of_baseline(context.set, versions, &history)
+        {
+            result.unjournaled = true;
+            if context.journal.is_some() {
+                journal_recorded(context.journal, tenant, &written, &result.tools).await?;
+                result.state = BaselineState::Recorded;
+            }
+        }
         return Ok(());
     }
     let fingerprint = crate::pg::read_fingerprint(&connection, context.filter)
@@ -268,6 +313,7 @@ async fn probe_and_record(
                 .cloned()
                 .collect();
             if context.write && !to_record.is_empty() {
+                journal_started(context.journal, tenant, &to_record).await?;
                 record_baseline(&mut connection, &to_record, context.applied_on)
                     .await
                     .map_err(|failure| failure.to_string())?;
@@ -277,6 +323,55 @@ async fn probe_and_record(
         }
     }
     Ok(())
+}
+
+/// The migrations an earlier baseline recorded, when the tenant's history is exactly their
+/// rows (versions, names and checksums); anything else is not baseline's doing.
+fn rows_of_baseline(
+    set: &MigrationSet,
+    versions: &[i32],
+    history: &[crate::pg::AppliedMigration],
+) -> Option<Vec<crate::migrations::Migration>> {
+    if history.len() != versions.len() {
+        return None;
+    }
+    let mut written = Vec::with_capacity(versions.len());
+    for (version, row) in versions.iter().zip(history) {
+        let migration = set
+            .migrations
+            .iter()
+            .find(|migration| migration.version == *version)?;
+        let same = row.version == *version
+            && row.name == migration.name
+            && row.checksum == migration.checksum.to_string();
+        if !same {
+            return None;
+        }
+        written.push(migration.clone());
+    }
+    Some(written)
+}
+
+/// Journal the intent before writing: without it a crash after the commit would leave no
+/// trace of baseline in the journal.
+async fn journal_started(
+    journal: Option<&Journal>,
+    tenant: &str,
+    to_record: &[crate::migrations::Migration],
+) -> Result<(), String> {
+    let Some(journal) = journal else {
+        return Ok(());
+    };
+    let event = Event::BaselineStarted {
+        tenant: tenant.to_string(),
+        versions: to_record
+            .iter()
+            .map(|migration| migration.version)
+            .collect(),
+    };
+    journal.append(event).await.map(|_| ()).map_err(|error| {
+        format!("the journal could not record the start, nothing written: {error}")
+    })
 }
 
 /// Journal a recording; an error says the rows are written all the same.
@@ -322,6 +417,13 @@ fn render_text(results: &[TenantBaseline], written: bool) -> String {
             .version
             .map_or_else(|| "-".to_string(), |version| format!("V{version}"));
         let line = match result.state {
+            BaselineState::HasHistory if result.unjournaled => format!(
+                "has history at {version}, written by an earlier `baseline --yes` that stopped \
+                 before journaling it: --yes journals it"
+            ),
+            BaselineState::Recorded if result.unjournaled => {
+                format!("recorded V1..{version} by an earlier `baseline --yes`, journaled now")
+            }
             BaselineState::HasHistory => format!("has history at {version}, nothing to do"),
             BaselineState::Matched if written => format!("at {version}, nothing to record"),
             BaselineState::Matched => format!("matches {version}: --yes records V1..{version}"),
@@ -350,4 +452,46 @@ fn render_text(results: &[TenantBaseline], written: bool) -> String {
         }
     }
     crate::terminal::escape_controls(&out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::AppliedMigration;
+
+    fn set() -> MigrationSet {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        std::fs::write(dir.path().join("V1__a.sql"), "CREATE TABLE a (id int);\n").expect("V1");
+        std::fs::write(dir.path().join("V2__b.sql"), "CREATE TABLE b (id int);\n").expect("V2");
+        crate::migrations::load(dir.path()).expect("the migrations load")
+    }
+
+    fn row(migration: &crate::migrations::Migration) -> AppliedMigration {
+        AppliedMigration {
+            version: migration.version,
+            name: migration.name.clone(),
+            checksum: migration.checksum.to_string(),
+            applied_on: "2026-12-02T10:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn only_exactly_the_intended_rows_are_baselines() {
+        let set = set();
+        let rows: Vec<AppliedMigration> = set.migrations.iter().map(row).collect();
+        let written = rows_of_baseline(&set, &[1, 2], &rows).expect("baseline's own rows");
+        assert_eq!(
+            written
+                .iter()
+                .map(|migration| migration.version)
+                .collect::<Vec<_>>(),
+            [1, 2]
+        );
+        // Fewer or more rows than intended, or a checksum of another file: another writer's.
+        assert!(rows_of_baseline(&set, &[1], &rows).is_none());
+        assert!(rows_of_baseline(&set, &[1, 2], &rows[..1]).is_none());
+        let mut edited = rows.clone();
+        edited[1].checksum = "1".into();
+        assert!(rows_of_baseline(&set, &[1, 2], &edited).is_none());
+    }
 }

@@ -6,6 +6,7 @@ use crate::cli::{AbortArgs, ControlArgs, StateImportArgs};
 use crate::exit::ExitStatus;
 use crate::journal::coordination::{self, ControlChange};
 use crate::journal::store::{JournalSource, StateStore};
+use crate::journal::{Event, Journal, JournalError};
 
 pub async fn pause(args: ControlArgs) -> anyhow::Result<ExitStatus> {
     let by = who(args.by.as_deref());
@@ -65,16 +66,35 @@ async fn change(args: &ControlArgs, change: ControlChange) -> anyhow::Result<Exi
         args.journal.as_deref(),
         &args.plan,
     );
+    let mut recorded = String::new();
     match &source {
         JournalSource::Store(uri) => {
             let store = StateStore::connect(uri).await?;
             coordination::set_control(store.client(), uri, &plan.plan_id, &change).await?;
+            if let ControlChange::Abort { by, reason } = &change {
+                // Runners read the store's records: they see the abort's record as it is.
+                let writer = format!("abort/{}", crate::clock::compact_stamp());
+                let (journal, _) = store.open_journal(&plan.plan_id, &writer).await?;
+                let result = journal
+                    .append(Event::Aborted {
+                        by: by.clone(),
+                        reason: reason.clone(),
+                        requested_at: None,
+                    })
+                    .await;
+                journal.close().await;
+                result?;
+                recorded = "; recorded in the store's journal".into();
+            }
         }
         JournalSource::File(journal) => {
             let path = crate::journal::control::control_path(journal);
-            crate::journal::control::write(&path, &change).map_err(|error| {
+            let row = crate::journal::control::write(&path, &change).map_err(|error| {
                 anyhow::anyhow!("cannot write the switches {}: {error}", path.display())
             })?;
+            if let ControlChange::Abort { by, reason } = &change {
+                recorded = record_abort_in_file(journal, &plan.plan_id, by, reason, &row).await?;
+            }
         }
     }
     let what = match &change {
@@ -89,12 +109,46 @@ async fn change(args: &ControlArgs, change: ControlChange) -> anyhow::Result<Exi
         ),
     };
     println!(
-        "plan {} ({}): {}",
+        "plan {} ({}): {}{recorded}",
         plan.plan_id,
         crate::terminal::escape_controls(&source.describe()),
         crate::terminal::escape_controls(&what)
     );
     Ok(ExitStatus::Success)
+}
+
+/// Journal an abort in a journal file nobody holds. While an `apply` holds it, that `apply`
+/// journals the abort when it stops on it (it reads who, why and when from the switches). A
+/// plan without a journal has nothing to abort yet: the first `apply` stops on the switch and
+/// journals it. Returns what to tell the operator.
+async fn record_abort_in_file(
+    journal: &std::path::Path,
+    plan_id: &str,
+    by: &str,
+    reason: &str,
+    row: &coordination::ControlRow,
+) -> anyhow::Result<String> {
+    if !journal.exists() {
+        return Ok("; the first `apply` journals it".into());
+    }
+    match Journal::open(journal, plan_id) {
+        Ok((file, _)) => {
+            let result = file
+                .append(Event::Aborted {
+                    by: by.to_string(),
+                    reason: reason.to_string(),
+                    requested_at: row.aborted_at.clone(),
+                })
+                .await;
+            file.close().await;
+            result?;
+            Ok("; recorded in the journal".into())
+        }
+        Err(JournalError::Locked { .. }) => {
+            Ok("; the running `apply` journals it when it stops".into())
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 pub async fn import(args: StateImportArgs) -> anyhow::Result<ExitStatus> {

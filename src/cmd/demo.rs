@@ -493,7 +493,7 @@ fn print_next_commands(
         println!("  schemafleet apply $plan --retry-failed --skip-bake");
     }
     println!("  # every tenant's history against the migrations on disk");
-    println!("  schemafleet drift --plan $plan");
+    println!("  schemafleet drift $plan");
     println!();
     if workdir.temporary {
         println!(

@@ -224,11 +224,11 @@ async fn probe(
 }
 
 async fn targets(args: &DriftArgs) -> anyhow::Result<Targets> {
-    if let Some(plan_path) = &args.plan {
+    if let Some(plan_path) = args.plan_path() {
         return plan_targets(plan_path);
     }
     let Some(policy_path) = &args.policy else {
-        anyhow::bail!("give the tenants to check with --plan PLAN or --policy POLICY");
+        anyhow::bail!("give the tenants to check with a PLAN or --policy POLICY");
     };
     policy_targets(args, policy_path).await
 }

@@ -69,6 +69,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
     let plan_display = args.plan.display().to_string();
     let groups = report::group_failures(&summary, &plan_display);
     let baselined = baselined(&plan, &read.state);
+    let unconfirmed = baseline_unconfirmed(&plan, &read.state);
     let baking = baking(&plan, &read.state, time::OffsetDateTime::now_utc());
     let live = if args.live {
         Some(live_probe(&args, &plan, &read.state).await?)
@@ -92,6 +93,16 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
         .iter()
         .find(|wave| wave.halted)
         .map(|wave| wave.name.clone());
+    // A wave `apply` stopped before for an approval not given yet: exit 3, as `apply` does.
+    let awaiting = summary
+        .waves
+        .iter()
+        .find(|wave| {
+            wave.approval
+                .as_ref()
+                .is_some_and(|approval| approval.status == "awaiting")
+        })
+        .map(|wave| wave.name.clone());
     match args.output {
         OutputFormat::Json => {
             let document = serde_json::json!({
@@ -103,6 +114,12 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 "paused_at": switches.paused_at,
                 "aborted_by": switches.aborted_by,
                 "abort_reason": switches.abort_reason,
+                // The journal's last abort: who, why, when; `lifted` once `resume` ran.
+                "abort": read.state.last_abort.as_ref().map(|abort| serde_json::json!({
+                    "by": abort.by, "reason": abort.reason, "at": abort.at,
+                    "lifted": switches.aborted_by.is_none(),
+                })),
+                "awaiting_approval": awaiting,
                 "runs": read.state.runs,
                 "outcome": read.state.last_run_outcome,
                 "apply_running_pid": apply_pid,
@@ -120,6 +137,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 "held_back": summary.held_back,
                 "held_back_tenants": summary.held_back_tenants,
                 "baseline": baselined,
+                "baseline_unconfirmed": unconfirmed,
                 "baking": baking.as_ref().map(|bake| serde_json::json!({
                     "wave": bake.wave, "until": bake.until, "next_wave": bake.next_wave,
                 })),
@@ -131,7 +149,11 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
             println!("{}", serde_json::to_string_pretty(&document)?);
         }
         OutputFormat::Text => {
-            print_switches(&switches, runners.as_deref());
+            print_switches(
+                &switches,
+                read.state.last_abort.as_ref(),
+                runners.as_deref(),
+            );
             print_text(
                 &args.plan,
                 &journal_path,
@@ -150,6 +172,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 print!("{}", bake.text(apply_pid));
             }
             print!("{}", baseline_text(&baselined));
+            print!("{}", unconfirmed_text(&args.plan, &unconfirmed));
         }
     }
     // A tenant `--skip-recorded` skipped whose main is not up to date was never migrated: the
@@ -174,6 +197,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
             || live_problems > 0
         {
             ExitStatus::Failure
+        } else if awaiting.is_some() {
+            ExitStatus::AwaitingApproval
         } else {
             ExitStatus::Success
         },
@@ -351,6 +376,55 @@ fn baselined(plan: &Plan, state: &JournalState) -> Vec<serde_json::Value> {
             }))
         })
         .collect()
+}
+
+/// Tenants whose `baseline_started` has no `baseline_recorded` (a crash between the commit
+/// and the record, or a write that failed), in plan order.
+fn baseline_unconfirmed(plan: &Plan, state: &JournalState) -> Vec<serde_json::Value> {
+    plan.tenants()
+        .filter_map(|(planned, _)| {
+            let versions = state.baseline_unconfirmed.get(&planned.id)?;
+            Some(serde_json::json!({
+                "tenant": planned.id,
+                "tenant_name": planned.name,
+                "versions": versions,
+            }))
+        })
+        .collect()
+}
+
+/// The journal alone cannot tell whether those rows were committed: the tenants' history
+/// tables can, and `baseline --yes` reads them.
+fn unconfirmed_text(plan_path: &std::path::Path, unconfirmed: &[serde_json::Value]) -> String {
+    if unconfirmed.is_empty() {
+        return String::new();
+    }
+    let labels: Vec<String> = unconfirmed
+        .iter()
+        .map(|entry| {
+            crate::plan::model::PlannedTenant {
+                id: entry["tenant"].as_str().unwrap_or("?").to_string(),
+                name: entry["tenant_name"].as_str().unwrap_or("").to_string(),
+                region: String::new(),
+            }
+            .label()
+        })
+        .collect();
+    let mut out = String::new();
+    report::render::wrap_into(
+        &mut out,
+        &format!(
+            "baseline started on {} without a record of its outcome (stopped before it \
+             journaled the commit?): {}; `schemafleet baseline {} --yes` reads their history \
+             and journals the rows it finds",
+            report::render::plural(labels.len(), "tenant"),
+            labels.join(", "),
+            plan_path.display()
+        ),
+        "",
+        "  ",
+    );
+    out
 }
 
 /// One line per set of recorded versions: `baseline recorded V1..V2 on 3 tenants: …`.
@@ -646,13 +720,31 @@ fn stale_reason(journal: TenantStatus, live: &str, current_version: Option<i32>)
 }
 
 /// The rollout's switches and (with a state store) its runners, before the summary.
-fn print_switches(switches: &ControlRow, runners: Option<&[RunnerRow]>) {
+fn print_switches(
+    switches: &ControlRow,
+    last_abort: Option<&crate::journal::state::Abort>,
+    runners: Option<&[RunnerRow]>,
+) {
     use crate::terminal::escape_controls;
     if let Some(by) = &switches.aborted_by {
+        // The journal says when; a switch set before any run has no record yet.
+        let at = last_abort
+            .filter(|abort| &abort.by == by)
+            .map(|abort| abort.at.as_str())
+            .or(switches.aborted_at.as_deref())
+            .map(|at| format!(" at {}", to_the_second(at)))
+            .unwrap_or_default();
         println!(
-            "ABORTED by {}: {} (`schemafleet resume` lifts it)",
+            "ABORTED by {}{at}: {} (`schemafleet resume` lifts it)",
             escape_controls(by),
             escape_controls(switches.abort_reason.as_deref().unwrap_or(""))
+        );
+    } else if let Some(abort) = last_abort {
+        println!(
+            "aborted by {} at {}: {}; lifted since by `schemafleet resume`",
+            escape_controls(&abort.by),
+            to_the_second(&abort.at),
+            escape_controls(&abort.reason)
         );
     }
     if let Some(by) = &switches.paused_by {

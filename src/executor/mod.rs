@@ -7,7 +7,9 @@
 //! - [`recorded`]: which tenants `--skip-recorded` skips without connecting (pure).
 //! - [`recovery`]: what a retry or resume takes over from the journal (what an interrupted
 //!   apply committed, whether the restore point still serves), decided against main's history.
-//! - [`shared`]: the wave loop of one of several runners sharing a state store (claims, leases);
+//! - [`shared`]: the wave loop of one of several runners sharing a state store (claims, leases),
+//!   and `shared_gates`, its gates between waves (each run once by the runner the store elects,
+//!   waited for by the others); both loops end a wave through `waves::end_wave`;
 //!   [`control`]: pause/abort switches and `--max-duration`, read before each tenant starts.
 //! - [`reporter`]: the trait progress displays implement; the executor never draws anything.
 //! - [`settle`]: the end of a run's one look at the validation-branch deletes still young then.
@@ -29,6 +31,7 @@ pub mod reporter;
 pub mod schema_check;
 pub mod settle;
 pub mod shared;
+mod shared_gates;
 pub mod shutdown;
 pub mod tenant;
 pub mod timings;

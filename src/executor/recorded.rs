@@ -181,6 +181,7 @@ mod tests {
                 Event::UpToDate {
                     tenant: "p-1".into(),
                     wave: "w".into(),
+                    ahead: Vec::new(),
                 },
                 Event::Failed {
                     tenant: "p-2".into(),

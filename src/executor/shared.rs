@@ -19,8 +19,12 @@ use super::control::{GATE_POLL, RunControl};
 use super::reporter::Reporter;
 use super::shutdown::Shutdown;
 use super::tenant::{Recorder, TenantContext, TenantOutcome, run_tenant};
-use super::waves::{RunOutcome, bake, needs_work};
+use super::waves::{RunOutcome, bake, end_wave, needs_work};
+use crate::gates::notify::Detail;
+use crate::gates::spec::NotifyEvent;
+use crate::gates::{Gate, Gates};
 use crate::journal::coordination::{Claim, Coordinator, SeedTenant, SeedWave};
+use crate::journal::gate_claims::GateClaims;
 use crate::journal::store::StateStore;
 use crate::journal::{Event, JournalError, TenantStatus, WaveStatus};
 use crate::plan::model::PlannedWave;
@@ -30,6 +34,8 @@ use crate::plan::model::PlannedWave;
 pub struct SharedRun {
     pub store: StateStore,
     pub coordinator: Coordinator,
+    /// Which runner runs each gate between waves.
+    pub gate_claims: GateClaims,
     plan_id: String,
     /// This process's records are tagged with it, so only others' are folded in.
     writer: String,
@@ -41,6 +47,7 @@ impl SharedRun {
     pub fn new(
         store: StateStore,
         coordinator: Coordinator,
+        gate_claims: GateClaims,
         plan_id: &str,
         writer: &str,
         read_up_to: u64,
@@ -48,6 +55,7 @@ impl SharedRun {
         SharedRun {
             store,
             coordinator,
+            gate_claims,
             plan_id: plan_id.to_string(),
             writer: writer.to_string(),
             cursor: tokio::sync::Mutex::new(read_up_to),
@@ -80,20 +88,27 @@ enum WaveEnd {
 
 pub(super) async fn run_waves(
     context: &Arc<TenantContext>,
+    gates: &Gates,
     shared: &Arc<SharedRun>,
     control: &RunControl,
     reporter: &dyn Reporter,
     shutdown: &Shutdown,
 ) -> Result<RunOutcome, JournalError> {
     seed(context, shared).await?;
+    shared.gate_claims.forget_reopened().await?;
     shared.coordinator.register().await?;
     let in_flight = Arc::new(AtomicUsize::new(0));
     let heartbeat = tokio::spawn(heartbeat(shared.clone(), in_flight.clone()));
-    let outcome = run_shared_waves(context, shared, control, reporter, shutdown, &in_flight).await;
+    let outcome = run_shared_waves(
+        context, gates, shared, control, reporter, shutdown, &in_flight,
+    )
+    .await;
     heartbeat.abort();
+    let released = shared.gate_claims.release().await;
     let retired = shared.coordinator.retire().await;
     let synced = shared.sync(&context.recorder).await;
     let outcome = outcome?;
+    released?;
     retired?;
     synced?;
     Ok(outcome)
@@ -174,18 +189,26 @@ async fn heartbeat(shared: Arc<SharedRun>, in_flight: Arc<AtomicUsize>) {
     let every = shared.coordinator.lease() / 3;
     loop {
         tokio::time::sleep(every.max(Duration::from_millis(100))).await;
-        if let Err(error) = shared
-            .coordinator
-            .heartbeat(in_flight.load(Ordering::Relaxed))
-            .await
-        {
+        // Side by side on their own connections: a slow claim renewal must not make a long
+        // check lose its gate.
+        let (claims, gates) = tokio::join!(
+            shared
+                .coordinator
+                .heartbeat(in_flight.load(Ordering::Relaxed)),
+            shared.gate_claims.renew()
+        );
+        if let Err(error) = claims {
             tracing::warn!(%error, "cannot renew the leases; retrying");
+        }
+        if let Err(error) = gates {
+            tracing::warn!(%error, "cannot renew a gate's lease; retrying");
         }
     }
 }
 
 async fn run_shared_waves(
     context: &Arc<TenantContext>,
+    gates: &Gates,
     shared: &Arc<SharedRun>,
     control: &RunControl,
     reporter: &dyn Reporter,
@@ -201,6 +224,15 @@ async fn run_shared_waves(
         }
         if control.out_of_time() {
             return Ok(RunOutcome::OutOfTime);
+        }
+        // The gates read the records: fold in what the other runners decided.
+        shared.sync(&context.recorder).await?;
+        // The checks' halt comes first: a passing `--retry-checks` un-halts the wave.
+        if let Gate::Stop(outcome) =
+            super::shared_gates::held_by_checks(context, gates, shared, wave, reporter, shutdown)
+                .await?
+        {
+            return Ok(outcome);
         }
         let row = coordinator.wave(&wave.name).await?;
         if row.finished {
@@ -220,6 +252,13 @@ async fn run_shared_waves(
             }
             continue;
         }
+        if let Gate::Stop(outcome) =
+            super::shared_gates::before_wave(context, gates, shared, wave_idx, reporter, shutdown)
+                .await?
+        {
+            return Ok(outcome);
+        }
+        // Every runner waits out the previous wave's bake before claiming this wave's tenants.
         if !config.skip_bake && wave_idx > 0 {
             let previous = &plan.waves[wave_idx - 1].name;
             if let Some(until) = coordinator.wave(previous).await?.bake_until
@@ -235,6 +274,14 @@ async fn run_shared_waves(
                     wave: wave.name.clone(),
                 })
                 .await?;
+            gates
+                .notify(
+                    NotifyEvent::WaveStarted,
+                    Some(&wave.name),
+                    Detail::None,
+                    reporter,
+                )
+                .await;
         }
         let halted = match claim_wave(
             context, shared, wave, control, reporter, shutdown, in_flight,
@@ -245,32 +292,18 @@ async fn run_shared_waves(
             WaveEnd::Halted => true,
             WaveEnd::Stopped(outcome) => return Ok(outcome),
         };
-        let is_last = wave_idx + 1 == plan.waves.len();
-        let bake_until = (!halted && !is_last && wave.bake_s > 0)
-            .then(|| crate::clock::rfc3339_seconds_from_now(Duration::from_secs(wave.bake_s)));
-        if coordinator
-            .finish_wave(&wave.name, bake_until.as_deref())
-            .await?
+        if let Some(outcome) = end_wave(
+            context,
+            gates,
+            wave_idx,
+            halted,
+            Some(shared),
+            reporter,
+            shutdown,
+        )
+        .await?
         {
-            context
-                .recorder
-                .record(Event::WaveFinished {
-                    wave: wave.name.clone(),
-                    halted,
-                    bake_until,
-                })
-                .await?;
-        }
-        reporter.wave_finished(&wave.name, halted);
-        if halted {
-            return Ok(RunOutcome::Halted {
-                wave: wave.name.clone(),
-            });
-        }
-        if config.until_wave.as_deref() == Some(wave.name.as_str()) {
-            return Ok(RunOutcome::StoppedAfter {
-                wave: wave.name.clone(),
-            });
+            return Ok(outcome);
         }
     }
     Ok(RunOutcome::Completed)

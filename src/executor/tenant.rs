@@ -323,12 +323,18 @@ async fn pipeline(
     // branch point is not held up by our idle session either).
     let mut main_session = Some(session);
     let pending = match comparison {
-        // A newer release already reached it: nothing of this plan is left to do.
+        // Nothing of this plan is left to do; a tenant a newer release already reached is
+        // recorded with those versions, so reports call it ahead as `drift` does.
         HistoryComparison::UpToDate { .. } | HistoryComparison::Ahead { .. } => {
+            let ahead = match comparison {
+                HistoryComparison::Ahead { extra, .. } => extra,
+                _ => Vec::new(),
+            };
             recorder
                 .record(Event::UpToDate {
                     tenant: tenant_id.into(),
                     wave: wave.into(),
+                    ahead,
                 })
                 .await?;
             return Ok(Ok(TenantOutcome::UpToDate));
@@ -1113,6 +1119,7 @@ async fn apply_to_main(
                         .record(Event::UpToDate {
                             tenant: tenant_id.into(),
                             wave: wave.into(),
+                            ahead: Vec::new(),
                         })
                         .await?;
                     return Ok(Ok(TenantOutcome::UpToDate));

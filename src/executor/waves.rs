@@ -9,6 +9,7 @@ use tokio::task::JoinSet;
 use super::ApplyConfig;
 use super::control::{GATE_POLL, Gate as ControlGate, RunControl};
 use super::reporter::Reporter;
+use super::shared::SharedRun;
 use super::shutdown::Shutdown;
 use super::tenant::{Recorder, TenantContext, TenantOutcome, run_tenant};
 use super::timings::StepTiming;
@@ -122,6 +123,7 @@ pub async fn execute(
         Some(shared) => {
             super::shared::run_waves(
                 &context,
+                &gates,
                 shared,
                 &inputs.control,
                 reporter.as_ref(),
@@ -150,6 +152,11 @@ pub async fn execute(
         )
         .await;
     }
+    if let RunOutcome::Aborted { by, reason } = &outcome
+        && inputs.control.shared.is_none()
+    {
+        record_abort(&recorder, &inputs.control, by, reason).await?;
+    }
     recorder
         .record(Event::RunFinished {
             run_id,
@@ -169,6 +176,38 @@ pub async fn execute(
         state: recorder.take_state(),
         timings: recorder.timings().summary(),
     })
+}
+
+/// Journal the abort a file journal's run stopped on, unless `abort` journaled it already
+/// (it does when no `apply` holds the journal). A state store's `abort` always journals it.
+async fn record_abort(
+    recorder: &Recorder,
+    control: &RunControl,
+    by: &str,
+    reason: &str,
+) -> Result<(), JournalError> {
+    let requested_at = control
+        .file
+        .as_deref()
+        .and_then(|path| crate::journal::control::read(path).ok())
+        .and_then(|row| row.aborted_at);
+    let known = recorder.read(|state| {
+        state.last_abort.as_ref().is_some_and(|abort| {
+            abort.by == by
+                && abort.reason == reason
+                && requested_at.as_ref().is_none_or(|at| &abort.at == at)
+        })
+    });
+    if known {
+        return Ok(());
+    }
+    recorder
+        .record(Event::Aborted {
+            by: by.to_string(),
+            reason: reason.to_string(),
+            requested_at,
+        })
+        .await
 }
 
 async fn run_waves(
@@ -261,17 +300,57 @@ async fn run_waves(
         if shutdown.is_stopping() && !halted {
             return Ok(RunOutcome::Interrupted);
         }
-        let is_last = wave_idx + 1 == plan.waves.len();
-        let bake_until = (!halted && !is_last && wave.bake_s > 0)
-            .then(|| crate::clock::rfc3339_seconds_from_now(Duration::from_secs(wave.bake_s)));
-        recorder
+        if let Some(outcome) =
+            end_wave(context, gates, wave_idx, halted, None, reporter, shutdown).await?
+        {
+            return Ok(outcome);
+        }
+    }
+    Ok(RunOutcome::Completed)
+}
+
+/// The end of a wave whose tenants stopped starting (all finished, or its budget spent):
+/// journal `wave_finished` with the next wave's bake, report and notify it, run the wave's
+/// checks, and stop at `--until-wave`. `Some(outcome)` ends the run.
+///
+/// With runners sharing a store (`shared`), the store says which one runner journals and
+/// notifies the end (the one that marks it ended), and elects the one that runs the checks;
+/// every runner waits for their verdict.
+pub(super) async fn end_wave(
+    context: &TenantContext,
+    gates: &Gates,
+    wave_idx: usize,
+    halted: bool,
+    shared: Option<&SharedRun>,
+    reporter: &dyn Reporter,
+    shutdown: &Shutdown,
+) -> Result<Option<RunOutcome>, JournalError> {
+    let plan = &context.plan;
+    let wave = &plan.waves[wave_idx];
+    let is_last = wave_idx + 1 == plan.waves.len();
+    let bake_until = (!halted && !is_last && wave.bake_s > 0)
+        .then(|| crate::clock::rfc3339_seconds_from_now(Duration::from_secs(wave.bake_s)));
+    let journals_end = match shared {
+        None => true,
+        Some(shared) => {
+            shared
+                .coordinator
+                .finish_wave(&wave.name, bake_until.as_deref())
+                .await?
+        }
+    };
+    if journals_end {
+        context
+            .recorder
             .record(Event::WaveFinished {
                 wave: wave.name.clone(),
                 halted,
                 bake_until,
             })
             .await?;
-        reporter.wave_finished(&wave.name, halted);
+    }
+    reporter.wave_finished(&wave.name, halted);
+    if journals_end {
         let (event, detail) = if halted {
             (NotifyEvent::WaveHalted, Detail::Halted("budget"))
         } else {
@@ -280,21 +359,28 @@ async fn run_waves(
         gates
             .notify(event, Some(&wave.name), detail, reporter)
             .await;
-        if halted {
-            return Ok(RunOutcome::Halted {
-                wave: wave.name.clone(),
-            });
-        }
-        if let Gate::Stop(outcome) = gates.after_wave(wave, reporter).await? {
-            return Ok(outcome);
-        }
-        if config.until_wave.as_deref() == Some(wave.name.as_str()) {
-            return Ok(RunOutcome::StoppedAfter {
-                wave: wave.name.clone(),
-            });
-        }
     }
-    Ok(RunOutcome::Completed)
+    if halted {
+        return Ok(Some(RunOutcome::Halted {
+            wave: wave.name.clone(),
+        }));
+    }
+    let gate = match shared {
+        None => gates.after_wave(wave, reporter).await?,
+        Some(shared) => {
+            super::shared_gates::after_wave(context, gates, shared, wave, true, reporter, shutdown)
+                .await?
+        }
+    };
+    if let Gate::Stop(outcome) = gate {
+        return Ok(Some(outcome));
+    }
+    if context.config.until_wave.as_deref() == Some(wave.name.as_str()) {
+        return Ok(Some(RunOutcome::StoppedAfter {
+            wave: wave.name.clone(),
+        }));
+    }
+    Ok(None)
 }
 
 /// "the 2 in flight finish", with the verb agreeing for one.

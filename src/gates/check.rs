@@ -70,6 +70,9 @@ pub struct CheckEnv {
     pub connect_timeout: Duration,
     /// Commands run here (the plan file's directory).
     pub workdir: PathBuf,
+    /// Mains' URIs from the fleet source (catalog query or tenants file), when it gives them:
+    /// a SQL check connects with them as `apply` does, with no API request per sampled tenant.
+    pub source_connections: Option<std::sync::Arc<crate::fleet::ConnectionBook>>,
 }
 
 /// How one check went.
@@ -136,11 +139,18 @@ async fn sql_check(
     let answers: Vec<(String, Result<CheckAnswer, String>)> =
         futures::stream::iter(sampled.iter().map(|tenant| async move {
             let answer = async {
-                let uri = env
-                    .client
-                    .connection_uri(tenant, None, database, role)
-                    .await
-                    .map_err(|error| format!("connection URI: {error}"))?;
+                let source_uri = env
+                    .source_connections
+                    .as_ref()
+                    .and_then(|book| book.connection_uri(tenant));
+                let uri = match source_uri {
+                    Some(uri) => uri.clone(),
+                    None => env
+                        .client
+                        .connection_uri(tenant, None, database, role)
+                        .await
+                        .map_err(|error| format!("connection URI: {error}"))?,
+                };
                 let client = crate::pg::connect(&uri, env.connect_timeout)
                     .await
                     .map_err(|failure| failure.message)?;
@@ -376,6 +386,14 @@ async fn http_check(
         Ok(resolved) => resolved,
         Err(error) => return (false, format!("GET {shown}: {error}")),
     };
+    // `plan` refuses a literal plain-http host; an `http_env` URL or a `${HOST}` is known only now.
+    if let Some(refusal) = url::Url::parse(&resolved)
+        .ok()
+        .as_ref()
+        .and_then(super::plain_http_refusal)
+    {
+        return (false, format!("GET {shown}: the URL {refusal}"));
+    }
     let client = match reqwest::Client::builder().timeout(timeout).build() {
         Ok(client) => client,
         Err(error) => return (false, format!("GET {shown}: {}", error.without_url())),

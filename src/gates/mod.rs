@@ -23,6 +23,22 @@ pub mod spec;
 
 pub use run::{Gate, GateConfig, Gates};
 
+/// Why an `http://` URL may not be used: plain HTTP crosses the network in clear, and a check's
+/// URL or headers (or a webhook URL) carry tokens. Loopback never leaves the machine, so a local
+/// health endpoint or test server stays allowed; `None` for https:// and loopback http://.
+pub fn plain_http_refusal(url: &url::Url) -> Option<&'static str> {
+    if url.scheme() != "http" {
+        return None;
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(address)) => address.is_loopback(),
+        Some(url::Host::Ipv6(address)) => address.is_loopback(),
+        None => false,
+    };
+    (!loopback).then_some("is http:// to a host that is not loopback; use https://")
+}
+
 /// `1500` → `1.5s`, `60000` → `1m`, `250` → `250ms`: durations as a policy writes them.
 pub fn format_ms(ms: u64) -> String {
     if ms == 0 {

@@ -156,10 +156,10 @@ fn text(input: &PayloadInput<'_>) -> String {
         (NotifyEvent::WaveFinished, _) => {
             let counts = wave_counts.cloned().unwrap_or_default();
             format!(
-                "wave {wave} of plan {plan} finished: {} applied, {} up to date, {} failed",
+                "wave {wave} of plan {plan} finished: {} applied, {} up to date, {}",
                 counts.applied,
                 counts.up_to_date,
-                counts.failed + counts.diverged
+                unfinished(&counts)
             )
         }
         (NotifyEvent::WaveHalted, Detail::Halted("checks")) => format!(
@@ -167,8 +167,8 @@ fn text(input: &PayloadInput<'_>) -> String {
             input.plan_path, input.plan_path
         ),
         (NotifyEvent::WaveHalted, _) => format!(
-            "wave {wave} of plan {plan} HALTED: its failure budget is spent ({} failed); later waves wait",
-            totals.failed + totals.diverged
+            "wave {wave} of plan {plan} HALTED: its failure budget is spent ({}); later waves wait",
+            unfinished(totals)
         ),
         (NotifyEvent::CheckFailed, Detail::Check { failure, stage }) => {
             let first_line = scrub_uris(failure.output.lines().next().unwrap_or(""));
@@ -183,15 +183,20 @@ fn text(input: &PayloadInput<'_>) -> String {
             input.plan_path, input.plan_path
         ),
         (NotifyEvent::RolloutFinished, Detail::Outcome(outcome)) => format!(
-            "rollout of plan {plan} ended ({outcome}): {} applied, {} up to date, {} failed, {} not started",
+            "rollout of plan {plan} ended ({outcome}): {} applied, {} up to date, {}, {} not started",
             totals.applied,
             totals.up_to_date,
-            totals.failed + totals.diverged,
+            unfinished(totals),
             totals.not_started
         ),
         (NotifyEvent::RolloutFinished, _) => format!("rollout of plan {plan} ended"),
     };
     format!("schemafleet: {line}")
+}
+
+/// `2 failed, 1 diverged`: each state by its own name, as the report's table counts them.
+fn unfinished(counts: &crate::report::Counts) -> String {
+    crate::report::render::unfinished_parts(counts.failed, counts.diverged, counts.rollback_failed)
 }
 
 /// Delivers notifications for one run.
@@ -308,16 +313,7 @@ fn webhook_refusal(url: &str) -> Option<&'static str> {
         return Some("is not a URL");
     };
     match parsed.scheme() {
-        "https" => None,
-        "http" => {
-            let loopback = match parsed.host() {
-                Some(url::Host::Domain(name)) => name == "localhost",
-                Some(url::Host::Ipv4(address)) => address.is_loopback(),
-                Some(url::Host::Ipv6(address)) => address.is_loopback(),
-                None => false,
-            };
-            (!loopback).then_some("is http:// to a host that is not loopback; use https://")
-        }
+        "https" | "http" => super::plain_http_refusal(&parsed),
         _ => Some("is not an http(s) URL"),
     }
 }
@@ -347,13 +343,9 @@ mod tests {
     use super::*;
     use crate::plan::model::{PlannedTenant, PlannedWave, test_plan};
 
-    #[test]
-    fn uris_and_passwords_never_reach_a_payload() {
-        assert_eq!(
-            scrub_uris("connect to postgresql://u:pw@h/db failed; see https://x.io/a?b=c"),
-            "connect to <uri> failed; see <uri>"
-        );
-        let wave = PlannedWave {
+    /// A plan of one wave, `canary`, with one tenant.
+    fn one_tenant_plan() -> crate::plan::model::Plan {
+        test_plan(vec![PlannedWave {
             name: "canary".into(),
             concurrency: 1,
             max_failures: None,
@@ -362,8 +354,48 @@ mod tests {
             checks: Vec::new(),
             approval: Default::default(),
             tenants: vec![PlannedTenant::from_id("p-1")],
-        };
-        let plan = test_plan(vec![wave]);
+        }])
+    }
+
+    #[test]
+    fn a_payload_s_text_counts_failed_and_diverged_apart() {
+        let plan = one_tenant_plan();
+        let mut summary = crate::report::summarize(&plan, &crate::journal::JournalState::default());
+        summary.totals.applied = 3;
+        summary.totals.failed = 1;
+        summary.totals.diverged = 1;
+        let document = payload(&PayloadInput {
+            event: NotifyEvent::RolloutFinished,
+            plan: &plan,
+            plan_path: "plans/r.plan.yaml",
+            run_id: "run-1",
+            at: "2026-12-01T00:00:00Z",
+            wave: None,
+            summary: &summary,
+            groups: &[],
+            detail: Detail::Outcome("completed"),
+        });
+        let text = document["text"].as_str().unwrap();
+        assert!(
+            text.contains(": 3 applied, 0 up to date, 1 failed, 1 diverged, "),
+            "{text}"
+        );
+        assert_eq!(
+            (
+                &document["counts"]["failed"],
+                &document["counts"]["diverged"]
+            ),
+            (&serde_json::json!(1), &serde_json::json!(1))
+        );
+    }
+
+    #[test]
+    fn uris_and_passwords_never_reach_a_payload() {
+        assert_eq!(
+            scrub_uris("connect to postgresql://u:pw@h/db failed; see https://x.io/a?b=c"),
+            "connect to <uri> failed; see <uri>"
+        );
+        let plan = one_tenant_plan();
         let summary = crate::report::summarize(&plan, &crate::journal::JournalState::default());
         let failure = CheckFailure {
             check: "errors".into(),

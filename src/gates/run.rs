@@ -78,6 +78,7 @@ impl Gates {
                 client,
                 connect_timeout: apply.connect_timeout,
                 workdir: apply.gates.workdir.clone(),
+                source_connections: apply.source_connections.clone(),
             },
             config: apply.gates.clone(),
             notifier,
@@ -113,6 +114,22 @@ impl Gates {
             })
         });
         self.notifier.deliver(event, &document, reporter).await;
+    }
+
+    /// Seq of the `checks_failed` record that halts `wave`, if its checks halted it.
+    pub fn held_since(&self, wave: &PlannedWave) -> Option<u64> {
+        self.recorder.read(|state| {
+            state
+                .waves
+                .get(&wave.name)
+                .filter(|wave_state| !wave_state.check_failures.is_empty())
+                .map(|wave_state| wave_state.checks_failed_seq.unwrap_or(0))
+        })
+    }
+
+    /// `--retry-checks`: a wave its checks halted runs them again.
+    pub fn retries_checks(&self) -> bool {
+        self.config.retry_checks
     }
 
     /// A wave its checks halted: stop, or with `--retry-checks` run them again.
@@ -164,97 +181,131 @@ impl Gates {
         reporter: &dyn Reporter,
         shutdown: &Shutdown,
     ) -> Result<Gate, JournalError> {
+        if let Gate::Stop(outcome) = self.previous_checks(wave_idx, reporter, shutdown).await? {
+            return Ok(Gate::Stop(outcome));
+        }
+        self.approval(wave_idx, true, reporter).await
+    }
+
+    /// Whether [`Gates::previous_checks`] has anything to do before wave `wave_idx`: the
+    /// previous wave has checks, or this wave needs approval (which waits for the bake).
+    pub fn has_previous_checks(&self, wave_idx: usize) -> bool {
         let wave = &self.plan.waves[wave_idx];
-        if self.recorder.read(|state| state.wave_status(&wave.name)) != WaveStatus::NotStarted {
+        wave_idx.checked_sub(1).is_some_and(|previous| {
+            !self.plan.waves[previous].checks.is_empty() || wave.approval == Approval::Required
+        })
+    }
+
+    /// Before a wave that has not started: the previous wave's bake (with its interval checks)
+    /// and its end-of-bake checks, unless they already passed after the bake.
+    pub async fn previous_checks(
+        &self,
+        wave_idx: usize,
+        reporter: &dyn Reporter,
+        shutdown: &Shutdown,
+    ) -> Result<Gate, JournalError> {
+        let wave = &self.plan.waves[wave_idx];
+        if self.recorder.read(|state| state.wave_status(&wave.name)) != WaveStatus::NotStarted
+            || !self.has_previous_checks(wave_idx)
+        {
             return Ok(Gate::Open);
         }
-        let needs_approval = wave.approval == Approval::Required;
-        if let Some(previous) = wave_idx.checked_sub(1).map(|idx| &self.plan.waves[idx])
-            && (!previous.checks.is_empty() || needs_approval)
+        let previous = &self.plan.waves[wave_idx - 1];
+        let (bake_until, passed_at, passed_stage) = self.recorder.read(|state| {
+            let wave_state = state.waves.get(&previous.name);
+            (
+                wave_state.and_then(|wave_state| wave_state.bake_until.clone()),
+                wave_state.and_then(|wave_state| wave_state.checks_passed_at.clone()),
+                wave_state.and_then(|wave_state| wave_state.checks_passed_stage.clone()),
+            )
+        });
+        let bake_until = bake_until.as_deref().and_then(crate::clock::parse_rfc3339);
+        if let Some(until) = bake_until
+            && !self.skip_bake
+            && let Gate::Stop(outcome) = self
+                .bake(previous, until, &wave.name, reporter, shutdown)
+                .await?
         {
-            let (bake_until, passed_at, passed_stage) = self.recorder.read(|state| {
-                let wave_state = state.waves.get(&previous.name);
-                (
-                    wave_state.and_then(|wave_state| wave_state.bake_until.clone()),
-                    wave_state.and_then(|wave_state| wave_state.checks_passed_at.clone()),
-                    wave_state.and_then(|wave_state| wave_state.checks_passed_stage.clone()),
-                )
-            });
-            let bake_until = bake_until.as_deref().and_then(crate::clock::parse_rfc3339);
-            if let Some(until) = bake_until
-                && !self.skip_bake
-                && let Gate::Stop(outcome) = self
-                    .bake(previous, until, &wave.name, reporter, shutdown)
-                    .await?
-            {
-                return Ok(Gate::Stop(outcome));
-            }
-            // The end-of-bake checks, unless they passed at the end of the bake or in a retry
-            // after it (a resume) or, with no bake, after the wave's tenants finished. A pass
-            // right after the wave does not count for a bake, however short: the bake's end is
-            // second-granular and can fall before it.
-            let passed_at = passed_at.as_deref().and_then(crate::clock::parse_rfc3339);
-            let after_bake = matches!(passed_stage.as_deref(), Some("bake_end") | Some("retry"));
-            let passed_since = match (passed_at, bake_until) {
-                (Some(passed), Some(until)) => after_bake && passed >= until,
-                (Some(_), None) => true,
-                (None, _) => false,
-            };
-            if !previous.checks.is_empty() && !passed_since {
-                let checks: Vec<&CheckSpec> = previous.checks.iter().collect();
-                if let Gate::Stop(outcome) = self
-                    .run_checks(previous, &checks, Stage::BakeEnd, reporter)
-                    .await?
-                {
-                    return Ok(Gate::Stop(outcome));
-                }
-            }
+            return Ok(Gate::Stop(outcome));
         }
-        if needs_approval {
-            let (approved, already_asked) = self.recorder.read(|state| {
-                let wave_state = state.waves.get(&wave.name);
-                (
-                    wave_state.and_then(|wave_state| wave_state.approved.clone()),
-                    wave_state.is_some_and(|wave_state| wave_state.approval_needed),
-                )
-            });
-            match approved {
-                Some(approval) => reporter.note(&format!(
-                    "wave {} was approved by {} at {}{}",
-                    wave.name,
-                    approval.by.as_deref().unwrap_or("someone"),
-                    approval.at,
-                    approval
-                        .note
-                        .map(|note| format!(": {}", crate::terminal::escape_controls(&note)))
-                        .unwrap_or_default()
-                )),
-                None => {
-                    if !already_asked {
-                        self.recorder
-                            .record(Event::ApprovalNeeded {
-                                wave: wave.name.clone(),
-                            })
-                            .await?;
-                    }
-                    reporter.note(&format!(
-                        "wave {} needs approval before it starts: `schemafleet approve {} {}`, then `schemafleet apply {}` continues",
-                        wave.name, self.config.plan_path, wave.name, self.config.plan_path
-                    ));
-                    self.notify(
-                        NotifyEvent::ApprovalNeeded,
-                        Some(&wave.name),
-                        Detail::None,
-                        reporter,
-                    )
-                    .await;
-                    return Ok(Gate::Stop(RunOutcome::AwaitingApproval {
-                        wave: wave.name.clone(),
-                    }));
-                }
-            }
+        // The end-of-bake checks, unless they passed at the end of the bake or in a retry
+        // after it (a resume) or, with no bake, after the wave's tenants finished. A pass
+        // right after the wave does not count for a bake, however short: the bake's end is
+        // second-granular and can fall before it.
+        let passed_at = passed_at.as_deref().and_then(crate::clock::parse_rfc3339);
+        let after_bake = matches!(passed_stage.as_deref(), Some("bake_end") | Some("retry"));
+        let passed_since = match (passed_at, bake_until) {
+            (Some(passed), Some(until)) => after_bake && passed >= until,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if !previous.checks.is_empty() && !passed_since {
+            let checks: Vec<&CheckSpec> = previous.checks.iter().collect();
+            return self
+                .run_checks(previous, &checks, Stage::BakeEnd, reporter)
+                .await;
         }
         Ok(Gate::Open)
+    }
+
+    /// Before a wave that has not started: its approval, if it needs one. Without it the run
+    /// stops; `ask` journals `approval_needed` and notifies (once: runners sharing a store
+    /// elect the one that asks).
+    pub async fn approval(
+        &self,
+        wave_idx: usize,
+        ask: bool,
+        reporter: &dyn Reporter,
+    ) -> Result<Gate, JournalError> {
+        let wave = &self.plan.waves[wave_idx];
+        if wave.approval != Approval::Required
+            || self.recorder.read(|state| state.wave_status(&wave.name)) != WaveStatus::NotStarted
+        {
+            return Ok(Gate::Open);
+        }
+        let (approved, already_asked) = self.recorder.read(|state| {
+            let wave_state = state.waves.get(&wave.name);
+            (
+                wave_state.and_then(|wave_state| wave_state.approved.clone()),
+                wave_state.is_some_and(|wave_state| wave_state.approval_needed),
+            )
+        });
+        if let Some(approval) = approved {
+            reporter.note(&format!(
+                "wave {} was approved by {} at {}{}",
+                wave.name,
+                approval.by.as_deref().unwrap_or("someone"),
+                approval.at,
+                approval
+                    .note
+                    .map(|note| format!(": {}", crate::terminal::escape_controls(&note)))
+                    .unwrap_or_default()
+            ));
+            return Ok(Gate::Open);
+        }
+        if ask && !already_asked {
+            self.recorder
+                .record(Event::ApprovalNeeded {
+                    wave: wave.name.clone(),
+                })
+                .await?;
+        }
+        reporter.note(&format!(
+            "wave {} needs approval before it starts: `schemafleet approve {} {}`, then `schemafleet apply {}` continues",
+            wave.name, self.config.plan_path, wave.name, self.config.plan_path
+        ));
+        if ask {
+            self.notify(
+                NotifyEvent::ApprovalNeeded,
+                Some(&wave.name),
+                Detail::None,
+                reporter,
+            )
+            .await;
+        }
+        Ok(Gate::Stop(RunOutcome::AwaitingApproval {
+            wave: wave.name.clone(),
+        }))
     }
 
     /// Right after a wave's tenants finished within budget: its checks.

@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 
 use super::compact::{NO_SET, Packed, TenantTable};
 use super::record::{CheckFailure, Phase, RestorePoint};
-use super::state::{Approval, JournalState, TenantFailure, TenantStatus, WaveState, WaveStatus};
+use super::state::{
+    Abort, Approval, JournalState, TenantFailure, TenantStatus, WaveState, WaveStatus,
+};
 use crate::pg::DbFailure;
 use crate::pg::lock_footprint::LockHold;
 
@@ -113,6 +115,19 @@ pub struct Header {
     /// `baseline`'s records: tenant -> (versions, when), kept apart from the rows.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub baselined: BTreeMap<String, (Vec<i32>, String)>,
+    /// The last `aborted` record (absent in checkpoints written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_abort: Option<AbortRow>,
+    /// `baseline_started` records without their `baseline_recorded`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub baseline_unconfirmed: BTreeMap<String, Vec<i32>>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AbortRow {
+    pub by: String,
+    pub reason: String,
+    pub at: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -125,6 +140,8 @@ pub struct WaveRow {
     /// The gates' state: failed checks, when they last passed, approvals.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub check_failures: Vec<CheckFailure>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks_failed_seq: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checks_passed_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -283,6 +300,7 @@ fn header(state: &JournalState) -> Header {
                         bake_until: wave.bake_until.clone(),
                         started_at: wave.started_at.clone(),
                         check_failures: wave.check_failures.clone(),
+                        checks_failed_seq: wave.checks_failed_seq,
                         checks_passed_at: wave.checks_passed_at.clone(),
                         checks_passed_stage: wave.checks_passed_stage.clone(),
                         approval_needed: wave.approval_needed,
@@ -297,6 +315,12 @@ fn header(state: &JournalState) -> Header {
             .collect(),
         version_sets: state.tenants.version_sets(),
         baselined: state.baselined.clone(),
+        last_abort: state.last_abort.as_ref().map(|abort| AbortRow {
+            by: abort.by.clone(),
+            reason: abort.reason.clone(),
+            at: abort.at.clone(),
+        }),
+        baseline_unconfirmed: state.baseline_unconfirmed.clone(),
     }
 }
 
@@ -385,6 +409,12 @@ impl Loader {
             state.last_at = header.last_at;
             state.records = header.records;
             state.baselined = header.baselined;
+            state.last_abort = header.last_abort.map(|abort| Abort {
+                by: abort.by,
+                reason: abort.reason,
+                at: abort.at,
+            });
+            state.baseline_unconfirmed = header.baseline_unconfirmed;
             state.tenants.reserve(header.tenants);
             for (name, wave) in header.waves {
                 let status = wave_status(&wave.status)
@@ -396,6 +426,7 @@ impl Loader {
                         bake_until: wave.bake_until,
                         started_at: wave.started_at,
                         check_failures: wave.check_failures,
+                        checks_failed_seq: wave.checks_failed_seq,
                         checks_passed_at: wave.checks_passed_at,
                         checks_passed_stage: wave.checks_passed_stage,
                         approval_needed: wave.approval_needed,
@@ -653,6 +684,12 @@ mod tests {
             recorded_version: 3,
             source: "file:versions.csv".into(),
         });
+        // A tenant a later release reached: up to date, main at its newest version (ahead).
+        events.push(Event::UpToDate {
+            tenant: "t7".into(),
+            wave: "canary".into(),
+            ahead: vec![4, 5],
+        });
         events.push(Event::WaveFinished {
             wave: "canary".into(),
             halted: false,
@@ -697,10 +734,25 @@ mod tests {
         events.push(Event::ApprovalNeeded {
             wave: "later".into(),
         });
+        // `abort` recorded with who, why and when it was asked.
+        events.push(Event::Aborted {
+            by: "ana@ops".into(),
+            reason: "orders lock storm".into(),
+            requested_at: Some("2026-12-02T12:30:00Z".into()),
+        });
         events.push(Event::WaveStarted {
             wave: "wide".into(),
         });
-        // `baseline --yes` adopting a tenant: kept apart from the rollout's tenants.
+        // `baseline --yes` adopting a tenant: kept apart from the rollout's tenants; another
+        // whose outcome was never recorded (a crash after its commit).
+        events.push(Event::BaselineStarted {
+            tenant: "t-adopted".into(),
+            versions: vec![1, 2],
+        });
+        events.push(Event::BaselineStarted {
+            tenant: "t-unconfirmed".into(),
+            versions: vec![1],
+        });
         events.push(Event::BaselineRecorded {
             tenant: "t-adopted".into(),
             versions: vec![1, 2],
@@ -802,6 +854,13 @@ mod tests {
         );
         assert_eq!(state.tenant_status("t6"), TenantStatus::SkippedRecorded);
         assert_eq!(
+            (
+                state.tenant_status("t7"),
+                state.tenant_current_version("t7")
+            ),
+            (TenantStatus::UpToDate, Some(5))
+        );
+        assert_eq!(
             state
                 .baselined
                 .get("t-adopted")
@@ -809,6 +868,10 @@ mod tests {
             Some(vec![1, 2])
         );
         assert!(state.tenant("t-adopted").is_none());
+        assert_eq!(
+            state.baseline_unconfirmed,
+            BTreeMap::from([("t-unconfirmed".to_string(), vec![1])])
+        );
         let canary = &state.waves["canary"];
         assert_eq!(canary.check_failures.len(), 1);
         assert_eq!(canary.checks_passed_stage.as_deref(), Some("retry"));
@@ -822,6 +885,15 @@ mod tests {
         );
         assert!(!wide.approval_needed);
         assert!(state.waves["later"].approval_needed);
+        let abort = state
+            .last_abort
+            .as_ref()
+            .expect("the abort survives a checkpoint");
+        assert_eq!(
+            (abort.by.as_str(), abort.reason.as_str(), abort.at.as_str()),
+            ("ana@ops", "orders lock storm", "2026-12-02T12:30:00Z")
+        );
+        assert!(canary.checks_failed_seq.is_some());
 
         let cut = dir.path().join("cut.journal.jsonl");
         for kept in 0..=lines.len() {

@@ -44,6 +44,7 @@ pub fn write(path: &Path, change: &ControlChange) -> io::Result<ControlRow> {
         ControlChange::Abort { by, reason } => {
             row.aborted_by = Some(by.clone());
             row.abort_reason = Some(reason.clone());
+            row.aborted_at = Some(crate::clock::now_rfc3339());
         }
     }
     let temporary = path.with_extension("json.tmp");
@@ -78,6 +79,14 @@ mod tests {
         )
         .expect("abort");
         assert_eq!(row.abort_reason.as_deref(), Some("bad index"));
+        assert!(row.aborted_at.is_some(), "when it was asked is kept");
+        // A control file written before `aborted_at` existed still reads.
+        std::fs::write(
+            &path,
+            r#"{"paused_by":null,"paused_at":null,"aborted_by":"bo","abort_reason":"x"}"#,
+        )
+        .expect("old file");
+        assert!(read(&path).expect("old reads").aborted_at.is_none());
         assert_eq!(row.paused_by.as_deref(), Some("ana"));
         let row = write(&path, &ControlChange::Resume).expect("resume");
         assert!(row.paused_by.is_none() && row.aborted_by.is_none());

@@ -88,6 +88,9 @@ pub struct ControlRow {
     pub paused_at: Option<String>,
     pub aborted_by: Option<String>,
     pub abort_reason: Option<String>,
+    /// When the abort was asked (absent in control files written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted_at: Option<String>,
 }
 
 impl ControlRow {
@@ -530,7 +533,8 @@ pub async fn control(
 ) -> Result<ControlRow, JournalError> {
     let row = client
         .query_opt(
-            "SELECT paused_by, to_char(paused_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), aborted_by, abort_reason
+            "SELECT paused_by, to_char(paused_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), aborted_by, abort_reason,
+                    to_char(aborted_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
              FROM schemafleet_plan WHERE plan_id = $1",
             &[&plan_id],
         )
@@ -541,6 +545,7 @@ pub async fn control(
         paused_at: row.get(1),
         aborted_by: row.get(2),
         abort_reason: row.get(3),
+        aborted_at: row.get(4),
     }))
 }
 

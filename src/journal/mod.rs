@@ -9,6 +9,7 @@
 //! - [`store`]: the same journal in PostgreSQL (`--state URL`), one row per record, its schema
 //!   embedded refinery migrations (`state_migrations/`); [`coordination`]: what several runners
 //!   of a plan share there (claims under leases, wave budgets, runners, pause/abort);
+//!   [`gate_claims`]: which runner runs a gate between waves (checks, asking approval);
 //!   [`control`]: the pause/abort switches of a file journal.
 //!
 //! **Invariant:** a record is on disk (fsync'd) before any step that depends on it starts, and
@@ -21,6 +22,7 @@ mod compact;
 pub mod control;
 pub mod coordination;
 pub mod file;
+pub mod gate_claims;
 pub mod record;
 pub mod state;
 pub mod store;

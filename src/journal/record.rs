@@ -116,6 +116,11 @@ pub enum Event {
     UpToDate {
         tenant: String,
         wave: String,
+        /// Versions on main newer than every one of the plan's: a later release reached the
+        /// tenant, which reports then call ahead (as `drift` does). Empty (and not written) when
+        /// main is exactly at the plan, so older journals read the same.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ahead: Vec<i32>,
     },
     /// `apply --skip-recorded` did not connect: a record (`source`: the fleet source's
     /// `schema_version`, `postgres:<VARIABLE>` or `file:<path>`, or `plan <id>` for an earlier
@@ -220,6 +225,14 @@ pub enum Event {
         tenant: String,
         error: String,
     },
+    /// `baseline --yes` is about to write the history rows of `versions` into a tenant (an
+    /// intent, before its transaction). Until a `baseline_recorded` follows, the outcome is
+    /// unknown: a crash between the commit and that record leaves the rows unjournaled, and
+    /// the next `baseline --yes` journals them when it finds exactly these rows.
+    BaselineStarted {
+        tenant: String,
+        versions: Vec<i32>,
+    },
     /// `baseline --yes` wrote the history rows of `versions` into a tenant's empty history
     /// table: its schema equalled the reference after the highest of them. Written after the
     /// commit (a fact); the tenant's history table stays the truth.
@@ -247,6 +260,16 @@ pub enum Event {
     /// `apply` stopped before this wave: it waits for `schemafleet approve`.
     ApprovalNeeded {
         wave: String,
+    },
+    /// The rollout was aborted (`schemafleet abort PLAN --reason`): no tenant starts until
+    /// `resume` lifts it. Written by `abort` itself when it can (a state store, or a journal
+    /// file no `apply` holds), else by the `apply` that stops on it.
+    Aborted {
+        by: String,
+        reason: String,
+        /// When the abort was asked, when that was before this record.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requested_at: Option<String>,
     },
     /// A person approved the wave (`schemafleet approve PLAN WAVE`).
     Approved {
@@ -297,6 +320,7 @@ impl Event {
             | Event::RollbackStarted { tenant, .. }
             | Event::RolledBack { tenant, .. }
             | Event::RollbackFailed { tenant, .. }
+            | Event::BaselineStarted { tenant, .. }
             | Event::BaselineRecorded { tenant, .. } => Some(tenant),
             Event::RunStarted { .. }
             | Event::RunFinished { .. }
@@ -306,6 +330,7 @@ impl Event {
             | Event::ChecksPassed { .. }
             | Event::ChecksFailed { .. }
             | Event::ApprovalNeeded { .. }
+            | Event::Aborted { .. }
             | Event::Approved { .. } => None,
         }
     }

@@ -147,6 +147,8 @@ pub struct WaveState {
     pub started_at: Option<String>,
     /// The checks that failed in the latest round; the wave is halted while this is not empty.
     pub check_failures: Vec<CheckFailure>,
+    /// Seq of the `checks_failed` record of that round: runners sharing a store retry it once.
+    pub checks_failed_seq: Option<u64>,
     /// When the wave's checks last passed, and at which stage (`after_wave`, `bake_end`, …).
     pub checks_passed_at: Option<String>,
     pub checks_passed_stage: Option<String>,
@@ -161,6 +163,16 @@ pub struct WaveState {
 pub struct Approval {
     pub by: Option<String>,
     pub note: Option<String>,
+    pub at: String,
+}
+
+/// A recorded `schemafleet abort`: who, why, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Abort {
+    pub by: String,
+    pub reason: String,
+    /// When it was asked (the record's time unless it was written later by the `apply` that
+    /// stopped on it).
     pub at: String,
 }
 
@@ -180,11 +192,16 @@ pub struct JournalState {
     /// Tenants `baseline` recorded a history for: tenant -> (versions, when). Kept apart from
     /// [`TenantState`]: adopting a tenant is not a step of the rollout.
     pub baselined: BTreeMap<String, (Vec<i32>, String)>,
+    /// `baseline_started` without its `baseline_recorded`: tenant -> versions whose rows may
+    /// or may not have been committed (the tenant's history table tells).
+    pub baseline_unconfirmed: BTreeMap<String, Vec<i32>>,
     /// The process of the last run while it has not finished (`run_started` without its
     /// `run_finished`): the `apply` a held lock belongs to.
     pub open_run_pid: Option<u32>,
     /// When the last record folded in was written (RFC 3339).
     pub last_at: Option<String>,
+    /// The last abort recorded (kept after `resume` lifts it: `status` says whether it is).
+    pub last_abort: Option<Abort>,
     /// Event records folded in (a checkpoint stands for the records it covers).
     pub records: u64,
     pub(crate) tenants: TenantTable,
@@ -221,6 +238,14 @@ impl JournalState {
             .map_or(TenantStatus::NotStarted, |idx| {
                 self.tenants.slot(idx).status
             })
+    }
+
+    /// main's version as the journal last saw it (probed, or a later release's when it was
+    /// found ahead).
+    pub fn tenant_current_version(&self, tenant_id: &str) -> Option<i32> {
+        self.tenants
+            .find(tenant_id)
+            .and_then(|idx| self.tenants.slot(idx).current_version)
     }
 
     /// Whether the journal holds a restore point for the tenant.
@@ -317,12 +342,21 @@ impl JournalState {
                 state.current_version = *current_version;
                 state.pending = pending;
             }
-            Event::UpToDate { tenant, wave } => {
+            Event::UpToDate {
+                tenant,
+                wave,
+                ahead,
+            } => {
                 let idx = tenant_mut(table, tenant, wave, at);
                 let state = table.slot_mut(idx);
                 state.status = TenantStatus::UpToDate;
                 state.phase = None;
                 state.pending = EMPTY_SET;
+                // The versions are ascending: main is at the last (reports compare it with the
+                // plan's highest to call the tenant ahead).
+                if let Some(&newest) = ahead.last() {
+                    state.current_version = Some(newest);
+                }
             }
             Event::SkippedRecorded { tenant, wave, .. } => {
                 // The recorded version is a claim, so it does not become `current_version`.
@@ -521,9 +555,14 @@ impl JournalState {
                     state.updated_at = stamp;
                 }
             }
+            Event::BaselineStarted { tenant, versions } => {
+                self.baseline_unconfirmed
+                    .insert(tenant.clone(), versions.clone());
+            }
             Event::BaselineRecorded {
                 tenant, versions, ..
             } => {
+                self.baseline_unconfirmed.remove(tenant);
                 self.baselined
                     .insert(tenant.clone(), (versions.clone(), at.to_string()));
             }
@@ -552,6 +591,18 @@ impl JournalState {
                 let wave_state = self.wave_mut(wave);
                 wave_state.status = WaveStatus::Halted;
                 wave_state.check_failures = failures.clone();
+                wave_state.checks_failed_seq = Some(record.seq);
+            }
+            Event::Aborted {
+                by,
+                reason,
+                requested_at,
+            } => {
+                self.last_abort = Some(Abort {
+                    by: by.clone(),
+                    reason: reason.clone(),
+                    at: requested_at.clone().unwrap_or_else(|| at.to_string()),
+                });
             }
             Event::ApprovalNeeded { wave } => self.wave_mut(wave).approval_needed = true,
             Event::Approved { wave, by, note } => {
@@ -572,6 +623,7 @@ impl JournalState {
             bake_until: None,
             started_at: None,
             check_failures: Vec::new(),
+            checks_failed_seq: None,
             checks_passed_at: None,
             checks_passed_stage: None,
             approval_needed: false,
@@ -623,8 +675,43 @@ mod tests {
             state.baselined.get("t1"),
             Some(&(vec![1, 2], "2026-11-26T10:00:01Z".to_string()))
         );
+        assert!(state.baseline_unconfirmed.is_empty());
         assert_eq!(state.tenant_status("t1"), TenantStatus::NotStarted);
         assert_eq!((state.plan_id.as_deref(), state.runs), (None, 0));
+    }
+
+    #[test]
+    fn a_baseline_start_without_its_record_stays_unconfirmed() {
+        let started = |seq, tenant: &str| {
+            record(
+                seq,
+                Event::BaselineStarted {
+                    tenant: tenant.into(),
+                    versions: vec![1, 2],
+                },
+            )
+        };
+        let records = vec![
+            started(1, "t1"),
+            started(2, "t2"),
+            record(
+                3,
+                Event::BaselineRecorded {
+                    tenant: "t1".into(),
+                    versions: vec![1, 2],
+                    tools: Vec::new(),
+                },
+            ),
+        ];
+        let state = JournalState::replay(&records);
+        assert_eq!(
+            state.baseline_unconfirmed,
+            BTreeMap::from([("t2".to_string(), vec![1, 2])])
+        );
+        assert_eq!(
+            state.baselined.keys().collect::<Vec<_>>(),
+            [&"t1".to_string()]
+        );
     }
 
     fn tenant_event_sequence() -> Vec<Record> {

@@ -402,65 +402,102 @@ pub fn human_millis(millis: u64) -> String {
 mod tests {
     use super::*;
 
-    fn lock(relation: u32, mode: &str, before: u32, now: u32) -> Option<ProbedLock> {
-        Some(ProbedLock {
-            relation,
-            table: format!("public.t{relation}"),
-            mode: mode.into(),
-            relfilenode_before: before,
-            relfilenode_now: Some(now),
-            bytes: Some(8192),
-        })
+    /// A lock a probe saw: (relation, mode, relfilenode before, relfilenode now).
+    type Seen<'a> = (u32, &'a str, u32, u32);
+
+    /// The rows the probes of transaction `xact` leave, as [`probe_sql`] writes them: each probe
+    /// `(version, seq, at_ms, locks seen)` is one row per lock, or one lockless row.
+    fn probes(xact: i64, probes: &[(i32, i32, f64, &[Seen])]) -> Vec<ProbeRow> {
+        let mut rows = Vec::new();
+        for &(version, seq, at_ms, seen) in probes {
+            let locks: Vec<Option<ProbedLock>> = if seen.is_empty() {
+                vec![None]
+            } else {
+                seen.iter()
+                    .map(|&(relation, mode, before, now)| {
+                        Some(ProbedLock {
+                            relation,
+                            table: format!("public.t{relation}"),
+                            mode: mode.into(),
+                            relfilenode_before: before,
+                            relfilenode_now: Some(now),
+                            bytes: Some(8192),
+                        })
+                    })
+                    .collect()
+            };
+            rows.extend(locks.into_iter().map(|lock| ProbeRow {
+                xact,
+                version,
+                seq,
+                at_ms,
+                lock,
+            }));
+        }
+        rows
     }
 
-    fn row(xact: i64, version: i32, seq: i32, at_ms: f64, lock: Option<ProbedLock>) -> ProbeRow {
-        ProbeRow {
-            xact,
-            version,
-            seq,
-            at_ms,
-            lock,
-        }
+    /// The one hold the probes show, its migration named `V{version}{suffix}`.
+    fn only_hold(rows: &[ProbeRow], suffix: &str) -> LockHold {
+        let mut holds = footprint(rows, |version| format!("V{version}{suffix}"));
+        assert_eq!(holds.len(), 1, "{holds:?}");
+        holds.remove(0)
     }
 
     #[test]
     fn a_lock_is_held_from_the_start_of_the_statement_that_took_it_to_the_end() {
-        let rows = vec![
-            row(1, 3, 0, 1000.0, None),
-            // statement 1: a long backfill under ROW EXCLUSIVE (not write-blocking)
-            row(1, 3, 1, 5000.0, lock(10, "RowExclusiveLock", 100, 100)),
-            // statement 2: the rewrite
-            row(1, 3, 2, 5600.0, lock(10, "RowExclusiveLock", 100, 200)),
-            row(1, 3, 2, 5600.0, lock(10, "AccessExclusiveLock", 100, 200)),
-            row(1, 3, 3, 5700.0, lock(10, "AccessExclusiveLock", 100, 200)),
-        ];
-        let holds = footprint(&rows, |version| format!("V{version}__x"));
-        assert_eq!(holds.len(), 1, "{holds:?}");
-        assert_eq!(holds[0].held_ms, 700);
-        assert!(holds[0].rewritten);
-        assert_eq!(holds[0].mode, "ACCESS EXCLUSIVE");
+        let rows = probes(
+            1,
+            &[
+                (3, 0, 1000.0, &[]),
+                // Statement 1: a long backfill under ROW EXCLUSIVE (not write-blocking).
+                (3, 1, 5000.0, &[(10, "RowExclusiveLock", 100, 100)]),
+                // Statement 2: the rewrite.
+                (
+                    3,
+                    2,
+                    5600.0,
+                    &[
+                        (10, "RowExclusiveLock", 100, 200),
+                        (10, "AccessExclusiveLock", 100, 200),
+                    ],
+                ),
+                (3, 3, 5700.0, &[(10, "AccessExclusiveLock", 100, 200)]),
+            ],
+        );
+        let hold = only_hold(&rows, "__x");
+        assert_eq!(hold.held_ms, 700);
+        assert!(hold.rewritten);
+        assert_eq!(hold.mode, "ACCESS EXCLUSIVE");
         assert_eq!(
-            holds[0].describe(),
+            hold.describe(),
             "V3__x rewrote public.t10 (8.0 kB) under ACCESS EXCLUSIVE for 700 ms"
         );
     }
 
     #[test]
     fn per_release_holds_last_to_the_release_s_end_and_weak_locks_are_not_holds() {
-        let rows = vec![
-            row(7, 1, 0, 0.0, None),
-            row(7, 1, 1, 10.0, lock(10, "ShareLock", 100, 100)),
-            row(7, 1, 1, 10.0, lock(11, "AccessShareLock", 101, 101)),
-            row(7, 2, 0, 10.0, lock(10, "ShareLock", 100, 100)),
-            row(7, 2, 1, 3010.0, lock(10, "ShareLock", 100, 100)),
-        ];
-        let holds = footprint(&rows, |version| format!("V{version}"));
-        assert_eq!(holds.len(), 1, "{holds:?}");
-        assert_eq!(
-            (holds[0].migration.as_str(), holds[0].held_ms),
-            ("V1", 3010)
+        let rows = probes(
+            7,
+            &[
+                (1, 0, 0.0, &[]),
+                (
+                    1,
+                    1,
+                    10.0,
+                    &[
+                        (10, "ShareLock", 100, 100),
+                        (11, "AccessShareLock", 101, 101),
+                    ],
+                ),
+                (2, 0, 10.0, &[(10, "ShareLock", 100, 100)]),
+                (2, 1, 3010.0, &[(10, "ShareLock", 100, 100)]),
+            ],
         );
-        assert!(!holds[0].rewritten);
+        let hold = only_hold(&rows, "");
+        assert_eq!((hold.migration.as_str(), hold.held_ms), ("V1", 3010));
+        assert!(!hold.rewritten);
+        let holds = [hold];
         let failure = over_budget(&holds, 2000).expect("over budget");
         assert_eq!(failure.migration.as_deref(), Some("V1"));
         assert!(

@@ -17,6 +17,7 @@ pub mod file;
 pub mod id;
 pub mod model;
 pub mod pipeline;
+pub mod shares;
 pub mod summary;
 pub mod waves;
 

@@ -252,12 +252,29 @@ pub fn write_planned(
     let rate_limit = policy
         .api_rate_limit_per_min
         .unwrap_or(super::cost::ACCOUNT_RATE_LIMIT_PER_MIN);
-    let summary = summarize_paced(
+    let mut summary = summarize_paced(
         &plan,
         &plan_path.display().to_string(),
         rate_limit,
         Some(cli_rate_limit_per_min),
     );
+    // The percents and named tenants are the policy's, not the plan's: said here, once.
+    let shares: Vec<super::shares::WaveShare<'_>> = policy
+        .waves
+        .iter()
+        .zip(&plan.waves)
+        .map(|(wave_policy, planned)| super::shares::WaveShare {
+            name: &wave_policy.name,
+            percent: wave_policy.percent,
+            n_named: wave_policy.tenants.len(),
+            n_members: planned.tenants.len(),
+            has_match: wave_policy.match_rule.is_some(),
+        })
+        .collect();
+    summary.warnings.extend(super::shares::surprising_shares(
+        &shares,
+        plan.tenant_count(),
+    ));
     Ok(PlanOutcome {
         plan_path,
         plan,

@@ -226,6 +226,18 @@ fn check_url_template(template: &str) -> Result<(), String> {
             "`{template}`: only http:// and https:// URLs are checked"
         ));
     }
+    // The host is judged with each placeholder as a loopback address, so a host that is wholly
+    // `${HOST}` is left to the check's run (which refuses it then), while a literal host is
+    // refused here, before any run.
+    let host_judged = crate::gates::env::expand(template, |_| Some("127.0.0.1".to_string()))
+        .ok()
+        .and_then(|filled| url::Url::parse(&filled).ok());
+    if let Some(refusal) = host_judged
+        .as_ref()
+        .and_then(crate::gates::plain_http_refusal)
+    {
+        return Err(format!("`{template}` {refusal}"));
+    }
     let literal = url::Url::parse(template).ok();
     if let Some(literal) = literal
         && literal
@@ -326,7 +338,7 @@ CHECKS
     #[test]
     fn checks_approval_and_notify_parse() {
         let policy = parse(
-            "      - name: no-errors\n        sql: SELECT true\n        sample: 20\n        threshold: 2\n        interval: 30s\n      - command: [./check.sh, '${TOKEN}']\n        timeout: 5s\n      - http: 'http://app.local/health'\n        headers: {Authorization: 'Bearer ${APP_TOKEN}'}\n        json_pointer: /status\n        expect: ok\n",
+            "      - name: no-errors\n        sql: SELECT true\n        sample: 20\n        threshold: 2\n        interval: 30s\n      - command: [./check.sh, '${TOKEN}']\n        timeout: 5s\n      - http: 'https://app.local/health'\n        headers: {Authorization: 'Bearer ${APP_TOKEN}'}\n        json_pointer: /status\n        expect: ok\n",
             "notify:\n  webhook_env: SLACK_URL\n  events: [wave_halted, check_failed]\n",
         )
         .unwrap();
@@ -353,7 +365,7 @@ CHECKS
         assert_eq!(checks[2].name, "http-3");
         match checks[2].kind() {
             CheckKind::Http { url, expect, .. } => {
-                assert_eq!(url, HttpUrl::Template("http://app.local/health"));
+                assert_eq!(url, HttpUrl::Template("https://app.local/health"));
                 assert_eq!(expect, Some(("/status", &serde_json::json!("ok"))));
             }
             other => panic!("{other:?}"),
@@ -366,6 +378,20 @@ CHECKS
             notify.events,
             vec![NotifyEvent::WaveHalted, NotifyEvent::CheckFailed]
         );
+    }
+
+    #[test]
+    fn plain_http_is_kept_for_loopback_and_hosts_known_only_at_run_time() {
+        for url in [
+            "http://127.0.0.1:8080/health",
+            "http://localhost/health",
+            "http://[::1]:9/health",
+            "http://${HEALTH_HOST}/health",
+            "https://app.example.com/health",
+        ] {
+            let checks = format!("      - http: '{url}'\n");
+            assert!(parse(&checks, "").is_ok(), "{url}");
+        }
     }
 
     #[test]
@@ -410,6 +436,16 @@ CHECKS
                 "      - http: 'https://user:hunter2@h/x'\n",
                 "",
                 "plans/r.yaml:13:9: waves[0].checks[0].http: the URL holds a password",
+            ),
+            (
+                "      - http: 'http://app.example.com/health?token=${TOKEN}'\n",
+                "",
+                "plans/r.yaml:13:9: waves[0].checks[0].http: `http://app.example.com/health?token=${TOKEN}` is http:// to a host that is not loopback; use https://",
+            ),
+            (
+                "      - http: 'http://${APP}.example.com/health'\n",
+                "",
+                "is http:// to a host that is not loopback",
             ),
             (
                 "      - http: 'ftp://h/x'\n",

@@ -278,7 +278,7 @@ fn specific_step(
 ) -> String {
     match (phase, sqlstate) {
         ("diverged", _) => format!(
-            "history on these tenants differs from the migrations on disk; run `schemafleet drift --plan {plan_path}` and restore the edited or missing files (never edit an applied migration)"
+            "history on these tenants differs from the migrations on disk; run `schemafleet drift {plan_path}` and restore the edited or missing files (never edit an applied migration)"
         ),
         ("validate" | "apply", Some("55P04")) => format!(
             "{}a migration uses an enum label added earlier in the same transaction, which PostgreSQL allows only once the label is committed: with `transaction: per_release` in the policy, use `per_migration` (the default) and re-plan; within one file, split it in two. Then run `{retry}`",

@@ -59,6 +59,22 @@ pub fn summary_text_during(
     }
     line(&mut out, "total", "", &summary.totals);
     let totals = &summary.totals;
+    if totals.ahead > 0 {
+        let (verb, pronoun) = if totals.ahead == 1 {
+            ("is", "it")
+        } else {
+            ("are", "them")
+        };
+        wrap_into(
+            &mut out,
+            &format!(
+                "of the tenants up to date, {} {verb} ahead: a later release reached {pronoun} (main has migrations newer than this plan's); `schemafleet drift` lists {pronoun}",
+                totals.ahead
+            ),
+            "",
+            "  ",
+        );
+    }
     if totals.skipped_recorded > 0 {
         let _ = writeln!(
             out,
@@ -103,14 +119,7 @@ pub fn summary_text_during(
         .collect();
     out.push_str(&super::lock_holds::text(&wave_holds));
     if !groups.is_empty() {
-        let n_failed: usize = groups.iter().map(|group| group.count).sum();
-        let _ = writeln!(
-            out,
-            "\n{} failed, {} distinct cause{}:",
-            plural(n_failed, "tenant"),
-            groups.len(),
-            if groups.len() == 1 { "" } else { "s" }
-        );
+        let _ = writeln!(out, "\n{}", failures_heading(groups));
         for group in groups {
             let sqlstate = group
                 .sqlstate
@@ -157,6 +166,56 @@ pub fn summary_text_during(
         }
     }
     crate::terminal::escape_controls(&out)
+}
+
+/// The line above the failure groups. Failed, diverged and rollback-failed tenants are
+/// different states with their own table columns and JSON counts, so the line names each
+/// rather than calling them all "failed".
+fn failures_heading(groups: &[FailureGroup]) -> String {
+    let count_of = |phase: &str| -> usize {
+        groups
+            .iter()
+            .filter(|group| group.phase == phase)
+            .map(|group| group.count)
+            .sum()
+    };
+    let n_total: usize = groups.iter().map(|group| group.count).sum();
+    let n_diverged = count_of("diverged");
+    let n_rollback_failed = count_of("rollback");
+    let n_failed = n_total - n_diverged - n_rollback_failed;
+    let causes = format!(
+        "{} distinct cause{}",
+        groups.len(),
+        if groups.len() == 1 { "" } else { "s" }
+    );
+    match (n_failed, n_diverged, n_rollback_failed) {
+        (_, 0, 0) => format!("{} failed, {causes}:", plural(n_failed, "tenant")),
+        (0, _, 0) => format!("{} diverged, {causes}:", plural(n_diverged, "tenant")),
+        _ => format!(
+            "{} need attention ({}), {causes}:",
+            plural(n_total, "tenant"),
+            unfinished_parts(n_failed, n_diverged, n_rollback_failed)
+        ),
+    }
+}
+
+/// `1 failed, 1 diverged`: the non-zero ones of the three states a run does not finish in,
+/// each by its own name (the table's and the JSON's).
+pub fn unfinished_parts(n_failed: usize, n_diverged: usize, n_rollback_failed: usize) -> String {
+    let parts: Vec<String> = [
+        (n_failed, "failed"),
+        (n_diverged, "diverged"),
+        (n_rollback_failed, "rollback failed"),
+    ]
+    .into_iter()
+    .filter(|(count, _)| *count > 0)
+    .map(|(count, name)| format!("{count} {name}"))
+    .collect();
+    if parts.is_empty() {
+        "0 failed".to_string()
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// The gates that hold the rollout: waves halted by their checks (each failed check with its
@@ -306,6 +365,45 @@ pub fn wrap_into(out: &mut String, text: &str, first: &str, rest: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn group(phase: &str, count: usize) -> FailureGroup {
+        FailureGroup {
+            phase: phase.to_string(),
+            sqlstate: None,
+            cause: format!("{phase} cause"),
+            count,
+            tenants: Vec::new(),
+            tenant_labels: Vec::new(),
+            next_step: String::new(),
+            partly_migrated: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_failures_heading_names_failed_and_diverged_apart() {
+        assert_eq!(
+            failures_heading(&[group("apply", 2)]),
+            "2 tenants failed, 1 distinct cause:"
+        );
+        assert_eq!(
+            failures_heading(&[group("diverged", 1)]),
+            "1 tenant diverged, 1 distinct cause:"
+        );
+        // The table beside it reads failed 1, diverged 1: the line must not say 2 failed.
+        assert_eq!(
+            failures_heading(&[group("apply", 1), group("diverged", 1)]),
+            "2 tenants need attention (1 failed, 1 diverged), 2 distinct causes:"
+        );
+        assert_eq!(
+            failures_heading(&[
+                group("validate", 2),
+                group("apply", 1),
+                group("rollback", 1)
+            ]),
+            "4 tenants need attention (3 failed, 1 rollback failed), 3 distinct causes:"
+        );
+        assert_eq!(unfinished_parts(0, 0, 0), "0 failed");
+    }
 
     #[test]
     fn wrapping_keeps_lines_within_width() {

@@ -10,6 +10,9 @@ pub struct Counts {
     pub tenants: usize,
     pub applied: usize,
     pub up_to_date: usize,
+    /// Of `up_to_date`, those whose main has migrations newer than the plan's: a later release
+    /// reached them (`drift` calls them ahead). The plan has nothing left to do on them.
+    pub ahead: usize,
     /// `apply --skip-recorded` skipped them without connecting: a record (catalog, earlier
     /// journal) says they are up to date; `drift` or `status --live` checks it.
     pub skipped_recorded: usize,
@@ -43,6 +46,7 @@ impl Counts {
         self.tenants += other.tenants;
         self.applied += other.applied;
         self.up_to_date += other.up_to_date;
+        self.ahead += other.ahead;
         self.skipped_recorded += other.skipped_recorded;
         self.failed += other.failed;
         self.diverged += other.diverged;
@@ -222,6 +226,7 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
     let mut restore_points = 0;
     let mut held_back = Vec::new();
     let mut held_back_tenants = Vec::new();
+    let plan_version = plan.migrations.items.iter().map(|item| item.version).max();
     for wave in &plan.waves {
         let mut counts = Counts::default();
         for planned in &wave.tenants {
@@ -230,6 +235,11 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
             // that a failure entry describes.
             let status = state.tenant_status(tenant_id);
             counts.add(status);
+            if status == TenantStatus::UpToDate
+                && state.tenant_current_version(tenant_id) > plan_version
+            {
+                counts.ahead += 1;
+            }
             if state.has_restore_point(tenant_id) {
                 restore_points += 1;
             }

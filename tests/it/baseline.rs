@@ -1,7 +1,14 @@
 //! `schemafleet baseline`, end to end: tenants migrated to V2 with plain SQL (no history
 //! table) get refinery-identical rows for V1..V2, after which `apply` runs only V3; a tenant
 //! whose schema matches no version is listed with the difference and untouched; a tenant
-//! refinery migrated needs no baseline; another tool's history table is named.
+//! refinery migrated needs no baseline; another tool's history table is named; a crash between
+//! baseline's commit and its journal record is listed by `status` and journaled by the next
+//! `baseline --yes`.
+//!
+//! The refinery and sqlx tenants are migrated by the code their CLIs run: refinery's `Runner`
+//! over files loaded as `refinery migrate` loads them, and sqlx's `Migrator` (the
+//! `_sqlx_migrations` bookkeeping of `sqlx migrate run`). Installing the CLIs themselves is a
+//! long compile, so `scripts/check-real-clis.sh` runs them by hand.
 
 use crate::common;
 
@@ -9,7 +16,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use common::{migrate_with_runner, start_fleet, stdout_json};
+use common::{start_fleet, stdout_json};
 use schemafleet::emulator::{LocalFleet, SeededTenant};
 use serde_json::Value;
 
@@ -51,6 +58,45 @@ async fn history(tenant: &SeededTenant) -> Vec<(i32, String, String)> {
             .collect(),
         Err(_) => Vec::new(),
     }
+}
+
+/// What `sqlx migrate run --source DIR` does: sqlx's migrator over files named the way sqlx
+/// names them (`1_accounts.sql`), through the proxy like any client.
+async fn migrate_with_sqlx(tenant: &SeededTenant, root: &Path, migrations: &[(&str, &str)]) {
+    use sqlx::Connection;
+    let dir = root.join("sqlx-migrations");
+    std::fs::create_dir_all(&dir).expect("sqlx migrations dir");
+    for (version, (file_name, body)) in (1..).zip(migrations) {
+        let description = file_name
+            .split_once("__")
+            .and_then(|(_, rest)| rest.strip_suffix(".sql"))
+            .expect("a refinery file name");
+        std::fs::write(dir.join(format!("{version}_{description}.sql")), body)
+            .expect("write an sqlx migration");
+    }
+    let mut connection = sqlx::PgConnection::connect(tenant.connection_uri.expose())
+        .await
+        .expect("sqlx connects through the proxy");
+    sqlx::migrate::Migrator::new(dir.as_path())
+        .await
+        .expect("sqlx reads its migrations")
+        .run(&mut connection)
+        .await
+        .expect("sqlx migrates");
+    connection.close().await.expect("sqlx closes");
+}
+
+/// What `refinery migrate -p DIR` does: its files loaded by refinery, run by refinery's own
+/// `Runner` (refinery_cli runs the same code on the synchronous `postgres` client).
+async fn migrate_with_refinery_runner(tenant: &SeededTenant, dir: &Path) {
+    let migrations = refinery::load_sql_migrations(dir).expect("refinery loads the files");
+    let mut client = schemafleet::pg::connect(&tenant.connection_uri, Duration::from_secs(10))
+        .await
+        .expect("the tenant accepts connections");
+    refinery::Runner::new(&migrations)
+        .run_async(&mut client)
+        .await
+        .expect("refinery migrates");
 }
 
 async fn run(fleet: &LocalFleet, root: &Path, args: &[&str]) -> Output {
@@ -109,7 +155,7 @@ fn entry<'a>(document: &'a Value, tenant: &SeededTenant) -> &'a Value {
 #[tokio::test]
 async fn baseline_adopts_matching_tenants_and_leaves_the_rest() {
     let fleet = start_fleet().await;
-    let tenants = fleet.seed(4, "SELECT 1;", "adopt").await.expect("seeding");
+    let tenants = fleet.seed(5, "SELECT 1;", "adopt").await.expect("seeding");
     let temp = tempfile::tempdir().expect("a temporary directory");
     let root = temp.path();
     std::fs::create_dir(root.join("migrations")).expect("migrations dir");
@@ -117,25 +163,18 @@ async fn baseline_adopts_matching_tenants_and_leaves_the_rest() {
         std::fs::write(root.join("migrations").join(file_name), body).expect("write migration");
     }
     let v1_v2 = format!("{}{}", MIGRATIONS[0].1, MIGRATIONS[1].1);
-    // tenants[0]: V2 by hand; [1]: V2 by hand and an extra column; [2]: V2 by "sqlx" (its
-    // history table with two rows); [3]: V3 by refinery.
+    // tenants[0]: V2 by hand; [1]: V2 by hand and an extra column; [2]: V2 by sqlx; [3]: V3
+    // by refinery; [4]: V2 by hand, adopted by a baseline that "crashes" (below).
     sql(&tenants[0], &v1_v2).await;
+    sql(&tenants[4], &v1_v2).await;
     sql(
         &tenants[1],
         &format!("{v1_v2}ALTER TABLE accounts ADD COLUMN nickname text;"),
     )
     .await;
-    sql(
-        &tenants[2],
-        &format!(
-            "{v1_v2}CREATE TABLE _sqlx_migrations (version bigint PRIMARY KEY, description text);\
-             INSERT INTO _sqlx_migrations VALUES (1, 'accounts'), (2, 'orders');"
-        ),
-    )
-    .await;
-    let set = schemafleet::migrations::load(&root.join("migrations")).expect("migrations load");
-    migrate_with_runner(&tenants[3].connection_uri, &set.to_refinery()).await;
-    let all: Vec<&SeededTenant> = tenants.iter().collect();
+    migrate_with_sqlx(&tenants[2], root, &MIGRATIONS[..2]).await;
+    migrate_with_refinery_runner(&tenants[3], &root.join("migrations")).await;
+    let all: Vec<&SeededTenant> = tenants[..4].iter().collect();
     let plan = write_plan(root, "all", &all);
 
     let dry = run(&fleet, root, &["baseline", &plan, "--output", "json"]).await;
@@ -233,6 +272,26 @@ async fn baseline_adopts_matching_tenants_and_leaves_the_rest() {
         "{again_text}"
     );
 
+    // sqlx's own bookkeeping is read, never written: its two rows stand as sqlx wrote them.
+    let sqlx_rows: Vec<(i64, String, bool)> = sql(&tenants[2], "SELECT 1")
+        .await
+        .query(
+            "SELECT version, description, success FROM _sqlx_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .expect("sqlx's table")
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    assert_eq!(
+        sqlx_rows,
+        [
+            (1, "accounts".to_string(), true),
+            (2, "orders".to_string(), true)
+        ]
+    );
+
     // Refinery-identical rows: the same names and checksums refinery wrote itself.
     let by_refinery = history(&tenants[3]).await;
     assert_eq!(history(&tenants[0]).await, by_refinery[..2].to_vec());
@@ -283,5 +342,101 @@ async fn baseline_adopts_matching_tenants_and_leaves_the_rest() {
     );
     assert_eq!(history(&tenants[0]).await, by_refinery);
     assert_eq!(history(&tenants[2]).await, by_refinery);
+
+    crash_after_the_commit_before_the_record(&fleet, root, &tenants[4], &by_refinery[..2]).await;
     fleet.stop().await.expect("the fleet stops");
+}
+
+/// The journal as a crash right after baseline's commit leaves it: `baseline_started`, no
+/// `baseline_recorded`. `status` names the tenant, `drift` reads its history (V2, V3
+/// pending), a dry run says whose rows they are, and `--yes` journals them.
+async fn crash_after_the_commit_before_the_record(
+    fleet: &LocalFleet,
+    root: &Path,
+    tenant: &SeededTenant,
+    expected_rows: &[(i32, String, String)],
+) {
+    let plan = write_plan(root, "crashed", &[tenant]);
+    let written = run(fleet, root, &["baseline", &plan, "--yes"]).await;
+    assert_eq!(written.status.code(), Some(0), "{written:?}");
+    assert_eq!(history(tenant).await, expected_rows);
+    let journal_path = root.join("crashed.journal.jsonl");
+    let journal = std::fs::read_to_string(&journal_path).expect("a journal");
+    let events: Vec<String> = journal
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).expect("a record")["event"].to_string())
+        .collect();
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("\"baseline_recorded\""),
+        "{journal}"
+    );
+    assert!(
+        events.contains(&"\"baseline_started\"".to_string()),
+        "{journal}"
+    );
+    let cut = journal
+        .trim_end_matches('\n')
+        .rfind('\n')
+        .map_or(0, |end| end + 1);
+    std::fs::write(&journal_path, &journal[..cut]).expect("cut the journal");
+
+    let status = run(fleet, root, &["status", &plan]).await;
+    let status_text = String::from_utf8_lossy(&status.stdout);
+    let flowing = status_text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert_eq!(status.status.code(), Some(0), "{status_text}");
+    assert!(
+        flowing.contains(&format!(
+            "baseline started on 1 tenant without a record of its outcome (stopped before it \
+             journaled the commit?): {} ({});",
+            tenant.name, tenant.project_id
+        )) && !flowing.contains("baseline recorded"),
+        "{status_text}"
+    );
+    let status_json = stdout_json(&run(fleet, root, &["status", &plan, "--output", "json"]).await);
+    assert_eq!(
+        status_json["baseline_unconfirmed"],
+        serde_json::json!([{"tenant": tenant.project_id, "tenant_name": tenant.name, "versions": [1, 2]}])
+    );
+
+    let drift = run(fleet, root, &["drift", "--plan", &plan, "--output", "json"]).await;
+    let drift_json = stdout_json(&drift);
+    let drifted = &drift_json["tenants"][0];
+    assert_eq!(
+        (&drifted["version"], &drifted["state"], &drifted["pending"]),
+        (
+            &serde_json::json!(2),
+            &serde_json::json!("behind"),
+            &serde_json::json!([3])
+        ),
+        "{drift_json:#}"
+    );
+
+    let dry = run(fleet, root, &["baseline", &plan, "--output", "json"]).await;
+    let dry_entry = entry(&stdout_json(&dry), tenant).clone();
+    assert_eq!(
+        (&dry_entry["state"], &dry_entry["unjournaled"]),
+        (&serde_json::json!("has_history"), &serde_json::json!(true)),
+        "{dry_entry:#}"
+    );
+    let journaled = run(
+        fleet,
+        root,
+        &["baseline", &plan, "--yes", "--output", "json"],
+    )
+    .await;
+    assert_eq!(journaled.status.code(), Some(0), "{journaled:?}");
+    let journaled_entry = entry(&stdout_json(&journaled), tenant).clone();
+    assert_eq!(journaled_entry["state"], "recorded", "{journaled_entry:#}");
+    assert_eq!(
+        history(tenant).await,
+        expected_rows,
+        "rows were written twice"
+    );
+    let status_json = stdout_json(&run(fleet, root, &["status", &plan, "--output", "json"]).await);
+    assert_eq!(status_json["baseline_unconfirmed"], serde_json::json!([]));
+    assert_eq!(
+        status_json["baseline"][0]["versions"],
+        serde_json::json!([1, 2])
+    );
 }

@@ -446,7 +446,8 @@ async fn a_bad_catalog_query_names_the_policy_field_and_the_column() {
 }
 
 /// A tenants file with each main's `connection_uri`: planned without writing a URI, applied
-/// (and re-run with nothing pending) without one API request per tenant.
+/// (and re-run with nothing pending) without one API request per tenant, the wave's SQL check
+/// on every migrated main included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenants_file_with_uris_costs_no_api_request_per_tenant() {
     let fleet = TestFleet::start(4).await;
@@ -460,8 +461,10 @@ async fn a_tenants_file_with_uris_costs_no_api_request_per_tenant() {
         ));
     }
     std::fs::write(fleet.path("tenants.csv"), csv).expect("write the tenants file");
+    // The check samples every migrated tenant: it would ask the API for 4 URIs if it did not
+    // take the tenants file's.
     fleet.write_policy(
-        "validation: none\nrestore_point: none\nsalt: s\nwaves:\n  - name: all\n    percent: 100\n    concurrency: 4\n",
+        "validation: none\nrestore_point: none\nsalt: s\nwaves:\n  - name: all\n    percent: 100\n    concurrency: 4\n    checks:\n      - name: migrated\n        sql: SELECT $1::timestamptz IS NOT NULL AND to_regclass('public.audit_log') IS NOT NULL\n",
     );
     let secrets = passwords(&fleet, "postgresql://x@h/d");
     let migrations = repo_migrations();
@@ -506,4 +509,8 @@ async fn a_tenants_file_with_uris_costs_no_api_request_per_tenant() {
     }
     let journal = std::fs::read_to_string(fleet.path("policy.journal.jsonl")).expect("journal");
     assert_no_secret("the journal", &journal, &secrets);
+    assert!(
+        journal.contains(r#""event":"checks_passed","wave":"all","stage":"after_wave""#),
+        "{journal}"
+    );
 }

@@ -281,7 +281,8 @@ async fn drift_reports_behind_diverged_and_unreachable_tenants() {
     assert_eq!(document["counts"]["total"], 4, "{document:#}");
     assert_eq!(document["counts"]["diverged"], 1);
 
-    let text = schemafleet(&fleet, &["drift", "--plan", plan]).await;
+    // The plan positionally, as `status` and `apply` take it.
+    let text = schemafleet(&fleet, &["drift", plan]).await;
     assert_eq!(text.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&text.stdout);
     assert!(

@@ -298,14 +298,16 @@ async fn command_and_http_checks_pass_fail_and_time_out_as_configured() {
     assert_eq!(json(&output)["outcome"], "completed");
 
     fleet.write_policy(&format!(
-        "{FAST}waves:\n  - name: all\n    percent: 100\n    concurrency: 3\n    checks:\n      - name: error-budget\n        command: 'echo \"checking $SCHEMAFLEET_CHECK\"; echo \"error rate 7% over budget\" >&2; exit 3'\n      - name: hangs\n        command: 'sleep 30'\n        timeout: 1s\n      - name: down\n        http: '{app}/down'\n      - name: degraded\n        http: '{app}/degraded'\n        json_pointer: /status\n        expect: ok\n      - name: slow\n        http: '{app}/slow'\n        timeout: 1s\n      - name: health\n        http: '{app}/health'\n        headers: {{Authorization: 'Bearer ${{CHECK_TOKEN}}'}}\n        json_pointer: /errors\n        expect: 0\n"
+        "{FAST}waves:\n  - name: all\n    percent: 100\n    concurrency: 3\n    checks:\n      - name: error-budget\n        command: 'echo \"checking $SCHEMAFLEET_CHECK\"; echo \"error rate 7% over budget\" >&2; exit 3'\n      - name: hangs\n        command: 'sleep 30'\n        timeout: 1s\n      - name: down\n        http: '{app}/down'\n      - name: degraded\n        http: '{app}/degraded'\n        json_pointer: /status\n        expect: ok\n      - name: slow\n        http: '{app}/slow'\n        timeout: 1s\n      - name: health\n        http: '{app}/health'\n        headers: {{Authorization: 'Bearer ${{CHECK_TOKEN}}'}}\n        json_pointer: /errors\n        expect: 0\n      - name: clear\n        http_env: CLEAR_URL\n"
     ));
     fleet.plan_at(&migrations, "fail.plan.yaml");
     let started = Instant::now();
+    // A plain-http URL to a host that is not loopback, known only when the check runs: refused
+    // before any request (`.invalid` never resolves either).
     let output = run_with(
         &fleet,
         &["apply", "fail.plan.yaml", "--output", "json"],
-        &token,
+        &[token[0], ("CLEAR_URL", "http://app.invalid/health")],
     );
     let elapsed = started.elapsed();
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
@@ -328,7 +330,13 @@ async fn command_and_http_checks_pass_fail_and_time_out_as_configured() {
             .expect("output")
             .to_string()
     };
-    assert_eq!(failures.len(), 5, "the health check passes: {report:#}");
+    assert_eq!(failures.len(), 6, "the health check passes: {report:#}");
+    assert!(
+        output_of("clear").contains(
+            "GET $CLEAR_URL: the URL is http:// to a host that is not loopback; use https://"
+        ),
+        "{report:#}"
+    );
     let budget = output_of("error-budget");
     assert!(
         budget.contains("exit 3")
@@ -410,8 +418,9 @@ async fn an_approval_gate_stops_apply_until_approve_records_it() {
     let said = text(&output);
     assert!(said.contains("schemafleet approve"), "{said}");
 
+    // `status` exits 3 like `apply` while the wave waits.
     let output = fleet.run(&["status", plan]);
-    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(output.status.code(), Some(3), "{}", text(&output));
     assert!(
         String::from_utf8_lossy(&output.stdout).contains("wave rest waits for approval"),
         "{}",

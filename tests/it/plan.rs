@@ -812,6 +812,71 @@ fn every_option_and_argument_has_help() {
     );
 }
 
+/// A 10% canary with a named tenant on 12 tenants, under a salt whose hash places put 5 of the
+/// 11 others in it: `plan` says why the canary is half the fleet and how to make it exact.
+#[test]
+fn a_canary_far_over_its_share_is_explained_by_plan() {
+    let workspace = Workspace::new(12);
+    let policy = POLICY
+        .replace(
+            "  exclude: [p-0007]
+",
+            "",
+        )
+        .replace("salt: release-test", "salt: s460")
+        .replace(
+            "tenants: [p-0001, tenant-0002]
+    percent: 2",
+            "tenants: [p-0001]
+    percent: 10",
+        )
+        .replace(
+            "  - name: early
+    percent: 25
+    concurrency: 8
+    max_failure_percent: 5
+",
+            "",
+        );
+    workspace.write("plans/rollout.yaml", &policy);
+    let run = workspace.plan();
+    assert_eq!(
+        run.code, 0,
+        "stdout: {}
+stderr: {}",
+        run.stdout, run.stderr
+    );
+    let plan = load_plan(&workspace.plan_file()).unwrap();
+    assert_eq!(plan.wave("canary").unwrap().tenants.len(), 6);
+    let text = format!("{}{}", run.stdout, run.stderr)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        text.contains("warning: wave `canary` has 6 of 12 tenants (50%): 1 named (named tenants come on top of the percent) and 5 of the 11 others by their hash place, where its share (0 to 10%) expects about 1.1;"),
+        "{text}"
+    );
+    assert!(
+        text.contains("name its tenants and give it the percent of the wave before (0 for the first), or change `salt`"),
+        "{text}"
+    );
+
+    // Another salt draws 1 of the 11 for the canary, as close as 12 tenants allow: no note.
+    workspace.write(
+        "plans/rollout.yaml",
+        &policy.replace("salt: s460", "salt: s3"),
+    );
+    let run = workspace.plan();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let plan = load_plan(&workspace.plan_file()).unwrap();
+    assert_eq!(plan.wave("canary").unwrap().tenants.len(), 2);
+    assert!(
+        !format!("{}{}", run.stdout, run.stderr).contains("by their hash place"),
+        "{}",
+        run.stdout
+    );
+}
+
 /// Re-planning a grown fleet keeps every tenant already planned in its wave.
 #[test]
 fn a_grown_fleet_keeps_planned_tenants_in_their_waves() {

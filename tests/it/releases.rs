@@ -250,6 +250,38 @@ async fn three_releases_rolled_back_tenants_stay_back_and_rollback_never_moves_f
         );
     }
 
+    // Release 1's files planned and applied again after release 3: nothing to do, and the
+    // tenants are called ahead, as `drift` calls them, not merely up to date.
+    let r1_again = fleet.plan_at(&r1_dir, "r1-again.plan.yaml");
+    let output = fleet.run(&["apply", &r1_again, "--output", "json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let totals = json(&output)["totals"].clone();
+    assert_eq!(
+        (&totals["up_to_date"], &totals["ahead"]),
+        (&serde_json::json!(4), &serde_json::json!(4)),
+        "{totals:#}"
+    );
+    let output = fleet.run(&["status", &r1_again]);
+    assert!(
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .all(|line| line.chars().count() <= 80),
+        "status fits 80 columns: {}",
+        text(&output)
+    );
+    let flowing = String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        flowing.contains("of the tenants up to date, 4 are ahead: a later release reached them"),
+        "{}",
+        text(&output)
+    );
+    let output = fleet.run(&["drift", &r1_again, "--output", "json"]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert_eq!(json(&output)["counts"]["ahead"], 4, "{}", text(&output));
+
     // Old journals are stale now: journal-only status says what it is as of, --live names them.
     let output = fleet.run(&["status", &r1]);
     assert!(
