@@ -728,7 +728,10 @@ async fn gates_hold_every_runner_and_run_once() {
     // when the retry passed against the bake's (second-granular) end, so it may follow, once.
     let runs = check_runs();
     assert_eq!(runs[..2], ["after_wave", "retry"], "one retry: {runs:?}");
-    assert!(runs[2..].iter().all(|stage| stage == "bake_end") && runs.len() <= 3, "{runs:?}");
+    assert!(
+        runs[2..].iter().all(|stage| stage == "bake_end") && runs.len() <= 3,
+        "{runs:?}"
+    );
     let records = store_records(&state).await;
     assert_eq!(events(&records, "approval_needed"), 1, "asked once");
     let output = fleet.run(&["status", &plan, "--state", &state]);
