@@ -28,6 +28,38 @@ pub struct EmulatorStats {
     pub applied_then_failed: u64,
     /// Requests refused by the rate limit (not counting injected 429s).
     pub rate_limited: u64,
+    /// Requests by method and path shape, ids replaced ([`route_shape`]): what a client's
+    /// run cost, call by call.
+    pub by_route: BTreeMap<String, u64>,
+}
+
+/// Segments after which the next one is an id, unless it is one of [`NAMED_SEGMENTS`].
+const COLLECTIONS: [&str; 6] = [
+    "projects",
+    "branches",
+    "operations",
+    "endpoints",
+    "roles",
+    "databases",
+];
+const NAMED_SEGMENTS: [&str; 2] = ["count", "shared"];
+
+/// `GET /api/v2/projects/p-1/branches/br-2` as `GET /projects/{id}/branches/{id}`: one key
+/// per kind of call, whatever the fleet's size.
+pub fn route_shape(method: &str, path: &str) -> String {
+    let path = path.strip_prefix("/api/v2").unwrap_or(path);
+    let mut shape = String::with_capacity(path.len());
+    let mut previous = "";
+    for segment in path.split('/').filter(|segment| !segment.is_empty()) {
+        shape.push('/');
+        if COLLECTIONS.contains(&previous) && !NAMED_SEGMENTS.contains(&segment) {
+            shape.push_str("{id}");
+        } else {
+            shape.push_str(segment);
+        }
+        previous = segment;
+    }
+    format!("{method} {shape}")
 }
 
 /// The statuses a fault can take; all are ones Neon clients are told to retry or re-check.
@@ -135,12 +167,20 @@ pub struct StatsRecorder {
 }
 
 impl StatsRecorder {
-    pub fn record(&self, status: u16, injected: bool, applied_first: bool, rate_limited: bool) {
+    pub fn record(
+        &self,
+        route: String,
+        status: u16,
+        injected: bool,
+        applied_first: bool,
+        rate_limited: bool,
+    ) {
         let mut stats = self
             .stats
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         stats.requests += 1;
+        *stats.by_route.entry(route).or_default() += 1;
         *stats.by_status.entry(status).or_default() += 1;
         if injected {
             stats.injected_faults += 1;
@@ -165,6 +205,27 @@ impl StatsRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_are_counted_by_shape() {
+        assert_eq!(
+            route_shape("GET", "/api/v2/projects/p-1/connection_uri"),
+            "GET /projects/{id}/connection_uri"
+        );
+        assert_eq!(
+            route_shape("DELETE", "/api/v2/projects/p-1/branches/br-2"),
+            "DELETE /projects/{id}/branches/{id}"
+        );
+        assert_eq!(
+            route_shape("GET", "/api/v2/projects/p-1/branches/count"),
+            "GET /projects/{id}/branches/count"
+        );
+        assert_eq!(route_shape("GET", "/api/v2/projects"), "GET /projects");
+        assert_eq!(
+            route_shape("GET", "/api/v2/projects/shared"),
+            "GET /projects/shared"
+        );
+    }
 
     #[test]
     fn bucket_allows_a_burst_then_refuses_with_a_wait() {

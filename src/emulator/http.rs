@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::error::{ApiError, ErrorBody};
-use super::faults::{FaultInjector, RateLimiter, StatsRecorder};
+use super::faults::{FaultInjector, RateLimiter, StatsRecorder, route_shape};
 use super::ids;
 use super::service::{
     BranchListQuery, ConnectionUriQuery, CreateBranchRequest, CreateProjectFields, Emulator,
@@ -169,6 +169,7 @@ async fn gate(State(context): State<Shared>, request: Request, next: Next) -> Re
         "emulator request"
     );
     context.stats.record(
+        route_shape(method.as_str(), &path),
         response.status().as_u16(),
         injected,
         applied_first,
@@ -553,6 +554,7 @@ async fn emulator_stats(State(context): State<Shared>) -> Response {
             "requests": api.requests,
             "rate_limited": api.rate_limited,
             "injected_faults": api.injected_faults,
+            "by_route": api.by_route,
         },
         "compute": context.emulator.computes.stats(),
     });

@@ -12,6 +12,7 @@
 //!   waited for by the others); both loops end a wave through `waves::end_wave`;
 //!   [`control`]: pause/abort switches and `--max-duration`, read before each tenant starts.
 //! - [`reporter`]: the trait progress displays implement; the executor never draws anything.
+//! - [`settle`]: the end of a run's one look at the validation-branch deletes still young then.
 //! - [`schema_check`]: the opt-in check (`verify_schema`) that main's schema is what its
 //!   history says, before anything is applied.
 //!
@@ -28,6 +29,7 @@ pub mod recorded;
 pub mod recovery;
 pub mod reporter;
 pub mod schema_check;
+pub mod settle;
 pub mod shared;
 mod shared_gates;
 pub mod shutdown;

@@ -10,6 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ApplyConfig;
 use super::recovery;
+use super::settle::{RequestedDelete, RequestedDeletes};
 use super::timings::{StepTimings, TimedStep};
 use crate::journal::{
     Event, Journal, JournalError, JournalState, Phase, RestorePoint, TenantState,
@@ -115,6 +116,8 @@ pub struct TenantContext {
     pub recorder: Arc<Recorder>,
     pub connections: Arc<Semaphore>,
     pub config: ApplyConfig,
+    /// Validation branches whose delete was requested, for the end of the run.
+    pub requested_deletes: RequestedDeletes,
 }
 
 /// The record that lets `--skip-recorded` skip this tenant, if any.
@@ -147,15 +150,7 @@ pub async fn run_tenant(
     let prior = context.recorder.tenant(&tenant_id);
     cleanup_open_branches(&context, &tenant_id, prior.as_ref()).await?;
     sweep_requested_branches(&context, &tenant_id, false).await?;
-    let mut unsettled = Vec::new();
-    let result = pipeline(&context, &tenant_id, &wave, prior.as_ref(), &mut unsettled).await;
-    // The validation branch's create and delete, checked in one read now that main is done
-    // (their operations have mostly finished meanwhile): off main's path, before the slot
-    // goes to the next tenant.
-    for branch in unsettled {
-        settle_branch(&context, &tenant_id, branch).await;
-    }
-    let result = result?;
+    let result = pipeline(&context, &tenant_id, &wave, prior.as_ref()).await?;
     // A create that a killed run sent may land after the first sweep (Neon reads can lag
     // writes); by now it has, so a second look finds it.
     sweep_requested_branches(&context, &tenant_id, true).await?;
@@ -263,7 +258,6 @@ async fn pipeline(
     tenant_id: &str,
     wave: &str,
     prior: Option<&TenantState>,
-    unsettled: &mut Vec<UnsettledBranch>,
 ) -> Result<Step<TenantOutcome>, JournalError> {
     let policy = &context.plan.policy;
     let recorder = &context.recorder;
@@ -394,7 +388,7 @@ async fn pipeline(
         policy.restore_point == RestorePointKind::BranchPoint && restore_point.is_none();
     if wants_validation && (!already_validated || needs_branch_point) {
         main = main.close();
-        match validate(context, tenant_id, wave, &pending, unsettled).await? {
+        match validate(context, tenant_id, wave, &pending).await? {
             Ok(branch_point) => {
                 if restore_point.is_none() && policy.restore_point == RestorePointKind::BranchPoint
                 {
@@ -663,39 +657,6 @@ async fn probe(
     ))
 }
 
-/// A validation branch whose create and delete operations were not waited for.
-struct UnsettledBranch {
-    branch_name: String,
-    created: Vec<crate::neon::Operation>,
-    deleted: Vec<crate::neon::Operation>,
-    delete_requested_at: tokio::time::Instant,
-}
-
-/// Wait for a validation branch's create and delete operations, in one read when they have
-/// typically finished. Best effort: main's outcome is journaled already, and a delete that
-/// failed leaves a branch that expires on its own (and that `gc` removes).
-async fn settle_branch(context: &TenantContext, tenant_id: &str, branch: UnsettledBranch) {
-    if branch.created.is_empty() && branch.deleted.is_empty() {
-        return;
-    }
-    let settled = context
-        .recorder
-        .timings()
-        .time(
-            TimedStep::SettleBranch,
-            context.client.settle_operations(
-                tenant_id,
-                &branch.deleted,
-                &branch.created,
-                branch.delete_requested_at,
-            ),
-        )
-        .await;
-    if let Err(error) = settled {
-        tracing::warn!(tenant = tenant_id, branch = %branch.branch_name, error = %error, "the validation branch's operations did not finish; it expires on its own");
-    }
-}
-
 /// A branch name that says where it came from and cannot collide with an earlier attempt's.
 fn branch_name(purpose: &str, plan_id: &str) -> String {
     let plan_prefix: String = plan_id.chars().take(12).collect();
@@ -712,7 +673,6 @@ async fn validate(
     tenant_id: &str,
     wave: &str,
     pending: &[i32],
-    unsettled: &mut Vec<UnsettledBranch>,
 ) -> Result<Step<RestorePoint>, JournalError> {
     let policy = &context.plan.policy;
     let ttl = std::time::Duration::from_secs(policy.branch_ttl_s);
@@ -729,7 +689,8 @@ async fn validate(
         )
         .await;
     // Delete whatever happened; a failed delete leaves a branch that expires on its own. The
-    // delete's operations are not waited for: nothing after depends on them.
+    // delete's operations are not waited for: nothing after depends on them, and the end of
+    // the run reads only those still young then (`settle`).
     match timings
         .time(
             TimedStep::DeleteBranch,
@@ -738,6 +699,7 @@ async fn validate(
         .await
     {
         Ok(operations) => {
+            let requested_at = tokio::time::Instant::now();
             context
                 .recorder
                 .record(Event::BranchDeleteRequested {
@@ -745,11 +707,12 @@ async fn validate(
                     branch_id: branch.id.clone(),
                 })
                 .await?;
-            unsettled.push(UnsettledBranch {
+            context.requested_deletes.push(RequestedDelete {
+                tenant_id: tenant_id.into(),
                 branch_name: branch.name.clone(),
                 created: created.unsettled.clone(),
                 deleted: operations,
-                delete_requested_at: tokio::time::Instant::now(),
+                requested_at,
             });
         }
         Err(error) => {

@@ -26,8 +26,8 @@ pub enum TimedStep {
     MigrateBranch,
     /// Neon API: requesting a branch's delete (its operations are not waited for here).
     DeleteBranch,
-    /// Neon API: the one read, after main is done, of the validation branch's create and
-    /// delete operations.
+    /// Neon API: at the end of the run, the one read each of the validation branches' create
+    /// and delete operations whose delete was still young then (`settle`).
     SettleBranch,
     /// Taking main's advisory lock apart from the probe and the release (after a lost
     /// connection), and polling it while another runner holds it.

@@ -93,6 +93,7 @@ pub async fn execute(
         recorder: recorder.clone(),
         connections: Arc::new(Semaphore::new(inputs.config.max_connections.max(1))),
         config: inputs.config.clone(),
+        requested_deletes: Default::default(),
     });
     let gates = Gates::new(
         inputs.plan.clone(),
@@ -142,6 +143,15 @@ pub async fn execute(
             .await?
         }
     };
+    // After a Ctrl-C the user wants out: the deletes are journaled, and expire regardless.
+    if !shutdown.is_stopping() {
+        super::settle::settle_young_deletes(
+            &context.client,
+            &context.requested_deletes,
+            recorder.timings(),
+        )
+        .await;
+    }
     if let RunOutcome::Aborted { by, reason } = &outcome
         && inputs.control.shared.is_none()
     {

@@ -408,8 +408,8 @@ impl NeonClient {
     /// [`NeonClient::create_branch`] for a branch that is connected to at once: when the
     /// answer carries the branch point and a connection URI, it returns without waiting for the
     /// operations (`unsettled`): a connection to the new endpoint waits for its compute, and
-    /// the caller checks the operations later with [`NeonClient::settle_operations`], in the
-    /// same read as the delete's. Otherwise it waits as `create_branch` does.
+    /// the caller may check the operations later with [`NeonClient::settle_operations`], in
+    /// the same read as the delete's. Otherwise it waits as `create_branch` does.
     pub async fn create_branch_unsettled(
         &self,
         project_id: &str,
@@ -847,6 +847,14 @@ impl NeonClient {
             self.settle_times().observe(&kind, settled_ms);
         }
         Ok(())
+    }
+
+    /// How long after it was answered a mutation that started `operations` has typically
+    /// settled in this run (with the first poll's margin); `None` before this run has seen a
+    /// mutation of its kind finish.
+    pub fn typically_settled_after(&self, operations: &[Operation]) -> Option<Duration> {
+        let kind = SettleTimes::kind(operations.iter().map(|operation| operation.action.as_str()));
+        self.settle_times().settled_after(&kind)
     }
 
     fn settle_times(&self) -> std::sync::MutexGuard<'_, SettleTimes> {

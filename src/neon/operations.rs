@@ -38,6 +38,13 @@ pub(crate) fn operation_progress(status: &str) -> OperationProgress {
     }
 }
 
+impl super::types::Operation {
+    /// Whether Neon reports it done (`finished` or `skipped`): nothing left to wait for.
+    pub fn succeeded(&self) -> bool {
+        operation_progress(&self.status) == OperationProgress::Succeeded
+    }
+}
+
 /// Typical time a mutation's operations take to settle, per kind of mutation (the actions of
 /// its operations, e.g. `create_branch+start_compute`), learned from finished operations.
 #[derive(Debug, Default)]
@@ -68,6 +75,14 @@ impl SettleTimes {
             }
             None => fallback,
         }
+    }
+
+    /// How long after its request a mutation of `kind` has typically settled, with the
+    /// first poll's margin; `None` before this run has seen one finish.
+    pub(crate) fn settled_after(&self, kind: &str) -> Option<Duration> {
+        self.typical_ms
+            .get(kind)
+            .map(|&typical| Duration::from_secs_f64(typical * FIRST_POLL_MARGIN / 1000.0))
     }
 
     /// Wait between later polls: half the typical time (the operations are late, not lost),
@@ -112,8 +127,13 @@ mod tests {
             times.next_poll("create_branch+start_compute", fallback),
             Duration::from_millis(50)
         );
+        assert_eq!(
+            times.settled_after("create_branch+start_compute"),
+            Some(Duration::from_millis(120))
+        );
         // Other kinds keep their own figure.
         assert_eq!(times.first_poll("delete_timeline", fallback), fallback);
+        assert_eq!(times.settled_after("delete_timeline"), None);
         // One slow observation moves the figure a fifth of the way.
         times.observe("create_branch+start_compute", 600.0);
         assert_eq!(

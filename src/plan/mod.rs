@@ -140,8 +140,8 @@ mod tests {
     fn api_call_estimate() {
         let branch = plan(Validation::Branch, RestorePointKind::BranchPoint, 100);
         let summary = summary::summarize(&branch, "p.plan.yaml", 600);
-        assert_eq!(summary.api_calls.total, 100 + 700);
-        assert!((summary.estimated_api_minutes - 800.0 / 600.0).abs() < 1e-9);
+        assert_eq!(summary.api_calls.total, 100 + 200);
+        assert!((summary.estimated_api_minutes - 300.0 / 600.0).abs() < 1e-9);
         let backup = plan(Validation::None, RestorePointKind::BackupBranch, 100);
         let summary = summary::summarize(&backup, "p.plan.yaml", 100);
         let words = |summary: &summary::PlanSummary| {
@@ -151,11 +151,11 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
-        assert_eq!(summary.api_calls.total, 100 + 200);
-        assert_eq!(summary.estimated_api_minutes, 3.0);
+        assert_eq!(summary.api_calls.total, 100 + 300);
+        assert_eq!(summary.estimated_api_minutes, 4.0);
         assert!(
-            words(&summary).contains("~300 requests")
-                && words(&summary).contains("≈ 3 min at 100 requests/min"),
+            words(&summary).contains("~400 requests")
+                && words(&summary).contains("≈ 4 min at 100 requests/min"),
             "{summary}"
         );
         // A catalog that gives every URI: validation's requests only.
@@ -163,18 +163,18 @@ mod tests {
         catalog.fleet.connection_uris = 100;
         let summary = summary::summarize(&catalog, "p.plan.yaml", 700);
         assert_eq!(summary.api_calls.connection, 0);
-        assert_eq!(summary.api_calls.total, 700);
+        assert_eq!(summary.api_calls.total, 200);
         assert!(
-            words(&summary).contains("≈ 1 min at 700 requests/min")
+            words(&summary).contains("≈ 17 s at 700 requests/min")
                 && words(&summary).contains("none for the connection URIs of 100 tenants"),
             "{summary}"
         );
         assert!(summary.suggestion.is_none());
-        // 300,000 validated tenants: days, and a suggestion to sample.
+        // 300,000 validated tenants: most of a day, and a suggestion to sample.
         let fleet = plan(Validation::Branch, RestorePointKind::BranchPoint, 300_000);
         let summary = summary::summarize(&fleet, "p.plan.yaml", 700);
         let text = words(&summary);
-        assert!(text.contains("≈ 57 h at 700 requests/min"), "{text}");
+        assert!(text.contains("≈ 21 h at 700 requests/min"), "{text}");
         assert!(
             summary
                 .suggestion

@@ -9,9 +9,9 @@
 use crate::fault_support;
 use crate::support;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
-use schemafleet::emulator::{ComputeConfig, ComputeStats, LocalFleetConfig};
+use schemafleet::emulator::{ComputeConfig, ComputeStats, EmulatorStats, LocalFleetConfig};
 
 use fault_support::{main_only_policy, one_wave};
 use support::{TestFleet, json, text};
@@ -240,14 +240,69 @@ async fn main_costs_two_round_trips_to_migrate_and_one_when_up_to_date() {
     }
 }
 
-/// Validated on a branch: main's connection URI, the create, at most one operation poll on
-/// average and the delete (not waited for), as the emulator counts them; main sees its probe,
-/// then the guarded release on a second session (the branch is made in between).
+/// Requests the emulator answered between `before` and `after`, by kind of call.
+fn calls_between(before: &EmulatorStats, after: &EmulatorStats) -> BTreeMap<String, u64> {
+    after
+        .by_route
+        .iter()
+        .map(|(route, &count)| {
+            let earlier = before.by_route.get(route).copied().unwrap_or(0);
+            (route.clone(), count - earlier)
+        })
+        .filter(|(_, count)| *count > 0)
+        .collect()
+}
+
+/// The calls of one validated `apply` of `tenants` tenants: the preflight, `per_tenant` of
+/// each listed kind, and the end of the run's reads of still-young deletes (returned), one
+/// each, about `concurrency` at most (the last tenants'); nothing else.
+fn assert_validated_calls(
+    calls: &BTreeMap<String, u64>,
+    tenants: u64,
+    per_tenant: &[&str],
+    concurrency: u64,
+) -> u64 {
+    eprintln!("calls of a validated run of {tenants} tenants: {calls:?}");
+    let mut rest = calls.clone();
+    assert_eq!(
+        rest.remove("GET /projects"),
+        Some(1),
+        "the preflight: {calls:#?}"
+    );
+    for route in per_tenant {
+        assert_eq!(rest.remove(*route), Some(tenants), "{route}: {calls:#?}");
+    }
+    let young_delete_reads = rest.remove("GET /projects/{id}/operations").unwrap_or(0)
+        + rest
+            .remove("GET /projects/{id}/operations/{id}")
+            .unwrap_or(0);
+    // The first read of the run may find its delete still running and look once more.
+    assert!(
+        young_delete_reads <= concurrency + 1,
+        "{young_delete_reads} operation reads: about one per delete still young at the end: {calls:#?}"
+    );
+    assert!(rest.is_empty(), "no other call: {rest:#?}");
+    young_delete_reads
+}
+
+/// Validated on a branch, main's URI from the Neon API (`fleet.source: neon`): per tenant
+/// main's connection URI, the create and the delete, neither waited for, as the emulator
+/// counts them call by call; the end of the run reads only the deletes still young then.
+/// Main sees its probe, then the guarded release (lock, history check and migrations in one
+/// round trip) on a second session (the branch is made in between). A second release, over a tenants file that gives main's URI: the create
+/// and the delete only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_validated_tenant_costs_at_most_four_api_requests() {
+async fn a_validated_tenant_costs_three_api_requests_and_two_with_fleet_uris() {
     let fleet = fleet(6).await;
-    fleet.write_policy(&one_wave(2));
-    let plan = fleet.plan(&release(&fleet));
+    let concurrency = 2;
+    let policy = fleet.write_policy(&one_wave(concurrency));
+    let text_of_policy = std::fs::read_to_string(&policy).expect("the policy");
+    let from_neon =
+        text_of_policy.replace("  source: file\n  file: tenants.csv\n", "  source: neon\n");
+    assert_ne!(from_neon, text_of_policy);
+    std::fs::write(&policy, from_neon).expect("write the policy");
+    let release_dir = release(&fleet);
+    let plan = fleet.plan(&release_dir);
     let plan = plan.to_str().expect("utf-8");
     let api_before = fleet.fleet.stats();
     let before = fleet.fleet.compute_stats();
@@ -258,16 +313,22 @@ async fn a_validated_tenant_costs_at_most_four_api_requests() {
     let after = fleet.fleet.compute_stats();
     let api_after = fleet.fleet.stats();
 
-    // The client's count includes its one preflight request per run.
     let tenants = fleet.tenants.len() as u64;
     let served = api_after.requests - api_before.requests;
     let sent = report["api"]["requests"].as_u64().expect("api.requests");
     assert_eq!(sent, served, "the client and the emulator agree");
-    let per_tenant = (served - 1) as f64 / tenants as f64;
-    assert!(
-        per_tenant <= 4.0,
-        "{per_tenant} requests per validated tenant (URI, create, polls, delete): {report:#}"
+    let calls = calls_between(&api_before, &api_after);
+    let young_delete_reads = assert_validated_calls(
+        &calls,
+        tenants,
+        &[
+            "GET /projects/{id}/connection_uri",
+            "POST /projects/{id}/branches",
+            "DELETE /projects/{id}/branches/{id}",
+        ],
+        concurrency as u64,
     );
+    assert_eq!(served, 1 + 3 * tenants + young_delete_reads);
     assert_eq!(report["api"]["mutations"], 2 * tenants, "create and delete");
     for (endpoint, connections, round_trips) in main_costs(&fleet, &before, &after) {
         assert_eq!(connections, 2, "{endpoint}: probe, then apply");
@@ -277,6 +338,49 @@ async fn a_validated_tenant_costs_at_most_four_api_requests() {
             "{endpoint}: probe; guarded release"
         );
     }
+
+    // The next release, with main's URI from the fleet's tenants file.
+    let mut csv = String::from("id,name,connection_uri\n");
+    for tenant in &fleet.tenants {
+        csv.push_str(&format!(
+            "{},{},{}\n",
+            tenant.project_id,
+            tenant.name,
+            tenant.connection_uri.expose()
+        ));
+    }
+    std::fs::write(fleet.path("uris.csv"), csv).expect("write the tenants file");
+    fleet.write_policy(&one_wave(concurrency));
+    let text_of_policy = std::fs::read_to_string(&policy).expect("the policy");
+    std::fs::write(&policy, text_of_policy.replace("tenants.csv", "uris.csv"))
+        .expect("write the policy");
+    std::fs::write(
+        release_dir.join("V6__notes_pinned.sql"),
+        "ALTER TABLE notes ADD COLUMN pinned boolean;",
+    )
+    .expect("a migration");
+    let plan = fleet.plan_at(&release_dir, "next.plan.yaml");
+    let api_before = fleet.fleet.stats();
+    let output = fleet.run(&["apply", &plan, "--output", "json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let report = json(&output);
+    assert_eq!(report["totals"]["applied"], 6, "{report:#}");
+    assert_eq!(report["connection_uris_from_source"], 6, "{report:#}");
+    let api_after = fleet.fleet.stats();
+    let calls = calls_between(&api_before, &api_after);
+    let young_delete_reads = assert_validated_calls(
+        &calls,
+        tenants,
+        &[
+            "POST /projects/{id}/branches",
+            "DELETE /projects/{id}/branches/{id}",
+        ],
+        concurrency as u64,
+    );
+    assert_eq!(
+        api_after.requests - api_before.requests,
+        1 + 2 * tenants + young_delete_reads
+    );
 }
 
 /// The release's guard, on a session that did not read the history itself: when another

@@ -192,7 +192,7 @@ fn a_good_run_writes_the_plan_and_prints_the_summary() {
         "{}",
         run.stdout
     );
-    assert!(run.stdout.contains("~2392 requests"), "{}", run.stdout);
+    assert!(run.stdout.contains("~897 requests"), "{}", run.stdout);
 
     assert_eq!(plan.tenant_count(), 299);
     assert_eq!(plan.fleet.discovered, 300);
@@ -235,7 +235,7 @@ fn a_good_run_writes_the_plan_and_prints_the_summary() {
     let summary: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON summary");
     assert_eq!(summary["plan_id"], plan.plan_id.as_str());
     assert_eq!(summary["planned"], 299);
-    assert_eq!(summary["api_calls"]["total"], 299 * 8);
+    assert_eq!(summary["api_calls"]["total"], 299 * 3);
     let second_text = fs::read_to_string(workspace.plan_file()).unwrap();
     let without_time = |text: &str| {
         text.lines()

@@ -17,6 +17,7 @@ use super::child::{CHILD_MARKER, ChildReport, Job};
 use super::fleet::{BenchFleet, FleetOptions};
 use super::report::{self, Breakdown, ComputeUse, ModeResult, RateLimitedRun, Ratios};
 use crate::cli::BenchArgs;
+use crate::emulator::EmulatorStats;
 use crate::exit::ExitStatus;
 
 /// The client's own limit in unlimited runs: far above anything the emulator serves.
@@ -467,11 +468,12 @@ impl FleetRun<'_> {
             breakdown.one_branch_copy_alone_ms = self.fleet.time_branch_copy(COPY_PROBES).await?;
             result.verified_complete = Some(self.fleet.reset(release_len).await?);
             let api_line = format!(
-                "validated_api concurrency={} mutating_calls_per_tenant={:.2} api_calls_per_tenant={:.2} emulator_requests_per_tenant={:.2} rate_limited_answers={}",
+                "validated_api concurrency={} mutating_calls_per_tenant={:.2} api_calls_per_tenant={:.2} emulator_requests_per_tenant={:.2} operation_reads_per_tenant={:.3} rate_limited_answers={}",
                 self.concurrency,
                 result.mutating_calls_per_tenant,
                 result.api_calls_per_tenant,
                 result.emulator_requests_per_tenant,
+                result.operation_reads_per_tenant,
                 result.rate_limited
             );
             record(document, result);
@@ -559,6 +561,7 @@ impl FleetRun<'_> {
             api_calls_per_tenant: 0.0,
             mutating_calls_per_tenant: 0.0,
             emulator_requests_per_tenant: 0.0,
+            operation_reads_per_tenant: 0.0,
             rate_limited: 0,
             connections_per_tenant: per_tenant(connections as u64, tenants),
             succeeded: child.succeeded,
@@ -601,6 +604,10 @@ impl FleetRun<'_> {
             api_calls_per_tenant: per_tenant(requests, tenants),
             mutating_calls_per_tenant: 0.0,
             emulator_requests_per_tenant: per_tenant(requests, tenants),
+            operation_reads_per_tenant: per_tenant(
+                operation_reads(&emulator_before, &emulator_after),
+                tenants,
+            ),
             rate_limited: 0,
             connections_per_tenant: per_tenant(connections as u64, tenants),
             succeeded: child.succeeded,
@@ -646,6 +653,21 @@ impl FleetRun<'_> {
         )
         .await
     }
+}
+
+/// Operation reads (`GET …/operations` and `GET …/operations/{id}`) the emulator answered
+/// between two snapshots of its counters: the polls of a run.
+fn operation_reads(before: &EmulatorStats, after: &EmulatorStats) -> u64 {
+    [
+        "GET /projects/{id}/operations",
+        "GET /projects/{id}/operations/{id}",
+    ]
+    .iter()
+    .map(|route| {
+        let count = |stats: &EmulatorStats| stats.by_route.get(*route).copied().unwrap_or(0);
+        count(after) - count(before)
+    })
+    .sum()
 }
 
 /// What an `apply` child should leave every tenant as.
@@ -736,6 +758,10 @@ async fn measure_apply(fleet: &BenchFleet, run: ApplyRun<'_>) -> anyhow::Result<
         mutating_calls_per_tenant: per_tenant(count(&["api", "mutations"]), tenants),
         emulator_requests_per_tenant: per_tenant(
             emulator_after.requests - emulator_before.requests,
+            tenants,
+        ),
+        operation_reads_per_tenant: per_tenant(
+            operation_reads(&emulator_before, &emulator_after),
             tenants,
         ),
         rate_limited: count(&["api", "rate_limited"]),
@@ -882,6 +908,7 @@ async fn plan_mode(
         api_calls_per_tenant: 0.0,
         mutating_calls_per_tenant: 0.0,
         emulator_requests_per_tenant: 0.0,
+        operation_reads_per_tenant: 0.0,
         rate_limited: 0,
         connections_per_tenant: 0.0,
         succeeded: child.succeeded,

@@ -23,6 +23,8 @@ pub struct ModeResult {
     pub mutating_calls_per_tenant: f64,
     /// Requests the emulator answered, per tenant (the server's count of the same thing).
     pub emulator_requests_per_tenant: f64,
+    /// Of those, reads of operations (`GET …/operations[/{id}]`), per tenant: the polls.
+    pub operation_reads_per_tenant: f64,
     /// 429 answers the client got (each retried).
     pub rate_limited: u64,
     /// Connections the server logged for the tool, per tenant.
@@ -306,6 +308,7 @@ mod tests {
             api_calls_per_tenant: 1.0,
             mutating_calls_per_tenant: 0.0,
             emulator_requests_per_tenant: 1.0,
+            operation_reads_per_tenant: 0.0,
             rate_limited: 0,
             connections_per_tenant: 2.0,
             succeeded: 10,
