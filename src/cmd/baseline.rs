@@ -183,16 +183,7 @@ fn read_unconfirmed(
     args: &BaselineArgs,
     plan_id: &str,
 ) -> anyhow::Result<BTreeMap<String, Vec<i32>>> {
-    let path = journal_path(args);
-    let read = Journal::read(&path)?;
-    if let Some(journal_plan) = &read.state.plan_id
-        && journal_plan != plan_id
-    {
-        anyhow::bail!(
-            "journal {} belongs to plan {journal_plan}, not {plan_id}",
-            path.display()
-        );
-    }
+    let read = Journal::read_for_plan(&journal_path(args), plan_id)?;
     Ok(read.state.baseline_unconfirmed)
 }
 

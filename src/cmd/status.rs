@@ -28,16 +28,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitStatus> {
     let journal_path = std::path::PathBuf::from(source.describe());
     let (read, lock_holder, runners, switches) = match &source {
         JournalSource::File(path) => {
-            let read = Journal::read(path)?;
-            if let Some(plan_id) = &read.state.plan_id
-                && plan_id != &plan.plan_id
-            {
-                anyhow::bail!(
-                    "journal {} belongs to plan {plan_id}, not {}",
-                    path.display(),
-                    plan.plan_id
-                );
-            }
+            let read = Journal::read_for_plan(path, &plan.plan_id)?;
             let lock_holder = Journal::lock_holder(path, &read)?;
             let switches =
                 crate::journal::control::read(&crate::journal::control::control_path(path))

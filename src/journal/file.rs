@@ -320,6 +320,20 @@ impl Journal {
         }
     }
 
+    /// [`Journal::read`], refused when the journal holds another plan's records (a journal
+    /// with no records yet belongs to any plan).
+    pub fn read_for_plan(path: &Path, plan_id: &str) -> Result<ReadJournal, JournalError> {
+        let read = Journal::read(path)?;
+        match &read.state.plan_id {
+            Some(found) if found != plan_id => Err(JournalError::WrongPlan {
+                path: path.to_path_buf(),
+                expected: plan_id.to_string(),
+                found: found.clone(),
+            }),
+            _ => Ok(read),
+        }
+    }
+
     /// Read a journal without locking it (for `status` while an `apply` runs). A torn last line
     /// is reported and skipped, not repaired. A missing file reads as empty.
     pub fn read(path: &Path) -> Result<ReadJournal, JournalError> {
