@@ -1027,6 +1027,17 @@ mod tests {
         let read = Journal::read(&path).expect("read");
         assert_eq!(read.records.len(), 2);
         assert!(read.torn_tail.is_some());
+        assert_eq!(
+            Journal::read_for_plan(&path, "plan-a")
+                .expect("this plan's")
+                .records
+                .len(),
+            2
+        );
+        assert!(matches!(
+            Journal::read_for_plan(&path, "plan-b"),
+            Err(JournalError::WrongPlan { ref found, .. }) if found == "plan-a"
+        ));
         let (journal, read) = Journal::open(&path, "plan-a").expect("open repairs");
         assert_eq!(read.records.len(), 2);
         let record = journal
