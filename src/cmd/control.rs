@@ -75,15 +75,7 @@ async fn change(args: &ControlArgs, change: ControlChange) -> anyhow::Result<Exi
                 // Runners read the store's records: they see the abort's record as it is.
                 let writer = format!("abort/{}", crate::clock::compact_stamp());
                 let (journal, _) = store.open_journal(&plan.plan_id, &writer).await?;
-                let result = journal
-                    .append(Event::Aborted {
-                        by: by.clone(),
-                        reason: reason.clone(),
-                        requested_at: None,
-                    })
-                    .await;
-                journal.close().await;
-                result?;
+                append_abort(journal, by, reason, None).await?;
                 recorded = "; recorded in the store's journal".into();
             }
         }
@@ -133,15 +125,7 @@ async fn record_abort_in_file(
     }
     match Journal::open(journal, plan_id) {
         Ok((file, _)) => {
-            let result = file
-                .append(Event::Aborted {
-                    by: by.to_string(),
-                    reason: reason.to_string(),
-                    requested_at: row.aborted_at.clone(),
-                })
-                .await;
-            file.close().await;
-            result?;
+            append_abort(file, by, reason, row.aborted_at.clone()).await?;
             Ok("; recorded in the journal".into())
         }
         Err(JournalError::Locked { .. }) => {
@@ -149,6 +133,24 @@ async fn record_abort_in_file(
         }
         Err(error) => Err(error.into()),
     }
+}
+
+/// The `aborted` record, appended and made durable; the journal is closed either way.
+async fn append_abort(
+    journal: Journal,
+    by: &str,
+    reason: &str,
+    requested_at: Option<String>,
+) -> Result<(), JournalError> {
+    let result = journal
+        .append(Event::Aborted {
+            by: by.to_string(),
+            reason: reason.to_string(),
+            requested_at,
+        })
+        .await;
+    journal.close().await;
+    result.map(drop)
 }
 
 pub async fn import(args: StateImportArgs) -> anyhow::Result<ExitStatus> {
