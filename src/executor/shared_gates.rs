@@ -24,15 +24,16 @@ use crate::journal::{JournalError, WaveStatus};
 use crate::plan::model::PlannedWave;
 
 /// Run `gate` of `wave` here if the store elects this runner, else wait for the verdict of the
-/// runner it elected (taking over if that one's lease lapses). True when it ran here.
+/// runner it elected (taking over if that one's lease lapses).
 async fn once<F, Fut>(
     context: &TenantContext,
     shared: &SharedRun,
     wave: &str,
     gate: &str,
+    reporter: &dyn Reporter,
     shutdown: &Shutdown,
     run: F,
-) -> Result<(Gate, bool), JournalError>
+) -> Result<Gate, JournalError>
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<Gate, JournalError>>,
@@ -53,7 +54,7 @@ where
                     // Interrupted (Ctrl-C in a bake): undecided, the next runner takes it.
                     Gate::Stop(_) => claims.release().await?,
                 }
-                return Ok((verdict, true));
+                return Ok(verdict);
             }
             GateTurn::Decided { .. } => {
                 // The records decide, not the verdict bit: a retry since (`--retry-checks`)
@@ -65,20 +66,22 @@ where
                         .get(wave)
                         .is_some_and(|wave_state| !wave_state.check_failures.is_empty())
                 });
-                let verdict = if halted {
-                    Gate::Stop(RunOutcome::Halted {
-                        wave: wave.to_string(),
-                    })
-                } else {
-                    Gate::Open
-                };
-                return Ok((verdict, false));
+                if !halted {
+                    return Ok(Gate::Open);
+                }
+                // The runner that ran the checks printed them; this one says why it stops.
+                reporter.note(&format!(
+                    "wave {wave}: a check failed (`schemafleet status` names it); no runner starts the next wave"
+                ));
+                return Ok(Gate::Stop(RunOutcome::Halted {
+                    wave: wave.to_string(),
+                }));
             }
             GateTurn::Wait => {
                 tokio::select! {
                     () = tokio::time::sleep(GATE_POLL) => {}
                     () = shutdown.stopping() => {
-                        return Ok((Gate::Stop(RunOutcome::Interrupted), false));
+                        return Ok(Gate::Stop(RunOutcome::Interrupted));
                     }
                 }
             }
@@ -103,14 +106,16 @@ pub(super) async fn held_by_checks(
         return gates.held_by_checks(wave, reporter).await;
     }
     let gate = format!("retry:{failed_seq}");
-    let (verdict, ran) = once(context, shared, &wave.name, &gate, shutdown, || {
-        gates.held_by_checks(wave, reporter)
-    })
-    .await?;
-    if !ran {
-        note_halt(gates, wave, &verdict, reporter);
-    }
-    Ok(verdict)
+    once(
+        context,
+        shared,
+        &wave.name,
+        &gate,
+        reporter,
+        shutdown,
+        || gates.held_by_checks(wave, reporter),
+    )
+    .await
 }
 
 /// After a wave's tenants finished: its checks, run once. `run_if_absent` false only waits
@@ -133,14 +138,16 @@ pub(super) async fn after_wave(
     if !await_wave_end(context, shared, wave, shutdown).await? {
         return Ok(Gate::Stop(RunOutcome::Interrupted));
     }
-    let (verdict, ran) = once(context, shared, &wave.name, "after_wave", shutdown, || {
-        gates.after_wave(wave, reporter)
-    })
-    .await?;
-    if !ran {
-        note_halt(gates, wave, &verdict, reporter);
-    }
-    Ok(verdict)
+    once(
+        context,
+        shared,
+        &wave.name,
+        "after_wave",
+        reporter,
+        shutdown,
+        || gates.after_wave(wave, reporter),
+    )
+    .await
 }
 
 /// Before a wave that has not started: a check run of the previous wave still under way, the
@@ -166,18 +173,16 @@ pub(super) async fn before_wave(
             return Ok(Gate::Stop(outcome));
         }
         if gates.has_previous_checks(wave_idx) {
-            let (verdict, ran) = once(
+            let verdict = once(
                 context,
                 shared,
                 &previous.name,
                 "bake_end",
+                reporter,
                 shutdown,
                 || gates.previous_checks(wave_idx, reporter, shutdown),
             )
             .await?;
-            if !ran {
-                note_halt(gates, previous, &verdict, reporter);
-            }
             if let Gate::Stop(outcome) = verdict {
                 return Ok(Gate::Stop(outcome));
             }
@@ -219,17 +224,5 @@ async fn await_wave_end(
             () = tokio::time::sleep(GATE_POLL) => {}
             () = shutdown.stopping() => return Ok(false),
         }
-    }
-}
-
-/// A runner that waited for another's verdict says why it stops (the runner that ran the
-/// checks printed them).
-fn note_halt(gates: &Gates, wave: &PlannedWave, verdict: &Gate, reporter: &dyn Reporter) {
-    if matches!(verdict, Gate::Stop(RunOutcome::Halted { .. })) && gates.held_since(wave).is_some()
-    {
-        reporter.note(&format!(
-            "wave {}: a check failed (`schemafleet status` names it); no runner starts the next wave",
-            wave.name
-        ));
     }
 }
