@@ -1014,6 +1014,12 @@ async fn apply_to_main(
     let mut started = false;
     loop {
         connection_attempt += 1;
+        // A lost connection is worth a new session, a bounded number of times; any other
+        // failure fails the tenant.
+        let reconnect = |failure: &DbFailure| {
+            failure.is_connection_loss()
+                && connection_attempt <= context.config.max_connection_retries
+        };
         // A session whose probe took the lock and read the history goes straight to the
         // release. The first new session after a branch sends the release at once, its guard
         // taking the lock and checking the history is still the probe's (`guarded`); a new one
@@ -1049,10 +1055,7 @@ async fn apply_to_main(
         };
         let (mut client, read) = match connected {
             Ok(connected) => connected,
-            Err(failure)
-                if failure.is_connection_loss()
-                    && connection_attempt <= context.config.max_connection_retries =>
-            {
+            Err(failure) if reconnect(&failure) => {
                 tokio::time::sleep(std::time::Duration::from_millis(
                     200 * u64::from(connection_attempt),
                 ))
@@ -1067,10 +1070,7 @@ async fn apply_to_main(
             Some(read) if read.locked => Some(read.history),
             Some(_) => match wait_for_lock(context, &client).await {
                 Ok(()) => None,
-                Err(failure)
-                    if failure.is_connection_loss()
-                        && connection_attempt <= context.config.max_connection_retries =>
-                {
+                Err(failure) if reconnect(&failure) => {
                     continue;
                 }
                 Err(failure) => {
@@ -1100,10 +1100,7 @@ async fn apply_to_main(
                         recorder, tenant_id, &history, &applied,
                     ));
                 }
-                Err(failure)
-                    if failure.is_connection_loss()
-                        && connection_attempt <= context.config.max_connection_retries =>
-                {
+                Err(failure) if reconnect(&failure) => {
                     continue;
                 }
                 Err(failure) => {
@@ -1143,11 +1140,7 @@ async fn apply_to_main(
                         tracing::info!(tenant = tenant_id, reason = %refused.failure, "the release's guard refused; waiting for the lock and reading the history again");
                         match wait_for_lock(context, &client).await {
                             Ok(()) => {}
-                            Err(failure)
-                                if failure.is_connection_loss()
-                                    && connection_attempt
-                                        <= context.config.max_connection_retries =>
-                            {
+                            Err(failure) if reconnect(&failure) => {
                                 // Nothing of ours committed: the next session starts afresh.
                                 started = false;
                                 continue;
@@ -1207,9 +1200,7 @@ async fn apply_to_main(
             Err(failure) => {
                 lock_retries += failure.lock_retries;
                 applied.extend(failure.applied.iter().copied());
-                if failure.failure.is_connection_loss()
-                    && connection_attempt <= context.config.max_connection_retries
-                {
+                if reconnect(&failure.failure) {
                     tracing::info!(tenant = tenant_id, error = %failure.failure, "connection lost while applying; reconnecting (history decides what is left)");
                     continue;
                 }
