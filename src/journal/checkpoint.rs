@@ -789,6 +789,16 @@ mod tests {
         JournalState::replay(&records)
     }
 
+    /// The text of a journal [`events`] were appended to under `policy`, then closed.
+    async fn written(path: &std::path::Path, policy: CheckpointPolicy) -> String {
+        let (journal, _) = Journal::open_with(path, "plan-a", policy).expect("open");
+        for event in events() {
+            journal.append(event).await.expect("append");
+        }
+        journal.close().await;
+        std::fs::read_to_string(path).expect("read")
+    }
+
     fn last_seq(lines: &[&str]) -> u64 {
         lines
             .iter()
@@ -810,12 +820,7 @@ mod tests {
             grow: false,
             on_close: 1,
         };
-        let (journal, _) = Journal::open_with(&path, "plan-a", policy).expect("open");
-        for event in events() {
-            journal.append(event).await.expect("append");
-        }
-        journal.close().await;
-        let text = std::fs::read_to_string(&path).expect("read");
+        let text = written(&path, policy).await;
         let lines: Vec<&str> = text.lines().collect();
         let ends = lines
             .iter()
@@ -954,12 +959,7 @@ mod tests {
             grow: false,
             on_close: 1,
         };
-        let (journal, _) = Journal::open_with(&path, "plan-a", policy).expect("open");
-        for event in events() {
-            journal.append(event).await.expect("append");
-        }
-        journal.close().await;
-        let text = std::fs::read_to_string(&path).expect("read");
+        let text = written(&path, policy).await;
         let lines: Vec<&str> = text.lines().collect();
         let want = expected(&lines);
         // An end record naming the wrong start: the reader must not trust it.

@@ -423,10 +423,7 @@ impl TenantTable {
         slot.point_branch = (0, 0);
         slot.point_lsn = Packed::default();
         slot.point_timestamp = Packed::default();
-        if let Some(rare) = &mut slot.rare {
-            rare.restore_point = None;
-        }
-        self.tidy(idx);
+        self.clear_rare(idx, |rare| rare.restore_point = None);
     }
 
     pub fn has_restore_point(&self, idx: u32) -> bool {
@@ -464,6 +461,18 @@ impl TenantTable {
 
     pub fn rare_mut(&mut self, idx: u32) -> &mut Rare {
         self.slot_mut(idx).rare.get_or_insert_with(Box::default)
+    }
+
+    /// Clear fields of the tenant's rare part, if it has one, and drop the part once nothing is
+    /// left in it: a clear never allocates the part only to drop it again.
+    pub fn clear_rare(&mut self, idx: u32, clear: impl FnOnce(&mut Rare)) {
+        let rare = &mut self.slot_mut(idx).rare;
+        if let Some(part) = rare {
+            clear(part);
+            if part.is_empty() {
+                *rare = None;
+            }
+        }
     }
 
     /// Drop the tenant's rare part once nothing is left in it.

@@ -359,11 +359,10 @@ impl JournalState {
             } => {
                 let idx = tenant_mut(table, tenant, wave, at);
                 let pending = table.versions(pending);
-                if let Some(rare) = &mut table.slot_mut(idx).rare {
+                table.clear_rare(idx, |rare| {
                     rare.failure = None;
                     rare.diverged_reason = None;
-                }
-                table.tidy(idx);
+                });
                 let state = table.slot_mut(idx);
                 state.status = TenantStatus::InFlight;
                 state.phase = Some(Phase::Probe);
@@ -423,10 +422,9 @@ impl JournalState {
                 branch_name,
             } => {
                 if let Some(idx) = table.find(tenant) {
-                    if let Some(rare) = &mut table.slot_mut(idx).rare {
+                    table.clear_rare(idx, |rare| {
                         rare.requested_branches.remove(branch_name);
-                    }
-                    table.tidy(idx);
+                    });
                     let stamp = table.stamp(at);
                     table.slot_mut(idx).updated_at = stamp;
                 }
@@ -455,10 +453,9 @@ impl JournalState {
             Event::BranchDeleted { tenant, branch_id }
             | Event::BranchDeleteRequested { tenant, branch_id } => {
                 if let Some(idx) = table.find(tenant) {
-                    if let Some(rare) = &mut table.slot_mut(idx).rare {
+                    table.clear_rare(idx, |rare| {
                         rare.open_branches.remove(branch_id);
-                    }
-                    table.tidy(idx);
+                    });
                     let stamp = table.stamp(at);
                     table.slot_mut(idx).updated_at = stamp;
                 }
@@ -473,10 +470,7 @@ impl JournalState {
                 let versions = table.versions(versions);
                 table.slot_mut(idx).validated = versions;
                 if lock_holds.is_empty() {
-                    if let Some(rare) = &mut table.slot_mut(idx).rare {
-                        rare.lock_holds = Vec::new();
-                    }
-                    table.tidy(idx);
+                    table.clear_rare(idx, |rare| rare.lock_holds = Vec::new());
                 } else {
                     table.rare_mut(idx).lock_holds = lock_holds.clone();
                 }

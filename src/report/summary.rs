@@ -244,11 +244,16 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
             if brief.has_restore_point {
                 restore_points += 1;
             }
-            if brief.has_rare_parts
-                && let Some(tenant) = state.tenant(tenant_id)
-            {
-                rare_states.push((planned, tenant));
-            }
+            // Built once: for the rare parts' lock holds, and for the failure entry below.
+            let tenant = if brief.has_rare_parts
+                || matches!(
+                    status,
+                    TenantStatus::Failed | TenantStatus::Diverged | TenantStatus::RollbackFailed
+                ) {
+                state.tenant(tenant_id)
+            } else {
+                None
+            };
             if matches!(
                 status,
                 TenantStatus::RolledBack | TenantStatus::RollbackFailed
@@ -260,16 +265,7 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
                     region: planned.region.clone(),
                 });
             }
-            if !matches!(
-                status,
-                TenantStatus::Failed | TenantStatus::Diverged | TenantStatus::RollbackFailed
-            ) {
-                continue;
-            }
-            let Some(tenant) = state.tenant(tenant_id) else {
-                continue;
-            };
-            let tenant = &tenant;
+            let Some(tenant) = tenant else { continue };
             match status {
                 TenantStatus::Failed => {
                     if let Some(failure) = &tenant.failure {
@@ -283,7 +279,7 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
                             sqlstate: failure.error.sqlstate.clone(),
                             applied_on_main: tenant.applied_versions.clone(),
                             migration: failure.error.migration.clone(),
-                            main_version: main_version(tenant),
+                            main_version: main_version(&tenant),
                         });
                     }
                 }
@@ -312,6 +308,9 @@ pub fn summarize(plan: &Plan, state: &JournalState) -> Summary {
                     main_version: None,
                 }),
                 _ => {}
+            }
+            if brief.has_rare_parts {
+                rare_states.push((planned, tenant));
             }
         }
         let wave_status = state.wave_status(&wave.name);
