@@ -146,10 +146,12 @@ impl StateStore {
     /// Rows are folded in as they arrive, so a large rollout is never held whole; a connection
     /// lost on the way is waited for and the replay starts again.
     pub async fn read(&self, plan_id: &str) -> Result<ReadJournal, JournalError> {
+        // The store's name is only for errors: redacted once, not once per row.
+        let store = self.label();
         let state = retried!(self, "reading records", |client| replay_rows(
             client,
             plan_id,
-            |seq, text| decode_record(&self.label(), plan_id, seq, text)
+            |seq, text| decode_record(&store, plan_id, seq, text)
         ))??;
         Ok(ReadJournal {
             records: RecordCount(state.records),
@@ -172,10 +174,11 @@ impl StateStore {
                 )
                 .await
         })?;
+        let store = self.label();
         rows.iter()
             .map(|row| {
                 let seq: i64 = row.get(0);
-                let record = decode_record(&self.label(), plan_id, seq, row.get(2))?;
+                let record = decode_record(&store, plan_id, seq, row.get(2))?;
                 Ok((row.get::<_, String>(1), record))
             })
             .collect()
@@ -342,7 +345,6 @@ pub(super) async fn take_plan_lock(
     Ok(client.query_one(sql, &[&plan_id]).await?.get(0))
 }
 
-/// A stored record's text as a [`Record`] of this format version.
 /// Fold `plan_id`'s rows into a replayed state as they stream in: the outer error is the
 /// connection's, the inner one a row that is not a record.
 async fn replay_rows(
@@ -369,6 +371,7 @@ async fn replay_rows(
     Ok(Ok(state))
 }
 
+/// A stored record's text as a [`Record`] of this format version.
 fn decode_record(store: &str, plan_id: &str, seq: i64, text: &str) -> Result<Record, JournalError> {
     let record: Record = serde_json::from_str(text).map_err(|error| JournalError::Store {
         store: store.to_string(),
