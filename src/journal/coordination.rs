@@ -161,8 +161,8 @@ impl Coordinator {
         self.lease
     }
 
-    fn error(&self, what: &str, error: tokio_postgres::Error) -> JournalError {
-        store_error(self.conn.uri(), what, &error)
+    fn error(&self, what: &str, error: &tokio_postgres::Error) -> JournalError {
+        store_error(self.conn.uri(), what, error)
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {

@@ -49,8 +49,8 @@ impl GateClaims {
         })
     }
 
-    fn error(&self, what: &str, error: tokio_postgres::Error) -> JournalError {
-        store_error(self.conn.uri(), what, &error)
+    fn error(&self, what: &str, error: &tokio_postgres::Error) -> JournalError {
+        store_error(self.conn.uri(), what, error)
     }
 
     /// A lost connection is waited for and replaced (every operation here is harmless to run

@@ -267,7 +267,7 @@ macro_rules! retried {
                 Ok(value) => break Ok(value),
                 Err(error) => {
                     if !$self.recover(&mut guard, &error).await? {
-                        break Err($self.error($what, error));
+                        break Err($self.error($what, &error));
                     }
                 }
             }

@@ -17,7 +17,7 @@ use tokio_postgres::Client;
 use super::file::{
     Ack, Journal, JournalError, Location, ReadJournal, RecordCount, Request, next_batch,
 };
-use super::reconnect::{DEFAULT_PATIENCE, Outage, StoreConnection};
+use super::reconnect::{DEFAULT_PATIENCE, Outage, StoreConnection, retried};
 use super::record::{Event, RECORD_VERSION, Record};
 use super::state::JournalState;
 use crate::secret::SecretUri;
@@ -84,6 +84,16 @@ impl StateStore {
         StoreConnection::open(&self.uri, &self.outage).await
     }
 
+    /// After `error` on this store's own connection: see [`StoreConnection::recover`] (for
+    /// [`retried!`]).
+    async fn recover(
+        &self,
+        client: &mut MutexGuard<'_, Client>,
+        error: &tokio_postgres::Error,
+    ) -> Result<bool, JournalError> {
+        self.conn.recover(client, error).await
+    }
+
     pub fn error(&self, what: &str, error: &tokio_postgres::Error) -> JournalError {
         store_error(&self.uri, what, error)
     }
@@ -136,22 +146,13 @@ impl StateStore {
     /// Rows are folded in as they arrive, so a large rollout is never held whole; a connection
     /// lost on the way is waited for and the replay starts again.
     pub async fn read(&self, plan_id: &str) -> Result<ReadJournal, JournalError> {
-        let mut client = self.client().await;
-        let state = loop {
-            match replay_rows(&client, plan_id, |seq, text| {
-                decode_record(&self.label(), plan_id, seq, text)
-            })
-            .await
-            {
-                Ok(Ok(state)) => break state,
-                Ok(Err(refused)) => return Err(refused),
-                Err(error) => {
-                    if !self.conn.recover(&mut client, &error).await? {
-                        return Err(self.error("reading records", &error));
-                    }
-                }
-            }
-        };
+        // The store's name is only for errors: redacted once, not once per row.
+        let store = self.label();
+        let state = retried!(self, "reading records", |client| replay_rows(
+            client,
+            plan_id,
+            |seq, text| decode_record(&store, plan_id, seq, text)
+        ))??;
         Ok(ReadJournal {
             records: RecordCount(state.records),
             state,
@@ -165,27 +166,19 @@ impl StateStore {
         plan_id: &str,
         after: u64,
     ) -> Result<Vec<(String, Record)>, JournalError> {
-        let mut client = self.client().await;
-        let rows = loop {
-            match client
+        let rows = retried!(self, "reading records", |client| async {
+            client
                 .query(
                     "SELECT seq, writer, record FROM schemafleet_record WHERE plan_id = $1 AND seq > $2 ORDER BY seq",
                     &[&plan_id, &(after as i64)],
                 )
                 .await
-            {
-                Ok(rows) => break rows,
-                Err(error) => {
-                    if !self.conn.recover(&mut client, &error).await? {
-                        return Err(self.error("reading records", &error));
-                    }
-                }
-            }
-        };
+        })?;
+        let store = self.label();
         rows.iter()
             .map(|row| {
                 let seq: i64 = row.get(0);
-                let record = decode_record(&self.label(), plan_id, seq, row.get(2))?;
+                let record = decode_record(&store, plan_id, seq, row.get(2))?;
                 Ok((row.get::<_, String>(1), record))
             })
             .collect()
@@ -352,7 +345,6 @@ pub(super) async fn take_plan_lock(
     Ok(client.query_one(sql, &[&plan_id]).await?.get(0))
 }
 
-/// A stored record's text as a [`Record`] of this format version.
 /// Fold `plan_id`'s rows into a replayed state as they stream in: the outer error is the
 /// connection's, the inner one a row that is not a record.
 async fn replay_rows(
@@ -379,6 +371,7 @@ async fn replay_rows(
     Ok(Ok(state))
 }
 
+/// A stored record's text as a [`Record`] of this format version.
 fn decode_record(store: &str, plan_id: &str, seq: i64, text: &str) -> Result<Record, JournalError> {
     let record: Record = serde_json::from_str(text).map_err(|error| JournalError::Store {
         store: store.to_string(),
