@@ -880,6 +880,15 @@ async fn a_runner_killed_in_a_gate_is_replaced_by_another() {
             .map(|row| row.get::<_, String>(0))
     })
     .await;
+    // Killed mid-check: once the holder's check has started (its line is in the log), not in
+    // the instant between its claim and the check's start.
+    let log = fleet.path("check-runs.log");
+    wait_for_async_value(Duration::from_secs(60), || async {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|runs| !runs.is_empty())
+    })
+    .await;
     let mut victim = runners.remove(&holder).expect("the holder is a runner");
     victim.child.kill().expect("SIGKILL");
     victim.wait(Duration::from_secs(10));
